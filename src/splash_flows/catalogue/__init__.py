@@ -1,0 +1,1 @@
+"""Catalogue: where scientists find their data. Interface in ``base``; SciCat and embedded implementations."""

@@ -1,0 +1,103 @@
+"""The catalogue interface and the documents it speaks.
+
+These documents are ours, not SciCat's: ``scicat.py`` maps them to SciCat field names, ``embedded.py`` stores
+them as they are. The move flow only ever sees this module.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DataFileDoc(BaseModel):
+    """One file of a dataset, as acquired (an OrigDatablock entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Path relative to the dataset's source folder (= the tier-relative path).")
+    size: int
+    time: datetime = Field(description="Modification time of the file at acquisition (UTC).")
+    chk: str = Field(description="Checksum value from the ledger.")
+
+
+class LocationDoc(BaseModel):
+    """One place a dataset's files are (or were) kept: its location history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: str
+    url: str = Field(description="Where the files are on that tier (collection/path or local folder).")
+    state: str = Field(description="verified | pruned | at_risk | archived ...")
+    since: datetime
+
+
+class DatasetDoc(BaseModel):
+    """One raw dataset = one 7.3.3 scan (a single exposure, or a hi/lo pair with its .gb)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scan_key: str = Field(description="Stable identity of the scan: tier-relative path of its folder + scan stem. "
+                          "Used to find an existing dataset before creating one (idempotent ingest).")
+    name: str
+    owner: str
+    owner_group: str
+    access_groups: list[str]
+    contact_email: str
+    principal_investigator: str
+    proposal_id: str | None
+    creation_time: datetime = Field(description="Aware datetime of the acquisition.")
+    creation_location: str
+    source_folder: str
+    source_folder_host: str | None = None
+    description: str = ""
+    keywords: list[str] = Field(default_factory=list)
+    scientific_metadata: dict[str, Any] = Field(default_factory=dict)
+    checksum_algorithm: str
+    files: list[DataFileDoc]
+    locations: list[LocationDoc] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list, description="What could not be read from the raw files.")
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class CatalogueEntry(BaseModel):
+    """A dataset as the catalogue holds it: the document plus the catalogue's own identifier."""
+
+    pid: str
+    doc: DatasetDoc
+    has_thumbnail: bool = False
+
+
+@runtime_checkable
+class Catalogue(Protocol):
+    """What the pipeline needs from a catalogue. Every method raises ``CatalogueError`` (or
+    ``CatalogueUnavailable`` for outages) on failure; none returns a flag to be checked."""
+
+    def find(self, scan_key: str) -> CatalogueEntry | None:
+        """The dataset of this scan, or None. Used before creating so a re-run never duplicates."""
+        ...
+
+    def upsert(self, doc: DatasetDoc) -> str:
+        """Create the dataset and its file list if absent; return its pid. Idempotent."""
+        ...
+
+    def add_location(self, pid: str, location: LocationDoc) -> None:
+        """Add or update (by tier) one location in the dataset's history; never duplicates a tier."""
+        ...
+
+    def attach_thumbnail(self, pid: str, png: bytes, caption: str) -> None:
+        """Attach a PNG preview to the dataset (replacing an earlier one with the same caption)."""
+        ...
+
+    def get(self, pid: str) -> CatalogueEntry:
+        """The dataset with this pid; raises CatalogueError if unknown."""
+        ...
+
+    def search(self, *, proposal: str | None = None, text: str | None = None) -> list[CatalogueEntry]:
+        """Datasets matching every given criterion (none given: all)."""
+        ...
