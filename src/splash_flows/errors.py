@@ -15,10 +15,6 @@ class ConfigError(SplashFlowsError):
     """The configuration file is missing, unreadable or invalid."""
 
 
-class PathEscapeError(SplashFlowsError):
-    """A path would leave its tier root (``..``, absolute path, or a symlink pointing outside)."""
-
-
 class LedgerError(SplashFlowsError):
     """The ledger (the system of record) could not be read or written."""
 
@@ -37,6 +33,10 @@ class TierError(SplashFlowsError):
         super().__init__(f"{where}{message}")
 
 
+class PathEscapeError(TierError):
+    """A path would leave its tier root (``..``, absolute path, or a symlink pointing outside)."""
+
+
 class SourceMissingError(TierError):
     """The file to copy does not exist (or vanished) on its source tier."""
 
@@ -47,6 +47,10 @@ class TransferError(TierError):
 
 class VerificationError(TierError):
     """A copy exists but does not match the source (checksum or size mismatch)."""
+
+
+class SourceChangedError(TierError):
+    """The source file changed under us (still being written, or overwritten after it was registered)."""
 
 
 class DeleteError(TierError):

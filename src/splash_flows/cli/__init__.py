@@ -1,0 +1,1 @@
+"""The ``splash-flows`` command line (Typer)."""

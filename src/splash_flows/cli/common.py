@@ -1,0 +1,70 @@
+"""Helpers shared by CLI commands: loading config, printing errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from splash_flows.config import Config, load_config
+from splash_flows.errors import ConfigError, SplashFlowsError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class State:
+    """Options given before the command (``splash-flows --config F status``)."""
+
+    config_path: Path | None = None
+    verbose: bool = False
+
+    def load(self) -> Config:
+        return load_config(self.config_path)
+
+
+def state(ctx: typer.Context) -> State:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, State) else State()
+
+
+@contextmanager
+def fail_cleanly() -> Iterator[None]:
+    """Turn our typed errors into one clear line on stderr and a non-zero exit (2 for configuration)."""
+    try:
+        yield
+    except ConfigError as err:
+        err_console.print(f"[bold red]config error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except SplashFlowsError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n")
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,87 @@
+"""``splash-flows``: move, verify, catalogue and prune ALS Beamline 7.3.3 data.
+
+Each command is a thin layer over the services; run ``splash-flows COMMAND --help`` for details.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from splash_flows import __version__
+from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
+from splash_flows.cli.demo import demo
+from splash_flows.cli.status import status
+from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
+
+app = typer.Typer(
+    name="splash-flows",
+    help="Move every ALS 7.3.3 detector file to safe storage, verified; catalogue it; prune only what is safe.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The ledger (system of record): schema upgrades.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(ledger_app, name="ledger")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"splash-flows {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help=f"Configuration file (default: ${CONFIG_ENV_VAR}, else the embedded default).",
+        dir_okay=False),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More log output."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Splash Flows for ALS Beamline 7.3.3."""
+    ctx.obj = State(config_path=config, verbose=verbose)
+
+
+@config_app.command("check")
+def config_check(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", "-c", help="File to check (overrides the global --config).",
+                                       dir_okay=False),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved configuration as JSON."),
+) -> None:
+    """Validate the configuration and print it resolved, with every secret shown as ***."""
+    st = state(ctx)
+    with fail_cleanly():
+        cfg = State(config_path=config or st.config_path).load()
+    data = redacted_dict(cfg)
+    source = str(cfg.source_path) if cfg.source_path else "<embedded default>"
+    if as_json:
+        print_json({"source": source, "config": data})
+        return
+    import yaml
+
+    console.print(f"[green]ok[/]: {source}", highlight=False)
+    console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False)
+
+
+@ledger_app.command("upgrade")
+def ledger_upgrade(ctx: typer.Context) -> None:
+    """Bring the ledger's schema to the newest revision (safe to run any time; a no-op when current)."""
+    from splash_flows.ledger import Ledger
+
+    with fail_cleanly():
+        cfg = state(ctx).load()
+        ledger = Ledger.open(cfg.ledger.url_value(), upgrade=False)
+        before = ledger.current_revision()
+        after = ledger.upgrade()
+        console.print(f"ledger {ledger.describe()}: {before or 'empty'} -> {after}", highlight=False)
+        ledger.close()
+
+
+app.command("status")(status)
+app.command("demo")(demo)

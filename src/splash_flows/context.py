@@ -1,0 +1,51 @@
+"""Builds the objects a run needs from a configuration: the one place clients are constructed.
+
+Nothing is built at import time; a flow run, a CLI command or a test calls ``build_context`` once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splash_flows.config import Config, LocalTierConfig, load_config
+from splash_flows.errors import ConfigError
+from splash_flows.ledger import Ledger
+from splash_flows.tiers.base import Tier
+from splash_flows.tiers.local import LocalTier
+
+
+def build_tier(name: str, config: Config) -> Tier:
+    """The tier object for ``name`` as configured."""
+    tier_cfg = config.tier(name)
+    if isinstance(tier_cfg, LocalTierConfig):
+        return LocalTier(name, tier_cfg.root, config.checksum, concurrency=config.move.concurrency,
+                         verify_from_disk=tier_cfg.verify_from_disk)
+    raise ConfigError(f"tier {name!r}: kind {tier_cfg.kind!r} is not supported")
+
+
+@dataclass
+class Context:
+    """A configuration with its ledger and tiers, built lazily and once."""
+
+    config: Config
+    ledger: Ledger
+    _tiers: dict[str, Tier] = field(default_factory=dict)
+
+    def tier(self, name: str) -> Tier:
+        if name not in self._tiers:
+            self._tiers[name] = build_tier(name, self.config)
+        return self._tiers[name]
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def build_context(config: Config) -> Context:
+    """Open the ledger (upgrading its schema if needed) and prepare tiers for ``config``."""
+    return Context(config=config, ledger=Ledger.open(config.ledger.url_value()))
+
+
+def context_from_path(config_path: str | None) -> Context:
+    """For flow runs: parameters carry the config file's path (or None: ``$SPLASH_FLOWS_CONFIG``/default)."""
+    return build_context(load_config(Path(config_path) if config_path else None))

@@ -1,0 +1,21 @@
+"""``dispatcher``: the entry point the file watcher triggers. Runs ``new_file_733`` for a batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from splash_flows.flows.bl733.move import new_file_733
+from splash_flows.flows.common import batch_run_name
+
+
+def _run_name() -> str:
+    return batch_run_name("dispatcher", list(flow_run.parameters.get("paths", [])))
+
+
+@flow(name="dispatcher", flow_run_name=_run_name, validate_parameters=True)
+def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, Any]:
+    """Run the move for a batch of data733 paths; Failed if any file did not reach every target verified."""
+    return new_file_733(paths=paths, config_path=config_path)

@@ -1,0 +1,371 @@
+"""Ledger access: every read and write of the system of record goes through ``Ledger``.
+
+Each public method is one short transaction. State changes and their events are written in the same
+transaction, so the log and the current state can never disagree, even after ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from splash_flows.config import redact_url
+from splash_flows.errors import LedgerError
+from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile, utcnow
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A source file as the ledger knows it."""
+
+    id: int
+    tier: str
+    path: str
+    size: int
+    mtime: float
+    checksum_alg: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class CopyInfo:
+    state: str
+    checksum: str | None
+    verified_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """One row of ``splash-flows status``: a source file and the state of each of its copies."""
+
+    path: str
+    source_tier: str
+    size: int
+    checksum_alg: str
+    checksum: str
+    detected_at: datetime
+    copies: dict[str, CopyInfo] = field(default_factory=dict)
+
+
+def _record(row: SourceFile) -> SourceRecord:
+    return SourceRecord(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum)
+
+
+def _copy_info(c: Copy) -> CopyInfo:
+    return CopyInfo(c.state, c.checksum, c.verified_at, c.error)
+
+
+def _source_query(tier: str, path: str) -> Select[SourceFile]:
+    return select(SourceFile).where(SourceFile.source_tier == tier, SourceFile.path == path)
+
+
+def _event(kind: str, source: SourceRecord | SourceFile | None, tier: str | None, detail: dict[str, Any],
+           *, path: str | None = None, at: datetime | None = None) -> Event:
+    return Event(at=at or utcnow(), file_id=source.id if source else None,
+                 path=path if path is not None else (source.path if source else None),
+                 tier=tier, kind=kind, detail=detail)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # isolation_level=None hands transaction control to us, so writers can BEGIN IMMEDIATE (below) and wait
+    # on the busy timeout instead of failing with "database is locked" on a read->write upgrade.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Ledger:
+    """The system of record. Build one per process with ``Ledger.open(url)``; it is safe to share across threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Ledger:
+        """Connect to the ledger at ``url``; with ``upgrade`` bring its schema to the newest revision first."""
+        try:
+            parsed = make_url(url)
+        except SQLAlchemyError as err:
+            raise LedgerError(f"ledger URL {redact_url(url)!r} is not valid: {err}") from None
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            engine = create_engine(parsed, **kwargs)
+        except (ImportError, SQLAlchemyError) as err:
+            raise LedgerError(f"ledger URL {redact_url(url)!r}: cannot load its database driver: {err}") from None
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        ledger = cls(engine)
+        if upgrade:
+            ledger.upgrade()
+        return ledger
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _alembic_config(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as err:
+            raise LedgerError(f"cannot reach the ledger at {self.describe()}: {err.orig}") from None
+
+    def describe(self) -> str:
+        return redact_url(self.engine.url.render_as_string(hide_password=False))
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Serialise concurrent upgrades: a file lock for SQLite, an advisory lock for PostgreSQL."""
+        if self.engine.dialect.name == "sqlite":
+            db = self.engine.url.database
+            if not db or db == ":memory:":
+                yield
+                return
+            with open(f"{db}.migrate.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+        elif self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(733733)"))
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(733733)"))
+                    conn.commit()
+        else:
+            yield
+
+    def upgrade(self) -> str | None:
+        """Bring the schema to the newest migration (a no-op when already there). Returns the revision."""
+        head = self.head_revision()
+        if self.current_revision() == head:
+            return head
+        with self._migration_lock():
+            if self.current_revision() == head:
+                return head
+            cfg = self._alembic_config()
+            try:
+                with self.engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            except SQLAlchemyError as err:
+                raise LedgerError(f"upgrading the ledger at {self.describe()} failed: {err}") from None
+        return head
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction. Database errors become LedgerError naming the ledger."""
+        try:
+            with self._session.begin() as sess:
+                yield sess
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as err:
+            raise LedgerError(f"ledger {self.describe()}: {type(err).__name__}: {err}") from None
+
+    def _retry_on_conflict(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a read-then-write transaction; if a concurrent writer inserted the same row first, run it again."""
+        for attempt in range(3):
+            try:
+                return fn(*args, **kwargs)
+            except IntegrityError as err:
+                if attempt == 2:
+                    raise LedgerError(f"ledger {self.describe()}: conflicting writes: {err.orig}") from None
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------------------------------ sources
+
+    def register_source(
+        self, tier: str, path: str, *, size: int, mtime: float, checksum_alg: str, checksum: str
+    ) -> SourceRecord:
+        """Record a source file (idempotent). A file whose size, mtime or checksum changed is a new version:
+        its other copies become ``stale`` and a ``source_changed`` event keeps the old values."""
+        return self._retry_on_conflict(self._register_source, tier, path, size, mtime, checksum_alg, checksum)  # type: ignore[no-any-return]
+
+    def _register_source(
+        self, tier: str, path: str, size: int, mtime: float, checksum_alg: str, checksum: str
+    ) -> SourceRecord:
+        now = utcnow()
+        with self.session() as sess:
+            row = sess.scalars(_source_query(tier, path)).first()
+            if row is None:
+                row = SourceFile(source_tier=tier, path=path, size=size, mtime=mtime, checksum_alg=checksum_alg,
+                                 checksum=checksum, detected_at=now, updated_at=now)
+                sess.add(row)
+                sess.flush()
+                sess.add(Copy(file_id=row.id, tier=tier, state=CopyState.VERIFIED, size=size, checksum=checksum,
+                              verified_at=now, updated_at=now))
+                detail = {"size": size, "mtime": mtime, "checksum_alg": checksum_alg, "checksum": checksum}
+                sess.add(_event(EventKind.DETECTED, row, tier, detail, at=now))
+                return _record(row)
+            if (row.size, row.mtime, row.checksum_alg, row.checksum) == (size, mtime, checksum_alg, checksum):
+                return _record(row)
+            sess.add(_event(EventKind.SOURCE_CHANGED, row, tier, at=now, detail={
+                "old": {"size": row.size, "mtime": row.mtime, "checksum": row.checksum},
+                "new": {"size": size, "mtime": mtime, "checksum": checksum}}))
+            row.size, row.mtime, row.checksum_alg, row.checksum = size, mtime, checksum_alg, checksum
+            row.updated_at = now
+            for copy in row.copies:
+                if copy.tier == tier:
+                    copy.state, copy.size, copy.checksum, copy.verified_at = CopyState.VERIFIED, size, checksum, now
+                elif copy.state == CopyState.VERIFIED:
+                    copy.state = CopyState.STALE
+                copy.updated_at = now
+            return _record(row)
+
+    def get_source(self, tier: str, path: str) -> SourceRecord | None:
+        with self.session() as sess:
+            row = sess.scalars(_source_query(tier, path)).first()
+            return None if row is None else _record(row)
+
+    def sources(self, tier: str, paths: Sequence[str]) -> dict[str, SourceRecord]:
+        """The known source records among ``paths`` on ``tier``."""
+        out: dict[str, SourceRecord] = {}
+        with self.session() as sess:
+            for chunk_start in range(0, len(paths), 500):
+                chunk = list(paths[chunk_start:chunk_start + 500])
+                q = select(SourceFile).where(SourceFile.source_tier == tier, SourceFile.path.in_(chunk))
+                rows = sess.scalars(q)
+                out.update({r.path: _record(r) for r in rows})
+        return out
+
+    # ------------------------------------------------------------------------------------------ copies
+
+    def record_verified(self, source: SourceRecord, tier: str, *, checksum: str, size: int, skipped: bool,
+                        detail: dict[str, Any] | None = None) -> None:
+        """Mark ``source``'s copy on ``tier`` verified and log how (copied+verified, or skipped as already there)."""
+        self._retry_on_conflict(self._record_verified, source, tier, checksum, size, skipped, detail or {})
+
+    def _record_verified(self, source: SourceRecord, tier: str, checksum: str, size: int, skipped: bool,
+                         detail: dict[str, Any]) -> None:
+        now = utcnow()
+        with self.session() as sess:
+            copy = self._copy_row(sess, source.id, tier, now)
+            copy.state, copy.size, copy.checksum, copy.verified_at, copy.error, copy.updated_at = (
+                CopyState.VERIFIED, size, checksum, now, None, now)
+            base = {"checksum_alg": source.checksum_alg, "checksum": checksum, "size": size, **detail}
+            kinds = [EventKind.SKIPPED] if skipped else [EventKind.COPIED, EventKind.VERIFIED]
+            for kind in kinds:
+                sess.add(_event(kind, source, tier, base, at=now))
+
+    def record_failed(self, path: str, tier: str, reason: str, *, source: SourceRecord | None = None,
+                      kind: EventKind = EventKind.FAILED) -> None:
+        """Log a failure (or a refusal) with its reason; mark the copy failed when the file is known."""
+        self._retry_on_conflict(self._record_failed, path, tier, reason, source, kind)
+
+    def _record_failed(self, path: str, tier: str, reason: str, source: SourceRecord | None, kind: EventKind) -> None:
+        now = utcnow()
+        with self.session() as sess:
+            if source is not None and source.tier != tier:
+                copy = self._copy_row(sess, source.id, tier, now)
+                copy.state, copy.error, copy.updated_at = CopyState.FAILED, reason, now
+            sess.add(_event(kind, source, tier, {"reason": reason}, path=path, at=now))
+
+    def record_event(self, kind: str, *, path: str | None = None, tier: str | None = None,
+                     source: SourceRecord | None = None, detail: dict[str, Any] | None = None) -> None:
+        with self.session() as sess:
+            sess.add(_event(kind, source, tier, detail or {}, path=path))
+
+    @staticmethod
+    def _copy_row(sess: Session, file_id: int, tier: str, now: datetime) -> Copy:
+        copy = sess.scalars(select(Copy).where(Copy.file_id == file_id, Copy.tier == tier)).first()
+        if copy is None:
+            copy = Copy(file_id=file_id, tier=tier, state=CopyState.PENDING, updated_at=now)
+            sess.add(copy)
+        return copy
+
+    def copy_state(self, source: SourceRecord, tier: str) -> CopyInfo | None:
+        with self.session() as sess:
+            c = sess.scalars(select(Copy).where(Copy.file_id == source.id, Copy.tier == tier)).first()
+            return None if c is None else _copy_info(c)
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def status(self, *, source_tier: str | None = None, path_prefix: str | None = None) -> list[FileStatus]:
+        """Every known file with the state of each copy, ordered by path."""
+        with self.session() as sess:
+            q = select(SourceFile).order_by(SourceFile.path)
+            if source_tier:
+                q = q.where(SourceFile.source_tier == source_tier)
+            if path_prefix:
+                q = q.where(SourceFile.path.startswith(path_prefix, autoescape=True))
+            files = list(sess.scalars(q))
+            copies: dict[int, dict[str, CopyInfo]] = {}
+            for c in sess.scalars(select(Copy)):
+                copies.setdefault(c.file_id, {})[c.tier] = _copy_info(c)
+            return [FileStatus(f.path, f.source_tier, f.size, f.checksum_alg, f.checksum, f.detected_at,
+                               dict(sorted(copies.get(f.id, {}).items()))) for f in files]
+
+    def count_verified(self, tier: str, paths: Sequence[str], source_tier: str) -> int:
+        """How many of ``paths`` are verified on ``tier`` (for progress display)."""
+        with self.session() as sess:
+            n = 0
+            for start in range(0, len(paths), 500):
+                chunk = list(paths[start:start + 500])
+                n += sess.scalar(
+                    select(func.count()).select_from(Copy).join(SourceFile)
+                    .where(SourceFile.source_tier == source_tier, SourceFile.path.in_(chunk),
+                           Copy.tier == tier, Copy.state == CopyState.VERIFIED)) or 0
+            return n
+
+    def events(self, *, path: str | None = None, kind: str | None = None, limit: int | None = None) -> list[Event]:
+        with self.session() as sess:
+            q = select(Event).order_by(Event.id)
+            if path is not None:
+                q = q.where(Event.path == path)
+            if kind is not None:
+                q = q.where(Event.kind == kind)
+            if limit is not None:
+                q = q.limit(limit)
+            return list(sess.scalars(q))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table (used by tests and ``status`` summaries to show nothing was duplicated)."""
+        with self.session() as sess:
+            return {
+                "files": sess.scalar(select(func.count()).select_from(SourceFile)) or 0,
+                "copies": sess.scalar(select(func.count()).select_from(Copy)) or 0,
+                "events": sess.scalar(select(func.count()).select_from(Event)) or 0,
+            }

@@ -1,0 +1,1 @@
+"""The business steps as plain functions over interfaces (no Prefect here): move, catalogue, prune."""

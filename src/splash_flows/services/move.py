@@ -1,0 +1,205 @@
+"""The move step (seed ``move.py``): register new files from the source tier, copy them to every target tier,
+verify every copy, and record each step in the ledger.
+
+Plain functions over the ``Tier`` interface and the ledger: the Prefect flows call these and add nothing but
+orchestration. A bad file never stops its batch: its error is recorded and reported, the rest go on, and the
+report's ``raise_for_failures`` makes the caller (and so the Prefect run) fail with every reason listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from splash_flows.context import Context
+from splash_flows.errors import (
+    BatchError,
+    PathEscapeError,
+    SourceChangedError,
+    SourceMissingError,
+    SplashFlowsError,
+    TierError,
+    TransferError,
+    VerificationError,
+)
+from splash_flows.ledger import EventKind, SourceRecord
+from splash_flows.paths import normalize_relpath
+from splash_flows.tiers.base import CopyItem, CopyResult, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether trying again may help: I/O and service errors yes; refusals, missing sources and a source that
+    no longer matches its ledger checksum no."""
+    if isinstance(err, BatchError):
+        return any(is_transient(e) for e in err.failures.values())
+    if isinstance(err, PathEscapeError | SourceMissingError | SourceChangedError):
+        return False
+    return isinstance(err, TransferError | VerificationError)
+
+
+@dataclass
+class TierReport:
+    """What happened on one target tier for one batch."""
+
+    tier: str
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, SplashFlowsError] = field(default_factory=dict)
+    bytes_copied: int = 0
+
+    @property
+    def verified(self) -> list[str]:
+        return self.copied + self.skipped
+
+
+@dataclass
+class RegisterReport:
+    """Source files known to the ledger (with their checksum) and those that could not be registered."""
+
+    sources: list[SourceRecord] = field(default_factory=list)
+    failed: dict[str, SplashFlowsError] = field(default_factory=dict)
+
+
+@dataclass
+class MoveReport:
+    """The outcome of moving one batch: registration plus one report per target tier."""
+
+    requested: int
+    register: RegisterReport
+    tiers: dict[str, TierReport] = field(default_factory=dict)
+
+    def failures(self) -> dict[str, SplashFlowsError]:
+        out: dict[str, SplashFlowsError] = {f"{p} (register)": e for p, e in self.register.failed.items()}
+        for rep in self.tiers.values():
+            out.update({f"{p} -> {rep.tier}": e for p, e in rep.failed.items()})
+        return out
+
+    def verified_everywhere(self) -> list[str]:
+        """Paths verified on every target tier of this batch."""
+        if not self.tiers:
+            return []
+        sets = [set(r.verified) for r in self.tiers.values()]
+        return sorted(set.intersection(*sets))
+
+    def raise_for_failures(self) -> None:
+        failures = self.failures()
+        if failures:
+            raise BatchError("file copies", failures, total=self.requested * max(1, len(self.tiers)))
+
+    def summary(self) -> str:
+        parts = [f"{len(self.verified_everywhere())}/{self.requested} files verified on {', '.join(self.tiers)}"]
+        for rep in self.tiers.values():
+            parts.append(f"{rep.tier}: {len(rep.copied)} copied, {len(rep.skipped)} already there, "
+                         f"{len(rep.failed)} failed")
+        return "; ".join(parts)
+
+
+def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
+    """Make every path known to the ledger with its size, mtime and checksum.
+
+    A path the ledger already knows with the same size and mtime is not re-read (the copy still verifies the
+    bytes against the recorded checksum). Refused paths (escaping the root) and missing or unreadable files are
+    recorded with their reason and left out; the rest go on.
+    """
+    source_name = ctx.config.move.source
+    source = ctx.tier(source_name)
+    report = RegisterReport()
+    clean: list[str] = []
+    for raw in dict.fromkeys(paths):
+        try:
+            path = normalize_relpath(raw, tier=source_name)
+            source.stat(path)  # resolves symlinks and refuses escapes before anything reads the file
+            clean.append(path)
+        except PathEscapeError as err:
+            report.failed[raw] = err
+            ctx.ledger.record_failed(raw, source_name, str(err), kind=EventKind.REFUSED)
+        except TierError as err:
+            report.failed[raw] = err
+            ctx.ledger.record_failed(raw, source_name, str(err))
+    known = ctx.ledger.sources(source_name, clean)
+
+    def one(path: str) -> SourceRecord | SplashFlowsError:
+        try:
+            st = source.stat(path)
+            if st is None:
+                raise SourceMissingError("file not found", tier=source_name, path=path)
+            rec = known.get(path)
+            if rec is not None and (rec.size, rec.mtime, rec.checksum_alg) == (st.size, st.mtime, source.checksum_alg):
+                return rec
+            checksum = source.checksum(path)
+            after = source.stat(path)
+            if after is None or (after.size, after.mtime) != (st.size, st.mtime):
+                raise SourceChangedError("file changed while it was being checksummed (still being written?)",
+                                    tier=source_name, path=path)
+            return ctx.ledger.register_source(source_name, path, size=st.size, mtime=st.mtime,
+                                              checksum_alg=source.checksum_alg, checksum=checksum)
+        except TierError as err:
+            ctx.ledger.record_failed(path, source_name, str(err), source=known.get(path))
+            return err
+
+    workers = max(1, min(ctx.config.move.concurrency, len(clean)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="register") as pool:
+        for path, outcome in zip(clean, pool.map(one, clean), strict=True):
+            if isinstance(outcome, SourceRecord):
+                report.sources.append(outcome)
+            else:
+                report.failed[path] = outcome
+    return report
+
+
+def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
+                 progress: ProgressCallback | None = None) -> TierReport:
+    """Copy registered sources to ``target`` and verify each copy against the ledger's checksum."""
+    src_tier = ctx.tier(ctx.config.move.source)
+    dst_tier = ctx.tier(target)
+    report = TierReport(tier=target)
+    if not sources:
+        return report
+    items = [CopyItem(s.path, s.checksum, s.size) for s in sources]
+    try:
+        outcomes = dst_tier.copy_from(src_tier, items, progress)
+    except TierError as err:
+        outcomes = [err] * len(items)
+    for source, outcome in zip(sources, outcomes, strict=True):
+        if isinstance(outcome, CopyResult) and outcome.checksum != source.checksum:
+            outcome = VerificationError(f"copy checksum {outcome.checksum} != ledger {source.checksum}",
+                                        tier=target, path=source.path)
+        if isinstance(outcome, CopyResult):
+            ctx.ledger.record_verified(source, target, checksum=outcome.checksum, size=outcome.size,
+                                       skipped=outcome.skipped)
+            (report.skipped if outcome.skipped else report.copied).append(source.path)
+            if not outcome.skipped:
+                report.bytes_copied += outcome.size
+        else:
+            report.failed[source.path] = outcome
+            ctx.ledger.record_failed(source.path, target, str(outcome), source=source)
+            log.error("%s", outcome)
+    return report
+
+
+def move_files(ctx: Context, paths: Sequence[str], targets: Sequence[str] | None = None,
+               progress: Callable[[str, str, int], None] | None = None) -> MoveReport:
+    """Register ``paths`` (tier-relative on the source tier) and copy them to every target tier concurrently.
+
+    ``progress(tier, path, nbytes)`` is called as bytes are copied. Returns the report; it does not raise for
+    per-file failures -- call ``raise_for_failures``.
+    """
+    targets = list(targets if targets is not None else ctx.config.move.targets)
+    reg = register_sources(ctx, paths)
+    report = MoveReport(requested=len(dict.fromkeys(paths)), register=reg)
+
+    def run(target: str) -> TierReport:
+        cb: ProgressCallback | None = None
+        if progress is not None:
+            def cb(path: str, n: int, _t: str = target) -> None:
+                progress(_t, path, n)
+        return copy_to_tier(ctx, reg.sources, target, cb)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets)), thread_name_prefix="move") as pool:
+        for rep in pool.map(run, targets):
+            report.tiers[rep.tier] = rep
+    return report

@@ -1,0 +1,313 @@
+"""A tier that is a folder on a file system this process can reach.
+
+The verified copy: read the source in large chunks while hashing it, write under a temporary name in the
+destination folder, set the source's mtime, fsync, drop the written pages from the page cache, re-read and
+hash the temporary file, and only if both hashes agree rename it to its final name (then fsync the folder).
+So a final name only ever holds a complete, verified file, and a ``kill -9`` at any point leaves at most a
+``.part`` file that the next copy of the same file removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import stat as stat_mod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from splash_flows.checksum import CHUNK, new_hasher
+from splash_flows.errors import (
+    DeleteError,
+    SourceChangedError,
+    SourceMissingError,
+    TierError,
+    TransferError,
+    VerificationError,
+)
+from splash_flows.paths import normalize_relpath, safe_join
+from splash_flows.tiers.base import CopyItem, CopyOutcome, CopyResult, FileStat, ProgressCallback, Tier
+
+PART_MARK = ".splash-part-"
+
+
+def _hostname() -> str:
+    return socket.gethostname().replace(".", "_").replace("-", "_")
+
+
+def _is_part(name: str) -> bool:
+    return PART_MARK in name and name.endswith(".part")
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+class LocalTier:
+    """A tier rooted at a local (or mounted) folder."""
+
+    kind = "local"
+
+    def __init__(self, name: str, root: Path, checksum_alg: str, *, concurrency: int = 4,
+                 verify_from_disk: bool = True) -> None:
+        self.name = name
+        self.root = root
+        self.checksum_alg = checksum_alg
+        self.concurrency = concurrency
+        self.verify_from_disk = verify_from_disk
+
+    def __repr__(self) -> str:
+        return f"LocalTier({self.name!r}, {str(self.root)!r})"
+
+    # ------------------------------------------------------------------------------------------ basics
+
+    def path(self, relpath: str) -> Path:
+        """The absolute path of ``relpath`` on this tier (refusing any escape from the root)."""
+        return safe_join(self.root, relpath, tier=self.name)
+
+    def check_root(self) -> None:
+        """Raise TierError if the root folder is missing or not a folder."""
+        if not self.root.is_dir():
+            raise TierError(f"tier root {self.root} does not exist or is not a folder", tier=self.name)
+
+    def stat(self, path: str) -> FileStat | None:
+        full = self.path(path)
+        try:
+            st = os.stat(full)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise TierError(f"cannot stat: {_reason(err)}", tier=self.name, path=path) from None
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise TierError("not a regular file", tier=self.name, path=path)
+        return FileStat(normalize_relpath(path), st.st_size, st.st_mtime)
+
+    def checksum(self, path: str) -> str:
+        full = self.path(path)
+        try:
+            with open(full, "rb", buffering=0) as fh:
+                return self._hash_fd(fh.fileno())
+        except FileNotFoundError:
+            raise SourceMissingError("file not found", tier=self.name, path=path) from None
+        except OSError as err:
+            raise TierError(f"cannot read: {_reason(err)}", tier=self.name, path=path) from None
+
+    def url(self, path: str) -> str:
+        return str(self.root / normalize_relpath(path, tier=self.name))
+
+    def walk(self, prefix: str = "") -> Iterator[FileStat]:
+        start = self.path(prefix) if prefix else self.root
+        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                if _is_part(fname):
+                    continue
+                full = Path(dirpath) / fname
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue  # vanished between listing and stat
+                if stat_mod.S_ISREG(st.st_mode):
+                    yield FileStat(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+
+    # ------------------------------------------------------------------------------------------ copy
+
+    def copy_from(self, source: Tier, items: Sequence[CopyItem],
+                  progress: ProgressCallback | None = None) -> list[CopyOutcome]:
+        if not isinstance(source, LocalTier):
+            raise TierError(f"a local tier cannot copy from a {source.kind} tier ({source.name})", tier=self.name)
+        if len(items) <= 1 or self.concurrency == 1:
+            return [self.copy_one(source, item, progress) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
+                                thread_name_prefix=f"copy-{self.name}") as pool:
+            return list(pool.map(lambda item: self.copy_one(source, item, progress), items))
+
+    def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None) -> CopyOutcome:
+        """Copy and verify one file; return its result or the typed error (never raises TierError)."""
+        try:
+            return self._copy_one(source, item, progress)
+        except TierError as err:
+            return err
+        except OSError as err:
+            return TransferError(f"{_reason(err)} (copying from {source.name})", tier=self.name, path=item.path)
+
+    def _copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None) -> CopyResult:
+        src_path = source.path(item.path)
+        dst_path = self.path(item.path)
+        try:
+            src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SourceMissingError("file not found", tier=source.name, path=item.path) from None
+        except OSError as err:
+            raise TransferError(f"cannot open source: {_reason(err)}", tier=source.name, path=item.path) from None
+        try:
+            st = os.fstat(src_fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise TransferError("not a regular file", tier=source.name, path=item.path)
+            existing = self._matching_destination(dst_path, st.st_size, item, source, src_fd)
+            if existing is not None:
+                if progress:
+                    progress(item.path, st.st_size)
+                return existing
+            self._remove_stale_parts(dst_path)
+            return self._write_verified(src_fd, st, dst_path, item, source, progress)
+        finally:
+            os.close(src_fd)
+
+    def _matching_destination(self, dst_path: Path, size: int, item: CopyItem, source: LocalTier,
+                              src_fd: int) -> CopyResult | None:
+        """If the destination already holds these bytes, the verified result without writing anything."""
+        try:
+            dst_st = os.stat(dst_path)
+        except FileNotFoundError:
+            return None
+        if not stat_mod.S_ISREG(dst_st.st_mode) or dst_st.st_size != size:
+            return None
+        src_sum = item.checksum or self._hash_fd(src_fd)
+        try:
+            with open(dst_path, "rb", buffering=0) as fh:
+                dst_sum = self._hash_fd(fh.fileno())
+        except OSError as err:
+            raise TransferError(f"cannot read existing copy: {_reason(err)}", tier=self.name, path=item.path) from None
+        if dst_sum != src_sum:
+            return None
+        return CopyResult(item.path, size, dst_st.st_mtime, dst_sum, skipped=True, source_checksum=src_sum)
+
+    def _write_verified(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem,
+                        source: LocalTier, progress: ProgressCallback | None) -> CopyResult:
+        try:
+            dst_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TransferError(f"cannot create folder: {_reason(err)}", tier=self.name, path=item.path) from None
+        tmp = dst_path.with_name(f".{dst_path.name}{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}.part")
+        hasher = new_hasher(self.checksum_alg)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        try:
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as err:
+            raise TransferError(f"cannot create {tmp.name}: {_reason(err)}", tier=self.name, path=item.path) from None
+        try:
+            try:
+                os.lseek(src_fd, 0, os.SEEK_SET)
+                total = 0
+                while True:
+                    n = os.readv(src_fd, [buf])
+                    if n == 0:
+                        break
+                    chunk = view[:n]
+                    hasher.update(chunk)
+                    written = 0
+                    while written < n:
+                        written += os.write(dst_fd, chunk[written:])
+                    total += n
+                    if progress:
+                        progress(item.path, n)
+                after = os.fstat(src_fd)
+                if total != st.st_size or after.st_size != st.st_size or after.st_mtime_ns != st.st_mtime_ns:
+                    raise SourceChangedError(
+                        f"source changed while copying (size {st.st_size} -> {after.st_size}, read {total})",
+                        tier=source.name, path=item.path)
+                os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(dst_fd)
+                if self.verify_from_disk and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError as err:
+                raise TransferError(f"write failed: {_reason(err)}", tier=self.name, path=item.path) from None
+            finally:
+                os.close(dst_fd)
+            src_sum = hasher.hexdigest()
+            if item.checksum is not None and src_sum != item.checksum:
+                raise SourceChangedError(
+                    f"source checksum {src_sum} differs from the ledger's {item.checksum}: the source changed "
+                    f"after it was registered", tier=source.name, path=item.path)
+            try:
+                with open(tmp, "rb", buffering=0) as fh:
+                    dst_sum = self._hash_fd(fh.fileno())
+            except OSError as err:
+                raise TransferError(f"cannot re-read the copy: {_reason(err)}", tier=self.name,
+                                    path=item.path) from None
+            if dst_sum != src_sum:
+                raise VerificationError(f"copy checksum {dst_sum} != source {src_sum}; copy discarded",
+                                        tier=self.name, path=item.path)
+            try:
+                os.rename(tmp, dst_path)
+                self._fsync_dir(dst_path.parent)
+            except OSError as err:
+                raise TransferError(f"rename failed: {_reason(err)}", tier=self.name, path=item.path) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return CopyResult(item.path, st.st_size, st.st_mtime, dst_sum, skipped=False, source_checksum=src_sum)
+
+    def _hash_fd(self, fd: int) -> str:
+        hasher = new_hasher(self.checksum_alg)
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while n := os.readv(fd, [buf]):
+            hasher.update(view[:n])
+        return hasher.hexdigest()
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _remove_stale_parts(dst_path: Path) -> None:
+        """Remove ``.part`` files of this name left by a dead process on this host (after a kill -9)."""
+        prefix = f".{dst_path.name}{PART_MARK}{_hostname()}-"
+        try:
+            names = os.listdir(dst_path.parent)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not (name.startswith(prefix) and name.endswith(".part")):
+                continue
+            pid_text = name[len(prefix):].split("-", 1)[0]
+            if not pid_text.isdigit():
+                continue
+            try:
+                os.kill(int(pid_text), 0)
+                continue  # that process is alive: its copy may still be running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dst_path.parent / name)
+
+    # ------------------------------------------------------------------------------------------ delete
+
+    def delete(self, paths: Sequence[str]) -> list[TierError | None]:
+        return [self._delete_one(p) for p in paths]
+
+    def _delete_one(self, path: str) -> TierError | None:
+        try:
+            full = self.path(path)
+            os.unlink(full)
+        except TierError as err:
+            return err
+        except FileNotFoundError:
+            return DeleteError("file not found (already deleted?)", tier=self.name, path=path)
+        except OSError as err:
+            return DeleteError(f"cannot delete: {_reason(err)}", tier=self.name, path=path)
+        self._prune_empty_dirs(full.parent)
+        return None
+
+    def _prune_empty_dirs(self, folder: Path) -> None:
+        root = Path(os.path.abspath(self.root))
+        current = Path(os.path.abspath(folder))
+        while current != root and root in current.parents:
+            try:
+                current.rmdir()
+            except OSError:
+                return  # not empty (or gone, or busy): stop climbing
+            current = current.parent

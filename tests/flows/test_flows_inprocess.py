@@ -1,0 +1,53 @@
+"""The Prefect flows, in-process against a temporary server: Completed only when every copy verified."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splash_flows.config import Config, default_config_data
+from tests.conftest import write_file
+
+pytestmark = pytest.mark.prefect
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    data = default_config_data(root)
+    for tier in data["tiers"].values():
+        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "splash.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_dispatcher_completes_and_verifies(prefect_harness: None, config_file: Path, sqlite_config: Config) -> None:
+    from splash_flows.flows.bl733.dispatcher import dispatcher
+
+    data733 = config_file.parent / "site" / "data733"
+    paths = [f"P/scan_{i}.edf" for i in range(3)]
+    for p in paths:
+        write_file(data733, p, os.urandom(1000))
+    state = dispatcher(paths=paths, config_path=str(config_file), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["tiers"] == {"lamarr": {"copied": 3, "skipped": 0}, "cfs": {"copied": 3, "skipped": 0}}
+    for t in ("lamarr", "cfs"):
+        for p in paths:
+            assert (config_file.parent / "site" / t / p).read_bytes() == (data733 / p).read_bytes()
+
+
+def test_a_failed_step_fails_the_run_with_its_reason(prefect_harness: None, config_file: Path) -> None:
+    from splash_flows.flows.bl733.move import new_file_733
+
+    data733 = config_file.parent / "site" / "data733"
+    write_file(data733, "ok.edf", b"fine")
+    state = new_file_733(paths=["ok.edf", "gone.edf"], config_path=str(config_file), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"data733:gone.edf: file not found"):
+        state.result()
+    assert (config_file.parent / "site" / "cfs" / "ok.edf").read_bytes() == b"fine"

@@ -1,0 +1,88 @@
+"""The move service without Prefect: register, copy to every target, verify, ledger."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from splash_flows.context import Context
+from splash_flows.errors import BatchError
+from splash_flows.ledger import EventKind
+from splash_flows.services.move import is_transient, move_files
+from tests.conftest import write_file
+
+
+def src_root(ctx: Context) -> Path:
+    return Path(ctx.config.tiers["data733"].root)
+
+
+def test_moves_and_verifies_everything(ctx: Context) -> None:
+    paths = [f"ALS-00622/20240325/scan_{i:03d}.edf" for i in range(6)]
+    for i, p in enumerate(paths):
+        write_file(src_root(ctx), p, os.urandom(100_000 + i))
+    report = move_files(ctx, paths)
+    report.raise_for_failures()
+    assert report.verified_everywhere() == sorted(paths)
+    for row in ctx.ledger.status():
+        assert {t: c.state for t, c in row.copies.items()} == {"data733": "verified", "lamarr": "verified",
+                                                              "cfs": "verified"}
+        assert row.copies["lamarr"].checksum == row.copies["cfs"].checksum == row.checksum
+        for t in ("lamarr", "cfs"):
+            assert (Path(ctx.config.tiers[t].root) / row.path).read_bytes() == (src_root(ctx) / row.path).read_bytes()
+
+
+def test_rerun_is_cheap_and_duplicates_nothing(ctx: Context) -> None:
+    write_file(src_root(ctx), "a.edf", b"a" * 1000)
+    write_file(src_root(ctx), "b.txt", b"b" * 10)
+    move_files(ctx, ["a.edf", "b.txt"]).raise_for_failures()
+    counts = ctx.ledger.counts()
+    again = move_files(ctx, ["a.edf", "b.txt", "a.edf"])
+    again.raise_for_failures()
+    assert all(r.copied == [] and len(r.skipped) == 2 for r in again.tiers.values())
+    after = ctx.ledger.counts()
+    assert after["files"] == counts["files"] == 2 and after["copies"] == counts["copies"] == 6
+    assert len(ctx.ledger.events(kind=EventKind.SKIPPED)) == 4
+
+
+def test_bad_items_are_reported_and_the_rest_completes(ctx: Context, tmp_path: Path) -> None:
+    write_file(src_root(ctx), "good.edf", b"g" * 100)
+    write_file(src_root(ctx), "empty.edf", b"")
+    (tmp_path / "outside").write_text("x")
+    os.symlink(tmp_path / "outside", src_root(ctx) / "link.edf")
+    report = move_files(ctx, ["good.edf", "empty.edf", "missing.edf", "../up.edf", "link.edf"])
+    assert report.verified_everywhere() == ["empty.edf", "good.edf"]
+    failures = report.failures()
+    assert set(failures) == {"missing.edf (register)", "../up.edf (register)", "link.edf (register)"}
+    with pytest.raises(BatchError) as exc:
+        report.raise_for_failures()
+    text = str(exc.value)
+    assert "data733:missing.edf: file not found" in text and "outside the tier root" in text
+    assert not is_transient(exc.value)
+    refused = ctx.ledger.events(kind=EventKind.REFUSED)
+    assert {e.path for e in refused} == {"../up.edf", "link.edf"}
+
+
+def test_changed_source_is_recopied(ctx: Context) -> None:
+    p = write_file(src_root(ctx), "a.edf", b"v1" * 100)
+    move_files(ctx, ["a.edf"]).raise_for_failures()
+    p.write_bytes(b"v2" * 100)
+    os.utime(p, (2_000_000_000, 2_000_000_000))
+    report = move_files(ctx, ["a.edf"])
+    report.raise_for_failures()
+    assert report.tiers["cfs"].copied == ["a.edf"]
+    assert (Path(ctx.config.tiers["cfs"].root) / "a.edf").read_bytes() == b"v2" * 100
+    assert len(ctx.ledger.events(kind=EventKind.SOURCE_CHANGED)) == 1
+
+
+def test_missing_target_root_fails_cleanly(ctx: Context) -> None:
+    write_file(src_root(ctx), "a.edf", b"x")
+    cfs = Path(ctx.config.tiers["cfs"].root)
+    cfs.rmdir()
+    cfs.write_text("not a folder")  # the target root is broken
+    report = move_files(ctx, ["a.edf"])
+    assert report.tiers["lamarr"].verified == ["a.edf"]
+    assert "a.edf" in report.tiers["cfs"].failed
+    assert "cfs:a.edf" in str(report.tiers["cfs"].failed["a.edf"])
+    assert ctx.ledger.status()[0].copies["cfs"].state == "failed"
