@@ -1,10 +1,10 @@
 """Read (and write) the EDF images of the 7.3.3 Pilatus 2M, plus the header-less ``.gb`` float frames.
 
-EDF = an ASCII header ``{ key = value ; ... }`` padded to a multiple of 512 bytes, then raw pixels. A 2M frame is
-~9.9 MB, and cataloguing needs only the header, so :func:`read_edf_header` reads the first few KiB and never the
-pixels. Corrupt or truncated content is recorded in ``EdfHeader.errors``; only a file that cannot be opened
-raises ``MetadataError``. :func:`read_edf_image` raises ``MetadataError`` for anything it cannot turn into an
-array, because there is no meaningful partial image.
+EDF = an ASCII header ``{ key = value ; ... }`` padded to a multiple of 512 bytes, then raw pixels.
+A 2M frame is ~9.9 MB and cataloguing needs only the header, so :func:`read_edf_header` reads the first few
+KiB and never the pixels. Corrupt or truncated content is recorded in ``EdfHeader.errors``; only a file that
+cannot be opened raises ``MetadataError``. :func:`read_edf_image` raises ``MetadataError`` for anything it
+cannot turn into an array, because there is no meaningful partial image.
 
 This is a small reader for the uncompressed single-frame EDF the beamline writes, not a general EDF library
 (``fabio`` is that; the tests check that fabio reads what :func:`write_edf` writes, and vice versa).
@@ -103,9 +103,9 @@ def parse_ctime(text: str, zone: str = DEFAULT_ZONE) -> datetime:
     """Parse a ctime-style date (``Mon Mar 25 17:06:51 2024``, local time in ``zone``) into an aware datetime.
 
     Locale-independent (does not use ``strptime``'s ``%a``/``%b``). The weekday is optional and not checked
-    against the date, since it carries no information. During the autumn DST overlap the earlier instant is
-    chosen (``fold=0``): the header has no offset to disambiguate. Raises ``ValueError`` if the text is not such
-    a date or the zone is unknown.
+    against the date, since it carries no information. During the autumn DST overlap the earlier instant
+    is chosen (``fold=0``): the header has no offset to disambiguate. Raises ``ValueError`` if the text is not
+    such a date or the zone is unknown.
     """
     parts = text.split()
     if parts and parts[0][:3] in _WEEKDAYS and len(parts) == 5:
@@ -127,15 +127,15 @@ def parse_ctime(text: str, zone: str = DEFAULT_ZONE) -> datetime:
     whole = int(seconds)
     return datetime(
         int(year), month, int(day), int(hms[0]), int(hms[1]), whole,
-        int(round((seconds - whole) * 1_000_000)), tzinfo=tz,
+        round((seconds - whole) * 1_000_000), tzinfo=tz,
     )
 
 
 def read_edf_header(path: Path, *, label: str | None = None) -> EdfHeader:
     """Read only the header block of an EDF file (a few KiB, never the pixels).
 
-    Raises ``MetadataError`` if the file cannot be opened. A missing ``{``/``}``, bad lines, an unknown data type
-    or a file shorter than header + pixels are recorded in ``errors`` and whatever was parsed is returned.
+    Raises ``MetadataError`` if the file cannot be opened. A missing ``{``/``}``, bad lines, an unknown data
+    type or a file shorter than header + pixels are recorded in ``errors``; whatever was parsed is returned.
     """
     name = label if label is not None else str(path)
     header = EdfHeader(source=name)
@@ -214,14 +214,16 @@ def _interpret(header: EdfHeader) -> None:
     if header.shape is not None and header.dtype is not None and size_text is not None:
         pixels = header.shape[0] * header.shape[1] * header.dtype.itemsize
         if size_text.strip() != str(pixels):
-            header.errors.append(f"{name}: EDF Size {size_text!r} does not match Dim_1*Dim_2*itemsize={pixels}")
+            header.errors.append(
+                f"{name}: EDF Size {size_text!r} does not match Dim_1*Dim_2*itemsize={pixels}"
+            )
 
 
 def read_edf_image(path: Path, *, label: str | None = None) -> npt.NDArray[np.generic]:
     """Load the pixels of an EDF file as a (rows, columns) array in native byte order.
 
-    Raises ``MetadataError`` if the file cannot be read, the header does not describe the pixels, or the file is
-    shorter than its pixels.
+    Raises ``MetadataError`` if the file cannot be read, the header does not describe the pixels, or the file
+    is shorter than its pixels.
     """
     name = label if label is not None else str(path)
     header = read_edf_header(path, label=name)

@@ -17,9 +17,9 @@ Layout (see ``shared/reference/bl733/sample_scan_2m.txt``)::
 
 Rules this parser follows, and why:
 
-- It never raises on content. A sidecar is evidence of an acquisition that already happened; a garbled line must
-  not stop the scan from being moved and catalogued. Every problem is appended to ``Sidecar.errors`` (each
-  message names the file) and everything readable is kept.
+- It never raises on content. A sidecar is evidence of an acquisition that already happened; a garbled line
+  must not stop the scan from being moved and catalogued. Every problem is appended to ``Sidecar.errors``
+  (each message names the file) and everything readable is kept.
 - Duplicate keys are kept in order (``Izero`` is in the header and in AIs, ``M1 Pitch`` in Motors and AIs).
   ``entries`` is the full ordered list; ``as_dict()`` gives a flat view in which later occurrences get the
   section appended (``"Izero (AIs)"``) so nothing is overwritten.
@@ -64,7 +64,9 @@ KEY_PI = "PI"
 KEY_EXPOSURE = "Exposure time s"
 KEY_ALPHA = "Sample Alpha Stage"
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE)
+_NUMBER = re.compile(
+    r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE
+)
 _COUNTER = re.compile(r"\d+")
 
 Value = float | str
@@ -234,8 +236,8 @@ def parse_sidecar_text(text: str, *, source: str = "<text>") -> Sidecar:
             continue
         if not key:
             sc.errors.append(f"{source}: line {lineno}: empty key")
-        value: Value = raw if key in TEXT_KEYS else parse_value(raw)
-        sc.entries.append(SidecarEntry(section=section, key=key, value=value, raw=raw, line=lineno))
+        parsed: Value = raw if key in TEXT_KEYS else parse_value(raw)
+        sc.entries.append(SidecarEntry(section=section, key=key, value=parsed, raw=raw, line=lineno))
 
     if not sc.complete:
         if remaining > 0:
