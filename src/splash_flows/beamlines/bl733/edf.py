@@ -273,17 +273,16 @@ def format_edf_header(values: dict[str, str]) -> bytes:
     return raw + b" " * (total - len(raw) - 2) + b"}\n"
 
 
-def write_edf(path: Path, data: npt.NDArray[np.generic], header: dict[str, str]) -> None:
-    """Write ``data`` (2-D) as a single-frame EDF with ``header`` first, then the shape/type keys derived from
-    the array (``ByteOrder``, ``DataType``, ``Dim_1``, ``Dim_2``, ``Size``), little endian.
-
-    Used by the simulator; writes ``path`` directly (the caller handles temporary names).
+def edf_bytes(data: npt.NDArray[np.generic], header: dict[str, str]) -> bytes:
+    """Encode ``data`` (2-D) as a single-frame little-endian EDF: ``header`` first, then the shape/type keys
+    derived from the array (``ByteOrder``, ``DataType``, ``Dim_1``, ``Dim_2``, ``Size``; a key already in
+    ``header`` keeps its position but gets the derived value), then the pixels.
     """
     if data.ndim != 2:
         raise ValueError(f"EDF data must be 2-D, got shape {data.shape}")
-    little = data.astype(data.dtype.newbyteorder("<"), copy=False)
-    kind = little.dtype.kind + str(little.dtype.itemsize)
-    names = {v: k for k, v in reversed(EDF_DTYPES.items())}
+    little = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    kind = f"{little.dtype.kind}{little.dtype.itemsize}"
+    names = {v: k for k, v in reversed(EDF_DTYPES.items())}  # first name listed wins
     if kind not in names:
         raise ValueError(f"no EDF DataType for numpy dtype {data.dtype}")
     values = dict(header)
@@ -294,6 +293,9 @@ def write_edf(path: Path, data: npt.NDArray[np.generic], header: dict[str, str])
         "Dim_2": str(data.shape[0]),
         "Size": str(little.nbytes),
     })
-    with path.open("wb") as fh:
-        fh.write(format_edf_header(values))
-        fh.write(np.ascontiguousarray(little).tobytes())
+    return format_edf_header(values) + little.tobytes()
+
+
+def write_edf(path: Path, data: npt.NDArray[np.generic], header: dict[str, str]) -> None:
+    """Write :func:`edf_bytes` to ``path`` directly (the caller handles temporary names)."""
+    path.write_bytes(edf_bytes(data, header))

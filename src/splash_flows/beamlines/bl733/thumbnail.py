@@ -59,7 +59,8 @@ def block_mean(image: npt.NDArray[np.floating], max_size: int) -> npt.NDArray[np
     r, c = max(rows // factor, 1), max(cols // factor, 1)
     fr, fc = min(factor, rows), min(factor, cols)
     trimmed = image[: r * fr, : c * fc].astype(np.float64)
-    return trimmed.reshape(r, fr, c, fc).mean(axis=(1, 3))
+    out: npt.NDArray[np.float64] = trimmed.reshape(r, fr, c, fc).mean(axis=(1, 3))
+    return out
 
 
 def scale_to_bytes(
@@ -71,7 +72,8 @@ def scale_to_bytes(
     if not hi > lo:
         hi = lo + 1.0
     scaled = (logged - lo) / (hi - lo)
-    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out: npt.NDArray[np.uint8] = np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
 
 
 def load_frame(path: Path, *, gb_shape: tuple[int, int] = PILATUS2M_SHAPE) -> npt.NDArray[np.float64]:
