@@ -67,7 +67,7 @@ KEY_ALPHA = "Sample Alpha Stage"
 _NUMBER = re.compile(
     r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)", re.IGNORECASE
 )
-_COUNTER = re.compile(r"\d+")
+_COUNTER = re.compile(r"[0-9]+")  # ASCII digits only
 
 Value = float | str
 
