@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: A copy of shared/reference/bl733/sample_scan_2m.txt (a real sidecar's layout), kept in the repo so the tests
-#: do not depend on where shared/ is checked out.
+#: A copy of shared/reference/bl733/sample_scan_2m.txt (a real sidecar's layout), kept in the repo so the
+#: tests do not depend on where shared/ is checked out.
 SAMPLE_SIDECAR = Path(__file__).resolve().parents[2] / "data" / "sample_scan_2m.txt"
 
 

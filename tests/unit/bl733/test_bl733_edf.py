@@ -1,4 +1,5 @@
-"""EDF header/image reading: the cheap header path, damage handling, dates in the beamline zone, fabio interop."""
+"""EDF header/image reading: the cheap header path, damage handling, dates in the beamline zone, fabio
+interop."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def test_corrupt_headers_are_recorded_not_raised(tmp_path: Path, content: bytes,
 
 
 def test_unopenable_edf_raises_typed_error(tmp_path: Path) -> None:
-    with pytest.raises(MetadataError, match="gone.edf"):
+    with pytest.raises(MetadataError, match=r"gone\.edf"):
         read_edf_header(tmp_path / "gone.edf")
 
 

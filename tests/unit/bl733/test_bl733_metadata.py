@@ -47,7 +47,7 @@ def test_exposure_scan_from_the_sample_sidecar(tmp_path: Path, sample_text: str)
     sm = meta.scientific_metadata
     assert sm["Exposure time s"] == {"value": 10.0, "unit": "s"}
     assert sm["Sample Alpha Stage"] == {"value": 0.130909, "unit": "deg"}
-    assert sm["Sample X Stage"]["unit"] == "mm" and sm["BS Y"]["unit"] == "mm" and sm["Slit1 top"]["unit"] == "mm"
+    assert sm["Sample X Stage"]["unit"] == sm["BS Y"]["unit"] == sm["Slit1 top"]["unit"] == "mm"
     assert sm["M1 Pitch"]["unit"] == "deg" and sm["Sample Rotation Stage"]["unit"] == "deg"
     assert sm["Beam Current"] == {"value": 499.509338, "unit": "mA"}
     assert sm["Slit 1 in Position"]["unit"] == ""  # a DIO flag, not a position
@@ -106,7 +106,9 @@ def test_truncated_sidecar_and_truncated_edf_are_recorded(tmp_path: Path, sample
 
 
 @pytest.mark.parametrize("content", [b"\x89PNG not an edf", _edf(date="sometime last week")])
-def test_corrupt_edf_or_bad_date_falls_back_to_mtime(tmp_path: Path, sample_text: str, content: bytes) -> None:
+def test_corrupt_edf_or_bad_date_falls_back_to_mtime(
+    tmp_path: Path, sample_text: str, content: bytes
+) -> None:
     root, rels = _scan(tmp_path, {"p/s_2m.edf": content, "p/s_2m.txt": sample_text})
     [scan] = group_scans(rels)
     meta = read_scan(root, scan)

@@ -43,7 +43,8 @@ def test_same_stem_in_other_folders_are_different_scans() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["autoexpose_0001_2m.edf", "AgBh_autoexpose_hi_2m.edf", "beamstop_test_3.txt", "BEAMSTOP_TEST.edf"]
+    "name",
+    ["autoexpose_0001_2m.edf", "AgBh_autoexpose_hi_2m.edf", "beamstop_test_3.txt", "BEAMSTOP_TEST.edf"],
 )
 def test_alignment_frames_are_not_catalogued(name: str) -> None:
     [scan] = group_scans([f"p/{name}"])

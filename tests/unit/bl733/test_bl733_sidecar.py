@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from bl733_helpers import SAMPLE_SIDECAR
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from splash_flows.beamlines.bl733.sidecar import (
     unique_keys,
 )
 from splash_flows.errors import MetadataError, SplashFlowsError
-
-from bl733_helpers import SAMPLE_SIDECAR
 
 
 def test_sample_fields_counters_and_leading_numbers() -> None:
@@ -108,7 +107,7 @@ def test_missing_leading_numbers_and_content_after_end() -> None:
 
 def test_unreadable_sidecar_raises_typed_error_naming_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
-    with pytest.raises(MetadataError, match="nope.txt") as info:
+    with pytest.raises(MetadataError, match=r"nope\.txt") as info:
         read_sidecar(missing, label="p/nope.txt")
     assert isinstance(info.value, SplashFlowsError)
     assert info.value.path == "p/nope.txt"
