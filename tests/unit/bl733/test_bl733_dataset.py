@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
+import numpy as np
 import pytest
+from bl733_helpers import SAMPLE_SIDECAR, put
 
 from splash_flows.beamlines.bl733.dataset import dataset_for_scan, normalise_proposal
-from splash_flows.beamlines.bl733.metadata import ScanMetadata
+from splash_flows.beamlines.bl733.edf import edf_bytes
+from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
+from splash_flows.beamlines.bl733.scans import group_scans
 from splash_flows.catalogue.base import DatasetDoc
 
 WHEN = datetime(2024, 3, 26, 0, 6, 51, tzinfo=UTC)
@@ -79,3 +85,19 @@ def test_contact_email_is_never_derived_from_the_pi() -> None:
 )
 def test_normalise_proposal(raw: str, normal: str) -> None:
     assert normalise_proposal(raw) == normal
+
+
+def _no_nan(token: str) -> float:
+    raise AssertionError(f"{token} in JSON")
+
+
+def test_document_from_the_real_sample_is_strict_json(tmp_path: Path) -> None:
+    """The sample sidecar has NaN channels; the document must still be valid (strict) JSON for SciCat."""
+    put(tmp_path, "00622/s_2m.txt", SAMPLE_SIDECAR.read_text())
+    frame = edf_bytes(np.zeros((4, 4), np.int32), {"Date": "Mon Mar 25 17:06:51 2024"})
+    put(tmp_path, "00622/s_2m.edf", frame)
+    [scan] = group_scans(["00622/s_2m.txt", "00622/s_2m.edf"])
+    doc = _doc(read_scan(tmp_path, scan))
+    data = json.loads(doc.model_dump_json(), parse_constant=_no_nan)
+    assert data["scientific_metadata"]["Pyro"] == {"value": None, "unit": ""}
+    assert data["owner_group"] == "ALS-00622" and data["keywords"] == ["GISAXS", "SAXS"]

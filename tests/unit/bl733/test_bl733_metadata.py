@@ -14,7 +14,7 @@ from bl733_helpers import put
 from splash_flows.beamlines.bl733.edf import edf_bytes
 from splash_flows.beamlines.bl733.metadata import is_grazing_incidence, read_scan, techniques, unit_for
 from splash_flows.beamlines.bl733.scans import group_scans
-from splash_flows.errors import MetadataError
+from splash_flows.errors import ConfigError, MetadataError
 
 DATE = "Mon Mar 25 17:06:51 2024"  # PDT (UTC-7) at the beamline
 DATE_UTC = datetime(2024, 3, 26, 0, 6, 51, tzinfo=UTC)
@@ -185,3 +185,10 @@ def test_unit_table() -> None:
     assert unit_for("Motors", "Detector Vertical") == "mm"
     assert unit_for("AIs", "PHI Alignment Beamstop") == ""  # a voltage, despite the words
     assert unit_for("AIs", "Beam Current") == "mA"
+
+
+def test_unknown_zone_is_a_config_error(tmp_path: Path, sample_text: str) -> None:
+    root, rels = _scan(tmp_path, {"p/s_2m.edf": _edf(), "p/s_2m.txt": sample_text})
+    [scan] = group_scans(rels)
+    with pytest.raises(ConfigError, match="Mars/Olympus"):
+        read_scan(root, scan, zone="Mars/Olympus")

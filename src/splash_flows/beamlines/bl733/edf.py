@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 import numpy.typing as npt
 
-from splash_flows.errors import MetadataError
+from splash_flows.errors import ConfigError, MetadataError
 
 #: The beamline clock's zone: EDF ``Date`` values are local time there, without an offset.
 DEFAULT_ZONE = "America/Los_Angeles"
@@ -57,6 +57,15 @@ _BYTE_ORDERS = {"LowByteFirst": "<", "HighByteFirst": ">"}
 _MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), start=1)}
 _WEEKDAYS = frozenset({"Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"})
+
+
+def beamline_zone(zone: str = DEFAULT_ZONE) -> ZoneInfo:
+    """The ``ZoneInfo`` of a configured zone name. Raises ``ConfigError`` for an unknown name: the zone comes
+    from configuration, and every timestamp would be wrong with a guessed one."""
+    try:
+        return ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigError(f"unknown time zone {zone!r} (an IANA name such as {DEFAULT_ZONE!r})") from exc
 
 
 @dataclass

@@ -27,12 +27,17 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
-from splash_flows.beamlines.bl733.edf import DEFAULT_ZONE, EdfHeader, parse_ctime, read_edf_header
+from splash_flows.beamlines.bl733.edf import (
+    DEFAULT_ZONE,
+    EdfHeader,
+    beamline_zone,
+    parse_ctime,
+    read_edf_header,
+)
 from splash_flows.beamlines.bl733.scans import DETECTOR_TECHNIQUES, Role, Scan, ScanFile, ScanKind
 from splash_flows.beamlines.bl733.sidecar import Sidecar, SidecarEntry, read_sidecar, unique_keys
 from splash_flows.errors import MetadataError
@@ -185,10 +190,10 @@ def read_scan(
 
     Files of the scan that are on disk but not in ``scan.files`` (another batch) are read too, so the
     description does not depend on how the watcher batched the files. Raises ``MetadataError`` if none of
-    the scan's files exist under ``root``.
+    the scan's files exist under ``root``, ``ConfigError`` if ``zone`` is not a known time zone.
     """
     errors: list[str] = []
-    tz = ZoneInfo(zone)
+    tz = beamline_zone(zone)
     present: list[ScanFile] = []
     for f in _dedupe(_expected(scan) + list(scan.files)):
         if (root / f.path).is_file():
@@ -260,13 +265,26 @@ def read_scan(
     elif scan.kind != "other":
         errors.append(f"{scan.key}: no EDF Date; creation time is the file mtime")
     if meta.creation_time_source == "mtime":
-        meta.creation_time = datetime.fromtimestamp(min((root / f.path).stat().st_mtime for f in present), tz)
+        meta.creation_time = _earliest_mtime(root, present, tz, scan.key)
 
     alpha = primary.alpha_deg if primary is not None else None
     meta.keywords = techniques(scan, alpha, detectors)
     meta.thumbnail_source = _thumbnail_source(present)
     meta.errors = errors
     return meta
+
+
+def _earliest_mtime(root: Path, files: list[ScanFile], tz: tzinfo, key: str) -> datetime:
+    """The earliest modification time of the files still on disk, in ``tz``."""
+    stamps: list[float] = []
+    for f in files:
+        try:
+            stamps.append((root / f.path).stat().st_mtime)
+        except OSError:
+            continue  # vanished since it was listed; another file may still tell the time
+    if not stamps:
+        raise MetadataError("the scan's files vanished while being read", path=f"{root}/{key}")
+    return datetime.fromtimestamp(min(stamps), tz)
 
 
 def _same(a: object, b: object) -> bool:

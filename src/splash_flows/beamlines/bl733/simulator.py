@@ -28,13 +28,12 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 
 from splash_flows.beamlines.bl733._sidecar_template import SIDECAR_TEMPLATE
-from splash_flows.beamlines.bl733.edf import DEFAULT_ZONE, PILATUS2M_SHAPE, edf_bytes
+from splash_flows.beamlines.bl733.edf import DEFAULT_ZONE, PILATUS2M_SHAPE, beamline_zone, edf_bytes
 from splash_flows.beamlines.bl733.sidecar import LEADING_NAMES, parse_sidecar_text
 
 #: Frame shape with ``small=True``.
@@ -169,7 +168,7 @@ def simulate_acquisitions(
     """
     if n_scans < 0:
         raise ValueError(f"n_scans must be >= 0, got {n_scans}")
-    tz = ZoneInfo(zone)
+    tz = beamline_zone(zone)
     start = datetime.now(tz) if when is None else (when.replace(tzinfo=tz) if when.tzinfo is None else when)
     start = start.astimezone(tz)
     folder = data_root / proposal / f"{start:%Y%m%d}"
