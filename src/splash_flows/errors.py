@@ -68,6 +68,19 @@ class BatchError(SplashFlowsError):
         super().__init__("\n".join(lines))
 
 
+class MetadataError(SplashFlowsError):
+    """A raw file could not be read at all (cannot be opened, is not an image of the expected shape).
+
+    Bad *content* (a truncated sidecar, a garbled header line) is not raised: readers record it in the
+    ``errors`` list of what they return, so a dataset is still catalogued with what could be read.
+    Carries the path of the file that could not be read.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path is not None else message)
+
+
 class CatalogueError(SplashFlowsError):
     """The catalogue (SciCat or the embedded one) refused or could not be reached."""
 
