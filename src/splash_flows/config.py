@@ -134,10 +134,13 @@ def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Make tier roots and a relative SQLite ledger path absolute, relative to the config file's folder."""
+    """Default a tier's kind to local; make local tier roots and a relative SQLite ledger path absolute,
+    relative to the config file's folder."""
     tiers = data.get("tiers")
     if isinstance(tiers, dict):
         for tier in tiers.values():
+            if isinstance(tier, dict):
+                tier.setdefault("kind", "local")  # a tier without a kind is a local folder
             if isinstance(tier, dict) and isinstance(tier.get("root"), str) and tier.get("kind", "local") == "local":
                 root = Path(tier["root"]).expanduser()
                 tier["root"] = str(root if root.is_absolute() else (base / root))

@@ -39,6 +39,7 @@ def demo(
     root: Path = typer.Option(Path("var/demo"), "--root", help="Folder for the demo's tiers, ledger and config."),
     scans: int = typer.Option(3, "--scans", min=1, max=500, help="How many 7.3.3 acquisitions to simulate."),
     small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
+    more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
 ) -> None:
     """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
@@ -53,14 +54,20 @@ def demo(
 
         from splash_flows.beamlines.bl733.simulator import simulate_acquisitions
 
-        data_root = Path(config.tiers[config.move.source].root)
-        with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
-            simulate_acquisitions(data_root, scans, small=small)
         from splash_flows.context import build_tier
 
         source = build_tier(config.move.source, config)
-        paths = [st.path for st in source.walk()]
-        total_bytes = sum(st.size for st in source.walk())
+        existing = [st for st in source.walk() if st.path.endswith(".edf")]
+        if existing and not more:
+            console.print(f"{config.move.source}/ already holds {len(existing)} image(s) from an earlier run: "
+                          "moving those again (use --more to acquire new scans)")
+        else:
+            with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
+                simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
+                                      hi_lo_every=3 if scans >= 3 else 0)
+        files = list(source.walk())
+        paths = [st.path for st in files]
+        total_bytes = sum(st.size for st in files)
         console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/")
 
         prepare_prefect_env(root / ".prefect", quiet=not verbose)
@@ -102,8 +109,8 @@ def demo(
             bad += len(paths) - ok
             table.add_row(t, str(ok), str(len(paths) - ok))
         console.print(table)
-        console.print(f"dispatcher finished in {elapsed:.1f} s. "
-                      f"Try: splash-flows --config {config_path} status")
+        console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status",
+                      soft_wrap=True, highlight=False)
         if outcome["error"] is not None or bad:
             msg = str(outcome["error"]) if outcome["error"] is not None else f"{bad} copies not verified"
             err_console.print(f"[bold red]demo failed:[/] {msg}", soft_wrap=True)

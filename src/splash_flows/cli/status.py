@@ -34,9 +34,9 @@ def status_json(rows: list[FileStatus]) -> list[dict[str, Any]]:
 
 def status_table(rows: list[FileStatus], tiers: list[str]) -> Table:
     table = Table(title=f"{len(rows)} file(s)", title_justify="left")
-    table.add_column("path", overflow="fold")
-    table.add_column("size", justify="right")
-    table.add_column("checksum")
+    table.add_column("path", overflow="fold", min_width=24)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column(rows[0].checksum_alg if rows else "checksum", no_wrap=True)
     for tier in tiers:
         table.add_column(tier)
     for r in rows:
@@ -47,7 +47,7 @@ def status_table(rows: list[FileStatus], tiers: list[str]) -> Table:
                 cells.append("[dim]-[/]")
             else:
                 cells.append(f"[{STATE_STYLE.get(info.state, 'white')}]{info.state}[/]")
-        table.add_row(r.path, human_size(r.size), f"{r.checksum_alg}:{r.checksum[:12]}", *cells)
+        table.add_row(r.path, human_size(r.size), f"{r.checksum[:10]}…", *cells)
     return table
 
 

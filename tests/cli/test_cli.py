@@ -1,0 +1,66 @@
+"""The command line as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "COLUMNS": "200"}
+ENV.pop("PREFECT_API_URL", None)
+ENV.pop("SPLASH_FLOWS_CONFIG", None)
+
+
+def cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "splash_flows", *args], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_commands() -> None:
+    out = cli("--help").stdout
+    for command in ("demo", "status", "config", "ledger"):
+        assert command in out
+
+
+def test_config_check_redacts_secrets(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ledger: {url: 'postgresql://splash:${PW}@db/x'}\n"
+                   "tiers: {data733: {root: a}, lamarr: {root: b}, cfs: {root: c}}\n")
+    proc = subprocess.run([sys.executable, "-m", "splash_flows", "config", "check", "--config", str(cfg), "--json"],
+                          capture_output=True, text=True, env={**ENV, "PW": "s3cr3t-value"}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cr3t-value" not in proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["config"]["ledger"]["url"] == "postgresql://splash:***@db/x"
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("ledger: {url: 'sqlite:///x'}\ntiers: {data733: {root: a}}\n")
+    proc = cli("--config", str(cfg), "status", check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "bad.yaml" in lines[0] and "move" in lines[0], proc.stderr
+
+
+@pytest.mark.prefect
+def test_demo_end_to_end_twice(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    first = cli("demo", "--root", str(root), "--scans", "3", "--small")
+    assert "demo summary" in first.stdout
+    cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new
+    rows = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
+    assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)
+    for row in rows:
+        for tier in ("lamarr", "cfs"):
+            copy = row["copies"][tier]
+            assert copy["state"] == "verified" and copy["checksum"] == row["checksum"]
+            assert (root / tier / row["path"]).stat().st_size == row["size"]
+    assert not list(root.rglob("*.part"))
