@@ -39,8 +39,8 @@ class DatasetDoc(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scan_key: str = Field(description="Stable identity of the scan: tier-relative path of its folder + scan stem. "
-                          "Used to find an existing dataset before creating one (idempotent ingest).")
+    scan_key: str = Field(description="Stable identity of the scan: tier-relative path of its folder + scan "
+                          "stem. Used to find an existing dataset before creating one (idempotent ingest).")
     name: str
     owner: str
     owner_group: str
