@@ -25,6 +25,7 @@ Routes the 4.5 document has but this fake does not implement answer 501 and are 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import secrets
@@ -130,6 +131,12 @@ class Contract:
         if isinstance(body, dict):
             errors += [f"property {name} should not exist" for name in sorted(extra_forbidden & set(body))]
         return errors
+
+
+@functools.cache
+def default_contract() -> Contract:
+    """The contract of ``tests/data/scicat-backend-4.5-openapi.json``, loaded once (it is read-only)."""
+    return Contract()
 
 
 def _forbid_unknown_properties(node: Any) -> None:
@@ -373,7 +380,7 @@ class FakeSciCat:
     token_ttl: float = 3600.0
     pid_prefix: str = "20.500.12269/"
     clock: Callable[[], float] = time.time
-    contract: Contract = field(default_factory=Contract)
+    contract: Contract = field(default_factory=lambda: default_contract())
 
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     origdatablocks: list[dict[str, Any]] = field(default_factory=list)
@@ -416,7 +423,9 @@ class FakeSciCat:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-scicat", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-scicat", daemon=True
+        )
         self._thread.start()
         return self
 
