@@ -144,6 +144,8 @@ class SciCatCatalogue:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self._base_url = base_url.rstrip("/")
+        # for messages: never show credentials someone put into the URL
+        self._shown_url = str(httpx.URL(self._base_url).copy_with(username=None, password=None))
         self._username = username
         self._password = password
         self._retry = retry or RetryPolicy()
@@ -162,7 +164,7 @@ class SciCatCatalogue:
         self._login_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"SciCatCatalogue({self._base_url!r}, username={self._username!r})"
+        return f"SciCatCatalogue({self._shown_url!r}, username={self._username!r})"
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -513,7 +515,7 @@ class SciCatCatalogue:
             except _Transient as exc:
                 if attempt >= attempts:
                     raise CatalogueUnavailable(
-                        f"SciCat at {self._base_url} unavailable: {what}: {exc} "
+                        f"SciCat at {self._shown_url} unavailable: {what}: {exc} "
                         f"(gave up after {attempts} attempts)"
                     ) from exc
                 delay = self._retry.delay(attempt)
@@ -593,7 +595,7 @@ class SciCatCatalogue:
             self._token_deadline = self._clock() + expires_in - min(60.0, expires_in / 10)
         else:
             self._token_deadline = None
-        log.info("Logged in to SciCat %s as functional account %s", self._base_url, self._username)
+        log.info("Logged in to SciCat %s as functional account %s", self._shown_url, self._username)
 
     def _raise_for_status(self, response: httpx.Response, what: str, context: str) -> None:
         code = response.status_code

@@ -74,6 +74,7 @@ def test_server_rules_on_datasets(fake: FakeSciCat) -> None:
     http = client(fake)
     assert http.post("/api/v4/datasets", json=dataset(sourceFolderHost="bl733-data")).status_code == 400
     assert http.post("/api/v4/datasets", json=dataset(contactEmail="nobody")).status_code == 400
+    assert http.post("/api/v4/datasets", json=dataset(creationTime="May 1st")).status_code == 400
     assert http.post("/api/v4/datasets", json=dataset(pid="my-own-pid")).status_code == 403
     admin = client(fake, "admin", "root")
     assert admin.post("/api/v4/datasets", json=dataset(pid="my-own-pid")).status_code == 201
