@@ -710,8 +710,9 @@ def _server_message(response: httpx.Response) -> str:
     return str(message)[:_MESSAGE_LIMIT]
 
 
-def _require_str(row: Mapping[str, Any], key: str, context: str) -> str:
-    value = row.get(key)
+def _require_str(row: Any, key: str, context: str) -> str:
+    """``row[key]`` when the server's answer is an object holding a non-empty string there."""
+    value = row.get(key) if isinstance(row, Mapping) else None
     if not isinstance(value, str) or not value:
         raise CatalogueError(f"SciCat answer for {context} has no {key}")
     return value
