@@ -39,8 +39,8 @@ class DatasetDoc(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    scan_key: str = Field(description="Stable identity of the scan: tier-relative path of its folder + scan stem. "
-                          "Used to find an existing dataset before creating one (idempotent ingest).")
+    scan_key: str = Field(description="Stable identity of the scan: tier-relative path of its folder + scan "
+                          "stem. Used to find an existing dataset before creating one (idempotent ingest).")
     name: str
     owner: str
     owner_group: str
@@ -99,5 +99,14 @@ class Catalogue(Protocol):
         ...
 
     def search(self, *, proposal: str | None = None, text: str | None = None) -> list[CatalogueEntry]:
-        """Datasets matching every given criterion (none given: all)."""
+        """Datasets matching every given criterion (none given: all).
+
+        ``text`` is a case-insensitive substring of the name, description, a keyword, the source folder, the
+        scan key or a file path (the embedded catalogue also searches scientific-metadata values)."""
+        ...
+
+    def thumbnail(self, pid: str, caption: str | None = None) -> bytes | None:
+        """The PNG attached to the dataset with this caption (any caption: the latest one), or None.
+
+        Lets an operator tool show, and a test check, what ``attach_thumbnail`` stored."""
         ...

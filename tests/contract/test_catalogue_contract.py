@@ -1,0 +1,240 @@
+"""One contract for every ``Catalogue``: the embedded one, and SciCat against the FAKE SciCat server.
+
+Each test runs against both. With SciCat, the fixture also fails the test if any request the adapter sent
+broke the 4.5 OpenAPI contract (the fake validates every body).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from splash_flows.catalogue.base import Catalogue, CatalogueEntry
+from splash_flows.catalogue.embedded import EmbeddedCatalogue
+from splash_flows.catalogue.scicat import RetryPolicy, SciCatCatalogue
+from splash_flows.errors import CatalogueError
+from tests.catalogue_samples import PNG_1X1, PNG_OTHER, location, sample_doc
+from tests.fakes.scicat_server import FakeSciCat, iter_violations
+
+
+@dataclass
+class Harness:
+    """A catalogue plus a look at what its backend really stored (not through the catalogue itself)."""
+
+    catalogue: Catalogue
+    stored_datasets: Callable[[], int]
+    stored_file_lists: Callable[[], int]
+    stored_thumbnails: Callable[[], int]
+
+
+def _sqlite_count(path: Path, table: str) -> Callable[[], int]:
+    def count() -> int:
+        with sqlite3.connect(path) as db:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    return count
+
+
+@pytest.fixture(params=["embedded", "scicat"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    if request.param == "embedded":
+        path = tmp_path / "catalogue.sqlite"
+        catalogue = EmbeddedCatalogue(path)
+        datasets = _sqlite_count(path, "catalogue_datasets")
+        yield Harness(catalogue, datasets, datasets, _sqlite_count(path, "catalogue_thumbnails"))
+        catalogue.close()
+        return
+    with FakeSciCat() as fake:
+        scicat = SciCatCatalogue(
+            fake.url,
+            "ingestor",
+            fake.users["ingestor"],
+            retry=RetryPolicy(max_attempts=2),
+            sleep=lambda _: None,
+        )
+        yield Harness(
+            scicat,
+            lambda: len(fake.datasets),
+            lambda: len(fake.origdatablocks),
+            lambda: len(fake.attachments),
+        )
+        scicat.close()
+        assert not fake.violations, "requests broke the SciCat 4.5 contract:\n" + "\n".join(
+            iter_violations(fake)
+        )
+
+
+def test_is_a_catalogue(harness: Harness) -> None:
+    assert isinstance(harness.catalogue, Catalogue)
+
+
+def test_upsert_twice_stores_one_dataset_with_one_file_list(harness: Harness) -> None:
+    doc = sample_doc()
+    first = harness.catalogue.upsert(doc)
+    second = harness.catalogue.upsert(doc)
+    assert first == second
+    assert harness.stored_datasets() == 1
+    assert harness.stored_file_lists() == 1
+    assert harness.catalogue.get(first).doc.files == doc.files
+
+
+def test_upsert_of_an_existing_scan_does_not_rewrite_it(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    again = harness.catalogue.upsert(sample_doc(name="a different name"))
+    assert again == pid
+    assert harness.catalogue.get(pid).doc.name == sample_doc().name
+    assert harness.stored_datasets() == 1
+
+
+def test_find_by_scan_key(harness: Harness) -> None:
+    doc = sample_doc()
+    pid = harness.catalogue.upsert(doc)
+    harness.catalogue.upsert(sample_doc("agbh_0002"))
+    found = harness.catalogue.find(doc.scan_key)
+    assert found is not None
+    assert found.pid == pid
+    assert found.doc == doc
+    assert harness.catalogue.find("2024/05/01/no_such_scan") is None
+
+
+def test_get_reads_back_exactly_what_was_stored(harness: Harness) -> None:
+    doc = sample_doc(locations=[location("bl733-data")], errors=["lo image: header has no exposure time"])
+    pid = harness.catalogue.upsert(doc)
+    entry = harness.catalogue.get(pid)
+    assert entry == CatalogueEntry(pid=pid, doc=doc, has_thumbnail=False)
+
+
+def test_get_of_an_unknown_pid_raises(harness: Harness) -> None:
+    harness.catalogue.upsert(sample_doc())
+    with pytest.raises(CatalogueError, match="no-such-dataset"):
+        harness.catalogue.get("no-such-dataset")
+
+
+def test_add_location_adds_each_tier_once_and_updates_its_state(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    harness.catalogue.add_location(pid, location("bl733-data", "verified"))
+    harness.catalogue.add_location(pid, location("nersc-cfs", "verified", minute=5))
+    harness.catalogue.add_location(pid, location("bl733-data", "pruned", minute=30))
+    harness.catalogue.add_location(pid, location("bl733-data", "pruned", minute=30))  # no-op
+    locations = harness.catalogue.get(pid).doc.locations
+    assert [(loc.tier, loc.state) for loc in locations] == [
+        ("bl733-data", "pruned"),
+        ("nersc-cfs", "verified"),
+    ]
+    assert locations[0] == location("bl733-data", "pruned", minute=30)
+
+
+def test_add_location_to_an_unknown_pid_raises(harness: Harness) -> None:
+    with pytest.raises(CatalogueError):
+        harness.catalogue.add_location("no-such-dataset", location("nersc-cfs"))
+
+
+def test_upsert_again_keeps_the_locations_added_since(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    harness.catalogue.add_location(pid, location("nersc-hpss", "archived"))
+    harness.catalogue.upsert(sample_doc())
+    assert [loc.tier for loc in harness.catalogue.get(pid).doc.locations] == ["nersc-hpss"]
+
+
+def test_thumbnail_attach_then_replace_by_caption(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    assert harness.catalogue.thumbnail(pid) is None
+    harness.catalogue.attach_thumbnail(pid, PNG_1X1, "2D image, log scale")
+    assert harness.catalogue.get(pid).has_thumbnail
+    assert harness.catalogue.thumbnail(pid, "2D image, log scale") == PNG_1X1
+    harness.catalogue.attach_thumbnail(pid, PNG_OTHER, "2D image, log scale")
+    assert harness.catalogue.thumbnail(pid, "2D image, log scale") == PNG_OTHER
+    assert harness.stored_thumbnails() == 1
+
+
+def test_thumbnails_with_other_captions_are_kept_apart(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    harness.catalogue.attach_thumbnail(pid, PNG_1X1, "2D image")
+    harness.catalogue.attach_thumbnail(pid, PNG_OTHER, "azimuthal integration")
+    assert harness.catalogue.thumbnail(pid, "2D image") == PNG_1X1
+    assert harness.catalogue.thumbnail(pid, "azimuthal integration") == PNG_OTHER
+    assert harness.catalogue.thumbnail(pid) == PNG_OTHER  # the latest one
+    assert harness.stored_thumbnails() == 2
+
+
+def test_a_thumbnail_must_be_a_png(harness: Harness) -> None:
+    pid = harness.catalogue.upsert(sample_doc())
+    with pytest.raises(CatalogueError, match="not a PNG"):
+        harness.catalogue.attach_thumbnail(pid, b"GIF89a...", "preview")
+    assert harness.stored_thumbnails() == 0
+
+
+def test_a_thumbnail_for_an_unknown_pid_raises(harness: Harness) -> None:
+    with pytest.raises(CatalogueError):
+        harness.catalogue.attach_thumbnail("no-such-dataset", PNG_1X1, "preview")
+
+
+def _scans(entries: list[CatalogueEntry]) -> list[str]:
+    return [e.doc.scan_key.rsplit("/", 1)[1] for e in entries]
+
+
+@pytest.fixture
+def three_scans(harness: Harness) -> Harness:
+    """Three scans; in order of acquisition: agbh_0002, lab6_0001, p3ht_0003 (search results come so)."""
+    at = sample_doc().creation_time
+    harness.catalogue.upsert(sample_doc("lab6_0001"))
+    harness.catalogue.upsert(
+        sample_doc(
+            "agbh_0002",
+            name="Silver behenate",
+            keywords=["WAXS"],
+            description="beam centre",
+            creation_time=at - timedelta(minutes=5),
+        )
+    )
+    harness.catalogue.upsert(
+        sample_doc(
+            "p3ht_0003",
+            name="P3HT film",
+            proposal_id="ALS-99999",
+            keywords=["GIWAXS", "polymer"],
+            description="thin film",
+            owner_group="als-99999",
+            access_groups=["als-99999"],
+            creation_time=at + timedelta(minutes=5),
+        )
+    )
+    return harness
+
+
+def test_search_by_proposal(three_scans: Harness) -> None:
+    catalogue = three_scans.catalogue
+    assert _scans(catalogue.search(proposal="ALS-11234")) == ["agbh_0002", "lab6_0001"]
+    assert _scans(catalogue.search(proposal="ALS-99999")) == ["p3ht_0003"]
+    assert catalogue.search(proposal="ALS-00000") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("silver BEHENATE", ["agbh_0002"]),  # name, any case
+        ("giwaxs", ["p3ht_0003"]),  # keyword
+        ("thin FILM", ["p3ht_0003"]),  # description
+        ("agbh_0002_lo_2m.EDF", ["agbh_0002"]),  # a file path
+        ("p3ht_0003.gb", ["p3ht_0003"]),  # a file path with a regex metacharacter taken literally
+        ("p3ht.0003", []),  # "." is not a wildcard
+        ("lab6_0001(", []),  # nor does a stray parenthesis break the search
+    ],
+)
+def test_search_by_text(three_scans: Harness, text: str, expected: list[str]) -> None:
+    assert _scans(three_scans.catalogue.search(text=text)) == expected
+
+
+def test_search_by_proposal_and_text(three_scans: Harness) -> None:
+    catalogue = three_scans.catalogue
+    assert _scans(catalogue.search(proposal="ALS-11234", text="waxs")) == ["agbh_0002"]
+    assert catalogue.search(proposal="ALS-99999", text="behenate") == []
+
+
+def test_search_without_criteria_lists_everything(three_scans: Harness) -> None:
+    assert _scans(three_scans.catalogue.search()) == ["agbh_0002", "lab6_0001", "p3ht_0003"]
