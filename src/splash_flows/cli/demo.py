@@ -53,7 +53,6 @@ def demo(
         console.print(f"[bold]Splash Flows demo[/] in {root}  (config: {config_path.name})")
 
         from splash_flows.beamlines.bl733.simulator import simulate_acquisitions
-
         from splash_flows.context import build_tier
 
         source = build_tier(config.move.source, config)
