@@ -58,7 +58,7 @@ def run_baseline(src: Path, targets: list[Path], paths: list[str]) -> float:
         subprocess.run(["cp", "-rp", f"{src}/.", str(dst)], check=True)
     files = [str(src / p) for p in paths] + [str(d / p) for d in targets for p in paths]
     for i in range(0, len(files), 500):
-        subprocess.run([*tool, *files[i:i + 500]], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([*tool, *files[i:i + 500]], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
