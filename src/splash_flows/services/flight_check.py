@@ -133,7 +133,7 @@ def _run(report: FlightReport, name: str, tier: str | None, fn: Callable[[], str
 
 
 def _not_run(report: FlightReport, name: str, tier: str | None, why: str) -> None:
-    report.checks.append(CheckResult(name, None, f"not run: {why}", tier=tier))
+    report.checks.append(CheckResult(name, None, why, tier=tier))
 
 
 def write_probe(tier: GlobusTier, size: int, stamp: str) -> str:
@@ -258,7 +258,8 @@ def _probe_checks(ctx: Context, report: FlightReport, reachable: dict[str, Globu
                 _not_run(report, f"probe {src_name} -> {target}", target, f"listing {target} failed")
                 continue
             dest = reachable[target]
-            dst_rel = f"{PROBE_DIR}/{stamp}-{secrets.token_hex(4)}-{posixpath.basename(probe_rel)}"
+            name = posixpath.basename(probe_rel)  # a probe we wrote has a fresh name; an existing one gets one
+            dst_rel = f"{PROBE_DIR}/{name}" if wrote else f"{PROBE_DIR}/{stamp}-{secrets.token_hex(4)}-{name}"
 
             def move(dest: GlobusTier = dest, dst_rel: str = dst_rel) -> str:
                 assert probe_rel is not None

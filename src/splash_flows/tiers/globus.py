@@ -117,12 +117,19 @@ def translate_api_error(err: globus_sdk.GlobusAPIError, what: str, *, tier: str 
                              "request_id": err.request_id}
     where = f" (HTTP {status}{', ' + code if code else ''}{', request ' + err.request_id if err.request_id else ''})"
     if isinstance(err, globus_sdk.AuthAPIError):
+        body = err.raw_json if isinstance(err.raw_json, dict) else {}
+        oauth_error = str(body.get("error") or "")
+        said = str(body.get("error_description") or "") or err.message or oauth_error or err.http_reason
         if status >= 500 or status == 429:
             return GlobusServiceUnavailable(f"{what}: Globus Auth is unavailable: {said}{where}", **ident)
+        if status == 401 or oauth_error in ("invalid_client", "unauthorized_client"):
+            return GlobusAuthError(
+                f"{what}: Globus Auth refused the service credentials: {said}{where}. The client secret is wrong, "
+                "expired or revoked, or the client id is wrong: create a new secret (docs/GLOBUS.md) and update "
+                "GLOBUS_CLIENT_SECRET", **ident)
         return GlobusAuthError(
-            f"{what}: Globus Auth refused the service credentials: {said}{where}. The client secret is wrong, "
-            "expired or revoked, or the client id is wrong: create a new secret (docs/GLOBUS.md) and update "
-            "GLOBUS_CLIENT_SECRET", **ident)
+            f"{what}: Globus Auth refused the token request ({oauth_error or 'no error code'}): {said}{where}; "
+            "check the scopes the client may request and each tier's data_access_scope (docs/GLOBUS.md)", **ident)
     if code == "ConsentRequired" or err.info.consent_required:
         scopes = ", ".join(err.info.consent_required.required_scopes) or "a data_access scope"
         return GlobusAuthError(
