@@ -106,3 +106,26 @@ def test_status_transfers_shows_the_metrics(gctx: Context, fake: FakeGlobus, sit
         assert r["effective_bytes_per_second"] == 12340.0 and r["task_id"]
     table = runner.invoke(app, ["--config", str(config_file), "status", "--transfers"], env={**ENV, "COLUMNS": "200"})
     assert table.exit_code == 0 and "data733 -> cfs" in table.stdout and "succeeded" in table.stdout
+
+
+def test_reads_without_a_mount_go_through_globus(gctx: Context, fake: FakeGlobus, site: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import splash_flows.tiers.globus as globus_mod
+
+    paths = ["A/s1.edf", "A/s2.edf", "A/sub/s3.edf", "B/s4.edf", "top.edf"]
+    for p in paths:
+        write_file(site / "data733", p, p.encode())
+    move_files(gctx, paths).raise_for_failures()
+    monkeypatch.setattr(globus_mod, "LS_PAGE", 2)  # exercise paging of folder listings
+    cfs = gctx.tier("cfs")
+    listed = list(cfs.walk())
+    local = [(st.path, st.size) for st in gctx.tier("data733").walk()]  # data733 is read through its mount
+    assert [(st.path, st.size) for st in listed] == local  # the same order and sizes as a local walk
+    assert sorted(p for p, _ in local) == sorted(paths)
+    assert [st.path for st in cfs.walk("A")] == ["A/s1.edf", "A/s2.edf", "A/sub/s3.edf"]
+    st = cfs.stat("A/sub/s3.edf")
+    assert st is not None and st.size == len(b"A/sub/s3.edf")
+    assert st.mtime == int((site / "data733" / "A/sub/s3.edf").stat().st_mtime)  # preserved timestamp
+    assert cfs.stat("A/nope.edf") is None
+    collection = gctx.config.tiers["cfs"].collection_id  # type: ignore[union-attr]
+    assert cfs.url("A/s1.edf") == f"globus://{collection}/global/cfs/733/A/s1.edf"
