@@ -484,3 +484,18 @@ def test_stat_not_found_and_denied(gctx: Context, canned: Canned, case: str, exp
     else:
         with pytest.raises(expect, match="remote:foo: stat /foo: permission denied"):
             tier.stat("foo")
+
+
+def test_a_sent_file_is_recognised_by_its_source_path_too(gctx: Context, canned: Canned) -> None:
+    """Globus may report a destination path in another form (e.g. home-relative); the source path still matches."""
+    canned.token()
+    canned.submission_id()
+    task_id = canned.submit_transfer()
+    canned.task(task_id, task_doc(task_id, "FAILED", fatal_error={"code": "FAULT", "description": "x"}))
+    canned.successful(task_id, [(f"{SRC}/a.edf", "/~/elsewhere/a.edf")])
+    canned.events(task_id, [])
+    canned.ls(CFS_COLLECTION, DST, LISTED[:1])
+    src, dst = tiers(gctx)
+    a, b = dst.copy_from(src, ITEMS[:2])
+    assert isinstance(a, CopyResult) and not a.skipped
+    assert isinstance(b, GlobusTaskError)

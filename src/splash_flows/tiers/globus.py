@@ -520,7 +520,7 @@ class GlobusTier:
         for batch, chunk in submitted:
             chunk_pairs = [pairs[i] for i in chunk]
             try:
-                results = self._complete_transfer(batch, chunk_pairs)
+                results = self._complete_transfer(source, batch, chunk_pairs)
             except TierError as err:
                 results = [_for_item(err, self.name, p.dst) for p in chunk_pairs]
             for i, result in zip(chunk, results, strict=True):
@@ -578,15 +578,21 @@ class GlobusTier:
             raise
         return self._store().mark_submitted(batch.id, str(resp["task_id"]))
 
-    def _complete_transfer(self, batch: BatchRecord, pairs: list[_Pair]) -> list[Moved | TierError]:
+    def _complete_transfer(self, source: GlobusTier, batch: BatchRecord,
+                           pairs: list[_Pair]) -> list[Moved | TierError]:
         assert batch.task_id is not None
         end = self._wait(batch)
         events = [] if end.reason is None else self._events(batch.task_id)
         sent: set[str] = set()
+        sent_from: set[str] = set()
         if end.terminal:
-            sent = self._successful_destinations(batch.task_id)
-        ok = {i for i, p in enumerate(pairs)
-              if end.reason is None or posixpath.normpath(self.full_path(p.dst)) in sent}
+            sent, sent_from = self._successful_paths(batch.task_id)
+
+        def was_sent(p: _Pair) -> bool:
+            return (posixpath.normpath(self.full_path(p.dst)) in sent
+                    or posixpath.normpath(source.full_path(p.src)) in sent_from)
+
+        ok = {i for i, p in enumerate(pairs) if end.reason is None or was_sent(p)}
         listing = self._list_files([pairs[i].dst for i in sorted(ok)]) if ok else {}
         failure = None
         if end.reason is not None:
@@ -613,7 +619,7 @@ class GlobusTier:
                     f"Globus task {batch.task_id} reported it done, but {full} has {entry.get('size')} bytes, "
                     f"the ledger {pair.size}", tier=self.name, path=pair.dst))
             else:
-                transferred = posixpath.normpath(full) in sent
+                transferred = was_sent(pair)
                 results.append(Moved(pair.dst, transferred, int(entry.get("size") or 0), self._mtime(entry),
                                      batch.task_id))
         n_ok = sum(1 for r in results if isinstance(r, Moved))
@@ -734,13 +740,17 @@ class GlobusTier:
             events.append(event)
         return events
 
-    def _successful_destinations(self, task_id: str) -> set[str]:
-        """Destination paths of the files the task actually sent (and verified), from Globus."""
+    def _successful_paths(self, task_id: str) -> tuple[set[str], set[str]]:
+        """Destination and source paths of the files the task actually sent (and verified), from Globus. A file
+        is matched by either, in case Globus reports one of them in another form than we submitted it."""
         def fetch() -> list[dict[str, Any]]:
             return [dict(x) for x in self._tc.paginated.task_successful_transfers(task_id).items()]
 
         rows = self.session.call(f"read successful transfers of task {task_id}", fetch, tier=self.name)
-        return {posixpath.normpath(str(r["destination_path"])) for r in rows if r.get("destination_path")}
+        return ({posixpath.normpath(str(r["destination_path"])) for r in rows if r.get("destination_path")},
+                {posixpath.normpath(str(r["source_path"])) for r in rows if r.get("source_path")})
+
+
 
     # ------------------------------------------------------------------------------------------ delete
 
