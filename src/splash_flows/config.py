@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -53,7 +54,47 @@ class LocalTierConfig(_Model):
     )
 
 
-TierConfig = Annotated[LocalTierConfig, Field(discriminator="kind")]
+def _uuid_text(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise ValueError(f"{what} must be a UUID (as Globus shows it), got {value!r}") from None
+
+
+class GlobusTierConfig(_Model):
+    """A tier that is a Globus collection (e.g. data733's, Lamarr's or NERSC CFS's), reached through the Globus
+    Transfer service with the service credentials of the ``globus`` section."""
+
+    kind: Literal["globus"] = "globus"
+    collection_id: str = Field(description="The collection's UUID (Globus web app: Collections -> Overview).")
+    root: str = Field(description="Absolute folder on the collection under which this tier's files live, "
+                      "e.g. /global/cfs/cdirs/als/data_mover/7.3.3 (or /~/... on a home-rooted collection).")
+    data_access_scope: bool = Field(
+        default=False,
+        description="Request the collection's data_access scope (needed for non-high-assurance GCS v5 mapped "
+        "collections; must be false for guest collections, where it would be an unknown scope).")
+    local_root: Path | None = Field(
+        default=None,
+        description="Where the same folder is mounted on the machine running the flows, if it is. Reads "
+        "(stat, walk, checksum) then use the mount; transfers and deletes always go through Globus.")
+
+    @field_validator("collection_id")
+    @classmethod
+    def _collection_uuid(cls, value: str) -> str:
+        return _uuid_text(value, "collection_id")
+
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, value: str) -> str:
+        if not value.startswith("/") or "\x00" in value:
+            raise ValueError(f"root must be an absolute path on the collection (start with '/'), got {value!r}")
+        parts = [p for p in value.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise ValueError(f"root must not contain '..', got {value!r}")
+        return "/" + "/".join(parts)
+
+
+TierConfig = Annotated[LocalTierConfig | GlobusTierConfig, Field(discriminator="kind")]
 
 
 class LedgerConfig(_Model):
@@ -77,6 +118,60 @@ class MoveConfig(_Model):
     )
 
 
+class GlobusTransferConfig(_Model):
+    """How Globus tasks are submitted and watched."""
+
+    max_files_per_task: int = Field(default=1000, ge=1, le=100_000,
+                                    description="Files per Globus task; a larger batch is split into several tasks.")
+    deadline_s: int = Field(default=6 * 3600, ge=60, description="Task deadline (seconds after submission); "
+                            "Globus stops the task at its deadline and reports it FAILED.")
+    deadline_grace_s: int = Field(default=600, ge=0, description="How long past the deadline a task may still be "
+                                  "reported ACTIVE before we cancel it ourselves.")
+    poll_initial_s: float = Field(default=2.0, gt=0, description="First wait between task status polls.")
+    poll_max_s: float = Field(default=60.0, gt=0, description="Longest wait between task status polls.")
+    poll_backoff: float = Field(default=1.5, ge=1.0, description="Each wait is the previous one times this.")
+    inactivity_limit_s: int = Field(
+        default=3600, ge=1, description="A task INACTIVE (e.g. credentials expired), or ACTIVE with faults and no "
+        "progress, for this long is cancelled and reported with Globus's event details.")
+    external_checksum: bool = Field(
+        default=True, description="When the ledger's checksum algorithm is one Globus knows (sha256), hand our "
+        "checksum to Globus so it verifies both ends against it.")
+    fail_on_quota_errors: bool = Field(default=True, description="Fail a task at once on a quota error rather "
+                                       "than let it retry until its deadline.")
+    http_retries: int = Field(default=3, ge=0, le=10,
+                              description="Retries of one HTTP request on network errors and 429/5xx answers.")
+
+    @model_validator(mode="after")
+    def _poll_order(self) -> GlobusTransferConfig:
+        if self.poll_max_s < self.poll_initial_s:
+            raise ValueError("poll_max_s must be >= poll_initial_s")
+        return self
+
+
+class GlobusFlightCheckConfig(_Model):
+    """The Globus flight check (``splash-flows globus check`` and the ``flight_check_733`` flow)."""
+
+    probe_path: str | None = Field(
+        default=None, description="Tier-relative path of a small file that exists on the source tier, moved "
+        "as the probe when the source tier has no local_root (where a probe can be written). ")
+    probe_bytes: int = Field(default=4096, ge=1, le=1_000_000, description="Size of a probe file we write.")
+
+
+class GlobusConfig(_Model):
+    """Service credentials (a Globus confidential client, see docs/GLOBUS.md) and transfer settings."""
+
+    client_id: str = Field(description="The confidential client's UUID (its identity is <id>@clients.auth.globus.org).")
+    client_secret: SecretStr = Field(description="Its secret; give it as ${GLOBUS_CLIENT_SECRET}, never literally.")
+    app_name: str = Field(default="splash-flows", min_length=1, max_length=64)
+    transfer: GlobusTransferConfig = Field(default_factory=GlobusTransferConfig)
+    flight_check: GlobusFlightCheckConfig = Field(default_factory=GlobusFlightCheckConfig)
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_uuid(cls, value: str) -> str:
+        return _uuid_text(value, "client_id")
+
+
 class Config(_Model):
     """The whole configuration of one beamline deployment."""
 
@@ -86,6 +181,7 @@ class Config(_Model):
     ledger: LedgerConfig
     tiers: dict[str, TierConfig]
     move: MoveConfig = Field(default_factory=MoveConfig)
+    globus: GlobusConfig | None = Field(default=None, description="Needed when any tier is of kind globus.")
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -103,6 +199,14 @@ class Config(_Model):
                 raise ValueError(f"move refers to tier {name!r}, which is not in tiers ({', '.join(self.tiers)})")
         if self.move.source in self.move.targets:
             raise ValueError(f"move.targets contains the source tier {self.move.source!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _globus_tiers_have_credentials(self) -> Config:
+        globus_tiers = [n for n, t in self.tiers.items() if isinstance(t, GlobusTierConfig)]
+        if globus_tiers and self.globus is None:
+            raise ValueError(f"tiers {', '.join(globus_tiers)} are of kind globus, but there is no `globus:` section "
+                             "with the service credentials (client_id, client_secret)")
         return self
 
     def tier(self, name: str) -> TierConfig:
@@ -144,6 +248,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(tier, dict) and isinstance(tier.get("root"), str) and tier.get("kind", "local") == "local":
                 root = Path(tier["root"]).expanduser()
                 tier["root"] = str(root if root.is_absolute() else (base / root))
+            if isinstance(tier, dict) and isinstance(tier.get("local_root"), str) and tier.get("kind") == "globus":
+                local = Path(tier["local_root"]).expanduser()
+                tier["local_root"] = str(local if local.is_absolute() else (base / local))
     ledger = data.get("ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("url"), str):
         url: str = ledger["url"]

@@ -5,22 +5,62 @@ Nothing is built at import time; a flow run, a CLI command or a test calls ``bui
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from splash_flows.config import Config, LocalTierConfig, load_config
+from splash_flows.config import Config, GlobusTierConfig, LocalTierConfig, load_config
 from splash_flows.errors import ConfigError
 from splash_flows.ledger import Ledger
+from splash_flows.ledger.transfers import TransferBatches
 from splash_flows.tiers.base import Tier
+from splash_flows.tiers.globus import GlobusSession, GlobusTier
 from splash_flows.tiers.local import LocalTier
 
 
-def build_tier(name: str, config: Config) -> Tier:
-    """The tier object for ``name`` as configured."""
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_globus_session(config: Config, *, sleep: Callable[[float], None] = time.sleep,
+                         monotonic: Callable[[], float] = time.monotonic,
+                         utcnow: Callable[[], datetime] = _utcnow) -> GlobusSession:
+    """The Globus Transfer client for every globus tier: one ``ClientApp`` (the confidential client's
+    credentials; tokens kept in memory only, fetched again by client credentials when needed), with the
+    data_access scope of each collection configured with ``data_access_scope: true``. Makes no request yet."""
+    import globus_sdk
+    from globus_sdk.globus_app import GlobusAppConfig
+    from globus_sdk.transport import RetryConfig
+
+    if config.globus is None:
+        raise ConfigError("globus tiers need a `globus:` section with client_id and client_secret")
+    g = config.globus
+    app = globus_sdk.ClientApp(g.app_name, client_id=g.client_id, client_secret=g.client_secret.get_secret_value(),
+                               config=GlobusAppConfig(token_storage="memory"))
+    client = globus_sdk.TransferClient(app=app, retry_config=RetryConfig(max_retries=g.transfer.http_retries))
+    scoped = sorted({t.collection_id for t in config.tiers.values()
+                     if isinstance(t, GlobusTierConfig) and t.data_access_scope})
+    if scoped:
+        client.add_app_data_access_scope(scoped)
+    return GlobusSession(client, g.transfer, app=app, sleep=sleep, monotonic=monotonic, utcnow=utcnow)
+
+
+def build_tier(name: str, config: Config, *, ledger: Ledger | None = None,
+               globus: GlobusSession | None = None) -> Tier:
+    """The tier object for ``name`` as configured. A globus tier uses ``globus`` (built from the configuration
+    when not given) and records its tasks in ``ledger`` (without one it can read but not copy or delete)."""
     tier_cfg = config.tier(name)
     if isinstance(tier_cfg, LocalTierConfig):
         return LocalTier(name, tier_cfg.root, config.checksum, concurrency=config.move.concurrency,
                          verify_from_disk=tier_cfg.verify_from_disk)
+    if isinstance(tier_cfg, GlobusTierConfig):
+        session = globus if globus is not None else build_globus_session(config)
+        return GlobusTier(name, tier_cfg, config.checksum, session,
+                          batches=TransferBatches(ledger) if ledger is not None else None,
+                          concurrency=config.move.concurrency)
     raise ConfigError(f"tier {name!r}: kind {tier_cfg.kind!r} is not supported")
 
 
@@ -31,13 +71,27 @@ class Context:
     config: Config
     ledger: Ledger
     _tiers: dict[str, Tier] = field(default_factory=dict)
+    globus_session: GlobusSession | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def tier(self, name: str) -> Tier:
-        if name not in self._tiers:
-            self._tiers[name] = build_tier(name, self.config)
-        return self._tiers[name]
+        with self._lock:  # the move service asks for tiers from several threads at once
+            if name not in self._tiers:
+                is_globus = isinstance(self.config.tier(name), GlobusTierConfig)
+                self._tiers[name] = build_tier(name, self.config, ledger=self.ledger,
+                                               globus=self.globus() if is_globus else None)
+            return self._tiers[name]
+
+    def globus(self) -> GlobusSession:
+        """The one Globus session of this context, built on first use."""
+        with self._lock:
+            if self.globus_session is None:
+                self.globus_session = build_globus_session(self.config)
+            return self.globus_session
 
     def close(self) -> None:
+        if self.globus_session is not None:
+            self.globus_session.close()
         self.ledger.close()
 
 

@@ -95,3 +95,48 @@ class PruneRefused(SplashFlowsError):
 
 class OrchestrationError(SplashFlowsError):
     """Prefect (server, deployment, work pool) could not be reached or refused a request."""
+
+
+class GlobusTierError(TierError):
+    """Globus refused or failed a request. Carries Globus's own ``code``, ``http_status`` and ``request_id``
+    (quote the request id to Globus support) when the service answered."""
+
+    def __init__(self, message: str, *, tier: str | None = None, path: str | None = None, code: str | None = None,
+                 http_status: int | None = None, request_id: str | None = None) -> None:
+        self.code = code
+        self.http_status = http_status
+        self.request_id = request_id
+        super().__init__(message, tier=tier, path=path)
+
+
+class GlobusAuthError(GlobusTierError):
+    """The service credentials or consents do not work: wrong, expired or revoked client secret, a token Globus
+    rejects, or a missing consent (data_access) for a collection. Retrying cannot help; an operator must act."""
+
+
+class GlobusRequestRefused(GlobusTierError):
+    """Globus answered a request with a refusal (permission denied, collection or path not found, bad request).
+    Retrying the same request cannot help."""
+
+
+class GlobusServiceUnavailable(GlobusTierError, TransferError):
+    """Globus (or a collection's endpoint) could not be reached or answered 5xx after the SDK's retries.
+    Transient: the work is retried later, and a submission keeps its submission_id so it never runs twice."""
+
+
+class GlobusTaskError(TransferError):
+    """A Globus task ended without doing its job: FAILED, its deadline passed, or it stayed inactive or kept
+    faulting without progress and was cancelled. Carries the task id, Globus's status and its event list."""
+
+    def __init__(self, message: str, *, tier: str | None = None, path: str | None = None, task_id: str | None = None,
+                 status: str | None = None, reason: str = "failed",
+                 events: list[dict[str, object]] | None = None) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.reason = reason  # failed | deadline | inactive | cancelled
+        self.events = list(events or [])
+        super().__init__(message, tier=tier, path=path)
+
+
+class FlightCheckFailed(SplashFlowsError):
+    """The Globus flight check found something that does not work (each failed check is in the message)."""

@@ -1,0 +1,1 @@
+"""Test doubles (fakes) -- used only by tests, never by the package."""

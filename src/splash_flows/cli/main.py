@@ -12,6 +12,7 @@ import typer
 from splash_flows import __version__
 from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
 from splash_flows.cli.demo import demo
+from splash_flows.cli.globus import globus_app
 from splash_flows.cli.status import status
 from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
 
@@ -26,6 +27,7 @@ config_app = typer.Typer(help="Inspect and validate the configuration.", no_args
 ledger_app = typer.Typer(help="The ledger (system of record): schema upgrades.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(globus_app, name="globus")
 
 
 def _version(value: bool) -> None:

@@ -55,10 +55,17 @@ def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (keys documented in the README)."),
     prefix: str = typer.Option("", "--prefix", help="Only files whose path starts with this."),
+    transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
+                                   "effective rate, task id and status of each (newest first)."),
 ) -> None:
     """Show every file the ledger knows: size, checksum and the state of its copy on each tier."""
     with fail_cleanly():
         config = state(ctx).load()
+        if transfers:
+            from splash_flows.cli.transfers import show_transfers
+
+            show_transfers(config.ledger.url_value(), as_json=as_json)
+            return
         ledger = Ledger.open(config.ledger.url_value())
         try:
             rows = ledger.status(path_prefix=prefix or None)

@@ -123,3 +123,57 @@ class Event(Base):
     tier: Mapped[str | None] = mapped_column(String(64), nullable=True)
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class BatchStatus(StrEnum):
+    """Where one Globus task (a batch of files) stands. ``pending`` and ``submitted`` are unfinished."""
+
+    PENDING = "pending"        # submission_id reserved and recorded; the submit may or may not have reached Globus
+    SUBMITTED = "submitted"    # Globus accepted it: task_id known; poll it, never submit it again
+    SUCCEEDED = "succeeded"    # Globus reported SUCCEEDED
+    FAILED = "failed"          # Globus reported FAILED (including a passed deadline); some items may be done
+    ABANDONED = "abandoned"    # we cancelled it: inactive, faulting without progress, or ACTIVE past its deadline
+    REFUSED = "refused"        # Globus refused the submission (4xx); no task exists
+
+
+class TransferBatch(Base):
+    """One Globus task: a transfer, a checksum re-verification, a probe or a delete, with its metrics.
+
+    The submission_id is recorded before the task is submitted, so a retried submission reuses it and Globus
+    never starts a second task. ``open_key`` holds the items digest while the batch is unfinished and NULL once it
+    ended: the unique constraint then allows one unfinished batch per (kind, tiers, items), any number of ended ones.
+    """
+
+    __tablename__ = "transfer_batches"
+    __table_args__ = (UniqueConstraint("submission_id", name="uq_transfer_batches_submission"),
+                      UniqueConstraint("kind", "source_tier", "dest_tier", "open_key",
+                                       name="uq_transfer_batches_open"),
+                      Index("ix_transfer_batches_created", "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    source_tier: Mapped[str] = mapped_column(String(64))
+    dest_tier: Mapped[str] = mapped_column(String(64))
+    source_collection: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dest_collection: Mapped[str] = mapped_column(String(64))
+    items_digest: Mapped[str] = mapped_column(String(64))
+    open_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    items: Mapped[list[Any]] = mapped_column(JSON)
+    item_count: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(128))
+    submission_id: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    globus_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    bytes_transferred: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    files_transferred: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    files_skipped: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    effective_bytes_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    faults: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    items_ok: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    items_failed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -170,7 +170,8 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
                                         tier=target, path=source.path)
         if isinstance(outcome, CopyResult):
             ctx.ledger.record_verified(source, target, checksum=outcome.checksum, size=outcome.size,
-                                       skipped=outcome.skipped)
+                                       skipped=outcome.skipped,
+                                       detail=dict(outcome.detail) if outcome.detail else None)
             (report.skipped if outcome.skipped else report.copied).append(source.path)
             if not outcome.skipped:
                 report.bytes_copied += outcome.size

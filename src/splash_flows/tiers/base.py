@@ -7,9 +7,9 @@ item back (a result or a typed error), so one bad file never stops the rest of i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from splash_flows.errors import TierError
 
@@ -42,6 +42,9 @@ class CopyResult:
     checksum: str
     skipped: bool  # the destination already matched; nothing was written
     source_checksum: str
+    # How the copy was verified, when a tier has more to say than "we hashed both" (e.g. a Globus task id and
+    # which checksum Globus compared). Recorded with the ledger's copied/verified events.
+    detail: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 CopyOutcome = CopyResult | TierError
