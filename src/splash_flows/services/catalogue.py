@@ -545,10 +545,11 @@ def _download_one(ctx: Context, f: DatasetFile, dest: Path, notes: list[str],
                   progress: ProgressFn | None) -> Downloaded | SplashFlowsError:
     rec = f.ledger
     if rec is None:
-        return TierError("not in the ledger, so no copy of it is known to be verified; refusing to download",
-                         path=f.tier_path)
+        return TierError(f"{f.tier_path}: not in the ledger, so no copy of it is known to be verified; refusing "
+                         "to download", path=f.tier_path)
     if rec.checksum != f.checksum:
-        return VerificationError(f"the ledger's checksum {rec.checksum} differs from the catalogue's {f.checksum} "
+        return VerificationError(f"{f.tier_path}: the ledger's checksum {rec.checksum} differs from the "
+                                 f"catalogue's {f.checksum} "
                                  "(the source changed after it was catalogued); refusing to download",
                                  path=f.tier_path)
     folder = _folder_of(f.tier_path)
@@ -582,7 +583,7 @@ def _download_one(ctx: Context, f: DatasetFile, dest: Path, notes: list[str],
         if progress is not None and sent:
             progress(f.name, -sent)
     tried = "; ".join(notes) or "no tier configured"
-    return TierError(f"no verified copy to download from ({tried})", path=f.tier_path)
+    return TierError(f"{f.tier_path}: no verified copy to download from ({tried})", path=f.tier_path)
 
 
 def entry_json(entry: CatalogueEntry) -> dict[str, Any]:
