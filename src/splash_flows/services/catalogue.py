@@ -207,11 +207,16 @@ class _Ingest:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.config = ctx.config
-        self.catalogue: Catalogue = ctx.catalogue()
         self.archive = ctx.config.archive_tier_name()
         self.location_tiers = list(dict.fromkeys([*ctx.config.move.targets, self.archive]))
         self.unavailable: str | None = None
         self._folders: dict[tuple[str, str], _FolderView] = {}
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """Built on first use, inside a scan's ingest: a catalogue that cannot even be opened is an outage
+        like any other (CatalogueUnavailable -> pending), not a failure of the step."""
+        return self.ctx.catalogue()
 
     # ------------------------------------------------------------------ finding a scan's files
 
@@ -265,7 +270,7 @@ class _Ingest:
         files = [view.ledger_files[p] for p in scan.paths if p in view.ledger_files]
         if not scan.catalogue:
             ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
-                                   error="excluded by dataset.exclude_stems", attempted=False)
+                                   attempted=False)
             report.excluded.append(key)
             return
         waiting = [p for p in scan.paths if p not in view.ledger_files or not view.ledger_files[p].verified_on(
@@ -281,10 +286,10 @@ class _Ingest:
             self._pending(source_tier, key, files, f"waiting up to {settle:.0f} s after the newest file for "
                           f"{', '.join(missing)}", report, attempted=False)
             return
-        locations = self._locations(scan, files)
+        record = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
+        locations = self._locations(scan, files, record.locations if record is not None else {})
         locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
         ids = frozenset(f.id for f in files)
-        record = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
         if (record is not None and record.state == CatalogueState.CATALOGUED and record.pid
                 and record.file_ids == ids and record.locations == locations_json):
             report.unchanged[key] = record.pid
@@ -317,16 +322,27 @@ class _Ingest:
                                attempted=attempted)
         report.pending[key] = reason
 
-    def _locations(self, scan: Scan, files: Sequence[LedgerFile]) -> dict[str, LocationDoc]:
-        """One location per tier holding every file of the scan verified; ``since`` is when the last of them was
-        verified there (from the ledger, so it does not change on a re-run)."""
+    def _locations(self, scan: Scan, files: Sequence[LedgerFile],
+                   recorded: dict[str, Any]) -> dict[str, LocationDoc]:
+        """One location per tier holding every file of the scan verified. ``since`` is when the last of them was
+        verified there -- as first recorded: a re-run of the move re-verifies (and re-stamps) the copies, but the
+        files have been there since the first time, and an unchanged location costs the catalogue nothing."""
         out: dict[str, LocationDoc] = {}
         for tier_name in self.location_tiers:
             if not files or not all(f.verified_on(tier_name) for f in files):
                 continue
             since = max(f.copies[tier_name].verified_at or datetime.fromtimestamp(f.mtime, UTC) for f in files)
             url = posixpath.dirname(self.ctx.tier(tier_name).url(files[0].path))
-            out[tier_name] = LocationDoc(tier=tier_name, url=url, state=VERIFIED, since=since)
+            location = LocationDoc(tier=tier_name, url=url, state=VERIFIED, since=since)
+            before = recorded.get(tier_name)
+            if isinstance(before, dict):
+                try:
+                    earlier = LocationDoc.model_validate(before)
+                except ValidationError:
+                    earlier = None
+                if earlier is not None and (earlier.url, earlier.state) == (url, VERIFIED):
+                    location = earlier
+            out[tier_name] = location
         return out
 
     def _ingest(self, source_tier: str, scan: Scan, files: Sequence[LedgerFile],

@@ -180,8 +180,10 @@ def test_one_dataset_per_scan_with_ledger_checksums_locations_and_errors(
         else:
             assert cat["state"] == "catalogued" and cat["pid"] in report.catalogued.values()
 
-    # a re-run adds nothing and, the ledger knowing every scan catalogued as it is, asks the catalogue nothing
+    # a re-run (move and catalogue, as when a batch is delivered twice) adds nothing and, the ledger knowing
+    # every scan catalogued as it is, asks the catalogue nothing
     before = len(backend.fake.requests) if backend.fake else 0
+    assert len(move_files(ctx, paths).tiers["cfs"].skipped) == len(paths)
     again = catalogue_batch(ctx, paths)
     assert len(again.unchanged) == 6 and not again.catalogued and not again.pending
     assert backend.datasets() == 6 and backend.file_lists() == 6
