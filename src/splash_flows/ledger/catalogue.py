@@ -8,6 +8,7 @@ ledger write.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,6 +67,7 @@ class ScanRecord:
     pid: str | None
     error: str | None
     locations: dict[str, Any]
+    files_digest: str | None
     attempts: int
     updated_at: datetime
     file_ids: frozenset[int]
@@ -125,7 +127,16 @@ def _scan_record(sess: Session, row: CatalogueScan) -> ScanRecord:
         select(SourceFile.id, SourceFile.path).join(CatalogueFile, CatalogueFile.file_id == SourceFile.id)
         .where(CatalogueFile.scan_id == row.id).order_by(SourceFile.path)).all()
     return ScanRecord(row.id, row.source_tier, row.scan_key, row.state, row.pid, row.error, dict(row.locations or {}),
-                      row.attempts, row.updated_at, frozenset(f.id for f in files), tuple(f.path for f in files))
+                      row.files_digest, row.attempts, row.updated_at, frozenset(f.id for f in files),
+                      tuple(f.path for f in files))
+
+
+def files_digest(files: Iterable[LedgerFile]) -> str:
+    """A digest of the (path, checksum) of ``files``: tells whether a catalogued scan's files changed since."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.checksum_alg}:{f.checksum}\n".encode())
+    return h.hexdigest()
 
 
 def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | None:
@@ -171,6 +182,7 @@ def _record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: Catalog
         row.state, row.pid, row.error, row.updated_at = state, pid, error, now
         if locations is not None:
             row.locations = dict(locations)
+        row.files_digest = files_digest(files) if state == CatalogueState.CATALOGUED else None
         if attempted:
             row.attempts = (row.attempts or 0) + 1
         ids = [f.id for f in files]

@@ -152,6 +152,7 @@ class CatalogueScan(Base):
     pid: Mapped[str | None] = mapped_column(String(256), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     locations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tier -> LocationDoc as JSON
+    files_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the (path, checksum) catalogued
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

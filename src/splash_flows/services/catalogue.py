@@ -291,7 +291,8 @@ class _Ingest:
         locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
         ids = frozenset(f.id for f in files)
         if (record is not None and record.state == CatalogueState.CATALOGUED and record.pid
-                and record.file_ids == ids and record.locations == locations_json):
+                and record.file_ids == ids and record.files_digest == ledger_cat.files_digest(files)
+                and record.locations == locations_json):
             report.unchanged[key] = record.pid
             return
         if self.unavailable is not None:
@@ -362,6 +363,12 @@ class _Ingest:
                 raise CatalogueError(
                     f"scan {scan.key}: dataset {pid} was catalogued before {len(extra)} of its files arrived "
                     f"({', '.join(extra)}); the catalogue interface cannot add files to an existing dataset")
+            listed = {f.path: f.chk for f in entry.doc.files}
+            changed = sorted(f.path for f in doc.files if listed[f.path] != f.chk)
+            if changed:
+                raise CatalogueError(
+                    f"scan {scan.key}: {', '.join(changed)} changed after dataset {pid} listed it (the catalogue "
+                    "holds the old checksum); the catalogue interface cannot replace a dataset's file list")
         known = entry.doc.locations if entry is not None else []
         for location in locations.values():
             if location not in known:

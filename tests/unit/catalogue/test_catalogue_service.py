@@ -395,3 +395,18 @@ def test_download_refuses_a_file_with_no_verified_copy(
     assert not (tmp_path / "mine" / name).exists()
     with pytest.raises(BatchError, match="no verified copy"):
         report.raise_for_failures()
+
+
+def test_a_file_that_changes_after_it_was_catalogued_fails_its_scan_loudly(
+        sqlite_config: Config, open_ctx: Callable[[Config], Context]) -> None:
+    ctx = open_ctx(sqlite_config.model_copy(update={"dataset": DatasetConfig(settle_seconds=0)}))
+    paths = simulate(sqlite_config, n=2, autoexpose_every=0, hi_lo_every=0)
+    move_files(ctx, paths)
+    assert len(catalogue_batch(ctx, paths).catalogued) == 2
+    sidecar = Path(sqlite_config.tiers["data733"].root) / paths[1]
+    sidecar.write_bytes(sidecar.read_bytes() + b"# edited afterwards\n")
+    move_files(ctx, paths)  # the new version is moved and verified everywhere...
+    report = catalogue_batch(ctx, paths)
+    [(key, err)] = report.failed.items()  # ...but the dataset still lists the old checksum: say so
+    assert paths[1].startswith(key) and "changed after dataset" in str(err)
+    assert len(report.unchanged) == 1 and len(ctx.catalogue().search()) == 2

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("pid", sa.String(256), nullable=True),
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("locations", sa.JSON, nullable=False),
+        sa.Column("files_digest", sa.String(64), nullable=True),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.UniqueConstraint("source_tier", "scan_key", name="uq_catalogue_scans_key"),
