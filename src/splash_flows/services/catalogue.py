@@ -393,6 +393,8 @@ class _Ingest:
                 return thumbnail_png(root / path, self.config.dataset.thumbnail_size)
             except MetadataError as err:
                 meta.errors.append(f"no preview from {path}: {err}")
+            except (OSError, ValueError) as err:  # pixels a damaged file decodes to that cannot be pictured
+                meta.errors.append(f"no preview from {path}: {type(err).__name__}: {err}")
         return None
 
     def _metadata(self, source_tier: str, scan: Scan,
