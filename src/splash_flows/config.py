@@ -6,7 +6,8 @@ the environment (or a secret store), never in the file. Fields that hold secrets
 shown as ``***`` by ``redacted_dict``.
 
 The file is found from ``--config``, then ``$SPLASH_FLOWS_CONFIG``, then the embedded default
-(``default_config``): every tier a folder under one root directory and the ledger a SQLite file there.
+(``default_config``): every tier a folder under one root directory, the ledger a SQLite file there and the
+embedded catalogue a second SQLite file beside it.
 """
 
 from __future__ import annotations
@@ -170,6 +171,83 @@ class GlobusConfig(_Model):
     @classmethod
     def _client_uuid(cls, value: str) -> str:
         return _uuid_text(value, "client_id")
+class EmbeddedCatalogueConfig(_Model):
+    """The embedded catalogue: a SQLite file of its own (never the ledger's database)."""
+
+    kind: Literal["embedded"] = "embedded"
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file; relative paths are resolved against the config file. Default: "
+        "catalogue.db beside a SQLite ledger (required when the ledger is not SQLite).",
+    )
+    download_tiers: list[str] = Field(
+        default_factory=list,
+        description="Tiers `catalog download` copies from, most preferred first (default: the move targets "
+        "in order, then the source tier).",
+    )
+
+
+class CatalogueRetryConfig(_Model):
+    """How patiently one catalogue step is retried before the catalogue counts as unavailable."""
+
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff_base: float = Field(default=0.5, ge=0, description="Seconds before the 2nd attempt; doubles after.")
+    backoff_max: float = Field(default=30.0, ge=0)
+
+
+class SciCatCatalogueConfig(_Model):
+    """SciCat (scicat-backend 4.x) logged in as a functional account."""
+
+    kind: Literal["scicat"]
+    url: str = Field(description="Server root, e.g. https://scicat.example.org (the /api/... routes are appended).")
+    username: str
+    password: SecretStr = Field(description="Put ${SCICAT_PASSWORD} here, never the password itself.")
+    timeout: float = Field(default=30.0, gt=0, description="Seconds per HTTP request.")
+    verify_tls: bool = True
+    retry: CatalogueRetryConfig = Field(default_factory=CatalogueRetryConfig)
+    download_tiers: list[str] = Field(default_factory=list, description="As for the embedded catalogue.")
+
+
+class NoCatalogueConfig(_Model):
+    """No catalogue: the catalogue step is recorded as not run (``step_not_run``) and files stay findable
+    only through the ledger."""
+
+    kind: Literal["none"]
+    download_tiers: list[str] = Field(default_factory=list)
+
+
+CatalogueConfig = Annotated[
+    EmbeddedCatalogueConfig | SciCatCatalogueConfig | NoCatalogueConfig, Field(discriminator="kind")
+]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class DatasetConfig(_Model):
+    """How a scan is described in the catalogue (the beamline's own facts; see beamlines/bl733/dataset.py)."""
+
+    contact_email: str = Field(default="", description="Beamline contact address put on every dataset "
+                               "(required with SciCat).")
+    default_owner_group: str = Field(default="bl733", description="Owner group of a scan whose proposal "
+                                     "cannot be read (staff only).")
+    beamline_group: str = Field(default="bl733", description="Access group of beamline staff on every dataset.")
+    source_folder_host: str | None = Field(default=None, description="Host of sourceFolder (URL-like for SciCat).")
+    archive_tier: str = Field(default="cfs", description="The tier whose location is the dataset's sourceFolder.")
+    creation_location: str = "/ALS/7.3.3"
+    exclude_stems: list[str] = Field(default_factory=lambda: ["autoexpose", "beamstop_test"],
+                                     description="Scans whose stem contains one of these are moved, not catalogued.")
+    settle_seconds: float = Field(
+        default=300.0, ge=0,
+        description="A scan missing an expected file (sidecar, lo frame, .gb) waits this long after its newest "
+        "file before it is catalogued without it (the file may still be on its way).")
+    thumbnail_size: int = Field(default=256, ge=16, le=2048, description="Longer side of previews, pixels.")
+
+    @field_validator("contact_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if value and not _EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
 
 
 class Config(_Model):
@@ -182,6 +260,8 @@ class Config(_Model):
     tiers: dict[str, TierConfig]
     move: MoveConfig = Field(default_factory=MoveConfig)
     globus: GlobusConfig | None = Field(default=None, description="Needed when any tier is of kind globus.")
+    catalogue: CatalogueConfig = Field(default_factory=EmbeddedCatalogueConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -208,6 +288,41 @@ class Config(_Model):
             raise ValueError(f"tiers {', '.join(globus_tiers)} are of kind globus, but there is no `globus:` section "
                              "with the service credentials (client_id, client_secret)")
         return self
+
+    @model_validator(mode="after")
+    def _catalogue_settings(self) -> Config:
+        # Checked here only when given explicitly, so a configuration written before the catalogue existed
+        # still loads; the defaults are checked when the catalogue step needs them (``archive_tier_name``).
+        explicit = list(self.catalogue.download_tiers)
+        if "archive_tier" in self.dataset.model_fields_set:
+            explicit.append(self.dataset.archive_tier)
+        for name in explicit:
+            if name not in self.tiers:
+                raise ValueError(f"catalogue settings refer to tier {name!r}, which is not in tiers "
+                                 f"({', '.join(self.tiers)})")
+        if self.catalogue.kind == "scicat" and not self.dataset.contact_email:
+            raise ValueError("dataset.contact_email is required with the SciCat catalogue")
+        return self
+
+    def archive_tier_name(self) -> str:
+        """The tier whose location is a dataset's sourceFolder (ConfigError if it is not configured)."""
+        if self.dataset.archive_tier not in self.tiers:
+            raise ConfigError(f"dataset.archive_tier {self.dataset.archive_tier!r} is not in tiers "
+                              f"({', '.join(self.tiers)}); set dataset.archive_tier")
+        return self.dataset.archive_tier
+
+    def catalogue_path(self) -> Path:
+        """The embedded catalogue's file: ``catalogue.path``, else ``catalogue.db`` beside the SQLite ledger."""
+        if not isinstance(self.catalogue, EmbeddedCatalogueConfig):
+            raise ConfigError(f"catalogue.kind is {self.catalogue.kind!r}, not 'embedded'")
+        path = self.catalogue.path or default_catalogue_path(self.ledger.url_value())
+        if path is None:
+            raise ConfigError("catalogue.path is required when the ledger is not a SQLite file")
+        return path
+
+    def download_tiers(self) -> list[str]:
+        """Tiers ``catalog download`` may copy from, most preferred first."""
+        return list(self.catalogue.download_tiers) or [*self.move.targets, self.move.source]
 
     def tier(self, name: str) -> TierConfig:
         try:
@@ -237,6 +352,23 @@ def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
     return value
 
 
+def default_catalogue_path(ledger_url: str) -> Path | None:
+    """``catalogue.db`` beside a SQLite ledger file (None for other ledgers or an in-memory one)."""
+    prefix = "sqlite:///"
+    if not ledger_url.startswith(prefix) or ledger_url.endswith(":memory:"):
+        return None
+    db = ledger_url[len(prefix):].split("?", 1)[0]
+    return Path(db).parent / "catalogue.db" if db else None
+
+
+def _resolve_catalogue_path(data: dict[str, Any], base: Path) -> None:
+    """Make a relative embedded catalogue path absolute, relative to the config file's folder."""
+    catalogue = data.get("catalogue")
+    if isinstance(catalogue, dict) and isinstance(catalogue.get("path"), str):
+        path = Path(catalogue["path"]).expanduser()
+        catalogue["path"] = str(path if path.is_absolute() else (base / path))
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Default a tier's kind to local; make local tier roots and a relative SQLite ledger path absolute,
     relative to the config file's folder."""
@@ -257,6 +389,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
             ledger["url"] = prefix + str(base / url[len(prefix):])
+    _resolve_catalogue_path(data, base)
     return data
 
 
@@ -308,6 +441,7 @@ def default_config_data(root: Path) -> dict[str, Any]:
         "ledger": {"url": f"sqlite:///{root / 'ledger.db'}"},
         "tiers": {name: {"kind": "local", "root": str(root / name)} for name in DEFAULT_TIERS},
         "move": {"source": "data733", "targets": ["lamarr", "cfs"], "concurrency": 4},
+        "catalogue": {"kind": "embedded", "path": str(root / "catalogue.db")},
     }
 
 

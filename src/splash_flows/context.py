@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from splash_flows.config import Config, GlobusTierConfig, LocalTierConfig, load_config
+from splash_flows.catalogue.base import Catalogue
+from splash_flows.config import (
+    Config,
+    EmbeddedCatalogueConfig,
+    GlobusTierConfig,
+    LocalTierConfig,
+    SciCatCatalogueConfig,
+    load_config,
+)
 from splash_flows.errors import ConfigError
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.transfers import TransferBatches
@@ -64,6 +72,24 @@ def build_tier(name: str, config: Config, *, ledger: Ledger | None = None,
     raise ConfigError(f"tier {name!r}: kind {tier_cfg.kind!r} is not supported")
 
 
+def build_catalogue(config: Config) -> Catalogue:
+    """The catalogue client as configured (opening the embedded file, or preparing the SciCat session; SciCat
+    logs in on the first request). ConfigError when ``catalogue.kind`` is ``none``."""
+    cat_cfg = config.catalogue
+    if isinstance(cat_cfg, EmbeddedCatalogueConfig):
+        from splash_flows.catalogue.embedded import EmbeddedCatalogue
+
+        return EmbeddedCatalogue(config.catalogue_path())
+    if isinstance(cat_cfg, SciCatCatalogueConfig):
+        from splash_flows.catalogue.scicat import RetryPolicy, SciCatCatalogue
+
+        retry = RetryPolicy(max_attempts=cat_cfg.retry.max_attempts, backoff_base=cat_cfg.retry.backoff_base,
+                            backoff_max=cat_cfg.retry.backoff_max)
+        return SciCatCatalogue(cat_cfg.url, cat_cfg.username, cat_cfg.password.get_secret_value(),
+                               timeout=cat_cfg.timeout, retry=retry, verify=cat_cfg.verify_tls)
+    raise ConfigError("no catalogue is configured (catalogue.kind is 'none')")
+
+
 @dataclass
 class Context:
     """A configuration with its ledger and tiers, built lazily and once."""
@@ -73,6 +99,7 @@ class Context:
     _tiers: dict[str, Tier] = field(default_factory=dict)
     globus_session: GlobusSession | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _catalogue: Catalogue | None = None
 
     def tier(self, name: str) -> Tier:
         with self._lock:  # the move service asks for tiers from several threads at once
@@ -89,9 +116,24 @@ class Context:
                 self.globus_session = build_globus_session(self.config)
             return self.globus_session
 
+    @property
+    def catalogue_enabled(self) -> bool:
+        """Whether a catalogue is configured (``catalogue.kind`` is not ``none``)."""
+        return self.config.catalogue.kind != "none"
+
+    def catalogue(self) -> Catalogue:
+        """The catalogue client, built on first use (ConfigError if none is configured)."""
+        if self._catalogue is None:
+            self._catalogue = build_catalogue(self.config)
+        return self._catalogue
+
     def close(self) -> None:
         if self.globus_session is not None:
             self.globus_session.close()
+        close = getattr(self._catalogue, "close", None)
+        if callable(close):
+            close()
+        self._catalogue = None
         self.ledger.close()
 
 

@@ -25,7 +25,7 @@ def cli(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.C
 
 def test_help_lists_commands() -> None:
     out = cli("--help").stdout
-    for command in ("demo", "status", "config", "ledger"):
+    for command in ("demo", "status", "config", "ledger", "catalog"):
         assert command in out
 
 
@@ -64,3 +64,26 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
             assert copy["state"] == "verified" and copy["checksum"] == row["checksum"]
             assert (root / tier / row["path"]).stat().st_size == row["size"]
     assert not list(root.rglob("*.part"))
+
+    # the catalogue: one dataset per demo scan (re-running added none), with proposal, files, checksums, locations
+    config = str(root / "splash-flows.yaml")
+    datasets = json.loads(cli("--config", config, "catalog", "search", "--json").stdout)
+    assert len(datasets) == 3
+    by_path = {r["path"]: r for r in rows}
+    for ds in datasets:
+        assert ds["proposal_id"] == "ALS-00000" and ds["checksum_algorithm"] == "xxh3_128"
+        folder = ds["scan_key"].rpartition("/")[0]
+        for f in ds["files"]:
+            assert f["chk"] == by_path[f"{folder}/{f['path']}"]["checksum"]
+        assert {loc["tier"]: loc["state"] for loc in ds["locations"]} == {"lamarr": "verified", "cfs": "verified"}
+    assert sorted(len(ds["files"]) for ds in datasets) == [2, 2, 5]
+    assert sum(len(ds["files"]) for ds in datasets) == len(rows)
+    pids = {ds["pid"] for ds in datasets}
+    assert all(r["catalogue"]["state"] == "catalogued" and r["catalogue"]["pid"] in pids for r in rows)
+    hilo = next(ds for ds in datasets if len(ds["files"]) == 5)
+    out = json.loads(cli("--config", config, "catalog", "download", hilo["pid"], "--to", str(tmp_path / "dl"),
+                         "--json").stdout)
+    assert len(out["files"]) == 5 and not out["failed"]
+    folder = hilo["scan_key"].rpartition("/")[0]
+    for f in hilo["files"]:
+        assert (tmp_path / "dl" / f["path"]).read_bytes() == (root / "data733" / folder / f["path"]).read_bytes()

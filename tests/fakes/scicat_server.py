@@ -479,6 +479,11 @@ class FakeSciCat:
                 _Fault("drop", n, method=method, path=path, after_processing=after_processing)
             )
 
+    def clear_faults(self) -> None:
+        """Forget every injected fault not yet used up (the server "comes back")."""
+        with self._lock:
+            self._faults.clear()
+
     def expire_tokens(self) -> None:
         """Make every token issued so far expired, as after ``expires_in`` seconds."""
         with self._lock:

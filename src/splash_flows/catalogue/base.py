@@ -17,7 +17,8 @@ class DataFileDoc(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="Path relative to the dataset's source folder (= the tier-relative path).")
+    path: str = Field(description="Path relative to the dataset's source folder (the move flow catalogues "
+                      "the scan's folder on the archive tier, so this is the file name).")
     size: int
     time: datetime = Field(description="Modification time of the file at acquisition (UTC).")
     chk: str = Field(description="Checksum value from the ledger.")

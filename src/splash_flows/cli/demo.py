@@ -2,7 +2,9 @@
 
 Creates DIR with every tier as a folder, writes the configuration it uses, simulates 7.3.3 acquisitions into
 ``DIR/data733``, runs the ``dispatcher`` flow on them (Prefect, in-process) with progress, prints a summary and
-exits 0 only if every file is verified on every target tier. Running it again on the same DIR is safe.
+exits 0 only if every file is verified on every target tier and every scan is catalogued (in the embedded
+catalogue ``DIR/catalogue.db``: one dataset per scan). Running it again on the same DIR is safe and adds no
+dataset.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from splash_flows.cli.common import console, err_console, fail_cleanly, human_si
 from splash_flows.cli.prefect_env import prepare_prefect_env
 from splash_flows.config import default_config_data, load_config_file
 from splash_flows.ledger import Ledger
+from splash_flows.ledger.catalogue import scan_counts
 
 
 def write_demo_config(root: Path) -> Path:
@@ -28,6 +31,7 @@ def write_demo_config(root: Path) -> Path:
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
+    data["catalogue"]["path"] = "catalogue.db"
     path = root / "splash-flows.yaml"
     text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
     text += yaml.safe_dump(data, sort_keys=False)
@@ -97,6 +101,7 @@ def demo(
         elapsed = time.monotonic() - started
 
         rows = ledger.status()
+        scan_states = scan_counts(ledger)
         ledger.close()
         table = Table(title="demo summary", title_justify="left")
         table.add_column("tier")
@@ -107,10 +112,25 @@ def demo(
             ok = sum(1 for r in rows if r.path in set(paths) and (c := r.copies.get(t)) and c.state == "verified")
             bad += len(paths) - ok
             table.add_row(t, str(ok), str(len(paths) - ok))
+        from splash_flows.context import build_catalogue
+
+        catalogue = build_catalogue(config)
+        try:
+            datasets = len(catalogue.search())
+        finally:
+            close = getattr(catalogue, "close", None)
+            if callable(close):
+                close()
+        not_catalogued = scan_states.get("pending_catalogue", 0) + scan_states.get("failed", 0)
+        bad += not_catalogued
+        excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
+        table.add_row(f"catalogue ({datasets} datasets{excluded})", f"{scan_states.get('catalogued', 0)} scans",
+                      f"{not_catalogued} scans")
         console.print(table)
-        console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status",
-                      soft_wrap=True, highlight=False)
+        console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
+                      f"(or: catalog search)", soft_wrap=True, highlight=False)
         if outcome["error"] is not None or bad:
-            msg = str(outcome["error"]) if outcome["error"] is not None else f"{bad} copies not verified"
+            msg = (str(outcome["error"]) if outcome["error"] is not None
+                   else f"{bad} copies not verified or scans not catalogued")
             err_console.print(f"[bold red]demo failed:[/] {msg}", soft_wrap=True)
             raise typer.Exit(1)

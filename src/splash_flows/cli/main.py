@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from splash_flows import __version__
+from splash_flows.cli.catalog import catalog_app
 from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
 from splash_flows.cli.demo import demo
 from splash_flows.cli.globus import globus_app
@@ -87,3 +88,4 @@ def ledger_upgrade(ctx: typer.Context) -> None:
 
 app.command("status")(status)
 app.command("demo")(demo)
+app.add_typer(catalog_app, name="catalog")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import typer
@@ -9,12 +10,25 @@ from rich.table import Table
 
 from splash_flows.cli.common import console, fail_cleanly, human_size, print_json, state
 from splash_flows.ledger import FileStatus, Ledger
+from splash_flows.ledger.catalogue import FileCatalogueState, file_states
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
+CATALOGUE_CELL = {"catalogued": "[green]catalogued[/]", "pending_catalogue": "[yellow]pending[/]",
+                  "excluded": "[dim]excluded[/]", "failed": "[bold red]failed[/]"}
+CatalogueStates = Mapping[tuple[str, str], FileCatalogueState]
 
 
-def status_json(rows: list[FileStatus]) -> list[dict[str, Any]]:
+def catalogue_json(state: FileCatalogueState | None) -> dict[str, Any]:
+    """``{"state", "pid", "error"}``; state is catalogued, pending_catalogue, excluded, failed or null (not seen
+    by the catalogue step yet)."""
+    if state is None:
+        return {"state": None, "pid": None, "error": None}
+    return {"state": state.state, "pid": state.pid, "error": state.error}
+
+
+def status_json(rows: list[FileStatus], catalogue: CatalogueStates | None = None) -> list[dict[str, Any]]:
     """The documented, stable JSON shape of ``status --json`` (see README)."""
+    cat = catalogue or {}
     return [
         {
             "path": r.path,
@@ -27,18 +41,21 @@ def status_json(rows: list[FileStatus]) -> list[dict[str, Any]]:
                 tier: {"state": c.state, "checksum": c.checksum, "verified_at": c.verified_at, "error": c.error}
                 for tier, c in r.copies.items()
             },
+            "catalogue": catalogue_json(cat.get((r.source_tier, r.path))),
         }
         for r in rows
     ]
 
 
-def status_table(rows: list[FileStatus], tiers: list[str]) -> Table:
+def status_table(rows: list[FileStatus], tiers: list[str], catalogue: CatalogueStates | None = None) -> Table:
     table = Table(title=f"{len(rows)} file(s)", title_justify="left")
     table.add_column("path", overflow="fold", min_width=24)
     table.add_column("size", justify="right", no_wrap=True)
     table.add_column(rows[0].checksum_alg if rows else "checksum", no_wrap=True)
     for tier in tiers:
         table.add_column(tier)
+    if catalogue is not None:
+        table.add_column("catalogue")
     for r in rows:
         cells = []
         for tier in tiers:
@@ -47,6 +64,9 @@ def status_table(rows: list[FileStatus], tiers: list[str]) -> Table:
                 cells.append("[dim]-[/]")
             else:
                 cells.append(f"[{STATE_STYLE.get(info.state, 'white')}]{info.state}[/]")
+        if catalogue is not None:
+            info_cat = catalogue.get((r.source_tier, r.path))
+            cells.append("[dim]-[/]" if info_cat is None else CATALOGUE_CELL.get(info_cat.state, info_cat.state))
         table.add_row(r.path, human_size(r.size), f"{r.checksum[:10]}…", *cells)
     return table
 
@@ -58,7 +78,8 @@ def status(
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
 ) -> None:
-    """Show every file the ledger knows: size, checksum and the state of its copy on each tier."""
+    """Show every file the ledger knows: size, checksum, the state of its copy on each tier and its catalogue
+    state (catalogued / pending / excluded / failed)."""
     with fail_cleanly():
         config = state(ctx).load()
         if transfers:
@@ -69,11 +90,12 @@ def status(
         ledger = Ledger.open(config.ledger.url_value())
         try:
             rows = ledger.status(path_prefix=prefix or None)
+            catalogue = file_states(ledger)
         finally:
             ledger.close()
     if as_json:
-        print_json(status_json(rows))
+        print_json(status_json(rows, catalogue))
         return
     tiers = [config.move.source, *config.move.targets]
     tiers += sorted({t for r in rows for t in r.copies} - set(tiers))
-    console.print(status_table(rows, tiers))
+    console.print(status_table(rows, tiers, catalogue))

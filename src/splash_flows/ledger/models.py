@@ -65,6 +65,10 @@ class EventKind(StrEnum):
     FAILED = "failed"
     REFUSED = "refused"        # input refused before any work (path escape, export control, missing file)
     STEP_NOT_RUN = "step_not_run"
+    CATALOGUED = "catalogued"                  # the file's scan is in the catalogue (detail: pid)
+    CATALOGUE_PENDING = "catalogue_pending"    # not catalogued yet; retried later (detail: reason)
+    CATALOGUE_EXCLUDED = "catalogue_excluded"  # moved but deliberately not catalogued (exclude_stems)
+    CATALOGUE_FAILED = "catalogue_failed"      # the catalogue refused the scan (detail: reason)
 
 
 class Base(DeclarativeBase):
@@ -177,3 +181,39 @@ class TransferBatch(Base):
     items_ok: Mapped[int | None] = mapped_column(Integer, nullable=True)
     items_failed: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+class CatalogueState(StrEnum):
+    """Where a scan stands with the catalogue."""
+
+    CATALOGUED = "catalogued"                  # in the catalogue; ``pid`` says where
+    PENDING = "pending_catalogue"              # to be (re-)ingested: outage, or files still on their way
+    EXCLUDED = "excluded"                      # moved, deliberately not catalogued (dataset.exclude_stems)
+    FAILED = "failed"                          # the catalogue refused it (our bug or bad data); ``error`` says why
+
+
+class CatalogueScan(Base):
+    """One scan (a catalogue dataset) of a source tier and its catalogue state."""
+
+    __tablename__ = "catalogue_scans"
+    __table_args__ = (UniqueConstraint("source_tier", "scan_key", name="uq_catalogue_scans_key"),
+                      Index("ix_catalogue_scans_state", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_tier: Mapped[str] = mapped_column(String(64))
+    scan_key: Mapped[str] = mapped_column(String(4096))
+    state: Mapped[str] = mapped_column(String(32))
+    pid: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    locations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tier -> LocationDoc as JSON
+    files_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the (path, checksum) catalogued
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class CatalogueFile(Base):
+    """Which scan a source file belongs to (its catalogue state is the scan's)."""
+
+    __tablename__ = "catalogue_files"
+    __table_args__ = (Index("ix_catalogue_files_scan", "scan_id"),)
+
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("catalogue_scans.id", ondelete="CASCADE"))

@@ -10,10 +10,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
+from splash_flows.flows.bl733.catalogue import catalogue_task, pending_state
 from splash_flows.flows.common import batch_run_name, passthrough, retry_transient
 from splash_flows.ledger import EventKind, SourceRecord
 from splash_flows.services import move
@@ -40,13 +42,14 @@ def _run_name() -> str:
 
 
 @flow(name="new_file_733", flow_run_name=_run_name, validate_parameters=True)
-def new_file_733(paths: list[str], config_path: str | None = None) -> dict[str, Any]:
+def new_file_733(paths: list[str], config_path: str | None = None) -> dict[str, Any] | State[Any]:
     """Move a batch of data733 files to every target tier; Completed only if every copy verified."""
     ctx = context_from_path(config_path)
     try:
-        return run_move(ctx, paths)
+        summary = run_move(ctx, paths)
     finally:
         ctx.close()
+    return pending_state(summary) or summary  # Completed, named CataloguePending, if the catalogue must wait
 
 
 def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
@@ -65,7 +68,14 @@ def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
             summary["tiers"][target] = {"failed": len(err.failures)}
         except SplashFlowsError as err:
             errors[f"* -> {target}"] = err
-    for step in ("catalogue", "schedule_prune"):
+    try:
+        cat = catalogue_task(passthrough(ctx), [s.path for s in reg.sources])
+        summary["catalogue"] = {**cat.summary(), "pending_scans": cat.all_pending()}
+    except BatchError as err:
+        errors.update({f"{k} (catalogue)": e for k, e in err.failures.items()})
+    except SplashFlowsError as err:
+        errors["catalogue"] = err
+    for step in ("schedule_prune",):
         ctx.ledger.record_event(EventKind.STEP_NOT_RUN, detail={"step": step, "reason": "not configured yet",
                                                                 "files": len(reg.sources)})
     if errors:

@@ -1,0 +1,223 @@
+"""Ledger queries of the catalogue step: which scan each file belongs to and where that scan stands.
+
+A scan's state (``CatalogueState``) lives in ``catalogue_scans``; ``catalogue_files`` links every source file to
+its scan, so ``status`` can show a per-file catalogue state and ``retry_pending`` can rebuild a scan from the
+ledger alone. A state change and its events (one per file) are written in one transaction, like every other
+ledger write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from splash_flows.ledger.models import (
+    CatalogueFile,
+    CatalogueScan,
+    CatalogueState,
+    Copy,
+    Event,
+    EventKind,
+    SourceFile,
+    utcnow,
+)
+from splash_flows.ledger.store import CopyInfo, Ledger
+
+_EVENT_OF_STATE = {
+    CatalogueState.CATALOGUED: EventKind.CATALOGUED,
+    CatalogueState.PENDING: EventKind.CATALOGUE_PENDING,
+    CatalogueState.EXCLUDED: EventKind.CATALOGUE_EXCLUDED,
+    CatalogueState.FAILED: EventKind.CATALOGUE_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class LedgerFile:
+    """A source file as the catalogue step needs it: identity, size, mtime, checksum and its copies."""
+
+    id: int
+    source_tier: str
+    path: str
+    size: int
+    mtime: float
+    checksum_alg: str
+    checksum: str
+    copies: dict[str, CopyInfo] = field(default_factory=dict)
+
+    def verified_on(self, tier: str) -> bool:
+        """Whether the ledger holds a verified copy on ``tier`` with the source's checksum."""
+        c = self.copies.get(tier)
+        return c is not None and c.state == "verified" and c.checksum == self.checksum
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    """One row of ``catalogue_scans`` with the paths of its files."""
+
+    id: int
+    source_tier: str
+    scan_key: str
+    state: str
+    pid: str | None
+    error: str | None
+    locations: dict[str, Any]
+    files_digest: str | None
+    attempts: int
+    updated_at: datetime
+    file_ids: frozenset[int]
+    paths: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileCatalogueState:
+    """The catalogue state of one file (its scan's)."""
+
+    scan_key: str
+    state: str
+    pid: str | None
+    error: str | None
+
+
+def _ledger_file(row: SourceFile, copies: Iterable[Copy]) -> LedgerFile:
+    return LedgerFile(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum,
+                      {c.tier: CopyInfo(c.state, c.checksum, c.verified_at, c.error) for c in copies})
+
+
+def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[LedgerFile]:
+    """Every known source file directly in ``folder`` (tier-relative, ``""`` = the root), with its copies."""
+    with ledger.session() as sess:
+        q = select(SourceFile).where(SourceFile.source_tier == source_tier)
+        if folder:
+            q = q.where(SourceFile.path.startswith(folder + "/", autoescape=True))
+        else:
+            q = q.where(~SourceFile.path.contains("/", autoescape=True))
+        rows = [r for r in sess.scalars(q) if "/" not in r.path[len(folder) + 1 if folder else 0:]]
+        return _with_copies(sess, rows)
+
+
+def files_by_path(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dict[str, LedgerFile]:
+    """The known source files among ``paths``, with their copies."""
+    out: dict[str, LedgerFile] = {}
+    with ledger.session() as sess:
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start:start + 500])
+            rows = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
+                                                              SourceFile.path.in_(chunk))))
+            out.update({f.path: f for f in _with_copies(sess, rows)})
+    return out
+
+
+def _with_copies(sess: Session, rows: list[SourceFile]) -> list[LedgerFile]:
+    copies: dict[int, list[Copy]] = {}
+    ids = [r.id for r in rows]
+    for start in range(0, len(ids), 500):
+        for c in sess.scalars(select(Copy).where(Copy.file_id.in_(ids[start:start + 500]))):
+            copies.setdefault(c.file_id, []).append(c)
+    return [_ledger_file(r, copies.get(r.id, [])) for r in rows]
+
+
+def _scan_record(sess: Session, row: CatalogueScan) -> ScanRecord:
+    files = sess.execute(
+        select(SourceFile.id, SourceFile.path).join(CatalogueFile, CatalogueFile.file_id == SourceFile.id)
+        .where(CatalogueFile.scan_id == row.id).order_by(SourceFile.path)).all()
+    return ScanRecord(row.id, row.source_tier, row.scan_key, row.state, row.pid, row.error, dict(row.locations or {}),
+                      row.files_digest, row.attempts, row.updated_at, frozenset(f.id for f in files),
+                      tuple(f.path for f in files))
+
+
+def files_digest(files: Iterable[LedgerFile]) -> str:
+    """A digest of the (path, checksum) of ``files``: tells whether a catalogued scan's files changed since."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.checksum_alg}:{f.checksum}\n".encode())
+    return h.hexdigest()
+
+
+def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | None:
+    """The catalogue row of a scan, or None if the catalogue step never saw it."""
+    with ledger.session() as sess:
+        row = sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
+                                                       CatalogueScan.scan_key == scan_key)).first()
+        return None if row is None else _scan_record(sess, row)
+
+
+def scans_in_state(ledger: Ledger, states: Sequence[str], *, limit: int | None = None) -> list[ScanRecord]:
+    """Scans in any of ``states``, least recently tried first (so one stubborn scan cannot starve the rest)."""
+    with ledger.session() as sess:
+        q = (select(CatalogueScan).where(CatalogueScan.state.in_(list(states)))
+             .order_by(CatalogueScan.updated_at, CatalogueScan.id))
+        if limit is not None:
+            q = q.limit(limit)
+        return [_scan_record(sess, r) for r in sess.scalars(q)]
+
+
+def record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: CatalogueState, *,
+                files: Sequence[LedgerFile], pid: str | None = None, error: str | None = None,
+                locations: dict[str, Any] | None = None, attempted: bool = True) -> None:
+    """Set a scan's state, link ``files`` to it, and log one event per file when the state, pid or error
+    changed (a scan retried through a long outage does not flood the event log)."""
+    ledger._retry_on_conflict(_record_scan, ledger, source_tier, scan_key, state, files, pid, error,
+                              locations, attempted)
+
+
+def _record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: CatalogueState,
+                 files: Sequence[LedgerFile], pid: str | None, error: str | None,
+                 locations: dict[str, Any] | None, attempted: bool) -> None:
+    now = utcnow()
+    with ledger.session() as sess:
+        row = sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
+                                                       CatalogueScan.scan_key == scan_key)).first()
+        changed = row is None or (row.state, row.pid, row.error) != (str(state), pid, error)
+        if row is None:
+            row = CatalogueScan(source_tier=source_tier, scan_key=scan_key, state=state, pid=pid, error=error,
+                                locations=locations or {}, attempts=0, updated_at=now)
+            sess.add(row)
+            sess.flush()
+        row.state, row.pid, row.error, row.updated_at = state, pid, error, now
+        if locations is not None:
+            row.locations = dict(locations)
+        row.files_digest = files_digest(files) if state == CatalogueState.CATALOGUED else None
+        if attempted:
+            row.attempts = (row.attempts or 0) + 1
+        ids = [f.id for f in files]
+        linked = set(sess.scalars(select(CatalogueFile.file_id).where(CatalogueFile.scan_id == row.id)))
+        new_ids = [i for i in ids if i not in linked]
+        if new_ids:
+            # a file belongs to one scan: moving it here (a renamed scan key) drops its old link
+            sess.execute(delete(CatalogueFile).where(CatalogueFile.file_id.in_(new_ids)))
+            sess.add_all([CatalogueFile(file_id=i, scan_id=row.id) for i in new_ids])
+        if changed or new_ids:
+            detail: dict[str, Any] = {"scan": scan_key, "state": str(state)}
+            if pid is not None:
+                detail["pid"] = pid
+            if error is not None:
+                detail["reason"] = error
+            for f in files if changed else [f for f in files if f.id in new_ids]:
+                sess.add(Event(at=now, file_id=f.id, path=f.path, tier=None, kind=_EVENT_OF_STATE[state],
+                               detail=detail))
+
+
+def file_states(ledger: Ledger, *, source_tier: str | None = None) -> dict[tuple[str, str], FileCatalogueState]:
+    """The catalogue state of every file the catalogue step has seen, keyed by (source tier, path)."""
+    with ledger.session() as sess:
+        q = (select(SourceFile.source_tier, SourceFile.path, CatalogueScan.scan_key, CatalogueScan.state,
+                    CatalogueScan.pid, CatalogueScan.error)
+             .join(CatalogueFile, CatalogueFile.file_id == SourceFile.id)
+             .join(CatalogueScan, CatalogueScan.id == CatalogueFile.scan_id))
+        if source_tier is not None:
+            q = q.where(SourceFile.source_tier == source_tier)
+        return {(r.source_tier, r.path): FileCatalogueState(r.scan_key, r.state, r.pid, r.error)
+                for r in sess.execute(q)}
+
+
+def scan_counts(ledger: Ledger) -> dict[str, int]:
+    """How many scans are in each catalogue state."""
+    with ledger.session() as sess:
+        rows = sess.execute(select(CatalogueScan.state, func.count()).group_by(CatalogueScan.state)).all()
+        return {str(state): int(n) for state, n in rows}

@@ -1,0 +1,617 @@
+"""The catalogue step (seed ``move.py`` step 3): describe every moved 7.3.3 scan in the catalogue, and give users
+their data back (``download_dataset``).
+
+Plain functions over ``Context`` (ledger, tiers, catalogue); the Prefect task only calls ``catalogue_batch``.
+
+What one step does (``catalogue_batch``):
+
+1. ``retry_pending`` first: scans left ``pending_catalogue`` by an earlier step are ingested again from the
+   ledger (the ledger knows their files, checksums and copies; the raw files are re-read for metadata).
+2. The batch's files are grouped into scans (``group_scans``: a hi/lo pair and its ``.gb`` are one scan). The
+   scan's *whole* file set is used, not only this batch's share: the files of its folder the ledger knows and
+   those on the source tier, so how the watcher cut the batches does not change the dataset.
+3. Per scan: excluded stems (``dataset.exclude_stems``) are recorded ``excluded`` and not catalogued. A scan
+   with a file on the source tier that is not yet verified on the archive tier, or (for up to
+   ``dataset.settle_seconds``) missing an expected file, waits (``pending_catalogue``, reason given) and is
+   picked up by a later step. Otherwise its metadata is read (``read_scan``; bad content becomes errors on the
+   dataset, never a failure), the dataset is created if absent (``upsert``, idempotent), one location per
+   tier holding every file verified is added, the preview attached, and the scan recorded ``catalogued``
+   with its pid.
+
+Outages and refusals (issue item 6):
+
+* ``CatalogueUnavailable`` (SciCat down, 5xx, timeouts after the adapter's own retries) never fails the step:
+  the scan is recorded ``pending_catalogue`` with the error and re-ingested by a later step or
+  ``splash-flows catalog retry``. After the first outage in a step the remaining scans are queued without
+  being tried, so an outage costs one retry cycle per step, not one per scan.
+* Any other ``CatalogueError`` (a 4xx: our bug or bad data) marks that scan ``failed`` and is reported in
+  ``CatalogueReport.failed``; the other scans go on, and ``raise_for_failures`` makes the step fail loudly
+  naming every failed scan and its cause.
+
+How a pending catalogue shows in the Prefect run: the transfers are verified and their results stand, so the
+run is *Completed* -- but under the state name ``CataloguePending`` with a message saying which scans wait
+and why, and the catalogue task logs a WARNING. Failing the run instead would say the data is at risk when
+it is not, and would invite re-running the transfers, which cannot help a catalogue that is down; the
+catalogue work is not dropped but durably queued in the ledger, where ``status`` shows it per file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from splash_flows.beamlines.bl733.dataset import dataset_for_scan
+from splash_flows.beamlines.bl733.edf import beamline_zone
+from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
+from splash_flows.beamlines.bl733.scans import Scan, group_scans
+from splash_flows.beamlines.bl733.thumbnail import thumbnail_png
+from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
+from splash_flows.context import Context
+from splash_flows.errors import (
+    BatchError,
+    CatalogueError,
+    CatalogueUnavailable,
+    LedgerError,
+    MetadataError,
+    PathEscapeError,
+    SplashFlowsError,
+    TierError,
+    VerificationError,
+)
+from splash_flows.ledger import EventKind
+from splash_flows.ledger import catalogue as ledger_cat
+from splash_flows.ledger.catalogue import LedgerFile
+from splash_flows.ledger.models import CatalogueState
+from splash_flows.paths import normalize_relpath
+from splash_flows.tiers.base import CopyItem, CopyResult
+from splash_flows.tiers.local import LocalTier
+
+log = logging.getLogger(__name__)
+
+#: At most this many pending scans are retried per catalogue step (bounds a step's time after a long outage).
+RETRY_LIMIT = 200
+#: Caption of the preview attached to every dataset.
+THUMBNAIL_CAPTION = "preview"
+#: Location state of a tier holding every file of the scan, verified.
+VERIFIED = "verified"
+
+ProgressFn = Callable[[str, int], None]
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether running the catalogue step again soon may help: a ledger hiccup or an unreachable catalogue.
+    A refusal (4xx), bad configuration or a failed scan batch is not retried."""
+    if isinstance(err, BatchError):
+        return False
+    return isinstance(err, LedgerError | CatalogueUnavailable)
+
+
+# ---------------------------------------------------------------------------------------------- reports
+
+
+@dataclass
+class CatalogueReport:
+    """What one catalogue step (or one ``retry_pending``) did, per scan key."""
+
+    catalogued: dict[str, str] = field(default_factory=dict)   # scan key -> pid (new, or updated)
+    unchanged: dict[str, str] = field(default_factory=dict)    # scan key -> pid (already catalogued as is)
+    pending: dict[str, str] = field(default_factory=dict)      # scan key -> why it waits
+    excluded: list[str] = field(default_factory=list)
+    failed: dict[str, SplashFlowsError] = field(default_factory=dict)
+    unavailable: str | None = None      # the outage that left scans pending, if any
+    retried: CatalogueReport | None = None
+    not_run: str | None = None          # why the step did not run at all (no catalogue configured)
+
+    def failures(self) -> dict[str, SplashFlowsError]:
+        out = dict(self.failed)
+        if self.retried is not None:
+            out.update({f"{key} (retried)": err for key, err in self.retried.failed.items()})
+        return out
+
+    def all_pending(self) -> dict[str, str]:
+        """Scans left pending by this step, including those its retry could not ingest."""
+        out = dict(self.retried.pending) if self.retried is not None else {}
+        out.update(self.pending)
+        return out
+
+    def raise_for_failures(self) -> None:
+        """Raise ``BatchError`` naming every scan the catalogue refused (pending scans are not failures)."""
+        failures = self.failures()
+        if failures:
+            total = len(self.catalogued) + len(self.unchanged) + len(self.pending) + len(self.failed)
+            if self.retried is not None:
+                total += len(self.retried.failed)
+            raise BatchError("catalogue ingests", failures, total=max(total, len(failures)))
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a flow's result and the CLI."""
+        out: dict[str, Any] = {
+            "catalogued": len(self.catalogued), "unchanged": len(self.unchanged), "pending": len(self.pending),
+            "excluded": len(self.excluded), "failed": len(self.failed),
+        }
+        if self.retried is not None:
+            out["retried"] = {"catalogued": len(self.retried.catalogued), "pending": len(self.retried.pending),
+                              "failed": len(self.retried.failed)}
+        if self.not_run is not None:
+            out["not_run"] = self.not_run
+        return out
+
+    def describe(self) -> str:
+        """One line for logs."""
+        if self.not_run is not None:
+            return f"catalogue step not run: {self.not_run}"
+        s = self.summary()
+        text = (f"{s['catalogued']} scan(s) catalogued, {s['unchanged']} already catalogued, {s['pending']} pending, "
+                f"{s['excluded']} excluded, {s['failed']} failed")
+        if self.retried is not None and (self.retried.catalogued or self.retried.pending or self.retried.failed):
+            r = s["retried"]
+            text += f"; retried: {r['catalogued']} catalogued, {r['pending']} still pending, {r['failed']} failed"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------- ingest
+
+
+def _folder_of(key_or_path: str) -> str:
+    return key_or_path.rpartition("/")[0]
+
+
+def _relative(path: str, folder: str) -> str:
+    return path[len(folder) + 1:] if folder else path
+
+
+def _expected_paths(scan: Scan) -> set[str]:
+    """The files a complete scan of this kind has (7.3.3 naming, see ``beamlines/bl733/scans.py``)."""
+    if scan.kind == "other":
+        return set(scan.paths)
+    base = f"{scan.folder}/" if scan.folder else ""
+    det = scan.detector
+    if scan.kind == "exposure":
+        return {f"{base}{scan.stem}.{ext}" for ext in ("edf", "txt")} | set(scan.paths)
+    det = det or "2m"
+    out = {f"{base}{scan.stem}_{part}_{det}.{ext}" for part in ("hi", "lo") for ext in ("edf", "txt")}
+    return out | {f"{base}{scan.stem}_sfloat_{det}.gb"} | set(scan.paths)
+
+
+def _shape_from_headers(meta: ScanMetadata) -> tuple[int, int] | None:
+    """(rows, columns) of the scan's frames from an EDF header (``Dim_2``, ``Dim_1``), if one says."""
+    for values in meta.edf_headers.values():
+        try:
+            return int(values["Dim_2"]), int(values["Dim_1"])
+        except (KeyError, ValueError):
+            continue
+    return None
+
+
+@dataclass
+class _FolderView:
+    """A folder's files: what the ledger knows and what the source tier holds, grouped into scans."""
+
+    ledger_files: dict[str, LedgerFile]
+    on_source: set[str]
+    scans: dict[str, Scan]
+
+
+class _Ingest:
+    """One catalogue step's working state: the catalogue, folder caches and the outage breaker."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.archive = ctx.config.archive_tier_name()
+        self.location_tiers = list(dict.fromkeys([*ctx.config.move.targets, self.archive]))
+        self.unavailable: str | None = None
+        self._folders: dict[tuple[str, str], _FolderView] = {}
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """Built on first use, inside a scan's ingest: a catalogue that cannot even be opened is an outage
+        like any other (CatalogueUnavailable -> pending), not a failure of the step."""
+        return self.ctx.catalogue()
+
+    # ------------------------------------------------------------------ finding a scan's files
+
+    def folder(self, source_tier: str, folder: str) -> _FolderView:
+        key = (source_tier, folder)
+        if key not in self._folders:
+            known = {f.path: f for f in ledger_cat.files_in_folder(self.ctx.ledger, source_tier, folder)}
+            on_source = self._list_source(source_tier, folder)
+            scans = group_scans(sorted(set(known) | on_source), exclude=self.config.dataset.exclude_stems)
+            self._folders[key] = _FolderView(known, on_source, {s.key: s for s in scans})
+        return self._folders[key]
+
+    def _list_source(self, source_tier: str, folder: str) -> set[str]:
+        """Regular files directly in ``folder`` on the source tier (hidden names, i.e. files still being written
+        as ``.name.part``, are left out). Empty when the source is not a local folder."""
+        if source_tier not in self.config.tiers:
+            return set()
+        tier = self.ctx.tier(source_tier)
+        if not isinstance(tier, LocalTier):
+            return set()
+        root = tier.path(folder) if folder else tier.root
+        try:
+            entries = list(os.scandir(root))
+        except FileNotFoundError:
+            return set()
+        except OSError as err:
+            raise TierError(f"cannot list folder: {err.strerror or err}", tier=source_tier,
+                            path=folder or ".") from None
+        prefix = f"{folder}/" if folder else ""
+        return {prefix + e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+
+    # ------------------------------------------------------------------ one scan
+
+    def scan(self, source_tier: str, key: str, report: CatalogueReport) -> None:
+        """Catalogue one scan (or record why not) and note the outcome in ``report``."""
+        try:
+            view = self.folder(source_tier, _folder_of(key))
+            scan = view.scans.get(key)
+            if scan is None:
+                err = CatalogueError(f"scan {key}: no file of it is known to the ledger or on {source_tier}")
+                ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.FAILED, files=[],
+                                       error=str(err))
+                report.failed[key] = err
+                return
+            self._scan(source_tier, scan, view, report)
+        except TierError as err:  # the source tier could not be listed or read: try again later
+            self._pending(source_tier, key, [], f"{err}", report)
+
+    def _scan(self, source_tier: str, scan: Scan, view: _FolderView, report: CatalogueReport) -> None:
+        key = scan.key
+        files = [view.ledger_files[p] for p in scan.paths if p in view.ledger_files]
+        if not scan.catalogue:
+            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
+                                   attempted=False)
+            report.excluded.append(key)
+            return
+        waiting = [p for p in scan.paths if p not in view.ledger_files or not view.ledger_files[p].verified_on(
+            self.archive)]
+        if waiting:
+            self._pending(source_tier, key, files, f"waiting for {len(waiting)} file(s) to be verified on "
+                          f"{self.archive}: {', '.join(waiting[:5])}", report, attempted=False)
+            return
+        missing = sorted(_expected_paths(scan) - set(scan.paths))
+        settle = self.config.dataset.settle_seconds
+        newest = max(f.mtime for f in files)
+        if missing and time.time() - newest < settle:
+            self._pending(source_tier, key, files, f"waiting up to {settle:.0f} s after the newest file for "
+                          f"{', '.join(missing)}", report, attempted=False)
+            return
+        record = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
+        locations = self._locations(scan, files, record.locations if record is not None else {})
+        locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
+        ids = frozenset(f.id for f in files)
+        if (record is not None and record.state == CatalogueState.CATALOGUED and record.pid
+                and record.file_ids == ids and record.files_digest == ledger_cat.files_digest(files)
+                and record.locations == locations_json):
+            report.unchanged[key] = record.pid
+            return
+        if self.unavailable is not None:
+            self._pending(source_tier, key, files, f"catalogue unavailable: {self.unavailable}", report,
+                          attempted=False)
+            return
+        try:
+            pid = self._ingest(source_tier, scan, files, locations)
+        except CatalogueUnavailable as err:
+            self.unavailable = str(err)
+            report.unavailable = report.unavailable or str(err)
+            self._pending(source_tier, key, files, str(err), report)
+            log.warning("catalogue unavailable; scan %s and the rest of this step are queued: %s", key, err)
+            return
+        except CatalogueError as err:
+            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.FAILED, files=files,
+                                   error=str(err))
+            report.failed[key] = err
+            log.error("scan %s not catalogued: %s", key, err)
+            return
+        ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.CATALOGUED, files=files, pid=pid,
+                               locations=locations_json)
+        report.catalogued[key] = pid
+
+    def _pending(self, source_tier: str, key: str, files: Sequence[LedgerFile], reason: str,
+                 report: CatalogueReport, *, attempted: bool = True) -> None:
+        ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.PENDING, files=files, error=reason,
+                               attempted=attempted)
+        report.pending[key] = reason
+
+    def _locations(self, scan: Scan, files: Sequence[LedgerFile],
+                   recorded: dict[str, Any]) -> dict[str, LocationDoc]:
+        """One location per tier holding every file of the scan verified. ``since`` is when the last of them was
+        verified there -- as first recorded: a re-run of the move re-verifies (and re-stamps) the copies, but the
+        files have been there since the first time, and an unchanged location costs the catalogue nothing."""
+        out: dict[str, LocationDoc] = {}
+        for tier_name in self.location_tiers:
+            if not files or not all(f.verified_on(tier_name) for f in files):
+                continue
+            since = max(f.copies[tier_name].verified_at or datetime.fromtimestamp(f.mtime, UTC) for f in files)
+            url = posixpath.dirname(self.ctx.tier(tier_name).url(files[0].path))
+            location = LocationDoc(tier=tier_name, url=url, state=VERIFIED, since=since)
+            before = recorded.get(tier_name)
+            if isinstance(before, dict):
+                try:
+                    earlier = LocationDoc.model_validate(before)
+                except ValidationError:
+                    earlier = None
+                if earlier is not None and (earlier.url, earlier.state) == (url, VERIFIED):
+                    location = earlier
+            out[tier_name] = location
+        return out
+
+    def _ingest(self, source_tier: str, scan: Scan, files: Sequence[LedgerFile],
+                locations: dict[str, LocationDoc]) -> str:
+        """Create (if absent) and complete the dataset of ``scan``; return its pid. Raises CatalogueError."""
+        meta, root = self._metadata(source_tier, scan, files)
+        png = self._preview(scan, meta, root) if root is not None else None
+        doc = self._document(scan, meta, files, locations)
+        cat = self.catalogue
+        entry = cat.find(scan.key)
+        if entry is None or not entry.doc.files:
+            pid = cat.upsert(doc)
+        else:
+            pid = entry.pid
+            extra = sorted({f.path for f in doc.files} - {f.path for f in entry.doc.files})
+            if extra:
+                raise CatalogueError(
+                    f"scan {scan.key}: dataset {pid} was catalogued before {len(extra)} of its files arrived "
+                    f"({', '.join(extra)}); the catalogue interface cannot add files to an existing dataset")
+            listed = {f.path: f.chk for f in entry.doc.files}
+            changed = sorted(f.path for f in doc.files if listed[f.path] != f.chk)
+            if changed:
+                raise CatalogueError(
+                    f"scan {scan.key}: {', '.join(changed)} changed after dataset {pid} listed it (the catalogue "
+                    "holds the old checksum); the catalogue interface cannot replace a dataset's file list")
+        known = entry.doc.locations if entry is not None else []
+        for location in locations.values():
+            if location not in known:
+                cat.add_location(pid, location)
+        if png is not None and (entry is None or not entry.has_thumbnail):
+            cat.attach_thumbnail(pid, png, THUMBNAIL_CAPTION)
+        log.info("scan %s catalogued as %s (%d files, %d error(s) noted)", scan.key, pid, len(doc.files),
+                 len(doc.errors))
+        return pid
+
+    def _preview(self, scan: Scan, meta: ScanMetadata, root: Path) -> bytes | None:
+        """The PNG preview: of ``meta.thumbnail_source`` (the ``.gb`` merge, whose shape -- it has no header -- is
+        taken from the scan's EDF headers), else of the first EDF image that can be read. What could not be
+        previewed is noted in ``meta.errors``; a missing preview never stops cataloguing."""
+        gb_shape = _shape_from_headers(meta)
+        candidates = [meta.thumbnail_source] if meta.thumbnail_source else []
+        candidates += [f.path for role in ("single", "hi", "lo") for f in scan.by_role(role, "edf")]
+        for path in dict.fromkeys(candidates):
+            try:
+                if gb_shape is not None:
+                    return thumbnail_png(root / path, self.config.dataset.thumbnail_size, gb_shape=gb_shape)
+                return thumbnail_png(root / path, self.config.dataset.thumbnail_size)
+            except MetadataError as err:
+                meta.errors.append(f"no preview from {path}: {err}")
+            except (OSError, ValueError) as err:  # pixels a damaged file decodes to that cannot be pictured
+                meta.errors.append(f"no preview from {path}: {type(err).__name__}: {err}")
+        return None
+
+    def _metadata(self, source_tier: str, scan: Scan,
+                  files: Sequence[LedgerFile]) -> tuple[ScanMetadata, Path | None]:
+        """Read the scan from the first local tier holding its files (the source, else the archive, else another
+        target). With no readable copy the dataset still gets file-level facts and the reason."""
+        candidates = [source_tier, self.archive, *self.config.move.targets]
+        for name in dict.fromkeys(candidates):
+            if name not in self.config.tiers:
+                continue
+            tier = self.ctx.tier(name)
+            if not isinstance(tier, LocalTier):
+                continue
+            if not any((tier.root / p).is_file() for p in scan.paths):
+                continue
+            try:
+                return read_scan(tier.root, scan, zone=self.config.timezone), tier.root
+            except MetadataError as err:
+                log.warning("scan %s: cannot read its files on %s: %s", scan.key, name, err)
+        zone = beamline_zone(self.config.timezone)
+        meta = ScanMetadata(scan_key=scan.key, name=scan.stem, kind=scan.kind, catalogue=scan.catalogue,
+                            creation_time=datetime.fromtimestamp(min(f.mtime for f in files), zone),
+                            creation_time_source="mtime",
+                            errors=[f"{scan.key}: no local tier holds a readable copy; metadata not read"])
+        return meta, None
+
+    def _document(self, scan: Scan, meta: ScanMetadata, files: Sequence[LedgerFile],
+                  locations: dict[str, LocationDoc]) -> DatasetDoc:
+        ds = self.config.dataset
+        try:
+            doc = dataset_for_scan(
+                meta,
+                [(_relative(f.path, scan.folder), f.size, datetime.fromtimestamp(f.mtime, UTC), f.checksum)
+                 for f in files],
+                checksum_algorithm=files[0].checksum_alg,
+                source_folder=locations[self.archive].url,
+                source_folder_host=ds.source_folder_host,
+                creation_location=ds.creation_location,
+                default_owner_group=ds.default_owner_group,
+                contact_email=ds.contact_email,
+                beamline_group=ds.beamline_group,
+            )
+            return doc.model_copy(update={"locations": list(locations.values())})
+        except ValidationError as err:
+            raise CatalogueError(f"scan {scan.key}: cannot build its dataset document: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def _not_run(ctx: Context, files: int) -> CatalogueReport:
+    reason = "no catalogue configured (catalogue.kind is 'none')"
+    ctx.ledger.record_event(EventKind.STEP_NOT_RUN, detail={"step": "catalogue", "reason": reason, "files": files})
+    return CatalogueReport(not_run=reason)
+
+
+def catalogue_batch(ctx: Context, paths: Sequence[str]) -> CatalogueReport:
+    """Catalogue the scans of a moved batch (tier-relative paths on the source tier); first retry the scans
+    an earlier step left pending. Never raises for one scan's trouble: see ``CatalogueReport`` and
+    ``raise_for_failures``. Raises LedgerError/ConfigError when the step as a whole cannot run."""
+    if not ctx.catalogue_enabled:
+        return _not_run(ctx, len(paths))
+    source = ctx.config.move.source
+    clean: list[str] = []
+    for raw in dict.fromkeys(paths):
+        try:
+            clean.append(normalize_relpath(raw, tier=source))
+        except PathEscapeError:
+            continue  # refused and recorded by the move step; never catalogued
+    known = ledger_cat.files_by_path(ctx.ledger, source, clean)
+    keys = [s.key for s in group_scans(sorted(known), exclude=ctx.config.dataset.exclude_stems)]
+    ingest = _Ingest(ctx)
+    report = CatalogueReport()
+    report.retried = _retry(ctx, ingest, include_failed=False, limit=RETRY_LIMIT, skip=set(keys))
+    for key in keys:
+        ingest.scan(source, key, report)
+    if report.unavailable is None and report.retried.unavailable is not None:
+        report.unavailable = report.retried.unavailable
+    return report
+
+
+def retry_pending(ctx: Context, *, include_failed: bool = False, limit: int = RETRY_LIMIT) -> CatalogueReport:
+    """Ingest again the scans the ledger holds as ``pending_catalogue`` (and ``failed`` with
+    ``include_failed``), least recently tried first, at most ``limit``. Stops trying at the first outage."""
+    if not ctx.catalogue_enabled:
+        return _not_run(ctx, 0)
+    return _retry(ctx, _Ingest(ctx), include_failed=include_failed, limit=limit, skip=set())
+
+
+def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, skip: set[str]) -> CatalogueReport:
+    report = CatalogueReport()
+    states = [CatalogueState.PENDING] + ([CatalogueState.FAILED] if include_failed else [])
+    for record in ledger_cat.scans_in_state(ctx.ledger, states, limit=limit):
+        if record.scan_key in skip and record.source_tier == ctx.config.move.source:
+            continue  # in the current batch: handled there
+        if ingest.unavailable is not None:
+            report.pending[record.scan_key] = f"catalogue unavailable: {ingest.unavailable}"
+            continue  # left as it is in the ledger; tried again by the next step
+        ingest.scan(record.source_tier, record.scan_key, report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- data access
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    """One file of a dataset as the ledger knows it: its path in the dataset and on the tiers."""
+
+    name: str           # relative to the dataset's folder (= the catalogue's file path)
+    tier_path: str      # tier-relative path (the same on every tier)
+    size: int
+    checksum: str
+    checksum_alg: str
+    ledger: LedgerFile | None
+
+
+def dataset_files(ctx: Context, pid: str) -> tuple[CatalogueEntry, list[DatasetFile]]:
+    """The catalogue entry of ``pid`` and its files with the ledger's facts (``ledger`` None: unknown to it)."""
+    entry = ctx.catalogue().get(pid)
+    folder = _folder_of(entry.doc.scan_key)
+    by_path = {posixpath.join(folder, f.path) if folder else f.path: f for f in entry.doc.files}
+    known = ledger_cat.files_by_path(ctx.ledger, ctx.config.move.source, list(by_path))
+    out = []
+    for tier_path, f in by_path.items():
+        rec = known.get(tier_path)
+        out.append(DatasetFile(f.path, tier_path, f.size, f.chk, entry.doc.checksum_algorithm, rec))
+    return entry, out
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    name: str
+    size: int
+    checksum: str
+    tier: str
+    skipped: bool       # DIR already held these exact bytes
+
+
+@dataclass
+class DownloadReport:
+    pid: str
+    dest: Path
+    files: list[Downloaded] = field(default_factory=list)
+    failed: dict[str, SplashFlowsError] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)   # name -> why a preferred tier was not used
+
+    def raise_for_failures(self) -> None:
+        if self.failed:
+            raise BatchError(f"file downloads of dataset {self.pid}", self.failed,
+                             total=len(self.files) + len(self.failed))
+
+
+def download_dataset(ctx: Context, pid: str, dest: Path, *, progress: ProgressFn | None = None) -> DownloadReport:
+    """Copy every file of dataset ``pid`` into ``dest`` (at its path within the dataset), each from the most
+    preferred tier (``Config.download_tiers``) where the ledger holds a verified copy and the file is there
+    with the right size; the copy is verified against the ledger's checksum, and a tier whose copy does not
+    match is passed over for the next. ``progress(name, nbytes)`` reports bytes; a negative value takes back
+    the bytes of an attempt that failed. Files with no verified copy anywhere are reported in ``failed``."""
+    entry, files = dataset_files(ctx, pid)
+    report = DownloadReport(pid=entry.pid, dest=dest)
+    for f in files:
+        outcome = _download_one(ctx, f, dest, report.notes.setdefault(f.name, []), progress)
+        if isinstance(outcome, Downloaded):
+            report.files.append(outcome)
+        else:
+            report.failed[f.name] = outcome
+    report.notes = {k: v for k, v in report.notes.items() if v}
+    return report
+
+
+def _download_one(ctx: Context, f: DatasetFile, dest: Path, notes: list[str],
+                  progress: ProgressFn | None) -> Downloaded | SplashFlowsError:
+    rec = f.ledger
+    if rec is None:
+        return TierError(f"{f.tier_path}: not in the ledger, so no copy of it is known to be verified; refusing "
+                         "to download", path=f.tier_path)
+    if rec.checksum != f.checksum:
+        return VerificationError(f"{f.tier_path}: the ledger's checksum {rec.checksum} differs from the "
+                                 f"catalogue's {f.checksum} "
+                                 "(the source changed after it was catalogued); refusing to download",
+                                 path=f.tier_path)
+    folder = _folder_of(f.tier_path)
+    for name in ctx.config.download_tiers():
+        if not rec.verified_on(name):
+            state = rec.copies[name].state if name in rec.copies else "no copy"
+            notes.append(f"{name}: not verified in the ledger ({state})")
+            continue
+        tier = ctx.tier(name)
+        if not isinstance(tier, LocalTier):
+            notes.append(f"{name}: a {tier.kind} tier cannot be read directly")
+            continue
+        st = tier.stat(f.tier_path)
+        if st is None or st.size != rec.size:
+            notes.append(f"{name}: " + ("file missing" if st is None else f"size {st.size} != {rec.size}"))
+            continue
+        sent = 0
+
+        def counted(path: str, n: int) -> None:
+            nonlocal sent
+            sent += n
+            if progress is not None:
+                progress(f.name, n)
+
+        source = LocalTier(name, tier.path(folder) if folder else tier.root, rec.checksum_alg, concurrency=1)
+        target = LocalTier("download", dest, rec.checksum_alg, concurrency=1)
+        result = target.copy_one(source, CopyItem(f.name, rec.checksum, rec.size), counted)
+        if isinstance(result, CopyResult) and result.checksum == rec.checksum:
+            return Downloaded(f.name, result.size, result.checksum, name, result.skipped)
+        notes.append(f"{name}: {result if not isinstance(result, CopyResult) else 'checksum mismatch'}")
+        if progress is not None and sent:
+            progress(f.name, -sent)
+    tried = "; ".join(notes) or "no tier configured"
+    return TierError(f"{f.tier_path}: no verified copy to download from ({tried})", path=f.tier_path)
+
+
+def entry_json(entry: CatalogueEntry) -> dict[str, Any]:
+    """The stable JSON shape of one dataset in ``catalog search/show --json`` (documented in the README)."""
+    doc: dict[str, Any] = entry.doc.model_dump(mode="json")
+    return {"pid": entry.pid, "has_thumbnail": entry.has_thumbnail, "size": entry.doc.size, **doc}
