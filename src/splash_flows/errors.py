@@ -82,3 +82,8 @@ class PruneRefused(SplashFlowsError):
 
 class OrchestrationError(SplashFlowsError):
     """Prefect (server, deployment, work pool) could not be reached or refused a request."""
+
+
+class TriggerRejected(OrchestrationError):
+    """Prefect answered but refused a trigger for good (e.g. invalid parameters): sending the same request again
+    cannot succeed, so the watcher marks its outbox entry failed instead of replaying it forever."""
