@@ -128,6 +128,7 @@ class _Candidate:
     last_event: float
     next_check: float
     closed_at: float | None = None
+    close_seen: bool = False  # closed by a close/rename event (not merely found by a scan)
     stat_key: tuple[int, int] | None = None  # (size, mtime_ns) at the start of the current quiet period
     generation: int = 0
 
@@ -210,6 +211,7 @@ class Watcher:
         self._claims: dict[str, _Claim] = {}
         self._batches: dict[str, _Batch] = {}
         self._refused: set[tuple[str, str]] = set()
+        self._recently_dropped: dict[str, float] = {}
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
         self._scan_cv = threading.Condition()
@@ -221,7 +223,7 @@ class Watcher:
         self._overflow_handler = _OverflowSpotter(lambda: self.request_scan(""))
         self._started = False
         self._flush_retry_at = 0.0
-        self._scans_done = 0
+        self._backfilled = False
         self._scan_idle = threading.Event()
         self._scan_idle.set()
         tick_basis = [0.1, self.settings.quiet_period_s / 4]
@@ -407,19 +409,25 @@ class Watcher:
                     if rel is not None:
                         self._symlink(rel)
                     return
-            self._touch(src, closed=self.settings.mode == "polling", written=False)
+            self._touch(src, closed=self.settings.mode == "polling", written=False, created=True)
 
-    def _touch(self, abs_path: str, *, closed: bool, written: bool) -> None:
+    def _touch(self, abs_path: str, *, closed: bool, written: bool, created: bool = False) -> None:
         rel = self.relpath(abs_path)
         if rel is None or not self._check_name(rel):
             return
         now = time.monotonic()
         with self._lock:
             cand = self._candidates.get(rel)
+            if cand is not None and created:
+                # watchdog also reports files already inside a new folder as "created"; a scan of that folder
+                # may have been first. A create says nothing about writing: keep what is known.
+                return
             if cand is None:
-                cand = _Candidate(closed=closed, written=written, stable_since=now, last_event=now, next_check=now)
+                cand = _Candidate(closed=closed, written=written, stable_since=now, last_event=now, next_check=now,
+                                  close_seen=closed)
                 self._candidates[rel] = cand
             else:
+                cand.close_seen = closed
                 cand.closed = closed
                 cand.written = written or (cand.written and not closed)
                 cand.stable_since = now
@@ -446,8 +454,21 @@ class Watcher:
             if in_batch:
                 self._claims.pop(rel, None)
         if was_candidate or in_batch:
-            log.info("dropped %s:%s: %s before it was %s", self.tier, rel, why, "sent" if in_batch else "ready")
-            self._emit("dropped", (rel,), reason=why)
+            self._dropped(rel, f"{why} before it was {'sent' if in_batch else 'ready'}")
+
+    def _dropped(self, rel: str, reason: str) -> None:
+        """One INFO line per dropped file (a scan that listed it just before the deletion does not repeat it)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._recently_dropped.get(rel)
+            self._recently_dropped[rel] = now
+            if len(self._recently_dropped) > 10_000:
+                self._recently_dropped = {r: t for r, t in self._recently_dropped.items() if now - t < 60}
+        if last is not None and now - last < 60:
+            log.debug("dropped %s again: %s", rel, reason)
+            return
+        log.info("dropped %s:%s: %s", self.tier, rel, reason)
+        self._emit("dropped", (rel,), reason=reason)
 
     # ------------------------------------------------------------------------------------------ readiness
 
@@ -485,6 +506,7 @@ class Watcher:
             except OSError as err:
                 observed.append((rel, gen, None, err))
         ready: list[tuple[str, os.stat_result, float | None]] = []
+        unconfirmed: list[tuple[str, int, os.stat_result]] = []
         dropped: list[str] = []
         odd: list[tuple[str, str]] = []
         with self._lock:
@@ -513,13 +535,29 @@ class Watcher:
                     if cand.next_check > now:
                         continue
                 if now - cand.stable_since >= quiet:
-                    self._candidates.pop(rel)
-                    ready.append((rel, st, cand.closed_at))
+                    if self.settings.mode == "inotify" and not cand.close_seen:
+                        unconfirmed.append((rel, gen, st))  # found by a scan: is a writer still holding it?
+                    else:
+                        self._candidates.pop(rel)
+                        ready.append((rel, st, cand.closed_at))
                 else:
                     cand.next_check = cand.stable_since + quiet
+        if unconfirmed:
+            writers = files_open_for_writing([self.root / rel for rel, _, _ in unconfirmed])
+            with self._lock:
+                for rel, gen, st in unconfirmed:
+                    cand = self._candidates.get(rel)
+                    if cand is None or cand.generation != gen:
+                        continue
+                    if writers is not None and os.path.realpath(self.root / rel) in writers:
+                        log.debug("%s is still open for writing: waiting for its close event", rel)
+                        cand.closed = False
+                        cand.written = True
+                    else:
+                        self._candidates.pop(rel)
+                        ready.append((rel, st, None))
         for rel in dropped:
-            log.info("dropped %s:%s: deleted before it was ready", self.tier, rel)
-            self._emit("dropped", (rel,), reason="deleted")
+            self._dropped(rel, "deleted before it was ready")
         for rel, what in odd:
             if what == "symlink":
                 self._symlink(rel)
@@ -546,6 +584,7 @@ class Watcher:
             verified = {}
         unreadable: list[str] = []
         accepted: list[tuple[str, float | None]] = []
+        sizes: dict[str, int] = {}
         with self._lock:
             for rel, st, closed_at in ready:
                 version = (st.st_size, st.st_mtime)
@@ -564,13 +603,14 @@ class Watcher:
                 batch.paths.append(rel)
                 batch.closed_at.append(closed_at)
                 accepted.append((rel, closed_at))
+                sizes[rel] = st.st_size
                 if not os.access(self.root / rel, os.R_OK):
                     unreadable.append(rel)
         for rel in unreadable:
             log.warning("%s:%s is not readable by the watcher (uid %d); sending it anyway: the move records "
                         "whether the workers can read it", self.tier, rel, os.getuid())
         for rel, closed_at in accepted:
-            self._emit("ready", (rel,), closed_at=closed_at)
+            self._emit("ready", (rel,), closed_at=closed_at, size=sizes[rel])
 
     # ------------------------------------------------------------------------------------------ batches
 
@@ -687,12 +727,17 @@ class Watcher:
             log.info("Prefect accepts triggers again: replaying the outbox in order")
         self._ledger_call(self.outbox.mark_sent, rec.id, run_id)
         with self._lock:
-            folder, first_close = self._timing.pop(rec.id, (None, None))
+            timing = self._timing.pop(rec.id, None)
+        first_close = timing[1] if timing is not None else None
         latency = time.time() - first_close if first_close is not None else None
-        where = folder if folder is not None else os.path.dirname(rec.paths[0])
+        if timing is None:
+            how = ", replayed from the outbox"
+        elif latency is None:
+            how = ", found by a scan"
+        else:
+            how = f", close->trigger {latency:.2f} s"
         log.info("batch %d: %d file(s) in %s -> flow run %s (trigger %.2f s%s)", rec.id, len(rec.paths),
-                 where or "/", run_id, elapsed,
-                 f", close->trigger {latency:.2f} s" if latency is not None else ", replayed")
+                 os.path.dirname(rec.paths[0]) or "/", run_id, elapsed, how)
         self._emit("sent", rec.paths, entry_id=rec.id, flow_run_id=run_id, close_to_trigger_s=latency)
         return True
 
@@ -753,10 +798,12 @@ class Watcher:
         except TierError as err:
             log.error("rescan of %s failed: %s", prefix or "the tree", err)
         seconds = time.monotonic() - started
-        self._scans_done += 1
+        first_full = not prefix and not self._backfilled
+        if not prefix:
+            self._backfilled = True
         if found:
-            log.info("%s found %d file(s) to send in %.1f s", "scan of " + prefix if prefix else "rescan",
-                     found, seconds)
+            what = f"scan of {prefix}" if prefix else ("backfill" if first_full else "rescan")
+            log.info("%s found %d file(s) to send in %.1f s", what, found, seconds)
             self._wake.set()
         else:
             log.debug("scan of %s: nothing new (%.1f s)", prefix or "/", seconds)
@@ -835,6 +882,44 @@ class Watcher:
         """Files seen but not yet ready, plus ready files not yet written to the outbox."""
         with self._lock:
             return len(self._candidates) + sum(len(b.paths) for b in self._batches.values())
+
+
+def files_open_for_writing(paths: list[Path]) -> set[str] | None:
+    """The real paths among ``paths`` that a process on this host holds open for writing, from ``/proc``.
+
+    Used for files a scan found (no close event seen) in inotify mode. Processes whose ``/proc/PID/fd`` this
+    user may not read are invisible: run the watcher as the detector's user (or root) for a complete answer.
+    Returns None when ``/proc`` is not available.
+    """
+    wanted = {os.path.realpath(p) for p in paths}
+    if not os.path.isdir("/proc/self/fd"):
+        return None
+    found: set[str] = set()
+    try:
+        pids = [d for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:  # gone, or another user's process
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target not in wanted or target in found:
+                continue
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}", encoding="ascii") as info:
+                    flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), 0)
+            except (OSError, ValueError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                found.add(target)
+    return found
 
 
 def run_until_signalled(watcher: Watcher) -> int:

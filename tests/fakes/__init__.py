@@ -1,0 +1,1 @@
+"""Test doubles, clearly named as fakes. Never imported by the package itself."""
