@@ -801,12 +801,12 @@ class Watcher:
         first_full = not prefix and not self._backfilled
         if not prefix:
             self._backfilled = True
+        if found and not prefix:  # a full scan that finds files means events were missed (or the watcher was down)
+            log.info("%s found %d file(s) to send in %.1f s", "backfill" if first_full else "rescan", found, seconds)
+        else:  # scans of new folders routinely find the files written before their watch was in place
+            log.debug("scan of %s: %d file(s) to send (%.1f s)", prefix or "/", found, seconds)
         if found:
-            what = f"scan of {prefix}" if prefix else ("backfill" if first_full else "rescan")
-            log.info("%s found %d file(s) to send in %.1f s", what, found, seconds)
             self._wake.set()
-        else:
-            log.debug("scan of %s: nothing new (%.1f s)", prefix or "/", seconds)
         self._emit("rescan", (), prefix=prefix, found=found, seconds=seconds)
         return found
 

@@ -11,13 +11,13 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(predicate: Callable[[], T], what: str, *, timeout: float = 30.0, interval: float = 0.02) -> T:
-    """Poll ``predicate`` until it returns a truthy value (returned); fail naming ``what`` after ``timeout``.
-    The timeout only bounds a hang: nothing asserts how long the wait took."""
+def wait_for(predicate: Callable[[], T | None], what: str, *, timeout: float = 30.0, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something other than None or False, and return that; fail naming
+    ``what`` after ``timeout``. The timeout only bounds a hang: nothing asserts how long the wait took."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value:
+        if value is not None and value is not False:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -14,7 +14,7 @@ import pytest
 from splash_flows.config import Config
 from splash_flows.context import Context
 from splash_flows.ledger import Ledger
-from splash_flows.watcher import WatchEvent, Watcher
+from splash_flows.watcher import Watcher, WatchEvent
 from tests.fakes.trigger import FakeTrigger
 from tests.support.watching import wait_for
 

@@ -227,7 +227,7 @@ def test_trigger_down_then_up_replays_outbox_in_order_once(
         for i in range(3):
             (h.root / folder / f"f{i}.edf").write_bytes(os.urandom(10))
         wait_for(lambda n=n: len(outbox.entries()) == n, f"outbox entry {n}")  # type: ignore[misc]
-    first = wait_for(lambda: (e := outbox.entries()[0]).attempts >= 2 and e, "repeated attempts")
+    first = wait_for(lambda: e if (e := outbox.entries()[0]).attempts >= 2 else None, "repeated attempts")
     assert first.state == "pending" and "down" in (first.last_error or "")
     assert [e.state for e in outbox.entries()] == ["pending"] * 3
     assert trigger.runs == []
@@ -323,7 +323,7 @@ def test_stop_writes_ready_files_to_the_outbox(watch_config: Config, make_harnes
     h = make_harness(with_watcher(watch_config, batch_window_s=60.0), trigger)
     (h.root / "late").mkdir()
     (h.root / "late" / "f.edf").write_bytes(b"f")
-    wait_for(lambda: h.events.of("ready"), "the file to be ready")
+    wait_for(lambda: h.events.of("ready") or None, "the file to be ready")
     assert Outbox(h.ledger).entries() == []  # still inside its 60 s batching window
     h.watcher.stop()
     (entry,) = Outbox(h.ledger).entries()
