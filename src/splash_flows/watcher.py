@@ -196,7 +196,8 @@ class Watcher:
         self.settings = config.watcher
         self.tier = config.move.source
         self.targets = list(config.move.targets)
-        self.root = Path(os.path.abspath(tier_cfg.root))
+        # resolved: inotify must watch the real folder, and event paths must share one spelling with scans
+        self.root = Path(os.path.realpath(tier_cfg.root))
         self.ledger = ledger
         self.outbox = Outbox(ledger)
         self.trigger = trigger
@@ -245,7 +246,12 @@ class Watcher:
         self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
         for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
             logging.getLogger(name).addHandler(self._overflow_handler)
-        self.observer.start()
+        try:
+            self.observer.start()
+        except OSError as err:
+            raise TierError(f"cannot watch {self.root}: {err.strerror or err} (inotify limits? see "
+                            "/proc/sys/fs/inotify/max_user_watches and max_user_instances, or use watcher.mode: "
+                            "polling)", tier=self.tier) from None
         for name, target in (("watcher-loop", self._loop), ("watcher-scan", self._scanner),
                              ("watcher-send", self._sender)):
             thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)

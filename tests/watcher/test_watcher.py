@@ -147,9 +147,25 @@ def test_temporary_hidden_and_renamed_files(watch_config: Config, make_harness: 
         (scan / name).write_bytes(b"ignored")
     (h.root / ".cache").mkdir()
     (h.root / ".cache" / "visible_name.edf").write_bytes(b"in a hidden folder")
-    h.wait_sent("scan_tmp/frame.edf")
+    outside = h.root.parent / "staging_outside_root.edf"
+    outside.write_bytes(b"written elsewhere, moved in whole")
+    os.rename(outside, scan / "moved_in.edf")  # no close event inside the tree: the move itself says "complete"
+    h.wait_sent("scan_tmp/frame.edf", "scan_tmp/moved_in.edf")
     h.barrier()
-    assert [p for p in h.trigger.sent_paths() if not p.startswith("zz_barrier/")] == ["scan_tmp/frame.edf"]
+    sent = [p for p in h.trigger.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == ["scan_tmp/frame.edf", "scan_tmp/moved_in.edf"]
+
+
+def test_a_symlinked_root_is_watched_through_its_target(watch_config: Config, make_harness: MakeHarness,
+                                                        tmp_path: Path) -> None:
+    real = Path(watch_config.tiers["data733"].root)
+    link = tmp_path / "data733-link"
+    link.symlink_to(real, target_is_directory=True)
+    tiers = dict(watch_config.tiers)
+    tiers["data733"] = tiers["data733"].model_copy(update={"root": link})
+    h = make_harness(watch_config.model_copy(update={"tiers": tiers}))
+    detector_write(link / "scan_l" / "f.edf", [b"a" * 10, b"b" * 10], 0.05)
+    h.wait_sent("scan_l/f.edf")
 
 
 def test_many_files_in_one_folder_make_few_batches(watch_config: Config, make_harness: MakeHarness) -> None:

@@ -74,7 +74,9 @@ def test_missing_deployment_is_retryable_and_says_what_to_do(api: Any) -> None:
 @pytest.mark.parametrize("status", [500, 502, 503, 429, 401])
 def test_server_errors_are_retryable(api: Any, deployment: DeploymentResponse, status: int) -> None:
     _serve_deployment(api, deployment)
-    api.post(f"{API}/deployments/{deployment.id}/create_flow_run").respond(status, json={"detail": "busy"})
+    # Retry-After: 0 keeps the Prefect client from sleeping before it gives up (retries are off in this test)
+    api.post(f"{API}/deployments/{deployment.id}/create_flow_run").respond(
+        status, json={"detail": "busy"}, headers={"Retry-After": "0"})
     with pytest.raises(OrchestrationError, match=f"answered {status}") as info:
         PrefectDeploymentTrigger(NAME, None).trigger(["a.edf"], "k")
     assert not isinstance(info.value, TriggerRejected)
