@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 
 from splash_flows.context import Context
 from splash_flows.errors import LedgerError
@@ -12,8 +14,13 @@ from splash_flows.ledger.models import utcnow
 from splash_flows.ledger.outbox import Outbox, verified_versions
 
 
-def test_schema_head_includes_the_outbox(ctx: Context) -> None:
-    assert ctx.ledger.current_revision() == ctx.ledger.head_revision() == "0002_outbox"
+def test_upgraded_ledger_has_the_outbox_migration_and_table(ctx: Context) -> None:
+    script = ScriptDirectory.from_config(ctx.ledger._alembic_config())
+    assert "0002_outbox" in {rev.revision for rev in script.walk_revisions()}
+    assert ctx.ledger.current_revision() == ctx.ledger.head_revision()
+    columns = {c["name"] for c in inspect(ctx.ledger.engine).get_columns("outbox")}
+    assert columns == {"id", "created_at", "idempotency_key", "deployment", "paths", "state", "attempts",
+                       "last_error", "flow_run_id", "sent_at"}
 
 
 def test_entries_are_pending_until_sent_and_come_back_oldest_first(ctx: Context) -> None:
