@@ -285,6 +285,8 @@ class Watcher:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the observer, write ready files to the outbox, join every thread. Idempotent."""
         self._done.set()
+        if self._stop.is_set():
+            return
         if self.observer is not None:
             with contextlib.suppress(RuntimeError):  # never started
                 self.observer.stop()
@@ -606,6 +608,8 @@ class Watcher:
                 batch = self._batches.get(folder)
                 if batch is None:
                     batch = self._batches[folder] = _Batch(folder, now)
+                elif rel in batch.paths:  # rewritten while its batch was open: the run copies the current file
+                    continue
                 batch.paths.append(rel)
                 batch.closed_at.append(closed_at)
                 accepted.append((rel, closed_at))
