@@ -248,6 +248,54 @@ class DatasetConfig(_Model):
         if value and not _EMAIL.match(value):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value
+DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "*~", "*.swp")
+
+
+class WatcherConfig(_Model):
+    """The file watcher (``splash-flows watch``): when a file on the move source tier is ready, and how ready
+    files are batched into dispatcher runs. See ``splash_flows.watcher`` for the readiness rules."""
+
+    mode: Literal["inotify", "polling"] = Field(
+        default="inotify",
+        description="inotify: kernel events, local writes only. polling: compare directory listings every "
+        "poll_interval_s; use it on network mounts (NFS/SMB), where inotify sees nothing.")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=3600, description="Seconds between polls (polling mode).")
+    quiet_period_s: float = Field(
+        default=2.0, ge=0, le=3600,
+        description="A file is ready once its size and mtime stayed unchanged this long (after its close event "
+        "in inotify mode). In polling mode it must exceed the longest pause a writer makes mid-file.")
+    ignore_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_IGNORE_PATTERNS),
+        description="Glob patterns matched against every path component's name: matching files are never sent "
+        "and matching folders are not descended into (temporary and hidden files by default).")
+    batch_window_s: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="Ready files of one folder are collected this long after the first one, then sent as one batch.")
+    max_batch_files: int = Field(default=200, ge=1, le=100_000, description="A batch is sent once it has this many.")
+    rescan_interval_s: float = Field(
+        default=600.0, gt=0, le=86_400,
+        description="Seconds between full rescans of the tree, which catch events inotify dropped.")
+    deployment: str = Field(
+        default="dispatcher/run_733_dispatcher",
+        description="The Prefect deployment each batch triggers, as 'flow name/deployment name'.")
+    outbox_replay_interval_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="While Prefect cannot be reached, seconds between attempts to send the oldest pending batch.")
+    resend_after_s: float = Field(
+        default=3600.0, gt=0,
+        description="A file sent but still not verified on every move target this long after is sent again by "
+        "the next rescan (its run failed, crashed or is still queued).")
+    flow_config_path: str | None = Field(
+        default=None,
+        description="The config_path parameter given to triggered runs (where the workers read the "
+        "configuration); default: the file this watcher loaded.")
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[^/\s][^/]*/[^/]*[^/\s]", name):
+            raise ValueError(f"deployment {name!r} must be 'flow name/deployment name'")
+        return name
 
 
 class Config(_Model):
@@ -262,6 +310,7 @@ class Config(_Model):
     globus: GlobusConfig | None = Field(default=None, description="Needed when any tier is of kind globus.")
     catalogue: CatalogueConfig = Field(default_factory=EmbeddedCatalogueConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    watcher: WatcherConfig = Field(default_factory=WatcherConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")

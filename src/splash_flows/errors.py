@@ -140,3 +140,6 @@ class GlobusTaskError(TransferError):
 
 class FlightCheckFailed(SplashFlowsError):
     """The Globus flight check found something that does not work (each failed check is in the message)."""
+class TriggerRejected(OrchestrationError):
+    """Prefect answered but refused a trigger for good (e.g. invalid parameters): sending the same request again
+    cannot succeed, so the watcher marks its outbox entry failed instead of replaying it forever."""

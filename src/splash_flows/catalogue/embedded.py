@@ -220,7 +220,7 @@ class EmbeddedCatalogue:
 
     def _entry(self, conn: Connection, row: Any) -> CatalogueEntry:
         pid = row["pid"]
-        locations = conn.execute(
+        locations: Any = conn.execute(
             select(_Location.doc).where(_Location.pid == pid).order_by(_Location.id)
         ).scalars()
         has_thumbnail = conn.execute(select(exists().where(_Thumbnail.pid == pid))).scalar_one()

@@ -15,6 +15,7 @@ from splash_flows.cli.common import State, console, fail_cleanly, print_json, st
 from splash_flows.cli.demo import demo
 from splash_flows.cli.globus import globus_app
 from splash_flows.cli.status import status
+from splash_flows.cli.watch import watch
 from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
 
 app = typer.Typer(
@@ -89,3 +90,4 @@ def ledger_upgrade(ctx: typer.Context) -> None:
 app.command("status")(status)
 app.command("demo")(demo)
 app.add_typer(catalog_app, name="catalog")
+app.command("watch")(watch)

@@ -217,3 +217,33 @@ class CatalogueFile(Base):
 
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("catalogue_scans.id", ondelete="CASCADE"))
+class OutboxState(StrEnum):
+    """Where one watcher batch stands: written but not yet accepted by Prefect, accepted, or refused for good."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class OutboxEntry(Base):
+    """A batch of source paths the watcher must hand to the dispatcher deployment (the durable outbox).
+
+    Written before the trigger is attempted, so a batch survives an unreachable Prefect API, a restart or
+    ``kill -9``; pending entries are replayed in ``id`` order. ``idempotency_key`` is fixed when the entry is
+    written: a replay of an entry Prefect already accepted returns the same flow run instead of a second one.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("idempotency_key", name="uq_outbox_idempotency_key"),
+                      Index("ix_outbox_state_id", "state", "id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    deployment: Mapped[str] = mapped_column(String(512))
+    paths: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -52,7 +52,7 @@ from pydantic import ValidationError
 from splash_flows.beamlines.bl733.dataset import dataset_for_scan
 from splash_flows.beamlines.bl733.edf import beamline_zone
 from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
-from splash_flows.beamlines.bl733.scans import Scan, group_scans
+from splash_flows.beamlines.bl733.scans import Role, Scan, group_scans
 from splash_flows.beamlines.bl733.thumbnail import thumbnail_png
 from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
 from splash_flows.context import Context
@@ -76,6 +76,7 @@ from splash_flows.tiers.base import CopyItem, CopyResult
 from splash_flows.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
+_PREVIEW_ROLES: tuple[Role, ...] = ("single", "hi", "lo")
 
 #: At most this many pending scans are retried per catalogue step (bounds a step's time after a long outage).
 RETRY_LIMIT = 200
@@ -385,7 +386,7 @@ class _Ingest:
         previewed is noted in ``meta.errors``; a missing preview never stops cataloguing."""
         gb_shape = _shape_from_headers(meta)
         candidates = [meta.thumbnail_source] if meta.thumbnail_source else []
-        candidates += [f.path for role in ("single", "hi", "lo") for f in scan.by_role(role, "edf")]
+        candidates += [f.path for role in _PREVIEW_ROLES for f in scan.by_role(role, "edf")]
         for path in dict.fromkeys(candidates):
             try:
                 if gb_shape is not None:

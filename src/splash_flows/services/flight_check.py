@@ -193,15 +193,17 @@ def run_flight_check(ctx: Context, *, probe: bool = True, clock: Callable[[], fl
 
     reachable: dict[str, GlobusTier] = {}
     for name in globus_names:
-        tier = ctx.tier(name)
-        assert isinstance(tier, GlobusTier)
+        built = ctx.tier(name)
+        if not isinstance(built, GlobusTier):
+            raise TypeError(f"tier {name} is configured as globus but was built as {type(built).__name__}")
+        globus_tier: GlobusTier = built
 
-        def listing(tier: GlobusTier = tier) -> str:
+        def listing(tier: GlobusTier = globus_tier) -> str:
             n = tier.check_root()
             return f"listed {tier.root} on collection {tier.collection_id}: {n} entr{'y' if n == 1 else 'ies'}"
 
         if _run(report, f"list {name}", name, listing, clock):
-            reachable[name] = tier
+            reachable[name] = globus_tier
     if probe:
         _probe_checks(ctx, report, reachable, clock, now)
     return report

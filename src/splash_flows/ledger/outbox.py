@@ -1,0 +1,154 @@
+"""The watcher's side of the ledger: the durable outbox of dispatcher triggers, and which files are already safe.
+
+The outbox makes triggering crash-safe: a batch is written (committed) here *before* Prefect is asked to run it,
+and marked ``sent`` with the flow run id only after Prefect accepted it. Pending entries are replayed oldest
+first. Each entry carries an idempotency key fixed at write time, so replaying an entry Prefect accepted just
+before a crash returns the same flow run instead of creating a second one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, or_, select
+
+from splash_flows.errors import LedgerError
+from splash_flows.ledger.models import Copy, CopyState, OutboxEntry, OutboxState, SourceFile, utcnow
+from splash_flows.ledger.store import Ledger
+
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One outbox entry as stored."""
+
+    id: int
+    created_at: datetime
+    idempotency_key: str
+    deployment: str
+    paths: tuple[str, ...]
+    state: str
+    attempts: int
+    last_error: str | None
+    flow_run_id: str | None
+    sent_at: datetime | None
+
+
+def _record(row: OutboxEntry) -> OutboxRecord:
+    return OutboxRecord(row.id, row.created_at, row.idempotency_key, row.deployment, tuple(row.paths), row.state,
+                        row.attempts, row.last_error, row.flow_run_id, row.sent_at)
+
+
+def new_idempotency_key() -> str:
+    """A key unique to one outbox entry (random, so a recreated ledger cannot reuse a key an older run holds)."""
+    return f"splash-watch-{uuid.uuid4().hex}"
+
+
+class Outbox:
+    """Reads and writes of the ``outbox`` table. Each method is one short transaction."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def add(self, deployment: str, paths: Sequence[str]) -> OutboxRecord:
+        """Write a pending entry for ``paths`` (committed when this returns)."""
+        if not paths:
+            raise LedgerError("refusing to write an empty batch to the outbox")
+        now = utcnow()
+        with self.ledger.session() as sess:
+            row = OutboxEntry(created_at=now, idempotency_key=new_idempotency_key(), deployment=deployment,
+                              paths=list(paths), state=OutboxState.PENDING, attempts=0)
+            sess.add(row)
+            sess.flush()
+            return _record(row)
+
+    def get(self, entry_id: int) -> OutboxRecord | None:
+        with self.ledger.session() as sess:
+            row = sess.get(OutboxEntry, entry_id)
+            return None if row is None else _record(row)
+
+    def next_pending(self) -> OutboxRecord | None:
+        """The oldest pending entry (replay order), or None."""
+        with self.ledger.session() as sess:
+            row = sess.scalars(select(OutboxEntry).where(OutboxEntry.state == OutboxState.PENDING)
+                               .order_by(OutboxEntry.id).limit(1)).first()
+            return None if row is None else _record(row)
+
+    def entries(self, state: str | None = None) -> list[OutboxRecord]:
+        """Every entry (or those in ``state``), oldest first."""
+        with self.ledger.session() as sess:
+            q = select(OutboxEntry).order_by(OutboxEntry.id)
+            if state is not None:
+                q = q.where(OutboxEntry.state == state)
+            return [_record(r) for r in sess.scalars(q)]
+
+    def in_flight(self, sent_since: datetime) -> list[OutboxRecord]:
+        """Entries whose files must not be batched again yet: pending ones, and those sent after ``sent_since``."""
+        with self.ledger.session() as sess:
+            q = (select(OutboxEntry)
+                 .where(or_(OutboxEntry.state == OutboxState.PENDING,
+                            (OutboxEntry.state == OutboxState.SENT) & (OutboxEntry.sent_at >= sent_since)))
+                 .order_by(OutboxEntry.id))
+            return [_record(r) for r in sess.scalars(q)]
+
+    def mark_sent(self, entry_id: int, flow_run_id: str) -> None:
+        """Prefect accepted the entry and created (or returned) ``flow_run_id``."""
+        with self.ledger.session() as sess:
+            row = sess.get(OutboxEntry, entry_id)
+            if row is None:
+                raise LedgerError(f"outbox entry {entry_id} does not exist in ledger {self.ledger.describe()}")
+            row.state, row.flow_run_id, row.sent_at = OutboxState.SENT, flow_run_id, utcnow()
+            row.attempts += 1
+
+    def record_attempt(self, entry_id: int, error: str) -> None:
+        """An attempt failed transiently: count it and keep the reason; the entry stays pending."""
+        with self.ledger.session() as sess:
+            row = sess.get(OutboxEntry, entry_id)
+            if row is None:
+                raise LedgerError(f"outbox entry {entry_id} does not exist in ledger {self.ledger.describe()}")
+            row.attempts += 1
+            row.last_error = error
+
+    def mark_failed(self, entry_id: int, error: str) -> None:
+        """Prefect refused the entry for good: it is not replayed (its files are sent again by a later rescan)."""
+        with self.ledger.session() as sess:
+            row = sess.get(OutboxEntry, entry_id)
+            if row is None:
+                raise LedgerError(f"outbox entry {entry_id} does not exist in ledger {self.ledger.describe()}")
+            row.state, row.last_error = OutboxState.FAILED, error
+            row.attempts += 1
+
+    def counts(self) -> dict[str, int]:
+        """Entries per state (every state present, zero when none)."""
+        with self.ledger.session() as sess:
+            rows = sess.execute(select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state)).all()
+        out = {s.value: 0 for s in OutboxState}
+        out.update({state: n for state, n in rows})
+        return out
+
+
+def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
+                      paths: Sequence[str]) -> dict[str, tuple[int, float]]:
+    """Among ``paths`` on ``source_tier``, those verified on every tier of ``targets``, with the (size, mtime)
+    of the source version that was verified. A file whose current size or mtime differs is a new version and
+    is not safe yet. Indexed lookups in chunks, so a rescan costs one query per 500 files."""
+    wanted = sorted(set(targets))
+    out: dict[str, tuple[int, float]] = {}
+    if not wanted:
+        raise LedgerError("verified_versions needs at least one target tier")
+    unique = list(dict.fromkeys(paths))
+    with ledger.session() as sess:
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start:start + _CHUNK]
+            q = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
+                 .join(Copy, Copy.file_id == SourceFile.id)
+                 .where(SourceFile.source_tier == source_tier, SourceFile.path.in_(chunk),
+                        Copy.tier.in_(wanted), Copy.state == CopyState.VERIFIED)
+                 .group_by(SourceFile.id, SourceFile.path, SourceFile.size, SourceFile.mtime)
+                 .having(func.count(func.distinct(Copy.tier)) == len(wanted)))
+            out.update({path: (size, mtime) for path, size, mtime in sess.execute(q)})
+    return out

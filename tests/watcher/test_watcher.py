@@ -1,0 +1,346 @@
+"""The watcher in-process, on real files in tmp folders, with a fake trigger (no Prefect).
+
+Quiet periods are short (0.2 s); every wait is a bounded poll on a condition, and "not sent" is checked either
+while the writer still holds the file or after a barrier file written later has been sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from splash_flows.config import Config
+from splash_flows.context import Context
+from splash_flows.ledger import EventKind, Ledger
+from splash_flows.ledger.outbox import Outbox
+from splash_flows.services.move import move_files
+from tests.fakes.trigger import FakeTrigger
+from tests.support.watching import detector_write, wait_for
+from tests.watcher.conftest import Harness, with_watcher
+
+MakeHarness = Callable[..., Harness]
+
+
+def _not_barrier(paths: tuple[str, ...]) -> bool:
+    return not paths[0].startswith("zz_barrier/")
+
+
+def test_detector_write_sent_once_only_after_close(watch_config: Config, make_harness: MakeHarness) -> None:
+    """Chunks written with pauses longer than the quiet period: still held until the file is closed."""
+    h = make_harness(watch_config)
+    rel = "scan_0001/frame_00001.edf"
+    pause = 2 * watch_config.watcher.quiet_period_s
+
+    def still_held(_i: int) -> None:
+        assert h.sent_count(rel) == 0, "a file still open for writing was sent"
+        assert not [e for e in h.events.of("ready") if rel in e.paths]
+
+    detector_write(h.root / rel, [os.urandom(4096)] * 4, pause, between=still_held)
+    h.wait_sent(rel)
+    h.barrier()
+    assert h.sent_count(rel) == 1
+    ready = [e for e in h.events.of("ready") if rel in e.paths]
+    assert len(ready) == 1 and ready[0].detail["size"] == 4 * 4096
+    closed_at = ready[0].detail["closed_at"]
+    assert closed_at is not None and ready[0].at - closed_at >= watch_config.watcher.quiet_period_s * 0.99
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_file_growing_past_quiet_period_is_held(watch_config: Config, make_harness: MakeHarness,
+                                                mode: str) -> None:
+    """Reopened and appended every 0.05 s for several quiet periods: held until it stops, sent once, whole."""
+    h = make_harness(with_watcher(watch_config, mode=mode, quiet_period_s=0.3))
+    rel = f"scan_grow_{mode}/growing.edf"
+    path = h.root / rel
+    path.parent.mkdir(parents=True)
+    rounds = 30  # 30 x 0.05 s = 1.5 s = 5 quiet periods
+    for i in range(rounds):
+        with open(path, "ab") as fh:
+            fh.write(b"x" * 1000)
+        assert h.sent_count(rel) == 0, f"sent while still growing (after {i} appends)"
+        time.sleep(0.05)
+    h.wait_sent(rel)
+    h.barrier()
+    assert h.sent_count(rel) == 1
+    (ready,) = [e for e in h.events.of("ready") if rel in e.paths]
+    assert ready.detail["size"] == rounds * 1000
+
+
+def test_deleted_before_ready_is_dropped_with_one_info_line(watch_config: Config, make_harness: MakeHarness,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="splash_flows.watcher")
+    h = make_harness(with_watcher(watch_config, quiet_period_s=1.0))
+    rel = "scan_del/gone.edf"
+    path = h.root / rel
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as fh:  # partially written, then deleted while still open
+        fh.write(b"partial")
+        fh.flush()
+        wait_for(lambda: h.watcher.pending_files() >= 1, "the watcher to see the new file")
+        path.unlink()
+    closed_rel = "scan_del/closed_then_deleted.edf"
+    (h.root / closed_rel).write_bytes(b"complete")  # closed, deleted within its quiet period
+    wait_for(lambda: h.watcher.pending_files() >= 1, "the watcher to see the closed file")
+    (h.root / closed_rel).unlink()
+    h.barrier()
+    assert h.sent_count(rel) == 0 and h.sent_count(closed_rel) == 0
+    lines = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert {r.levelno for r in lines} == {logging.INFO}
+    assert sum(rel in r.getMessage() for r in lines) == 1
+    assert sum(closed_rel in r.getMessage() for r in lines) == 1
+
+
+def test_zero_byte_spaces_and_non_ascii_names_sent_in_one_batch(watch_config: Config,
+                                                                make_harness: MakeHarness) -> None:
+    h = make_harness(with_watcher(watch_config, batch_window_s=0.5))
+    names = ["scan_names/empty.edf", "scan_names/with space.edf", "scan_names/ñandú_é.edf",
+             "scan_names/日本語 データ.edf"]
+    for i, rel in enumerate(names):
+        p = h.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"" if i == 0 else os.urandom(100))
+    h.wait_sent(*names)
+    h.barrier()
+    runs = [r for r in h.trigger.runs_snapshot() if _not_barrier(r.paths)]
+    assert sorted(p for r in runs for p in r.paths) == sorted(names)
+    assert len(runs) <= 2  # batched, not one run per file (at most split by the window edge)
+
+
+def test_symlinks_are_never_sent_and_out_of_root_ones_are_refused(
+        watch_config: Config, make_harness: MakeHarness, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="splash_flows.watcher")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.edf").write_bytes(b"not beamline data")
+    h = make_harness(watch_config)
+    scan = h.root / "scan_links"
+    scan.mkdir()
+    (scan / "real.edf").write_bytes(b"real data")
+    (scan / "evil.edf").symlink_to(outside / "secret.edf")
+    (scan / "evil_dir").symlink_to(outside, target_is_directory=True)
+    (scan / "alias.edf").symlink_to(scan / "real.edf")  # inside the root: skipped, the target is sent
+    h.wait_sent("scan_links/real.edf")
+    h.watcher.rescan()  # a rescan meets the links again: still no second refusal line
+    h.barrier()
+    sent = h.trigger.sent_paths()
+    assert not [p for p in sent if "evil" in p or "alias" in p or "secret" in p]
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused")]
+    assert sorted(r.getMessage().split(":")[1] for r in refusals) == ["scan_links/evil.edf", "scan_links/evil_dir"]
+    assert all(r.levelno == logging.WARNING and "outside" in r.getMessage() for r in refusals)
+    refused_events = h.ledger.events(kind=EventKind.REFUSED)
+    assert sorted(e.path or "" for e in refused_events) == ["scan_links/evil.edf", "scan_links/evil_dir"]
+
+
+def test_temporary_hidden_and_renamed_files(watch_config: Config, make_harness: MakeHarness) -> None:
+    """Ignored names are never sent; the write-then-rename pattern sends the final name once."""
+    h = make_harness(watch_config)
+    scan = h.root / "scan_tmp"
+    scan.mkdir()
+    detector_write(scan / "frame.edf.tmp", [b"a" * 100, b"b" * 100], 0.3)
+    os.rename(scan / "frame.edf.tmp", scan / "frame.edf")
+    for name in (".hidden.edf", "x.part", "x.swp", "backup~"):
+        (scan / name).write_bytes(b"ignored")
+    (h.root / ".cache").mkdir()
+    (h.root / ".cache" / "visible_name.edf").write_bytes(b"in a hidden folder")
+    outside = h.root.parent / "staging_outside_root.edf"
+    outside.write_bytes(b"written elsewhere, moved in whole")
+    os.rename(outside, scan / "moved_in.edf")  # no close event inside the tree: the move itself says "complete"
+    h.wait_sent("scan_tmp/frame.edf", "scan_tmp/moved_in.edf")
+    h.barrier()
+    sent = [p for p in h.trigger.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == ["scan_tmp/frame.edf", "scan_tmp/moved_in.edf"]
+
+
+def test_a_symlinked_root_is_watched_through_its_target(watch_config: Config, make_harness: MakeHarness,
+                                                        tmp_path: Path) -> None:
+    real = Path(watch_config.tiers["data733"].root)
+    link = tmp_path / "data733-link"
+    link.symlink_to(real, target_is_directory=True)
+    tiers = dict(watch_config.tiers)
+    tiers["data733"] = tiers["data733"].model_copy(update={"root": link})
+    h = make_harness(watch_config.model_copy(update={"tiers": tiers}))
+    detector_write(link / "scan_l" / "f.edf", [b"a" * 10, b"b" * 10], 0.05)
+    h.wait_sent("scan_l/f.edf")
+
+
+def test_many_files_in_one_folder_make_few_batches(watch_config: Config, make_harness: MakeHarness) -> None:
+    h = make_harness(with_watcher(watch_config, batch_window_s=0.5, max_batch_files=20))
+    rels = [f"scan_many/frame_{i:04d}.edf" for i in range(100)] + [f"scan_other/f_{i}.edf" for i in range(5)]
+    for rel in rels:
+        p = h.root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(64))
+    h.wait_sent(*rels)
+    h.barrier()
+    runs = [r for r in h.trigger.runs_snapshot() if _not_barrier(r.paths)]
+    assert sorted(p for r in runs for p in r.paths) == sorted(rels)  # each exactly once
+    assert all(len(r.paths) <= 20 for r in runs)
+    assert all(len({p.split("/")[0] for p in r.paths}) == 1 for r in runs)  # one folder per batch
+    assert len(runs) <= 12, f"{len(runs)} runs for {len(rels)} files: not batched"
+    assert len(runs) == len(Outbox(h.ledger).entries()) - 1  # one outbox entry, one trigger per batch
+
+
+def test_backfill_sends_unseen_and_changed_files_not_verified_ones(
+        watch_config: Config, make_harness: MakeHarness, ctx_sqlite: Context) -> None:
+    root = Path(watch_config.tiers["data733"].root)
+    for rel in ("old/a.edf", "old/b.edf", "old/c.edf", "new/d.edf"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(os.urandom(500))
+    report = move_files(ctx_sqlite, ["old/a.edf", "old/b.edf"])
+    assert sorted(report.verified_everywhere()) == ["old/a.edf", "old/b.edf"]
+    with open(root / "old/b.edf", "ab") as fh:  # a new version of b after it was verified
+        fh.write(b"more")
+    h = make_harness(watch_config)
+    h.wait_sent("old/b.edf", "old/c.edf", "new/d.edf")
+    h.barrier()
+    sent = [p for p in h.trigger.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == ["new/d.edf", "old/b.edf", "old/c.edf"]
+
+
+def test_rescan_catches_files_the_observer_missed(watch_config: Config, make_harness: MakeHarness) -> None:
+    h = make_harness(with_watcher(watch_config, rescan_interval_s=0.5))
+    h.barrier()
+    assert h.watcher.observer is not None
+    h.watcher.observer.unschedule_all()  # from now on the observer sees nothing, as after a queue overflow
+    (h.root / "missed").mkdir()
+    (h.root / "missed" / "one.edf").write_bytes(b"1")
+    h.wait_sent("missed/one.edf")  # found by the periodic rescan
+    (h.root / "missed" / "two.edf").write_bytes(b"2")
+    assert h.watcher.rescan() == 1  # a direct rescan finds exactly the new file...
+    h.wait_sent("missed/two.edf")
+    assert h.watcher.rescan() == 0  # ...and nothing already in flight
+    assert h.sent_count("missed/one.edf") == 1 and h.sent_count("missed/two.edf") == 1
+
+
+def test_repeated_events_and_rescans_do_not_resend(watch_config: Config, make_harness: MakeHarness) -> None:
+    h = make_harness(watch_config)
+    rel = "scan_rep/frame.edf"
+    (h.root / "scan_rep").mkdir()
+    (h.root / rel).write_bytes(b"data")
+    h.wait_sent(rel)
+    for _ in range(3):  # opened for writing and closed without a write: a close event, same version
+        open(h.root / rel, "ab").close()
+    assert h.watcher.rescan() == 0
+    h.barrier()
+    assert h.sent_count(rel) == 1
+
+
+def test_trigger_down_then_up_replays_outbox_in_order_once(
+        watch_config: Config, make_harness: MakeHarness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="splash_flows.watcher")
+    trigger = FakeTrigger()
+    trigger.down = True
+    h = make_harness(watch_config, trigger)
+    outbox = Outbox(h.ledger)
+    folders = ["s1", "s2", "s3"]
+    for n, folder in enumerate(folders, start=1):
+        (h.root / folder).mkdir()
+        for i in range(3):
+            (h.root / folder / f"f{i}.edf").write_bytes(os.urandom(10))
+        wait_for(lambda n=n: len(outbox.entries()) == n, f"outbox entry {n}")  # type: ignore[misc]
+    first = wait_for(lambda: e if (e := outbox.entries()[0]).attempts >= 2 else None, "repeated attempts")
+    assert first.state == "pending" and "down" in (first.last_error or "")
+    assert [e.state for e in outbox.entries()] == ["pending"] * 3
+    assert trigger.runs == []
+    trigger.down = False
+    wait_for(lambda: outbox.counts()["pending"] == 0, "the outbox to drain")
+    runs = trigger.runs_snapshot()
+    assert [r.paths[0].split("/")[0] for r in runs] == folders  # replayed in order
+    assert [r.key for r in runs] == [e.idempotency_key for e in outbox.entries()]
+    assert sorted(trigger.sent_paths()) == sorted(f"{d}/f{i}.edf" for d in folders for i in range(3))
+    warnings = [r for r in caplog.records if "cannot trigger" in r.getMessage()]
+    assert len(warnings) == 1, "one WARNING per outage, not one per attempt"
+    assert any("accepts triggers again" in r.getMessage() for r in caplog.records)
+
+
+def test_pending_outbox_survives_a_restart_and_is_replayed_first(
+        watch_config: Config, make_harness: MakeHarness) -> None:
+    down = FakeTrigger()
+    down.down = True
+    first = make_harness(watch_config, down)
+    for folder in ("r1", "r2"):
+        (first.root / folder).mkdir()
+        (first.root / folder / "x.edf").write_bytes(b"x")
+    wait_for(lambda: Outbox(first.ledger).counts()["pending"] == 2, "two pending entries")
+    first.watcher.stop()
+    up = FakeTrigger()
+    second = make_harness(watch_config, up)
+    second.wait_sent("r1/x.edf", "r2/x.edf")
+    second.barrier()
+    in_outbox_order = [e.paths[0] for e in Outbox(second.ledger).entries()[:2]]
+    assert sorted(in_outbox_order) == ["r1/x.edf", "r2/x.edf"]
+    assert up.sent_paths()[:2] == in_outbox_order  # replayed first, oldest first
+    assert up.sent_paths().count("r1/x.edf") == 1 and up.sent_paths().count("r2/x.edf") == 1
+
+
+def test_replay_of_an_accepted_entry_returns_the_same_run(watch_config: Config, make_harness: MakeHarness) -> None:
+    """Crash after Prefect accepted an entry but before it was marked sent: the replay reuses the key."""
+    trigger = FakeTrigger()
+    ledger = Ledger.open(watch_config.ledger.url_value())
+    entry = Outbox(ledger).add(watch_config.watcher.deployment, ["k/a.edf"])
+    run_id = trigger.trigger(["k/a.edf"], entry.idempotency_key)  # accepted; the process "died" here
+    ledger.close()
+    h = make_harness(watch_config, trigger)
+    wait_for(lambda: Outbox(h.ledger).counts()["pending"] == 0, "the replay")
+    assert len(trigger.runs) == 1
+    assert Outbox(h.ledger).entries()[0].flow_run_id == run_id
+
+
+def test_rejected_batch_is_marked_failed_and_the_queue_goes_on(watch_config: Config,
+                                                               make_harness: MakeHarness) -> None:
+    trigger = FakeTrigger()
+    trigger.reject = True
+    h = make_harness(watch_config, trigger)
+    (h.root / "bad").mkdir()
+    (h.root / "bad" / "x.edf").write_bytes(b"x")
+    outbox = Outbox(h.ledger)
+    wait_for(lambda: outbox.counts()["failed"] == 1, "the entry to be marked failed")
+    trigger.reject = False
+    h.barrier()
+    assert outbox.entries()[0].state == "failed" and "422" in (outbox.entries()[0].last_error or "")
+
+
+def test_polling_mode_sends_files_once_stable(watch_config: Config, make_harness: MakeHarness) -> None:
+    h = make_harness(with_watcher(watch_config, mode="polling", quiet_period_s=0.5, poll_interval_s=0.1))
+    rel = "scan_poll/frame.edf"
+    detector_write(h.root / rel, [b"a" * 1000] * 5, 0.05,
+                   between=lambda _i: None if h.sent_count(rel) == 0 else pytest.fail("sent while writing"))
+    (h.root / "scan_poll" / "empty.edf").write_bytes(b"")
+    h.wait_sent(rel, "scan_poll/empty.edf")
+    h.barrier()
+    assert h.sent_count(rel) == 1
+    (ready,) = [e for e in h.events.of("ready") if rel in e.paths]
+    assert ready.detail["size"] == 5000
+
+
+def test_unreadable_file_is_sent_and_named(watch_config: Config, make_harness: MakeHarness,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Decision: the watcher only stats; the move records read failures per file. So: sent (with a line)."""
+    caplog.set_level(logging.INFO, logger="splash_flows.watcher")
+    h = make_harness(watch_config)
+    p = h.root / "scan_perm" / "locked.edf"
+    p.parent.mkdir()
+    p.write_bytes(b"secret")
+    p.chmod(0)
+    h.wait_sent("scan_perm/locked.edf")
+    if not os.access(p, os.R_OK):  # as root every file is readable: no line then
+        assert any("not readable" in r.getMessage() and "locked.edf" in r.getMessage() for r in caplog.records)
+
+
+def test_stop_writes_ready_files_to_the_outbox(watch_config: Config, make_harness: MakeHarness) -> None:
+    """Files already ready when the watcher stops are not left in memory: they wait in the outbox."""
+    trigger = FakeTrigger()
+    trigger.down = True
+    h = make_harness(with_watcher(watch_config, batch_window_s=60.0), trigger)
+    (h.root / "late").mkdir()
+    (h.root / "late" / "f.edf").write_bytes(b"f")
+    wait_for(lambda: h.events.of("ready") or None, "the file to be ready")
+    assert Outbox(h.ledger).entries() == []  # still inside its 60 s batching window
+    h.watcher.stop()
+    (entry,) = Outbox(h.ledger).entries()
+    assert entry.paths == ("late/f.edf",) and entry.state == "pending"
