@@ -12,6 +12,7 @@ import typer
 from splash_flows import __version__
 from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
 from splash_flows.cli.demo import demo
+from splash_flows.cli.prune import prune
 from splash_flows.cli.status import status
 from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
 
@@ -85,3 +86,4 @@ def ledger_upgrade(ctx: typer.Context) -> None:
 
 app.command("status")(status)
 app.command("demo")(demo)
+app.command("prune")(prune)

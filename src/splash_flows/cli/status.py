@@ -11,6 +11,7 @@ from splash_flows.cli.common import console, fail_cleanly, human_size, print_jso
 from splash_flows.ledger import FileStatus, Ledger
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
+STATE_STYLE.update({"pruning": "cyan", "pruned": "dim", "at_risk": "bold red reverse"})  # pruned = history
 
 
 def status_json(rows: list[FileStatus]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from prefect.runtime import flow_run
 
 from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
+from splash_flows.flows.bl733.prune import schedule_prune_task
 from splash_flows.flows.common import batch_run_name, passthrough, retry_transient
 from splash_flows.ledger import EventKind, SourceRecord
 from splash_flows.services import move
@@ -65,9 +66,10 @@ def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
             summary["tiers"][target] = {"failed": len(err.failures)}
         except SplashFlowsError as err:
             errors[f"* -> {target}"] = err
-    for step in ("catalogue", "schedule_prune"):
+    for step in ("catalogue",):
         ctx.ledger.record_event(EventKind.STEP_NOT_RUN, detail={"step": step, "reason": "not configured yet",
                                                                 "files": len(reg.sources)})
+    summary["prune_scheduled"] = len(schedule_prune_task(passthrough(ctx), passthrough(reg.sources)).changed)
     if errors:
         raise BatchError("file steps", errors, total=len(paths) * max(1, len(futures)))
     logger.info("verified %d file(s) on %s", len(reg.sources), ", ".join(futures))
