@@ -210,6 +210,14 @@ def count_due(ledger: Ledger, *, tiers: Sequence[str], until: datetime) -> int:
 # ---------------------------------------------------------------------------------------------- claims
 
 
+def _lock_file(sess: Session, file_id: int) -> SourceFile:
+    """Lock the file's row first, in every prune transaction that writes: one lock order (file, then its copies
+    by id, as the move service's writes also go) and so no deadlock. ``FOR NO KEY UPDATE`` on PostgreSQL, so
+    concurrent event inserts (which take a key-share lock through their foreign key) are not blocked by it."""
+    return sess.scalars(select(SourceFile).where(SourceFile.id == file_id).with_for_update(key_share=True)
+                        .execution_options(populate_existing=True)).one()
+
+
 def claim(ledger: Ledger, copy_id: int, *, owner: str, now: datetime, stale_before: datetime,
           evaluate: Evaluator) -> Claim | str:
     """Claim one copy for deletion as a state transition; return the claim, or why it was not claimed."""
@@ -217,9 +225,7 @@ def claim(ledger: Ledger, copy_id: int, *, owner: str, now: datetime, stale_befo
         file_id = sess.scalar(select(Copy.file_id).where(Copy.id == copy_id))
         if file_id is None:
             return "copy no longer in the ledger"
-        # Lock order everywhere: the file row, then its copies by id (the move service also writes file first).
-        f = sess.scalars(select(SourceFile).where(SourceFile.id == file_id).with_for_update()
-                         .execution_options(populate_existing=True)).one()
+        f = _lock_file(sess, file_id)
         rows = list(sess.scalars(select(Copy).where(Copy.file_id == file_id).order_by(Copy.id).with_for_update()
                                  .execution_options(populate_existing=True)))
         file = _file_snap(f, rows)
@@ -254,6 +260,7 @@ def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str
     marked ``at_risk`` so the ledger never claims a deleted copy is there.
     """
     with ledger.session() as sess:
+        _lock_file(sess, c.file.id)
         result = sess.execute(
             update(Copy).where(Copy.id == c.copy.id, Copy.state == CopyState.PRUNING, Copy.claimed_by == c.owner)
             .values(state=CopyState.PRUNED, claimed_by=None, claimed_at=None, error=None, updated_at=now)
@@ -279,6 +286,7 @@ def release(ledger: Ledger, c: Claim, *, now: datetime, reason: str, detail: dic
     ``at_risk`` if the ledger still holds it verified. Writes a ``prune_refused`` event and one ``at_risk``
     event per copy marked. Returns False when the claim was no longer ours (someone else changed the row)."""
     with ledger.session() as sess:
+        _lock_file(sess, c.file.id)
         values: dict[str, Any] = {"claimed_by": None, "claimed_at": None, "updated_at": now}
         if candidate_at_risk is not None:
             values.update(state=CopyState.AT_RISK, error=candidate_at_risk)

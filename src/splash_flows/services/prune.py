@@ -180,7 +180,25 @@ def evaluate(config: Config, file: FileSnap, copy: CopySnap, now: datetime) -> s
         return "not scheduled"
     if due > now:
         return f"not due until {due.isoformat()}"
-    return blocked_reason(copy.tier, rule, file)
+    blocked = blocked_reason(copy.tier, rule, file)
+    if blocked is not None:
+        return blocked
+    return _waits_for(config, file, copy.tier, now)
+
+
+def _waits_for(config: Config, file: FileSnap, tier: str, now: datetime) -> str | None:
+    """Dependency order across runs: a copy waits while another copy of the file that may go now has a rule
+    needing this tier (cfs waits for lamarr and data733, whose rules need cfs). Without this, two runs working
+    on one file at once could delete cfs first and leave the others needing it forever."""
+    for other in file.copies.values():
+        rule = config.retention.rules.get(other.tier)
+        if other.tier == tier or rule is None or tier not in (*rule.require_all, *rule.require_any):
+            continue
+        due = effective_due(rule, file, other)
+        if (is_good(file, other) and due is not None and due <= now
+                and blocked_reason(other.tier, rule, file) is None):
+            return f"waiting for its {other.tier} copy to be pruned first (the {other.tier} rule needs {tier})"
+    return None
 
 
 def _candidates(file: FileSnap, tiers: Sequence[str], until: datetime, claimed_before: datetime | None
