@@ -259,7 +259,7 @@ def test_crash_between_claim_and_delete_leaves_a_consistent_ledger(octx: Context
     observed(octx, "data733").crash = None
     for p in PATHS[:3]:
         assert tier_path(octx, "data733", p).exists()
-        assert states(octx, p)["data733"] == CopyState.PRUNING
+        assert states(octx, p)["data733"] == CopyState.DELETING
     plan = prune.plan_prune(octx, clock=clock)
     assert plan.due == [] and len(plan.in_progress) == 3
     # a run while the claims are fresh leaves them alone ...
@@ -283,7 +283,7 @@ def test_crash_after_delete_is_recorded_by_the_next_run(octx: Context, clock: Fa
         prune.execute_prune(octx, clock=clock)
     observed(octx, "data733").crash = None
     assert not tier_path(octx, "data733", PATHS[0]).exists()
-    assert states(octx, PATHS[0])["data733"] == CopyState.PRUNING  # deleted, not yet recorded
+    assert states(octx, PATHS[0])["data733"] == CopyState.DELETING  # deleted, not yet recorded
     clock.advance(hours=3)
     report = prune.execute_prune(octx, clock=clock)
     report.raise_for_failures()
@@ -291,6 +291,27 @@ def test_crash_after_delete_is_recorded_by_the_next_run(octx: Context, clock: Fa
     assert all(p.recovered for p in report.pruned)
     assert all(states(octx, p)["data733"] == "pruned" for p in PATHS[:2])
     assert all(e.detail["recovered"] for e in octx.ledger.events(kind=EventKind.PRUNED))
+
+
+def test_a_file_gone_under_a_claim_that_never_reached_deletion_is_at_risk(
+        octx: Context, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    moved(octx, clock, PATHS[:1])
+    clock.advance(days=181)
+
+    def die(path: str) -> str:
+        raise SimulatedCrash("killed while re-checking")
+
+    monkeypatch.setattr(observed(octx, "cfs"), "checksum", die)
+    with pytest.raises(SimulatedCrash):
+        prune.execute_prune(octx, clock=clock)
+    monkeypatch.undo()
+    assert states(octx, PATHS[0])["data733"] == CopyState.PRUNING
+    tier_path(octx, "data733", PATHS[0]).unlink()  # lost some other way while the claim was stale
+    clock.advance(hours=3)
+    report = prune.execute_prune(octx, clock=clock)
+    assert report.pruned == [] and [(c.tier, c.path) for c in report.at_risk] == [("data733", PATHS[0])]
+    assert states(octx, PATHS[0])["data733"] == "at_risk"
+    assert octx.ledger.events(kind=EventKind.PRUNED) == []
 
 
 def test_an_error_before_deleting_releases_the_claims(octx: Context, clock: FakeClock,

@@ -11,7 +11,8 @@ from splash_flows.cli.common import console, fail_cleanly, human_size, print_jso
 from splash_flows.ledger import FileStatus, Ledger
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
-STATE_STYLE.update({"pruning": "cyan", "pruned": "dim", "at_risk": "bold red reverse"})  # pruned = history
+# pruning: pruned copies are history (dim), not missing data; claimed ones cyan; at_risk loud
+STATE_STYLE.update({"pruning": "cyan", "deleting": "cyan", "pruned": "dim", "at_risk": "bold red reverse"})
 
 
 def status_json(rows: list[FileStatus]) -> list[dict[str, Any]]:

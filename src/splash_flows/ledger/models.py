@@ -52,7 +52,8 @@ class CopyState(StrEnum):
     VERIFIED = "verified"      # present and its checksum matched the source
     FAILED = "failed"          # the last attempt failed; ``error`` says why
     STALE = "stale"            # the source changed after this copy was verified; must be copied again
-    PRUNING = "pruning"        # claimed by a prune run (``claimed_by``/``claimed_at``): being re-checked/deleted
+    PRUNING = "pruning"        # claimed by a prune run (``claimed_by``/``claimed_at``): being re-checked
+    DELETING = "deleting"      # re-checked and about to be deleted by the claiming run (a crash here is ambiguous)
     PRUNED = "pruned"          # deleted on purpose by a prune run (history, not missing data; see the event)
     AT_RISK = "at_risk"        # the ledger said verified but a re-check found it missing or different
 

@@ -12,9 +12,12 @@ The claim protocol (why two prune runs can never delete the same copy twice, nor
   must be 1. A second run either waits for the lock and then sees ``pruning``, or loses the conditional update.
 - The policy refuses a copy while any other copy of the same file is ``pruning`` or ``at_risk``, so at most one
   deletion per file is ever in flight and the copies it relies on cannot be claimed under it.
+- Right before the tier deletes, ``mark_deleting`` moves the claim ``pruning -> deleting``, so after a crash
+  the ledger tells "never got to delete" from "may have deleted".
 - A claim older than the configured timeout belongs to a crashed run: ``claim`` takes it over (conditional on
-  the old owner) and the caller re-checks everything from scratch; if the file is already gone the crashed run
-  deleted it after its checks, and ``finish_pruned`` records it once the required copies re-verify again.
+  the old owner and state) and the caller re-checks everything from scratch; a file already gone under a
+  ``deleting`` claim was deleted by the crashed run after its checks, and ``finish_pruned`` records it once the
+  required copies re-verify again.
 - ``finish_pruned`` (after a deletion) and ``release`` (after a refusal) are conditional on still holding the
   claim; the deletion event is written in the same transaction as the state change.
 """
@@ -31,6 +34,8 @@ from sqlalchemy.orm import Session
 
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile
 from splash_flows.ledger.store import Ledger
+
+CLAIMED = (CopyState.PRUNING, CopyState.DELETING)  # states in which a prune run holds the copy
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ class FileSnap:
 
 @dataclass(frozen=True)
 class Claim:
-    """A copy held in state ``pruning`` by ``owner``. ``taken_over_from`` names a crashed run's claim we took."""
+    """A copy held in state ``pruning`` by ``owner``. ``taken_over_from`` names a crashed run's claim we took
+    over, and ``copy.state`` the state that run left (``deleting``: it may have deleted the file already)."""
 
     file: FileSnap
     copy: CopySnap
@@ -137,7 +143,7 @@ def set_due_dates(ledger: Ledger, file_ids: Sequence[int], due_for: DueFor, now:
         with ledger.session() as sess:
             for file in _load_files(sess, chunk).values():
                 for copy in file.copies.values():
-                    if copy.state in (CopyState.PRUNED, CopyState.PRUNING):
+                    if copy.state in (CopyState.PRUNED, *CLAIMED):
                         continue
                     due = due_for(file, copy)
                     if due == copy.prune_due_at:
@@ -176,7 +182,7 @@ def is_candidate(copy: CopySnap, *, tiers: Sequence[str], until: datetime, claim
         return False
     if copy.state == CopyState.VERIFIED:
         return True
-    return (copy.state == CopyState.PRUNING and claimed_before is not None
+    return (copy.state in CLAIMED and claimed_before is not None
             and (copy.claimed_at is None or copy.claimed_at < claimed_before))
 
 
@@ -186,7 +192,7 @@ def due_files(ledger: Ledger, *, tiers: Sequence[str], until: datetime, after_fi
     each with all its copies. Pass a far-future ``claimed_before`` to see every claim (plans do)."""
     states = [Copy.state == CopyState.VERIFIED]
     if claimed_before is not None:
-        states.append(and_(Copy.state == CopyState.PRUNING,
+        states.append(and_(Copy.state.in_(CLAIMED),
                            or_(Copy.claimed_at.is_(None), Copy.claimed_at < claimed_before)))
     with ledger.session() as sess:
         ids = list(sess.scalars(
@@ -203,7 +209,7 @@ def count_due(ledger: Ledger, *, tiers: Sequence[str], until: datetime) -> int:
     with ledger.session() as sess:
         return int(sess.scalar(
             select(func.count()).select_from(Copy).where(
-                Copy.tier.in_(list(tiers)), Copy.state.in_([CopyState.VERIFIED, CopyState.PRUNING]),
+                Copy.tier.in_(list(tiers)), Copy.state.in_([CopyState.VERIFIED, *CLAIMED]),
                 Copy.prune_due_at.is_not(None), Copy.prune_due_at <= until)) or 0)
 
 
@@ -231,11 +237,11 @@ def claim(ledger: Ledger, copy_id: int, *, owner: str, now: datetime, stale_befo
         file = _file_snap(f, rows)
         copy = next(c for c in file.copies.values() if c.id == copy_id)
         taken_from: str | None = None
-        if copy.state == CopyState.PRUNING:
+        if copy.state in CLAIMED:
             if copy.claimed_at is not None and copy.claimed_at >= stale_before:
                 return f"claimed by {copy.claimed_by} at {copy.claimed_at.isoformat()} (in progress)"
             taken_from = copy.claimed_by or "?"
-            cond = and_(Copy.state == CopyState.PRUNING,
+            cond = and_(Copy.state == copy.state,
                         Copy.claimed_by.is_(None) if copy.claimed_by is None else Copy.claimed_by == copy.claimed_by)
         elif copy.state == CopyState.VERIFIED:
             reason = evaluate(file, copy, now)
@@ -252,6 +258,24 @@ def claim(ledger: Ledger, copy_id: int, *, owner: str, now: datetime, stale_befo
         return Claim(file=file, copy=copy, owner=owner, claimed_at=now, taken_over_from=taken_from)
 
 
+def mark_deleting(ledger: Ledger, held: Sequence[Claim], *, now: datetime) -> list[bool]:
+    """Move claims ``pruning -> deleting`` right before the tier deletes them (one transaction for the batch).
+
+    After a crash, a stale ``deleting`` claim whose file is gone was most likely deleted by the dead run and is
+    recorded as pruned once the required copies re-verify; a stale ``pruning`` claim never reached the deletion,
+    so a file missing there was lost some other way and is marked ``at_risk``. Returns, per claim, whether it was
+    still ours (only those may be deleted)."""
+    out: dict[int, bool] = {}
+    with ledger.session() as sess:
+        for c in sorted(held, key=lambda c: c.file.id):  # the same lock order as every other prune transaction
+            _lock_file(sess, c.file.id)
+            result = sess.execute(
+                update(Copy).where(Copy.id == c.copy.id, Copy.state == CopyState.PRUNING, Copy.claimed_by == c.owner)
+                .values(state=CopyState.DELETING, updated_at=now).execution_options(synchronize_session=False))
+            out[c.copy.id] = _rowcount(result) == 1
+    return [out[c.copy.id] for c in held]
+
+
 def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str, Any]) -> bool:
     """Record a deletion: ``pruning -> pruned`` and a ``pruned`` event with ``evidence``, in one transaction.
 
@@ -262,7 +286,7 @@ def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str
     with ledger.session() as sess:
         _lock_file(sess, c.file.id)
         result = sess.execute(
-            update(Copy).where(Copy.id == c.copy.id, Copy.state == CopyState.PRUNING, Copy.claimed_by == c.owner)
+            update(Copy).where(Copy.id == c.copy.id, Copy.state.in_(CLAIMED), Copy.claimed_by == c.owner)
             .values(state=CopyState.PRUNED, claimed_by=None, claimed_at=None, error=None, updated_at=now)
             .execution_options(synchronize_session=False))
         held = _rowcount(result) == 1
@@ -293,7 +317,7 @@ def release(ledger: Ledger, c: Claim, *, now: datetime, reason: str, detail: dic
         else:
             values.update(state=CopyState.VERIFIED)
         result = sess.execute(
-            update(Copy).where(Copy.id == c.copy.id, Copy.state == CopyState.PRUNING, Copy.claimed_by == c.owner)
+            update(Copy).where(Copy.id == c.copy.id, Copy.state.in_(CLAIMED), Copy.claimed_by == c.owner)
             .values(**values).execution_options(synchronize_session=False))
         held = _rowcount(result) == 1
         marks = list(at_risk)
@@ -315,6 +339,6 @@ def release(ledger: Ledger, c: Claim, *, now: datetime, reason: str, detail: dic
 def claims(ledger: Ledger) -> list[tuple[FileSnap, CopySnap]]:
     """Every copy currently held in state ``pruning`` (for plans and operators)."""
     with ledger.session() as sess:
-        rows = list(sess.scalars(select(Copy).where(Copy.state == CopyState.PRUNING).order_by(Copy.id)))
+        rows = list(sess.scalars(select(Copy).where(Copy.state.in_(CLAIMED)).order_by(Copy.id)))
         files = _load_files(sess, sorted({c.file_id for c in rows}))
         return [(files[c.file_id], files[c.file_id].copies[c.tier]) for c in rows]

@@ -28,11 +28,13 @@ round at a time, and each round re-claims from the ledger, so deleting one copy 
 state the previous deletion left. ``plan_prune`` simulates the same order on the same rules: for an unchanged
 ledger and tiers that pass every re-check, ``--execute`` deletes exactly what ``--plan`` listed.
 
-Claims, crash recovery and concurrency are in ``splash_flows.ledger.prune``. A run that raises an ordinary
-error releases every claim it had not yet acted on; a run killed outright leaves its claims, and the first
-run after ``retention.claim_timeout_minutes`` takes them over and re-checks from scratch: a candidate still
-present is deleted normally, one already gone (deleted just before the crash) is recorded as pruned once the
-required copies re-verify, otherwise it is marked ``at_risk``.
+Claims, crash recovery and concurrency are in ``splash_flows.ledger.prune``. A claimed copy is ``pruning``
+while it is re-checked and ``deleting`` from just before the tier is asked to delete it. A run that raises an
+ordinary error releases every claim that had not reached ``deleting``; a run killed outright leaves its claims,
+and the first run after ``retention.claim_timeout_minutes`` takes them over and re-checks from scratch: a
+candidate still present is deleted normally; one already gone from a ``deleting`` claim (the dead run deleted
+it) is recorded as pruned once the required copies re-verify; one gone from a ``pruning`` claim never reached
+our deletion, so it is marked ``at_risk``.
 
 Time comes from an injectable ``clock`` (tests advance it; nothing here sleeps).
 """
@@ -154,7 +156,7 @@ def _state(file: FileSnap, tier: str) -> str:
 def blocked_reason(tier: str, rule: RetentionRule, file: FileSnap) -> str | None:
     """Why the ledger's state of the file's other copies forbids deleting its copy on ``tier`` (None: allowed)."""
     for t, c in file.copies.items():
-        if t != tier and c.state in (CopyState.PRUNING, CopyState.AT_RISK):
+        if t != tier and c.state in (*lp.CLAIMED, CopyState.AT_RISK):
             why = f" ({c.error})" if c.state == CopyState.AT_RISK and c.error else ""
             return f"its {t} copy is {c.state}{why}"
     missing = [t for t in rule.require_all if not is_good(file, file.copies.get(t))]
@@ -347,7 +349,7 @@ def _plan_file(config: Config, file: FileSnap, tiers: list[str], until: datetime
         rule = config.retention.rules[cand.tier]
         due = effective_due(rule, file, cand) or until
         item = PlanItem(cand.tier, file.path, file.size, due, file.acquired_at, _why(rule, sim), _requires(rule, sim))
-        if cand.state == CopyState.PRUNING and cand.claimed_at is not None and cand.claimed_at >= stale_before:
+        if cand.state in lp.CLAIMED and cand.claimed_at is not None and cand.claimed_at >= stale_before:
             plan.in_progress.append(replace(item, why=f"claimed by {cand.claimed_by} since "
                                                        f"{cand.claimed_at.isoformat()}"))
             continue
@@ -356,7 +358,7 @@ def _plan_file(config: Config, file: FileSnap, tiers: list[str], until: datetime
             if not reason.startswith("not due until"):
                 plan.blocked.append(replace(item, why=reason))
             continue
-        if cand.state == CopyState.PRUNING:
+        if cand.state in lp.CLAIMED:
             item = replace(item, why=f"{item.why}; takes over the stale claim of {cand.claimed_by}")
         plan.due.append(item)
         copies = dict(sim.copies)
@@ -576,8 +578,8 @@ class _Batch:
             if reason is not None:
                 cand = check_copy(self.ctx.tier(c.copy.tier), c.file, c.copy, self.clock)
                 if cand.missing:
-                    return _Decision(c, cand, [], f"the interrupted run {c.taken_over_from} left it deleted, but "
-                                                  f"its deletion can no longer be justified: {reason}")
+                    return _Decision(c, cand, [], f"missing after the interrupted run {c.taken_over_from}, and its "
+                                                  f"deletion can no longer be justified: {reason}")
                 return _Decision(c, cand, [], f"no longer allowed: {reason}", policy_block=True)
         required = [check_copy(self.ctx.tier(t), c.file, c.file.copies.get(t), self.clock)
                     for t in required_tiers(rule, c.file)]
@@ -590,7 +592,7 @@ class _Batch:
             return _Decision(c, candidate, required, "the rule requires no other copy")  # config forbids this
         if candidate.ok:
             return _Decision(c, candidate, required, None)
-        if candidate.missing and c.taken_over_from is not None:
+        if candidate.missing and c.taken_over_from is not None and c.copy.state == CopyState.DELETING:
             return _Decision(c, candidate, required, None, gone=True)
         return _Decision(c, candidate, required, f"the copy to delete failed its re-check: {candidate.reason}")
 
@@ -633,6 +635,17 @@ class _Batch:
 
     def _delete(self, tier_name: str, ds: list[_Decision]) -> None:
         tier = self.ctx.tier(tier_name)
+        held = lp.mark_deleting(self.ctx.ledger, [d.claim for d in ds], now=self.clock())
+        for d, ours in zip(list(ds), held, strict=True):
+            if not ours:
+                key = _key(tier_name, d.claim.file.path)
+                self.undecided.pop(d.claim.copy.id, None)
+                self.report.refused[key] = PruneRefused(f"{key}: not deleted: the claim was changed by another "
+                                                        f"writer before the deletion")
+                self._tick("refused", tier_name, d.claim.file.path)
+                ds.remove(d)
+        if not ds:
+            return
         for d in ds:  # from here a failure must not put the copy back to verified: it may be gone
             self.undecided.pop(d.claim.copy.id, None)
         try:

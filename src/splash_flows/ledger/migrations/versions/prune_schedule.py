@@ -2,8 +2,8 @@
 
 New columns on ``copies``: ``prune_due_at`` (when the retention policy lets this copy go; NULL = never
 scheduled), ``claimed_by`` and ``claimed_at`` (the prune run holding the copy in state ``pruning``).
-The new copy states (``pruning``, ``pruned``, ``at_risk``) and event kinds need no schema change: both columns
-are plain strings, so older code reading a newer ledger sees unknown values, not errors.
+The new copy states (``pruning``, ``deleting``, ``pruned``, ``at_risk``) and event kinds need no schema change:
+both columns are plain strings, so older code reading a newer ledger sees unknown values, not errors.
 
 Revision ID: 0002_prune
 Revises: 0001
