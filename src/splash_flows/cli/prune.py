@@ -151,7 +151,8 @@ def _print_report(report: svc.PruneReport) -> None:
         row["bytes"] += p.size
     for key in report.refused:
         per.setdefault(key.split(":", 1)[0], {"pruned": 0, "bytes": 0, "refused": 0})["refused"] += 1
-    table = Table(title=f"prune run {report.owner}: {report.examined} copies examined", title_justify="left")
+    table = Table(title=f"{report.examined} copies examined", caption=f"prune run {report.owner}",
+                  title_justify="left", caption_justify="left")
     for col in ("tier", "pruned", "freed", "refused"):
         table.add_column(col, justify="left" if col == "tier" else "right")
     for tier, row in sorted(per.items()):

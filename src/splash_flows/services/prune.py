@@ -339,6 +339,9 @@ def plan_prune(ctx: Context, *, until: datetime | None = None, tier: str | None 
         seen += len(files)
         if progress is not None:
             progress(seen)
+    rank = {t: i for i, t in enumerate(tiers)}
+    for items in (plan.due, plan.blocked, plan.in_progress):
+        items.sort(key=lambda i: (i.due_at, i.path, rank[i.tier]))
     return plan
 
 
