@@ -12,6 +12,7 @@ from splash_flows.context import Context, build_tier
 from splash_flows.ledger import Ledger
 from splash_flows.services.move import move_files
 from splash_flows.services.prune import schedule_prune
+from splash_flows.tiers.base import CopyItem, CopyResult
 from tests.fakes.clock import FakeClock
 from tests.fakes.tiers import ObservedTier
 
@@ -58,8 +59,6 @@ def archive(ctx: Context, rel: str) -> bool:
     """Copy cfs -> hpss verified against the ledger (what the archive flow will do); True when recorded."""
     source = ctx.ledger.get_source(ctx.config.move.source, rel)
     assert source is not None
-    from splash_flows.tiers.base import CopyItem, CopyResult
-
     (outcome,) = ctx.tier("hpss").copy_from(ctx.tier("cfs"), [CopyItem(rel, source.checksum, source.size)])
     if isinstance(outcome, CopyResult) and outcome.checksum == source.checksum:
         ctx.ledger.record_verified(source, "hpss", checksum=outcome.checksum, size=outcome.size, skipped=False)

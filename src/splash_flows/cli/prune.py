@@ -3,7 +3,8 @@
 ``--plan [--tier T] [--until WHEN] [--json]`` lists every copy that would be deleted by ``WHEN`` (default: now),
 its due date and why (the rule and the copies it relies on), the copies that are due but blocked (and by what),
 claims in progress, and totals per tier. It reads the ledger only; the re-checks on the tiers happen at
-execution, so ``--execute`` may refuse (loudly) an item the plan listed, but never deletes one it did not.
+execution, so ``--execute`` at that moment may refuse (loudly) an item the plan listed, but deletes nothing
+the plan did not list (unless the ledger changed in between).
 
 ``--execute [--tier T] [--limit N] [--json]`` deletes what is due now, re-verifying first (the same code the
 ``prune_733`` flow runs), with a progress bar; exit status 1 if any due copy was refused or found at risk.

@@ -334,11 +334,3 @@ def release(ledger: Ledger, c: Claim, *, now: datetime, reason: str, detail: dic
         sess.add(_event(EventKind.PRUNE_REFUSED, c.file, c.copy.tier,
                         {"reason": reason, "claim_held": held, **detail}, now))
         return held
-
-
-def claims(ledger: Ledger) -> list[tuple[FileSnap, CopySnap]]:
-    """Every copy currently held in state ``pruning`` (for plans and operators)."""
-    with ledger.session() as sess:
-        rows = list(sess.scalars(select(Copy).where(Copy.state.in_(CLAIMED)).order_by(Copy.id)))
-        files = _load_files(sess, sorted({c.file_id for c in rows}))
-        return [(files[c.file_id], files[c.file_id].copies[c.tier]) for c in rows]
