@@ -296,6 +296,67 @@ class WatcherConfig(_Model):
         if not re.fullmatch(r"[^/\s][^/]*/[^/]*[^/\s]", name):
             raise ValueError(f"deployment {name!r} must be 'flow name/deployment name'")
         return name
+class RetentionRule(_Model):
+    """When a copy on one tier may be deleted (see ``splash_flows.services.prune`` for the whole contract).
+
+    A copy is due ``after_days`` after acquisition (the source file's mtime) and is deleted only while a
+    verified copy exists on every tier of ``require_all`` and on at least one tier of ``require_any`` -- both
+    checked in the ledger when the copy is claimed and re-checked on the tiers themselves (stat + checksum)
+    right before the deletion. A rule must require at least one other tier, so it can never delete the last copy.
+    """
+
+    after_days: float = Field(ge=0, description="Minimum age in days since acquisition (source mtime).")
+    require_all: list[str] = Field(default_factory=list, description="Tiers that must all hold a verified copy.")
+    require_any: list[str] = Field(
+        default_factory=list,
+        description="Tiers of which at least one must hold a verified copy (checked in this order).")
+
+
+def default_retention_rules(tiers: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The 7.3.3 retention defaults, restricted to the configured ``tiers`` (all of them when None).
+
+    - data733: 180 days after acquisition, only while cfs AND one of (lamarr, hpss) hold verified copies.
+    - lamarr: 30 days, only once cfs AND hpss hold verified copies (the staging copy goes only when the file is
+      on tape, so the file never drops below two copies because of lamarr).
+    - cfs: 365 days, only once hpss holds a verified copy (nothing on cfs is ever due until an archive exists).
+      Longer than data733's 180 days so data733's rule, which needs cfs, can be met before cfs goes.
+
+    A default rule whose ``require_all`` names an unconfigured tier is dropped (nothing on that tier is pruned);
+    unconfigured tiers are dropped from ``require_any`` (the rule is dropped when none is left). Rules given
+    explicitly in the file are validated strictly instead: an unknown tier there is a ConfigError.
+    """
+    defaults: dict[str, dict[str, Any]] = {
+        "data733": {"after_days": 180, "require_all": ["cfs"], "require_any": ["lamarr", "hpss"]},
+        "lamarr": {"after_days": 30, "require_all": ["cfs", "hpss"], "require_any": []},
+        "cfs": {"after_days": 365, "require_all": ["hpss"], "require_any": []},
+    }
+    if tiers is None:
+        return defaults
+    out: dict[str, dict[str, Any]] = {}
+    for name, rule in defaults.items():
+        if name not in tiers or any(t not in tiers for t in rule["require_all"]):
+            continue
+        any_of = [t for t in rule["require_any"] if t in tiers]
+        if rule["require_any"] and not any_of:
+            continue
+        out[name] = {**rule, "require_any": any_of}
+    return out
+
+
+class RetentionConfig(_Model):
+    """Pruning (seed: "schedule pruning from data733 for 6 months from now"): one rule per prunable tier.
+
+    A tier without a rule is never pruned. When the ``retention`` key is absent from the file the 7.3.3
+    defaults (``default_retention_rules``) apply; when present, ``rules`` is taken as written.
+    """
+
+    rules: dict[str, RetentionRule] = Field(default_factory=dict)
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Copies claimed and checked per batch.")
+    concurrency: int = Field(default=4, ge=1, le=64, description="Copies re-verified at once.")
+    claim_timeout_minutes: float = Field(
+        default=120, gt=0,
+        description="A claim older than this is taken to belong to a crashed run: another run re-checks and "
+        "finishes it. Must exceed the time one batch takes to re-verify and delete.")
 
 
 class Config(_Model):
@@ -311,6 +372,7 @@ class Config(_Model):
     catalogue: CatalogueConfig = Field(default_factory=EmbeddedCatalogueConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     watcher: WatcherConfig = Field(default_factory=WatcherConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -372,6 +434,30 @@ class Config(_Model):
     def download_tiers(self) -> list[str]:
         """Tiers ``catalog download`` may copy from, most preferred first."""
         return list(self.catalogue.download_tiers) or [*self.move.targets, self.move.source]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_retention(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "retention" not in data:
+            tiers = data.get("tiers")
+            names = [str(t) for t in tiers] if isinstance(tiers, dict) else []
+            return {**data, "retention": {"rules": default_retention_rules(names)}}
+        return data
+
+    @model_validator(mode="after")
+    def _retention_tiers_exist(self) -> Config:
+        for name, rule in self.retention.rules.items():
+            where = f"retention.rules.{name}"
+            if name not in self.tiers:
+                raise ValueError(f"{where}: tier {name!r} is not in tiers ({', '.join(self.tiers)})")
+            if not rule.require_all and not rule.require_any:
+                raise ValueError(f"{where}: a rule must require a verified copy on at least one other tier")
+            for req in [*rule.require_all, *rule.require_any]:
+                if req == name:
+                    raise ValueError(f"{where}: a rule may not require the tier it prunes ({name!r})")
+                if req not in self.tiers:
+                    raise ValueError(f"{where}: requires tier {req!r}, which is not in tiers ({', '.join(self.tiers)})")
+        return self
 
     def tier(self, name: str) -> TierConfig:
         try:

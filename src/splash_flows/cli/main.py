@@ -14,6 +14,7 @@ from splash_flows.cli.catalog import catalog_app
 from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
 from splash_flows.cli.demo import demo
 from splash_flows.cli.globus import globus_app
+from splash_flows.cli.prune import prune
 from splash_flows.cli.status import status
 from splash_flows.cli.watch import watch
 from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
@@ -91,3 +92,4 @@ app.command("status")(status)
 app.command("demo")(demo)
 app.add_typer(catalog_app, name="catalog")
 app.command("watch")(watch)
+app.command("prune")(prune)

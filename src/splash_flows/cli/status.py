@@ -16,6 +16,8 @@ STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "
 CATALOGUE_CELL = {"catalogued": "[green]catalogued[/]", "pending_catalogue": "[yellow]pending[/]",
                   "excluded": "[dim]excluded[/]", "failed": "[bold red]failed[/]"}
 CatalogueStates = Mapping[tuple[str, str], FileCatalogueState]
+# pruning: pruned copies are history (dim), not missing data; claimed ones cyan; at_risk loud
+STATE_STYLE.update({"pruning": "cyan", "deleting": "cyan", "pruned": "dim", "at_risk": "bold red reverse"})
 
 
 def catalogue_json(state: FileCatalogueState | None) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class CopyState(StrEnum):
     VERIFIED = "verified"      # present and its checksum matched the source
     FAILED = "failed"          # the last attempt failed; ``error`` says why
     STALE = "stale"            # the source changed after this copy was verified; must be copied again
+    PRUNING = "pruning"        # claimed by a prune run (``claimed_by``/``claimed_at``): being re-checked
+    DELETING = "deleting"      # re-checked and about to be deleted by the claiming run (a crash here is ambiguous)
+    PRUNED = "pruned"          # deleted on purpose by a prune run (history, not missing data; see the event)
+    AT_RISK = "at_risk"        # the ledger said verified but a re-check found it missing or different
 
 
 class EventKind(StrEnum):
@@ -69,6 +73,10 @@ class EventKind(StrEnum):
     CATALOGUE_PENDING = "catalogue_pending"    # not catalogued yet; retried later (detail: reason)
     CATALOGUE_EXCLUDED = "catalogue_excluded"  # moved but deliberately not catalogued (exclude_stems)
     CATALOGUE_FAILED = "catalogue_failed"      # the catalogue refused the scan (detail: reason)
+    PRUNE_SCHEDULED = "prune_scheduled"  # a copy got (or changed) its prune due date
+    PRUNED = "pruned"                    # a copy was deleted; ``detail`` holds the evidence that allowed it
+    PRUNE_REFUSED = "prune_refused"      # a due copy was not deleted because a check failed; ``detail`` says why
+    AT_RISK = "at_risk"                  # a copy the ledger held verified failed its re-check
 
 
 class Base(DeclarativeBase):
@@ -99,7 +107,8 @@ class Copy(Base):
 
     __tablename__ = "copies"
     __table_args__ = (UniqueConstraint("file_id", "tier", name="uq_copies_file_tier"),
-                      Index("ix_copies_tier_state", "tier", "state"))
+                      Index("ix_copies_tier_state", "tier", "state"),
+                      Index("ix_copies_tier_prune_due", "tier", "prune_due_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
@@ -110,6 +119,9 @@ class Copy(Base):
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    prune_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # migration 0002_prune
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     file: Mapped[SourceFile] = relationship(back_populates="copies")
 

@@ -16,8 +16,9 @@ from prefect.runtime import flow_run
 from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
 from splash_flows.flows.bl733.catalogue import catalogue_task, pending_state
+from splash_flows.flows.bl733.prune import schedule_prune_task
 from splash_flows.flows.common import batch_run_name, passthrough, retry_transient
-from splash_flows.ledger import EventKind, SourceRecord
+from splash_flows.ledger import SourceRecord
 from splash_flows.services import move
 
 
@@ -75,9 +76,7 @@ def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
         errors.update({f"{k} (catalogue)": e for k, e in err.failures.items()})
     except SplashFlowsError as err:
         errors["catalogue"] = err
-    for step in ("schedule_prune",):
-        ctx.ledger.record_event(EventKind.STEP_NOT_RUN, detail={"step": step, "reason": "not configured yet",
-                                                                "files": len(reg.sources)})
+    summary["prune_scheduled"] = len(schedule_prune_task(passthrough(ctx), passthrough(reg.sources)).changed)
     if errors:
         raise BatchError("file steps", errors, total=len(paths) * max(1, len(futures)))
     logger.info("verified %d file(s) on %s", len(reg.sources), ", ".join(futures))
