@@ -82,3 +82,11 @@ class PruneRefused(SplashFlowsError):
 
 class OrchestrationError(SplashFlowsError):
     """Prefect (server, deployment, work pool) could not be reached or refused a request."""
+
+
+class ExportControlledError(TierError):
+    """A file matches an export-control pattern in the configuration; it must not leave its tier."""
+
+
+class ServerUnavailableError(OrchestrationError):
+    """The Prefect server did not answer its health check in time. The message names the URL."""

@@ -85,3 +85,20 @@ def ledger_upgrade(ctx: typer.Context) -> None:
 
 app.command("status")(status)
 app.command("demo")(demo)
+
+
+def _register_orchestration_commands() -> None:
+    """Commands that set up and run the Prefect side (init, runner, up, reconcile). Imports are light: each
+    command imports Prefect only when it runs."""
+    from splash_flows.cli.init import init_work_pools
+    from splash_flows.cli.reconcile import reconcile
+    from splash_flows.cli.runner import runner
+    from splash_flows.cli.up import up
+
+    app.command("init-work-pools")(init_work_pools)
+    app.command("runner")(runner)
+    app.command("up")(up)
+    app.command("reconcile")(reconcile)
+
+
+_register_orchestration_commands()
