@@ -58,11 +58,13 @@ def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, An
     failures: dict[str, SplashFlowsError] = {f"{p} (refused)": e for p, e in report.refused.items()}
     total = len(report.refused)
     summary: dict[str, Any] = {"requested": len(dict.fromkeys(paths)), "valid": len(report.valid),
-                               "refused": {p: str(e) for p, e in report.refused.items()}, "move": None}
+                               "refused": {p: str(e) for p, e in report.refused.items()}, "registered": 0,
+                               "tiers": {}}
     if report.valid:
         state = new_file_733(paths=report.valid, config_path=config_path, return_state=True)
         if state.is_completed():
-            summary["move"] = state.result()
+            moved: dict[str, Any] = state.result()
+            summary.update({k: v for k, v in moved.items() if k != "requested"})
             total += len(report.valid)
         else:
             moved_failures, steps = move_failures(state)
