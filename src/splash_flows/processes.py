@@ -50,7 +50,7 @@ def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | 
 
 def free_port(preferred: int | None = None, host: str = "127.0.0.1") -> int:
     """``preferred`` if nothing listens there, else a free port chosen by the kernel."""
-    if preferred is not None:
+    if preferred:
         with socket.socket() as s:
             try:
                 s.bind((host, preferred))

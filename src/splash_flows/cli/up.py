@@ -63,6 +63,7 @@ class LocalStack:
     watcher: bool = True
     ui: bool = True
     poll: float = 0.5
+    extra_env: dict[str, str] = field(default_factory=dict)
     config_path: Path = field(init=False)
     api_url: str = field(init=False, default="")
     children: list[Child] = field(default_factory=list)
@@ -101,6 +102,7 @@ class LocalStack:
             "PREFECT_UI_URL": self.api_url.removesuffix("/api"),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "SPLASH_FLOWS_CONFIG": str(self.config_path),
+            **self.extra_env,
         })
 
     def start(self, say: Callable[[str], None] = print) -> None:
