@@ -57,7 +57,8 @@ def test_init_creates_pools_and_deployments_and_a_second_run_changes_nothing(
     dispatcher = before["deployments"]["run_733_dispatcher"]
     assert dispatcher[1:4] == ("splash_flows.flows.bl733.dispatcher.dispatcher", "dispatcher_733_pool",
                                {"config_path": None})
-    assert dispatcher[5] in (None, [])  # no pull step: the worker imports the installed package
+    # no clone or copy step: the worker imports the installed package
+    assert dispatcher[5] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/"}}]
     if "prune_733" in before["deployments"]:
         assert before["deployments"]["prune_733"][4][0][0] == "prune-733-hourly"
     again = init_work_pools(prefect_server.api_url, names=installed_deployments())

@@ -39,7 +39,9 @@ def test_prefect_yaml_is_honest_about_version_code_location_and_schedules() -> N
     data = yaml.safe_load(PREFECT_YAML.read_text())
     major_minor = ".".join(prefect.__version__.split(".")[:2])
     assert str(data["prefect-version"]).startswith(major_minor + ".")
-    assert data["pull"] == []  # no clone/copy step: workers import the installed package
+    # no clone/copy step: workers import the installed package (the one step only sets the working directory)
+    assert data["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/"}}]
+    assert all(":" not in d["entrypoint"] for d in data["deployments"])  # module paths, not files
     deps = {d["name"]: d for d in data["deployments"]}
     assert deps["prune_733"]["schedules"][0]["interval"] == 3600
     assert deps["flight_check_733"]["schedules"][0]["interval"] == 12 * 3600

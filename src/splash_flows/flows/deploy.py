@@ -89,6 +89,18 @@ def read_deployment_specs(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
     return specs
 
 
+def sync_client(api_url: str) -> Any:
+    """A synchronous Prefect client for ``api_url`` that carries the configured credentials
+    (``PREFECT_API_AUTH_STRING`` for a server protected by ``PREFECT_SERVER_API_AUTH_STRING``, or an API key)."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api
+    return SyncPrefectClient(api_url,
+                             auth_string=api.auth_string.get_secret_value() if api.auth_string else None,
+                             api_key=api.key.get_secret_value() if api.key else None)
+
+
 def api_url_for(host: str, port: int) -> str:
     return f"http://{host}:{port}/api"
 
@@ -131,7 +143,6 @@ def pool_limits(pools: Sequence[str], concurrency: int = DEFAULT_POOL_CONCURRENC
 
 def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]:
     """Create each missing pool (type ``process``) with its concurrency limit; leave existing pools alone."""
-    from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.workers.process import ProcessWorker
@@ -139,7 +150,7 @@ def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]
     template: dict[str, Any] = ProcessWorker.get_default_base_job_template()
     outcome: dict[str, str] = {}
     try:
-        with SyncPrefectClient(api_url) as client:
+        with sync_client(api_url) as client:
             for name, limit in limits.items():
                 try:
                     pool = client.read_work_pool(name)
@@ -214,12 +225,11 @@ def trigger_deployment(api_url: str, batches: Sequence[Sequence[str]], *, deploy
 
     The runs are independent (not sub-runs of anything) and start as soon as a worker or runner claims them.
     """
-    from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     ids: list[str] = []
     try:
-        with SyncPrefectClient(api_url) as client:
+        with sync_client(api_url) as client:
             try:
                 dep = client.read_deployment_by_name(deployment)
             except ObjectNotFound:

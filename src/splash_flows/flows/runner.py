@@ -36,7 +36,13 @@ from uuid import UUID
 import httpx
 
 from splash_flows.errors import OrchestrationError
-from splash_flows.flows.deploy import PREFECT_YAML, DeploymentSpec, read_deployment_specs, wait_for_server
+from splash_flows.flows.deploy import (
+    PREFECT_YAML,
+    DeploymentSpec,
+    read_deployment_specs,
+    sync_client,
+    wait_for_server,
+)
 
 log = logging.getLogger("splash_flows.runner")
 
@@ -118,12 +124,10 @@ class InProcessRunner:
 
     def run(self) -> int:
         """Serve until ``stop``; return 0, or 1 if runs were still in flight when the grace period ended."""
-        from prefect.client.orchestration import SyncPrefectClient
-
         wait_for_server(self.api_url)
         outage_since: float | None = None
         last_resolve = 0.0
-        with SyncPrefectClient(self.api_url) as client:
+        with sync_client(self.api_url) as client:
             while not self._stop.is_set():
                 try:
                     if time.monotonic() - last_resolve > 60 or not self._by_id:
