@@ -20,8 +20,6 @@ from splash_flows.ledger import Ledger
 from splash_flows.processes import Child, child_env, free_port, python_argv, start_child
 from tests.support.postgres import PostgresServer
 
-pytestmark = pytest.mark.integration
-
 
 @dataclass
 class PrefectServer:
