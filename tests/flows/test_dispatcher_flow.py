@@ -77,3 +77,29 @@ def test_a_clean_batch_completes_with_a_summary(prefect_harness: None, site: tup
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
     assert run.name == "dispatcher-0.edf+3"
+
+
+def test_move_tasks_retry_only_transient_errors_with_backoff() -> None:
+    from splash_flows.flows.bl733.move import copy_task, register_task
+    from splash_flows.flows.common import retry_transient
+
+    for task in (register_task, copy_task):
+        assert task.retry_condition_fn is retry_transient
+        assert task.retries == 2
+        delays = task.retry_delay_seconds
+        assert isinstance(delays, list) and delays == sorted(delays) and delays[0] < delays[-1]
+
+
+def test_the_runner_loads_the_deployed_flows_and_names_those_it_cannot() -> None:
+    from splash_flows.flows.deploy import DeploymentSpec, read_deployment_specs
+    from splash_flows.flows.runner import load_served
+
+    specs = [s for s in read_deployment_specs() if s.name in ("run_733_dispatcher", "new_file_733")]
+    specs += [DeploymentSpec("gone", "splash_flows.flows.bl733.nope.flow_x", "p"),
+              DeploymentSpec("not_a_flow", "splash_flows.flows.bl733.move.run_move", "p"),
+              DeploymentSpec("no_attr", "splash_flows.flows.bl733.move.nothing_here", "p")]
+    served, missing = load_served(specs)
+    assert [s.full_name for s in served] == ["dispatcher/run_733_dispatcher", "new_file_733/new_file_733"]
+    assert missing["gone"] == "entrypoint module splash_flows.flows.bl733.nope is not installed"
+    assert "is not a flow" in missing["not_a_flow"]
+    assert "nothing_here" in missing["no_attr"]

@@ -71,6 +71,7 @@ class RunnerStats:
 
 def load_served(specs: Sequence[DeploymentSpec]) -> tuple[list[ServedDeployment], dict[str, str]]:
     """Import each deployment's flow. Returns those that loaded and, for the others, why not."""
+    from prefect.exceptions import MissingFlowError, ScriptError
     from prefect.flows import load_flow_from_entrypoint
 
     served: list[ServedDeployment] = []
@@ -80,7 +81,11 @@ def load_served(specs: Sequence[DeploymentSpec]) -> tuple[list[ServedDeployment]
         if reason is not None:
             missing[spec.name] = reason
             continue
-        flow: Any = load_flow_from_entrypoint(spec.entrypoint, use_placeholder_flow=False)
+        try:
+            flow: Any = load_flow_from_entrypoint(spec.entrypoint, use_placeholder_flow=False)
+        except (ImportError, ScriptError, MissingFlowError, AttributeError) as err:
+            missing[spec.name] = f"entrypoint {spec.entrypoint} cannot be loaded: {type(err).__name__}: {err}"
+            continue
         served.append(ServedDeployment(spec=spec, flow=flow, full_name=f"{flow.name}/{spec.name}"))
     return served, missing
 
