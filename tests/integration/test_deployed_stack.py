@@ -5,7 +5,9 @@ the in-process runner, crashes and a server outage. Files are triggered by deplo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -91,7 +93,13 @@ def test_files_written_like_a_detector_end_verified_through_a_process_worker(
     os.symlink(tmp_path / "outside.edf", data / "w1/link-out.edf")
     bad = ["w1/link-out.edf", "w1/deleted-before-trigger.edf", "restricted/r.edf"]
     write_like_a_detector(data / "restricted/r.edf", 100)
-    ok_run, bad_run = trigger_deployment(prefect_server.api_url, [good, [good[0], *bad]])
+    [bad_run] = trigger_deployment(prefect_server.api_url, [[good[0], *bad]])
+    # the operator's way, as `splash-flows up` prints it
+    cli = subprocess.run(python_argv("-m", "prefect", "deployment", "run", "dispatcher/run_733_dispatcher",
+                                     "-p", f"paths={json.dumps(good)}"),
+                         env=prefect_server.env(), capture_output=True, text=True, timeout=120, check=False)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    ok_run = re.search(r"UUID: ([0-9a-f-]{36})", cli.stdout).group(1)  # type: ignore[union-attr]
     states = wait_final(prefect_server.api_url, [ok_run, bad_run])
     assert states[ok_run].is_completed(), states[ok_run].message
     assert states[bad_run].is_failed()
