@@ -143,3 +143,9 @@ class FlightCheckFailed(SplashFlowsError):
 class TriggerRejected(OrchestrationError):
     """Prefect answered but refused a trigger for good (e.g. invalid parameters): sending the same request again
     cannot succeed, so the watcher marks its outbox entry failed instead of replaying it forever."""
+class ExportControlledError(TierError):
+    """A file matches an export-control pattern in the configuration; it must not leave its tier."""
+
+
+class ServerUnavailableError(OrchestrationError):
+    """The Prefect server did not answer its health check in time. The message names the URL."""

@@ -93,3 +93,20 @@ app.command("demo")(demo)
 app.add_typer(catalog_app, name="catalog")
 app.command("watch")(watch)
 app.command("prune")(prune)
+
+
+def _register_orchestration_commands() -> None:
+    """Commands that set up and run the Prefect side (init, runner, up, reconcile). Imports are light: each
+    command imports Prefect only when it runs."""
+    from splash_flows.cli.init import init_work_pools
+    from splash_flows.cli.reconcile import reconcile
+    from splash_flows.cli.runner import runner
+    from splash_flows.cli.up import up
+
+    app.command("init-work-pools")(init_work_pools)
+    app.command("runner")(runner)
+    app.command("up")(up)
+    app.command("reconcile")(reconcile)
+
+
+_register_orchestration_commands()

@@ -1,26 +1,71 @@
-"""``dispatcher``: the entry point the file watcher triggers. Runs ``new_file_733`` for a batch."""
+"""``dispatcher``: the entry point the file watcher triggers (deployment ``run_733_dispatcher``).
+
+Validates a batch of data733 paths (``services.dispatch.validate_batch``), runs the move of ``new_file_733`` for
+the valid ones, then the downstream steps later capabilities add. The run is Failed when anything was refused or
+any step failed -- but the valid files are still moved first. Run names say which files: ``dispatcher-<first>+N``.
+
+The move runs as ``new_file_733``'s body (``move.run_move``: the same tasks, the same ledger records) inside this
+flow run, not as a subflow run -- the seed's "synchronous call to move.py". Measured on a SQLite-backed server
+(``splash-flows up``): the subflow's extra run and parent task run collided with other writers, the server
+answered 503 and Prefect's client backed off 2-6 s, on one single-file dispatch in five. The ``new_file_733``
+deployment still exists for running the move on its own.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
+from splash_flows.context import Context, context_from_path
+from splash_flows.errors import BatchError, SplashFlowsError
 from splash_flows.flows.bl733.catalogue import pending_state
-from splash_flows.flows.bl733.move import new_file_733
-from splash_flows.flows.common import batch_run_name
+from splash_flows.flows.bl733.move import run_move
+from splash_flows.flows.common import batch_run_name, passthrough
+from splash_flows.services.dispatch import ValidationReport, validate_batch
 
 
 def _run_name() -> str:
     return batch_run_name("dispatcher", list(flow_run.parameters.get("paths", [])))
 
 
+@task(name="validate_batch", cache_policy=NO_CACHE)
+def validate_task(ctx: Context, paths: list[str]) -> ValidationReport:
+    """Refuse paths outside the root, missing, or export-controlled (each recorded in the ledger)."""
+    return validate_batch(ctx, paths)
+
+
 @flow(name="dispatcher", flow_run_name=_run_name, validate_parameters=True)
 def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, Any] | State[Any]:
-    """Run the move for a batch of data733 paths; Failed if any file did not reach every target verified."""
-    result = new_file_733(paths=paths, config_path=config_path)
-    if isinstance(result, dict):
-        return pending_state(result) or result  # a batch's CataloguePending shows on the dispatcher run too
-    return result
+    """Validate a batch of data733 paths and move the valid ones; Failed if any was refused or not moved.
+
+    ``config_path`` None means ``$SPLASH_FLOWS_CONFIG`` of the process running the flow (the worker's).
+    """
+    logger = get_run_logger()
+    ctx = context_from_path(config_path)
+    try:
+        report = validate_task(passthrough(ctx), paths)
+        for line in report.refusal_lines():
+            logger.warning("%s", line)
+        failures: dict[str, SplashFlowsError] = {f"{p} (refused)": e for p, e in report.refused.items()}
+        total = len(report.refused)
+        summary: dict[str, Any] = {"requested": len(dict.fromkeys(paths)), "valid": len(report.valid),
+                                   "refused": {p: str(e) for p, e in report.refused.items()}, "registered": 0,
+                                   "tiers": {}}
+        if report.valid:
+            try:
+                moved = run_move(ctx, report.valid)
+                summary.update({k: v for k, v in moved.items() if k != "requested"})
+                total += len(report.valid)
+            except BatchError as err:
+                failures.update(err.failures)
+                total += err.total
+        # Downstream steps (analysis, ...) that later capabilities add run here, on the files moved above.
+    finally:
+        ctx.close()
+    if failures:
+        raise BatchError("steps of this dispatch", failures, total=max(total, len(failures)))
+    return pending_state(summary) or summary  # Completed, named CataloguePending, if the catalogue must wait

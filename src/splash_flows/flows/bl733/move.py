@@ -22,7 +22,8 @@ from splash_flows.ledger import SourceRecord
 from splash_flows.services import move
 
 
-@task(name="register_sources", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="register_sources", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_transient)
 def register_task(ctx: Context, paths: list[str]) -> move.RegisterReport:
     """Checksum new source files and record them in the ledger (failures are carried in the report)."""
     return move.register_sources(ctx, paths)
