@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -41,6 +41,27 @@ class SourceRecord:
     mtime: float
     checksum_alg: str
     checksum: str
+
+
+class NewSource(NamedTuple):
+    """A source file to register: its tier-relative path, size, mtime and checksum."""
+
+    path: str
+    size: int
+    mtime: float
+    checksum_alg: str
+    checksum: str
+
+
+@dataclass(frozen=True)
+class VerifiedCopy:
+    """A copy found verified on a tier, to record (``skipped``: it was already there, nothing written)."""
+
+    source: SourceRecord
+    checksum: str
+    size: int
+    skipped: bool
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -222,38 +243,47 @@ class Ledger:
     ) -> SourceRecord:
         """Record a source file (idempotent). A file whose size, mtime or checksum changed is a new version:
         its other copies become ``stale`` and a ``source_changed`` event keeps the old values."""
-        return self._retry_on_conflict(self._register_source, tier, path, size, mtime, checksum_alg, checksum)  # type: ignore[no-any-return]
+        return self.register_sources(tier, [NewSource(path, size, mtime, checksum_alg, checksum)])[0]
 
-    def _register_source(
-        self, tier: str, path: str, size: int, mtime: float, checksum_alg: str, checksum: str
-    ) -> SourceRecord:
+    def register_sources(self, tier: str, sources: Sequence[NewSource]) -> list[SourceRecord]:
+        """``register_source`` for a whole batch in ONE transaction (one commit, one fsync on SQLite), in order."""
+        if not sources:
+            return []
+        return self._retry_on_conflict(self._register_sources, tier, sources)  # type: ignore[no-any-return]
+
+    def _register_sources(self, tier: str, sources: Sequence[NewSource]) -> list[SourceRecord]:
         now = utcnow()
         with self.session() as sess:
-            row = sess.scalars(_source_query(tier, path)).first()
-            if row is None:
-                row = SourceFile(source_tier=tier, path=path, size=size, mtime=mtime, checksum_alg=checksum_alg,
-                                 checksum=checksum, detected_at=now, updated_at=now)
-                sess.add(row)
-                sess.flush()
-                sess.add(Copy(file_id=row.id, tier=tier, state=CopyState.VERIFIED, size=size, checksum=checksum,
-                              verified_at=now, updated_at=now))
-                detail = {"size": size, "mtime": mtime, "checksum_alg": checksum_alg, "checksum": checksum}
-                sess.add(_event(EventKind.DETECTED, row, tier, detail, at=now))
-                return _record(row)
-            if (row.size, row.mtime, row.checksum_alg, row.checksum) == (size, mtime, checksum_alg, checksum):
-                return _record(row)
-            sess.add(_event(EventKind.SOURCE_CHANGED, row, tier, at=now, detail={
-                "old": {"size": row.size, "mtime": row.mtime, "checksum": row.checksum},
-                "new": {"size": size, "mtime": mtime, "checksum": checksum}}))
-            row.size, row.mtime, row.checksum_alg, row.checksum = size, mtime, checksum_alg, checksum
-            row.updated_at = now
-            for copy in row.copies:
-                if copy.tier == tier:
-                    copy.state, copy.size, copy.checksum, copy.verified_at = CopyState.VERIFIED, size, checksum, now
-                elif copy.state == CopyState.VERIFIED:
-                    copy.state = CopyState.STALE
-                copy.updated_at = now
+            return [self._register_in(sess, tier, s, now) for s in sources]
+
+    @staticmethod
+    def _register_in(sess: Session, tier: str, new: NewSource, now: datetime) -> SourceRecord:
+        path, size, mtime, checksum_alg, checksum = new
+        row = sess.scalars(_source_query(tier, path)).first()
+        if row is None:
+            row = SourceFile(source_tier=tier, path=path, size=size, mtime=mtime, checksum_alg=checksum_alg,
+                             checksum=checksum, detected_at=now, updated_at=now)
+            sess.add(row)
+            sess.flush()
+            sess.add(Copy(file_id=row.id, tier=tier, state=CopyState.VERIFIED, size=size, checksum=checksum,
+                          verified_at=now, updated_at=now))
+            detail = {"size": size, "mtime": mtime, "checksum_alg": checksum_alg, "checksum": checksum}
+            sess.add(_event(EventKind.DETECTED, row, tier, detail, at=now))
             return _record(row)
+        if (row.size, row.mtime, row.checksum_alg, row.checksum) == (size, mtime, checksum_alg, checksum):
+            return _record(row)
+        sess.add(_event(EventKind.SOURCE_CHANGED, row, tier, at=now, detail={
+            "old": {"size": row.size, "mtime": row.mtime, "checksum": row.checksum},
+            "new": {"size": size, "mtime": mtime, "checksum": checksum}}))
+        row.size, row.mtime, row.checksum_alg, row.checksum = size, mtime, checksum_alg, checksum
+        row.updated_at = now
+        for copy in row.copies:
+            if copy.tier == tier:
+                copy.state, copy.size, copy.checksum, copy.verified_at = CopyState.VERIFIED, size, checksum, now
+            elif copy.state == CopyState.VERIFIED:
+                copy.state = CopyState.STALE
+            copy.updated_at = now
+        return _record(row)
 
     def get_source(self, tier: str, path: str) -> SourceRecord | None:
         with self.session() as sess:
@@ -276,19 +306,32 @@ class Ledger:
     def record_verified(self, source: SourceRecord, tier: str, *, checksum: str, size: int, skipped: bool,
                         detail: dict[str, Any] | None = None) -> None:
         """Mark ``source``'s copy on ``tier`` verified and log how (copied+verified, or skipped as already there)."""
-        self._retry_on_conflict(self._record_verified, source, tier, checksum, size, skipped, detail or {})
+        self.record_verified_many(tier, [VerifiedCopy(source, checksum, size, skipped, detail or {})])
 
-    def _record_verified(self, source: SourceRecord, tier: str, checksum: str, size: int, skipped: bool,
-                         detail: dict[str, Any]) -> None:
+    def record_verified_many(self, tier: str, copies: Sequence[VerifiedCopy]) -> None:
+        """``record_verified`` for a whole batch on one tier in ONE transaction."""
+        if copies:
+            self._retry_on_conflict(self._record_verified_many, tier, copies)
+
+    def _record_verified_many(self, tier: str, copies: Sequence[VerifiedCopy]) -> None:
         now = utcnow()
         with self.session() as sess:
-            copy = self._copy_row(sess, source.id, tier, now)
-            copy.state, copy.size, copy.checksum, copy.verified_at, copy.error, copy.updated_at = (
-                CopyState.VERIFIED, size, checksum, now, None, now)
-            base = {"checksum_alg": source.checksum_alg, "checksum": checksum, "size": size, **detail}
-            kinds = [EventKind.SKIPPED] if skipped else [EventKind.COPIED, EventKind.VERIFIED]
-            for kind in kinds:
-                sess.add(_event(kind, source, tier, base, at=now))
+            ids = [c.source.id for c in copies]
+            existing: dict[int, Copy] = {}
+            for start in range(0, len(ids), 500):
+                q = select(Copy).where(Copy.tier == tier, Copy.file_id.in_(ids[start:start + 500]))
+                existing.update({c.file_id: c for c in sess.scalars(q)})
+            for v in copies:
+                copy = existing.get(v.source.id)
+                if copy is None:
+                    copy = existing[v.source.id] = Copy(file_id=v.source.id, tier=tier, updated_at=now)
+                    sess.add(copy)
+                copy.state, copy.size, copy.checksum, copy.verified_at, copy.error, copy.updated_at = (
+                    CopyState.VERIFIED, v.size, v.checksum, now, None, now)
+                base = {"checksum_alg": v.source.checksum_alg, "checksum": v.checksum, "size": v.size, **v.detail}
+                kinds = [EventKind.SKIPPED] if v.skipped else [EventKind.COPIED, EventKind.VERIFIED]
+                for kind in kinds:
+                    sess.add(_event(kind, v.source, tier, base, at=now))
 
     def record_failed(self, path: str, tier: str, reason: str, *, source: SourceRecord | None = None,
                       kind: EventKind = EventKind.FAILED) -> None:

@@ -24,7 +24,7 @@ from splash_flows.errors import (
     TransferError,
     VerificationError,
 )
-from splash_flows.ledger import EventKind, SourceRecord
+from splash_flows.ledger import EventKind, NewSource, SourceRecord, VerifiedCopy
 from splash_flows.paths import normalize_relpath
 from splash_flows.tiers.base import CopyItem, CopyResult, ProgressCallback
 
@@ -122,7 +122,7 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
             ctx.ledger.record_failed(raw, source_name, str(err))
     known = ctx.ledger.sources(source_name, clean)
 
-    def one(path: str) -> SourceRecord | SplashFlowsError:
+    def one(path: str) -> SourceRecord | NewSource | SplashFlowsError:
         try:
             st = source.stat(path)
             if st is None:
@@ -135,19 +135,22 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
             if after is None or (after.size, after.mtime) != (st.size, st.mtime):
                 raise SourceChangedError("file changed while it was being checksummed (still being written?)",
                                     tier=source_name, path=path)
-            return ctx.ledger.register_source(source_name, path, size=st.size, mtime=st.mtime,
-                                              checksum_alg=source.checksum_alg, checksum=checksum)
+            return NewSource(path, st.size, st.mtime, source.checksum_alg, checksum)
         except TierError as err:
             ctx.ledger.record_failed(path, source_name, str(err), source=known.get(path))
             return err
 
     workers = max(1, min(ctx.config.move.concurrency, len(clean)))
+    new: list[NewSource] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="register") as pool:
         for path, outcome in zip(clean, pool.map(one, clean), strict=True):
             if isinstance(outcome, SourceRecord):
                 report.sources.append(outcome)
+            elif isinstance(outcome, NewSource):
+                new.append(outcome)
             else:
                 report.failed[path] = outcome
+    report.sources.extend(ctx.ledger.register_sources(source_name, new))  # one transaction for the batch
     return report
 
 
@@ -164,14 +167,14 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
         outcomes = dst_tier.copy_from(src_tier, items, progress)
     except TierError as err:
         outcomes = [err] * len(items)
+    verified: list[VerifiedCopy] = []
     for source, outcome in zip(sources, outcomes, strict=True):
         if isinstance(outcome, CopyResult) and outcome.checksum != source.checksum:
             outcome = VerificationError(f"copy checksum {outcome.checksum} != ledger {source.checksum}",
                                         tier=target, path=source.path)
         if isinstance(outcome, CopyResult):
-            ctx.ledger.record_verified(source, target, checksum=outcome.checksum, size=outcome.size,
-                                       skipped=outcome.skipped,
-                                       detail=dict(outcome.detail) if outcome.detail else None)
+            verified.append(VerifiedCopy(source, outcome.checksum, outcome.size, outcome.skipped,
+                                         dict(outcome.detail) if outcome.detail else {}))
             (report.skipped if outcome.skipped else report.copied).append(source.path)
             if not outcome.skipped:
                 report.bytes_copied += outcome.size
@@ -179,6 +182,7 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
             report.failed[source.path] = outcome
             ctx.ledger.record_failed(source.path, target, str(outcome), source=source)
             log.error("%s", outcome)
+    ctx.ledger.record_verified_many(target, verified)  # one transaction for the batch
     return report
 
 
