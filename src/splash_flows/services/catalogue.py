@@ -28,6 +28,13 @@ Outages and refusals (issue item 6):
   ``CatalogueReport.failed``; the other scans go on, and ``raise_for_failures`` makes the step fail loudly
   naming every failed scan and its cause.
 
+Pruned copies (issue 5 item 5): a location is ``verified`` while every file of the scan is verified on that tier
+and ``pruned`` (history, not missing data) once every file was deleted there by pruning. A prune queues the
+scan's update in the ledger (``pending_catalogue`` *with its pid*: the dataset exists, only its locations wait)
+and applies it at once (``update_locations``); ``retry_pending`` applies what an outage left queued, sending only
+the locations that changed. ``catalog download`` never reads a pruned copy: it goes by the ledger's verified
+copies, not by the catalogue.
+
 How a pending catalogue shows in the Prefect run: the transfers are verified and their results stand, so the
 run is *Completed* -- but under the state name ``CataloguePending`` with a message saying which scans wait
 and why, and the catalogue task logs a WARNING. Failing the run instead would say the data is at risk when

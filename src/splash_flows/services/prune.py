@@ -14,8 +14,15 @@ pruned). A copy on tier T may be deleted at time ``now`` when all of these hold:
 3. the ledger holds verified copies on every tier of ``require_all`` and on at least one of ``require_any``;
 4. right before the deletion each *required* copy -- every ``require_all`` tier plus the first ``require_any``
    tier (in configured order) that is verified in the ledger -- and the candidate itself are re-checked on
-   the tier: it exists, has the recorded size, and ``Tier.checksum`` (a re-hash on local tiers, the service's
-   checksum on remote ones) equals the ledger's checksum.
+   the tier: it exists, has the recorded size, and ``Tier.checksum`` (a re-hash on local tiers and mounted
+   collections) equals the ledger's checksum. A required copy on a globus tier that is not mounted here
+   cannot be hashed by us (Globus has no checksum API): it is verified by Globus comparing it with the file's
+   source copy (a checksum-sync task, ``GlobusTier.verify_copies``; one task per tier for all the round's
+   files), after that source copy passed our own re-hash -- see ``_Batch._remote_checks``. A copy Globus
+   finds identical counts as verified now (the evidence names the task); one it had to re-send was not what
+   the ledger said: it is marked ``at_risk`` and the deletion refused; a task error refuses without marking.
+   A source tier that is not a globus tier (or no longer holds a verified copy) cannot be compared: refused,
+   saying why. A candidate on an unmounted globus tier is checked for presence and size only.
 
 Any failed check deletes nothing: a copy found missing or different becomes ``at_risk`` (an ``at_risk`` event
 names it), the candidate stays, a ``prune_refused`` event says why, and the run's report raises listing every
@@ -35,6 +42,13 @@ and the first run after ``retention.claim_timeout_minutes`` takes them over and 
 candidate still present is deleted normally; one already gone from a ``deleting`` claim (the dead run deleted
 it) is recorded as pruned once the required copies re-verify; one gone from a ``pruning`` claim never reached
 our deletion, so it is marked ``at_risk``.
+
+The catalogue's location history (issue 5 item 5): the transaction recording a deletion on a catalogue
+location tier (``services.catalogue.location_tiers``: the move targets and the archive tier; data733 is not
+one) also queues the file's catalogued scan (``pending_catalogue`` keeping its pid); after each batch
+``update_catalogue`` updates those scans, so a tier from which every file of a scan is now pruned reads
+``pruned`` since the last deletion. A catalogue outage leaves them queued for the next catalogue step or
+``catalog retry`` and never fails the prune; so does a run killed after its deletions.
 
 Time comes from an injectable ``clock`` (tests advance it; nothing here sleeps).
 """
