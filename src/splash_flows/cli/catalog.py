@@ -25,6 +25,9 @@ from splash_flows.cli.common import console, err_console, fail_cleanly, human_si
 from splash_flows.context import Context, build_context
 from splash_flows.services import catalogue as service
 
+#: How ``catalog show`` styles a location's state (pruned copies are history, as in ``status``).
+LOCATION_STYLE = {"verified": "green", "pruned": "dim", "at_risk": "bold red"}
+
 catalog_app = typer.Typer(help="The catalogue: search datasets, show one, download its files, retry ingests.",
                           no_args_is_help=True)
 
@@ -108,8 +111,10 @@ def show(
     lt = Table(title="locations", title_justify="left")
     for name in ("tier", "state", "since", "url"):
         lt.add_column(name, overflow="fold")
-    for loc in d.locations:
-        lt.add_row(loc.tier, loc.state, loc.since.isoformat(timespec="seconds"), loc.url)
+    for loc in d.locations:  # a pruned location is history (dim), not missing data
+        style = LOCATION_STYLE.get(loc.state, "")
+        lt.add_row(loc.tier, f"[{style}]{loc.state}[/]" if style else loc.state,
+                   loc.since.isoformat(timespec="seconds"), loc.url)
     console.print(lt)
     if d.scientific_metadata:
         mt = Table(title="scientific metadata", title_justify="left")

@@ -12,9 +12,9 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from splash_flows.ledger.models import (
@@ -221,3 +221,62 @@ def scan_counts(ledger: Ledger) -> dict[str, int]:
     with ledger.session() as sess:
         rows = sess.execute(select(CatalogueScan.state, func.count()).group_by(CatalogueScan.state)).all()
         return {str(state): int(n) for state, n in rows}
+
+
+# ---------------------------------------------------------------------------------------------- pruned locations
+
+
+def queue_location_update(sess: Session, *, file_id: int, path: str, tier: str, now: datetime) -> str | None:
+    """Queue a catalogued scan's location update after a copy of one of its files was pruned on ``tier``.
+
+    Called by ``ledger.prune.finish_pruned`` inside the transaction that records the deletion, so the update
+    can never be lost (not by a catalogue outage, nor by a run killed right after the deletion): the file's
+    scan, if ``catalogued``, becomes ``pending_catalogue`` *keeping its pid* -- "the dataset exists; only its
+    locations wait" -- and ``services.catalogue.retry_pending`` (every catalogue step, ``catalog retry``) or
+    the prune run itself brings the catalogue up to date. A scan not catalogued yet needs nothing: its first
+    ingest records the locations as they are then. Returns the scan key when a scan was queued."""
+    scan_id = sess.scalar(select(CatalogueFile.scan_id).where(CatalogueFile.file_id == file_id))
+    if scan_id is None:
+        return None
+    reason = f"location update: copies pruned on {tier}"
+    result = sess.execute(
+        update(CatalogueScan).where(CatalogueScan.id == scan_id, CatalogueScan.state == CatalogueState.CATALOGUED,
+                                    CatalogueScan.pid.is_not(None))
+        .values(state=CatalogueState.PENDING, error=reason, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if int(cast(CursorResult[Any], result).rowcount) != 1:
+        return None  # not catalogued (yet), or already queued
+    key, pid = sess.execute(select(CatalogueScan.scan_key, CatalogueScan.pid)
+                            .where(CatalogueScan.id == scan_id)).one()
+    sess.add(Event(at=now, file_id=file_id, path=path, tier=tier, kind=EventKind.CATALOGUE_PENDING,
+                   detail={"scan": key, "state": str(CatalogueState.PENDING), "pid": pid, "reason": reason}))
+    return str(key)
+
+
+def queued_location_updates(ledger: Ledger, file_ids: Sequence[int]) -> list[ScanRecord]:
+    """The scans of ``file_ids`` whose location update is queued (``pending_catalogue`` with a pid)."""
+    with ledger.session() as sess:
+        scan_ids: set[int] = set()
+        for start in range(0, len(file_ids), 500):
+            chunk = list(file_ids[start:start + 500])
+            scan_ids.update(sess.scalars(select(CatalogueFile.scan_id).where(CatalogueFile.file_id.in_(chunk))))
+        if not scan_ids:
+            return []
+        rows = sess.scalars(select(CatalogueScan).where(CatalogueScan.id.in_(sorted(scan_ids)),
+                                                        CatalogueScan.state == CatalogueState.PENDING,
+                                                        CatalogueScan.pid.is_not(None))
+                            .order_by(CatalogueScan.id))
+        return [_scan_record(sess, r) for r in rows]
+
+
+def pruned_since(ledger: Ledger, file_ids: Sequence[int], tier: str) -> datetime | None:
+    """When the last of ``file_ids`` was pruned on ``tier`` (the latest ``pruned`` event), or None."""
+    with ledger.session() as sess:
+        latest: datetime | None = None
+        for start in range(0, len(file_ids), 500):
+            chunk = list(file_ids[start:start + 500])
+            at = sess.scalar(select(func.max(Event.at)).where(Event.kind == EventKind.PRUNED, Event.tier == tier,
+                                                               Event.file_id.in_(chunk)))
+            if at is not None and (latest is None or at > latest):
+                latest = at
+        return latest

@@ -32,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from splash_flows.ledger.catalogue import queue_location_update
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile
 from splash_flows.ledger.store import Ledger
 
@@ -276,12 +277,16 @@ def mark_deleting(ledger: Ledger, held: Sequence[Claim], *, now: datetime) -> li
     return [out[c.copy.id] for c in held]
 
 
-def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str, Any]) -> bool:
+def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str, Any],
+                  catalogue_location: bool = False) -> bool:
     """Record a deletion: ``pruning -> pruned`` and a ``pruned`` event with ``evidence``, in one transaction.
 
     Returns False when the claim was no longer ours (another writer changed the row while we deleted). The
     deletion is recorded all the same -- it happened -- and unless the row already says ``pruned`` the copy is
     marked ``at_risk`` so the ledger never claims a deleted copy is there.
+
+    ``catalogue_location``: the tier is one of the catalogue's locations, so the same transaction queues the
+    file's catalogued scan for a location update (``ledger.catalogue.queue_location_update``).
     """
     with ledger.session() as sess:
         _lock_file(sess, c.file.id)
@@ -300,6 +305,8 @@ def finish_pruned(ledger: Ledger, c: Claim, *, now: datetime, evidence: dict[str
                              f"(state was {detail['claim_lost']['state']}): re-check this file")
                 row.updated_at = now
         sess.add(_event(EventKind.PRUNED, c.file, c.copy.tier, detail, now))
+        if catalogue_location:
+            queue_location_update(sess, file_id=c.file.id, path=c.file.path, tier=c.copy.tier, now=now)
         return held
 
 

@@ -28,6 +28,13 @@ Outages and refusals (issue item 6):
   ``CatalogueReport.failed``; the other scans go on, and ``raise_for_failures`` makes the step fail loudly
   naming every failed scan and its cause.
 
+Pruned copies (issue 5 item 5): a location is ``verified`` while every file of the scan is verified on that tier
+and ``pruned`` (history, not missing data) once every file was deleted there by pruning. A prune queues the
+scan's update in the ledger (``pending_catalogue`` *with its pid*: the dataset exists, only its locations wait)
+and applies it at once (``update_locations``); ``retry_pending`` applies what an outage left queued, sending only
+the locations that changed. ``catalog download`` never reads a pruned copy: it goes by the ledger's verified
+copies, not by the catalogue.
+
 How a pending catalogue shows in the Prefect run: the transfers are verified and their results stand, so the
 run is *Completed* -- but under the state name ``CataloguePending`` with a message saying which scans wait
 and why, and the catalogue task logs a WARNING. Failing the run instead would say the data is at risk when
@@ -55,6 +62,7 @@ from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
 from splash_flows.beamlines.bl733.scans import Role, Scan, group_scans
 from splash_flows.beamlines.bl733.thumbnail import thumbnail_png
 from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
+from splash_flows.config import Config
 from splash_flows.context import Context
 from splash_flows.errors import (
     BatchError,
@@ -69,7 +77,7 @@ from splash_flows.errors import (
 )
 from splash_flows.ledger import EventKind
 from splash_flows.ledger import catalogue as ledger_cat
-from splash_flows.ledger.catalogue import LedgerFile
+from splash_flows.ledger.catalogue import LedgerFile, ScanRecord
 from splash_flows.ledger.models import CatalogueState
 from splash_flows.paths import normalize_relpath
 from splash_flows.tiers.base import CopyItem, CopyResult
@@ -84,8 +92,16 @@ RETRY_LIMIT = 200
 THUMBNAIL_CAPTION = "preview"
 #: Location state of a tier holding every file of the scan, verified.
 VERIFIED = "verified"
+#: Location state of a tier from which every file of the scan was deleted by pruning (history, not lost data).
+PRUNED = "pruned"
 
 ProgressFn = Callable[[str, int], None]
+
+
+def location_tiers(config: Config) -> list[str]:
+    """The tiers a dataset's location history lists: the move targets and the archive tier (the source tier,
+    data733, is where the files were acquired, not a place users get them from, and is not listed)."""
+    return list(dict.fromkeys([*config.move.targets, config.dataset.archive_tier]))
 
 
 def is_transient(err: BaseException) -> bool:
@@ -209,7 +225,7 @@ class _Ingest:
         self.ctx = ctx
         self.config = ctx.config
         self.archive = ctx.config.archive_tier_name()
-        self.location_tiers = list(dict.fromkeys([*ctx.config.move.targets, self.archive]))
+        self.location_tiers = location_tiers(ctx.config)
         self.unavailable: str | None = None
         self._folders: dict[tuple[str, str], _FolderView] = {}
 
@@ -288,7 +304,7 @@ class _Ingest:
                           f"{', '.join(missing)}", report, attempted=False)
             return
         record = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
-        locations = self._locations(scan, files, record.locations if record is not None else {})
+        locations = self._locations(files, record.locations if record is not None else {})
         locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
         ids = frozenset(f.id for f in files)
         if (record is not None and record.state == CatalogueState.CATALOGUED and record.pid
@@ -324,28 +340,84 @@ class _Ingest:
                                attempted=attempted)
         report.pending[key] = reason
 
-    def _locations(self, scan: Scan, files: Sequence[LedgerFile],
-                   recorded: dict[str, Any]) -> dict[str, LocationDoc]:
-        """One location per tier holding every file of the scan verified. ``since`` is when the last of them was
-        verified there -- as first recorded: a re-run of the move re-verifies (and re-stamps) the copies, but the
-        files have been there since the first time, and an unchanged location costs the catalogue nothing."""
+    def _locations(self, files: Sequence[LedgerFile], recorded: dict[str, Any]) -> dict[str, LocationDoc]:
+        """One location per tier holding every file of the scan verified (``verified``, since the last of them
+        was verified there), or from which every file was pruned (``pruned``, since the last deletion: history,
+        not missing data). A tier in between (some files pruned, or not all verified yet) is left out: the
+        catalogue keeps what it last said about it. ``since`` stays as first recorded for an unchanged state: a
+        re-run of the move re-verifies (and re-stamps) the copies, but the files have been there since the first
+        time, and an unchanged location costs the catalogue nothing."""
         out: dict[str, LocationDoc] = {}
         for tier_name in self.location_tiers:
-            if not files or not all(f.verified_on(tier_name) for f in files):
+            if not files:
                 continue
-            since = max(f.copies[tier_name].verified_at or datetime.fromtimestamp(f.mtime, UTC) for f in files)
+            if all(f.verified_on(tier_name) for f in files):
+                state = VERIFIED
+                since = max(f.copies[tier_name].verified_at or datetime.fromtimestamp(f.mtime, UTC) for f in files)
+            elif all(tier_name in f.copies and f.copies[tier_name].state == PRUNED for f in files):
+                state = PRUNED
+                since = ledger_cat.pruned_since(self.ctx.ledger, [f.id for f in files], tier_name) or datetime.now(UTC)
+            else:
+                continue
             url = posixpath.dirname(self.ctx.tier(tier_name).url(files[0].path))
-            location = LocationDoc(tier=tier_name, url=url, state=VERIFIED, since=since)
+            location = LocationDoc(tier=tier_name, url=url, state=state, since=since)
             before = recorded.get(tier_name)
             if isinstance(before, dict):
                 try:
                     earlier = LocationDoc.model_validate(before)
                 except ValidationError:
                     earlier = None
-                if earlier is not None and (earlier.url, earlier.state) == (url, VERIFIED):
+                if earlier is not None and (earlier.url, earlier.state) == (url, state):
                     location = earlier
             out[tier_name] = location
         return out
+
+    def update_locations(self, record: ScanRecord, report: CatalogueReport) -> None:
+        """Bring the locations of an already catalogued scan up to date (after pruning): only the tiers whose
+        location changed since the ledger last recorded them are sent (``add_location`` replaces by tier). The
+        scan's dataset and files are not touched. An outage leaves the scan ``pending_catalogue`` with its pid,
+        for the next ``retry_pending``; a refusal marks it ``failed`` (with its pid, so a retry after the cause
+        is fixed again only updates the locations)."""
+        key = record.scan_key
+        files = list(ledger_cat.files_by_path(self.ctx.ledger, record.source_tier, list(record.paths)).values())
+        if record.pid is None or not files:
+            self.scan(record.source_tier, key, report)
+            return
+        pid = record.pid
+        if self.unavailable is not None:
+            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.PENDING, files=files,
+                                   pid=pid, error=record.error, attempted=False)
+            report.pending[key] = f"catalogue unavailable: {self.unavailable}"
+            return
+        locations = self._locations(files, record.locations)
+        locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
+        changed = [loc for t, loc in locations.items() if record.locations.get(t) != locations_json[t]]
+        try:
+            for location in changed:
+                self.catalogue.add_location(pid, location)
+        except CatalogueUnavailable as err:
+            self.unavailable = str(err)
+            report.unavailable = report.unavailable or str(err)
+            reason = f"location update waits: {err}"
+            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.PENDING, files=files,
+                                   pid=pid, error=reason)
+            report.pending[key] = reason
+            log.warning("catalogue unavailable; the location update of scan %s (%s) is queued: %s", key, pid, err)
+            return
+        except CatalogueError as err:
+            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.FAILED, files=files,
+                                   pid=pid, error=f"location update refused: {err}")
+            report.failed[key] = err
+            log.error("scan %s (%s): location update refused: %s", key, pid, err)
+            return
+        ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.CATALOGUED, files=files,
+                               pid=pid, locations=locations_json)
+        if changed:
+            report.catalogued[key] = pid
+            log.info("scan %s (%s): location(s) %s updated", key, pid,
+                     ", ".join(f"{loc.tier} {loc.state}" for loc in changed))
+        else:
+            report.unchanged[key] = pid
 
     def _ingest(self, source_tier: str, scan: Scan, files: Sequence[LedgerFile],
                 locations: dict[str, LocationDoc]) -> str:
@@ -494,7 +566,23 @@ def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, s
         if ingest.unavailable is not None:
             report.pending[record.scan_key] = f"catalogue unavailable: {ingest.unavailable}"
             continue  # left as it is in the ledger; tried again by the next step
-        ingest.scan(record.source_tier, record.scan_key, report)
+        if record.pid is not None:  # the dataset exists: only its locations wait (queued by pruning)
+            ingest.update_locations(record, report)
+        else:
+            ingest.scan(record.source_tier, record.scan_key, report)
+    return report
+
+
+def update_locations(ctx: Context, records: Sequence[ScanRecord]) -> CatalogueReport:
+    """Update the locations of catalogued scans queued by pruning (``ledger.catalogue.queued_location_updates``)
+    right away; what an outage leaves queued is done by a later ``retry_pending``. Never raises for one scan's
+    trouble (see ``CatalogueReport``)."""
+    report = CatalogueReport()
+    if not records or not ctx.catalogue_enabled:
+        return report
+    ingest = _Ingest(ctx)
+    for record in records:
+        ingest.update_locations(record, report)
     return report
 
 

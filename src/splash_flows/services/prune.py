@@ -14,8 +14,15 @@ pruned). A copy on tier T may be deleted at time ``now`` when all of these hold:
 3. the ledger holds verified copies on every tier of ``require_all`` and on at least one of ``require_any``;
 4. right before the deletion each *required* copy -- every ``require_all`` tier plus the first ``require_any``
    tier (in configured order) that is verified in the ledger -- and the candidate itself are re-checked on
-   the tier: it exists, has the recorded size, and ``Tier.checksum`` (a re-hash on local tiers, the service's
-   checksum on remote ones) equals the ledger's checksum.
+   the tier: it exists, has the recorded size, and ``Tier.checksum`` (a re-hash on local tiers and mounted
+   collections) equals the ledger's checksum. A required copy on a globus tier that is not mounted here
+   cannot be hashed by us (Globus has no checksum API): it is verified by Globus comparing it with the file's
+   source copy (a checksum-sync task, ``GlobusTier.verify_copies``; one task per tier for all the round's
+   files), after that source copy passed our own re-hash -- see ``_Batch._remote_checks``. A copy Globus
+   finds identical counts as verified now (the evidence names the task); one it had to re-send was not what
+   the ledger said: it is marked ``at_risk`` and the deletion refused; a task error refuses without marking.
+   A source tier that is not a globus tier (or no longer holds a verified copy) cannot be compared: refused,
+   saying why. A candidate on an unmounted globus tier is checked for presence and size only.
 
 Any failed check deletes nothing: a copy found missing or different becomes ``at_risk`` (an ``at_risk`` event
 names it), the candidate stays, a ``prune_refused`` event says why, and the run's report raises listing every
@@ -36,6 +43,13 @@ candidate still present is deleted normally; one already gone from a ``deleting`
 it) is recorded as pruned once the required copies re-verify; one gone from a ``pruning`` claim never reached
 our deletion, so it is marked ``at_risk``.
 
+The catalogue's location history (issue 5 item 5): the transaction recording a deletion on a catalogue
+location tier (``services.catalogue.location_tiers``: the move targets and the archive tier; data733 is not
+one) also queues the file's catalogued scan (``pending_catalogue`` keeping its pid); after each batch
+``update_catalogue`` updates those scans, so a tier from which every file of a scan is now pruned reads
+``pruned`` since the last deletion. A catalogue outage leaves them queued for the next catalogue step or
+``catalog retry`` and never fails the prune; so does a run killed after its deletions.
+
 Time comes from an injectable ``clock`` (tests advance it; nothing here sleeps).
 """
 
@@ -55,9 +69,12 @@ from splash_flows.config import Config, RetentionRule
 from splash_flows.context import Context
 from splash_flows.errors import BatchError, ConfigError, PruneRefused, SourceMissingError, SplashFlowsError, TierError
 from splash_flows.ledger import CopyState, SourceRecord
+from splash_flows.ledger import catalogue as ledger_cat
 from splash_flows.ledger import prune as lp
 from splash_flows.ledger.prune import Claim, CopySnap, FileSnap
-from splash_flows.tiers.base import Tier
+from splash_flows.services import catalogue as catalogue_service
+from splash_flows.tiers.base import CopyItem, CopyOutcome, CopyResult, Tier
+from splash_flows.tiers.globus import GlobusTier
 
 log = logging.getLogger(__name__)
 
@@ -388,30 +405,48 @@ class CopyCheck:
     verified_at: datetime | None
     checked_at: datetime
     url: str | None = None
+    # How the copy was checked when it was not by our own re-hash (a Globus checksum-sync task, or size only).
+    detail: dict[str, Any] | None = None
 
     @property
     def missing(self) -> bool:
         return self.at_risk and self.size is None
 
     def evidence(self) -> dict[str, Any]:
-        return {"tier": self.tier, "url": self.url, "ok": self.ok, "reason": self.reason, "size": self.size,
-                "checksum_alg": self.checksum_alg, "checksum": self.checksum, "ledger_checksum": self.ledger_checksum,
-                "verified_at": self.verified_at.isoformat() if self.verified_at else None,
-                "checked_at": self.checked_at.isoformat()}
+        out: dict[str, Any] = {
+            "tier": self.tier, "url": self.url, "ok": self.ok, "reason": self.reason, "size": self.size,
+            "checksum_alg": self.checksum_alg, "checksum": self.checksum, "ledger_checksum": self.ledger_checksum,
+            "verified_at": self.verified_at.isoformat() if self.verified_at else None,
+            "checked_at": self.checked_at.isoformat()}
+        if self.detail is not None:
+            out["verification"] = self.detail
+        return out
 
 
-def check_copy(tier: Tier, file: FileSnap, copy: CopySnap | None, clock: Clock) -> CopyCheck:
-    """Re-verify one copy on its tier: present, the file's size, and ``Tier.checksum`` equal to the ledger's."""
+def remote_globus(tier: Tier) -> bool:
+    """A globus tier we cannot read (no ``local_root``): no checksum of ours is possible there, only Globus's
+    checksum comparison with another collection (``GlobusTier.verify_copies``)."""
+    return isinstance(tier, GlobusTier) and tier.local is None
+
+
+def check_copy(tier: Tier, file: FileSnap, copy: CopySnap | None, clock: Clock, *,
+               candidate: bool = False) -> CopyCheck:
+    """Re-verify one copy on its tier: present, the file's size, and ``Tier.checksum`` equal to the ledger's.
+
+    ``candidate``: the copy about to be deleted. On a globus tier without a mount, where no checksum of ours
+    can be had, a candidate is checked for presence and size only (the evidence says so): its bytes are not
+    what keeps the file safe -- the required copies are, and those are verified by Globus's checksum
+    comparison (``verify_remote``). Any other copy there fails this check ("cannot check")."""
     verified_at = copy.verified_at if copy else None
 
     def result(ok: bool, at_risk: bool, reason: str | None, size: int | None = None,
-               checksum: str | None = None) -> CopyCheck:
+               checksum: str | None = None, detail: dict[str, Any] | None = None) -> CopyCheck:
         try:
             url: str | None = tier.url(file.path)
         except TierError:
             url = None
         return CopyCheck(tier.name, file.path, ok, at_risk, reason, size, checksum, file.checksum,
-                         file.checksum_alg, verified_at, clock(), url)
+                         file.checksum_alg, verified_at, clock(), url, detail)
 
     if tier.checksum_alg != file.checksum_alg:
         return result(False, False, f"{tier.name} computes {tier.checksum_alg} but the ledger holds "
@@ -424,6 +459,10 @@ def check_copy(tier: Tier, file: FileSnap, copy: CopySnap | None, clock: Clock) 
         return result(False, True, f"{tier.name}:{file.path}: missing")
     if st.size != file.size:
         return result(False, True, f"{tier.name}:{file.path}: size {st.size} != recorded {file.size}", st.size)
+    if candidate and remote_globus(tier):
+        return result(True, False, None, st.size, None, {
+            "checked": "present with the recorded size (Globus listing); checksum not recomputed: the collection "
+                       "is not mounted here and Globus has no API that returns a checksum"})
     try:
         checksum = tier.checksum(file.path)
     except SourceMissingError:
@@ -436,6 +475,45 @@ def check_copy(tier: Tier, file: FileSnap, copy: CopySnap | None, clock: Clock) 
     return result(True, False, None, st.size, checksum)
 
 
+def _unverified(tier: Tier, file: FileSnap, copy: CopySnap | None, clock: Clock, why: str) -> CopyCheck:
+    """A required copy that could not be checked at all (refuses the deletion, marks nothing)."""
+    try:
+        url: str | None = tier.url(file.path)
+    except TierError:
+        url = None
+    return CopyCheck(tier.name, file.path, False, False, f"{tier.name}:{file.path}: cannot verify: {why}", None,
+                     None, file.checksum, file.checksum_alg, copy.verified_at if copy else None, clock(), url)
+
+
+def _globus_check(tier: GlobusTier, source: str, file: FileSnap, copy: CopySnap | None, outcome: CopyOutcome,
+                  clock: Clock) -> CopyCheck:
+    """A required copy's check from its ``verify_copies`` outcome (a checksum-sync task from ``source``)."""
+    verified_at = copy.verified_at if copy else None
+    try:
+        url: str | None = tier.url(file.path)
+    except TierError:
+        url = None
+    compared = f"{source}:{file.path}"
+    if not isinstance(outcome, CopyResult):
+        return CopyCheck(tier.name, file.path, False, False,
+                         f"{tier.name}:{file.path}: cannot verify with Globus against {compared}: {outcome}", None,
+                         None, file.checksum, file.checksum_alg, verified_at, clock(), url,
+                         {"verified_by": "globus", "compared_with": compared, "error": str(outcome)})
+    detail = {**(outcome.detail or {}), "compared_with": compared}
+    if outcome.skipped:
+        detail["result"] = (f"identical to {compared} by Globus's checksum comparison; {compared} was re-hashed "
+                            f"by us ({file.checksum_alg}) and matched the ledger")
+        return CopyCheck(tier.name, file.path, True, False, None, outcome.size, outcome.checksum, file.checksum,
+                         file.checksum_alg, verified_at, clock(), url, detail)
+    task = detail.get("globus_task_id", "?")
+    detail["result"] = "missing or different: re-sent"
+    return CopyCheck(tier.name, file.path, False, True,
+                     f"{tier.name}:{file.path}: the ledger held it verified, but Globus found it missing or different "
+                     f"from {compared} and re-sent it (task {task}); marked at_risk, so this deletion waits: a later "
+                     f"run may prune once the copy is verified again", outcome.size, None, file.checksum,
+                     file.checksum_alg, verified_at, clock(), url, detail)
+
+
 # ---------------------------------------------------------------------------------------------- execute
 
 
@@ -446,6 +524,7 @@ class PrunedItem:
     size: int
     recovered: bool
     evidence: dict[str, Any]
+    file_id: int = 0
 
 
 @dataclass
@@ -458,6 +537,10 @@ class PruneReport:
     refused: dict[str, PruneRefused] = field(default_factory=dict)  # "tier:path" -> why
     at_risk: list[CopyCheck] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # "tier:path" -> why it was not claimed
+    # catalogue location updates after the deletions (scan key -> pid / why it waits / the refusal)
+    catalogue_updated: dict[str, str] = field(default_factory=dict)
+    catalogue_pending: dict[str, str] = field(default_factory=dict)
+    catalogue_failed: dict[str, SplashFlowsError] = field(default_factory=dict)
 
     @property
     def bytes_freed(self) -> int:
@@ -469,11 +552,17 @@ class PruneReport:
         self.refused.update(other.refused)
         self.at_risk += other.at_risk
         self.skipped.update(other.skipped)
+        self.catalogue_updated.update(other.catalogue_updated)
+        self.catalogue_pending.update(other.catalogue_pending)
+        self.catalogue_failed.update(other.catalogue_failed)
 
     def raise_for_failures(self) -> None:
-        if self.refused:
+        """Raise listing every refused deletion and every location update the catalogue refused (a catalogue
+        outage is not a failure: those updates are queued)."""
+        if self.refused or self.catalogue_failed:
             failures: dict[str, SplashFlowsError] = dict(self.refused)
-            raise BatchError("due prunes", failures, total=len(self.refused) + len(self.pruned))
+            failures.update({f"catalogue location update of {k}": e for k, e in self.catalogue_failed.items()})
+            raise BatchError("due prunes", failures, total=len(failures) + len(self.pruned))
 
     def summary(self) -> str:
         text = f"{len(self.pruned)} copies pruned ({self.bytes_freed} bytes)"
@@ -481,6 +570,12 @@ class PruneReport:
             text += f", {len(self.refused)} refused"
         if self.at_risk:
             text += f", {len(self.at_risk)} copies AT RISK: " + "; ".join(str(c.reason) for c in self.at_risk)
+        if self.catalogue_updated:
+            text += f"; catalogue locations updated for {len(self.catalogue_updated)} scan(s)"
+        if self.catalogue_pending:
+            text += f"; catalogue location update queued for {len(self.catalogue_pending)} scan(s)"
+        if self.catalogue_failed:
+            text += f"; catalogue refused the location update of {len(self.catalogue_failed)} scan(s)"
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -489,7 +584,9 @@ class PruneReport:
                            for p in self.pruned],
                 "refused": {k: str(v) for k, v in self.refused.items()},
                 "at_risk": [{"tier": c.tier, "path": c.path, "reason": c.reason} for c in self.at_risk],
-                "skipped": len(self.skipped)}
+                "skipped": len(self.skipped),
+                "catalogue": {"updated": self.catalogue_updated, "pending": self.catalogue_pending,
+                              "failed": {k: str(v) for k, v in self.catalogue_failed.items()}}}
 
 
 @dataclass(frozen=True)
@@ -528,6 +625,9 @@ class _Batch:
         self.progress = progress
         self.report = PruneReport(owner)
         self.undecided: dict[int, Claim] = {}
+        # a deletion on one of these tiers queues the catalogue location update of the file's scan
+        self.catalogue_locations = ctx.catalogue_enabled
+        self.location_tiers = set(catalogue_service.location_tiers(ctx.config))
 
     def _tick(self, kind: str, tier: str, path: str) -> None:
         if self.progress is not None:
@@ -562,7 +662,8 @@ class _Batch:
             return
         workers = max(1, min(self.config.retention.concurrency, len(claims)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prune-check") as pool:
-            decisions = list(pool.map(lambda c: self._decide(c, now), claims))
+            checks = self._remote_checks(claims, now, pool)
+            decisions = list(pool.map(lambda c: self._decide(c, now, checks), claims))
         to_delete: dict[str, list[_Decision]] = {}
         for d in decisions:
             if d.reason is not None:
@@ -574,19 +675,103 @@ class _Batch:
         for tier_name, ds in to_delete.items():
             self._delete(tier_name, ds)
 
-    def _decide(self, c: Claim, now: datetime) -> _Decision:
+    def _remote_checks(self, claims: list[Claim], now: datetime,
+                       pool: ThreadPoolExecutor) -> dict[tuple[int, str], CopyCheck]:
+        """The checks of required copies on globus tiers without a mount, made for the whole round before the
+        per-claim decisions, keyed by (candidate copy id, tier); plus the source copies they were compared with.
+
+        Globus cannot return a checksum, only compare two copies: each such copy is verified with
+        ``GlobusTier.verify_copies`` against the file's source tier (the move source, e.g. data733 -- which may
+        be the candidate itself: it is deleted only after these checks), one checksum-sync task per (tier,
+        source) for all the round's files. The source copy is re-hashed by us first, and a source that fails
+        that check is never compared: a checksum sync from a corrupt source would overwrite a good copy.
+        Outcomes: identical (``skipped``) -> verified now, by Globus's checksum comparison (task id in the
+        evidence); re-sent -> the ledger was wrong about the copy: at risk, and this deletion is refused;
+        an error -> refused (not verified now), nothing marked."""
+        needs: list[tuple[Claim, list[str]]] = []
+        for c in claims:
+            if c.taken_over_from is not None and evaluate(self.config, c.file, c.copy, now) is not None:
+                continue  # _decide refuses it on the policy before looking at the required copies
+            rule = self.config.retention.rules[c.copy.tier]
+            remote = [t for t in required_tiers(rule, c.file) if remote_globus(self.ctx.tier(t))]
+            if remote:
+                needs.append((c, remote))
+        if not needs:
+            return {}
+        out: dict[tuple[int, str], CopyCheck] = {}
+        groups: dict[tuple[str, str], list[Claim]] = {}
+        for (c, remote), (src, src_check, why_not) in zip(needs, pool.map(lambda n: self._source_check(n[0]), needs),
+                                                          strict=True):
+            if src_check is not None:
+                out[(c.copy.id, src)] = src_check
+            if why_not is None and src_check is not None and not src_check.ok:
+                why_not = (f"not compared: the copy Globus would compare it with, {src}:{c.file.path}, failed "
+                           f"its own re-check ({src_check.reason})")
+            for t in remote:
+                why = why_not
+                if why is None and t == src:
+                    why = "Globus can only compare it with another copy, and it is the source copy itself"
+                if why is not None:
+                    out[(c.copy.id, t)] = _unverified(self.ctx.tier(t), c.file, c.file.copies.get(t), self.clock,
+                                                      why)
+                else:
+                    groups.setdefault((t, src), []).append(c)
+
+        def verify(group: tuple[tuple[str, str], list[Claim]]) -> list[tuple[Claim, CopyCheck]]:
+            (t, src), members = group
+            tier, source = self.ctx.tier(t), self.ctx.tier(src)
+            assert isinstance(tier, GlobusTier)
+            items = [CopyItem(c.file.path, c.file.checksum, c.file.size) for c in members]
+            try:
+                outcomes: list[CopyOutcome] = tier.verify_copies(source, items)
+            except TierError as err:
+                outcomes = [err] * len(members)
+            return [(c, _globus_check(tier, src, c.file, c.file.copies.get(t), o, self.clock))
+                    for c, o in zip(members, outcomes, strict=True)]
+
+        for results in pool.map(verify, list(groups.items())):
+            for c, result in results:
+                out[(c.copy.id, result.tier)] = result
+        return out
+
+    def _source_check(self, c: Claim) -> tuple[str, CopyCheck | None, str | None]:
+        """The file's source tier, our own re-check of its copy there, or why Globus cannot compare with it."""
+        src = c.file.source_tier
+        if src not in self.config.tiers:
+            return src, None, f"Globus can verify it only against the source copy, and the source tier {src} is " \
+                              "not configured"
+        tier = self.ctx.tier(src)
+        if not isinstance(tier, GlobusTier):
+            return src, None, (f"Globus can verify it only by comparing it with a copy on another Globus "
+                               f"collection, and the file's source tier {src} is a {tier.kind} tier; mount the "
+                               f"collection here (local_root) or configure {src} as a globus tier")
+        if src != c.copy.tier and not is_good(c.file, c.file.copies.get(src)):
+            return src, None, (f"Globus can verify it only by comparing it with the source copy, and the ledger "
+                               f"holds the {src} copy as {_state(c.file, src)}")
+        copy = c.copy if src == c.copy.tier else c.file.copies.get(src)
+        return src, check_copy(tier, c.file, copy, self.clock), None
+
+    def _decide(self, c: Claim, now: datetime, checks: dict[tuple[int, str], CopyCheck]) -> _Decision:
         rule = self.config.retention.rules[c.copy.tier]
+
+        def check(tier: str) -> CopyCheck:  # made in _remote_checks for this claim, else here
+            done = checks.get((c.copy.id, tier))
+            if done is not None:
+                return done
+            if tier == c.copy.tier:
+                return check_copy(self.ctx.tier(tier), c.file, c.copy, self.clock, candidate=True)
+            return check_copy(self.ctx.tier(tier), c.file, c.file.copies.get(tier), self.clock)
+
         if c.taken_over_from is not None:  # the policy was not evaluated at claim time for a taken-over claim
             reason = evaluate(self.config, c.file, c.copy, now)
             if reason is not None:
-                cand = check_copy(self.ctx.tier(c.copy.tier), c.file, c.copy, self.clock)
+                cand = check(c.copy.tier)
                 if cand.missing:
                     return _Decision(c, cand, [], f"missing after the interrupted run {c.taken_over_from}, and its "
                                                   f"deletion can no longer be justified: {reason}")
                 return _Decision(c, cand, [], f"no longer allowed: {reason}", policy_block=True)
-        required = [check_copy(self.ctx.tier(t), c.file, c.file.copies.get(t), self.clock)
-                    for t in required_tiers(rule, c.file)]
-        candidate = check_copy(self.ctx.tier(c.copy.tier), c.file, c.copy, self.clock)
+        required = [check(t) for t in required_tiers(rule, c.file)]
+        candidate = check(c.copy.tier)
         bad = [r for r in required if not r.ok]
         if bad:
             return _Decision(c, candidate, required, "required copy failed its re-check: "
@@ -625,7 +810,8 @@ class _Batch:
         evidence = _evidence(d, self.config.retention.rules[c.copy.tier])
         if note:
             evidence["note"] = note
-        held = lp.finish_pruned(self.ctx.ledger, c, now=self.clock(), evidence=evidence)
+        held = lp.finish_pruned(self.ctx.ledger, c, now=self.clock(), evidence=evidence,
+                                catalogue_location=self.catalogue_locations and c.copy.tier in self.location_tiers)
         self.undecided.pop(c.copy.id, None)
         key = _key(c.copy.tier, c.file.path)
         if not held:
@@ -633,7 +819,7 @@ class _Batch:
                 f"{key}: deleted, but the ledger row changed while the run held its claim; marked at_risk")
             self._tick("refused", c.copy.tier, c.file.path)
             return
-        self.report.pruned.append(PrunedItem(c.copy.tier, c.file.path, c.file.size, d.gone, evidence))
+        self.report.pruned.append(PrunedItem(c.copy.tier, c.file.path, c.file.size, d.gone, evidence, c.file.id))
         self._tick("pruned", c.copy.tier, c.file.path)
 
     def _delete(self, tier_name: str, ds: list[_Decision]) -> None:
@@ -689,7 +875,31 @@ def prune_batch(ctx: Context, *, owner: str, tier: str | None = None, after_file
     if not files:
         return batch.report, None
     batch.run(files, tiers, now)
+    update_catalogue(ctx, batch.report)
     return batch.report, files[-1].id
+
+
+def update_catalogue(ctx: Context, report: PruneReport) -> None:
+    """Bring the catalogue's location history up to date for the scans of the copies ``report`` pruned.
+
+    Each deletion on a location tier (``services.catalogue.location_tiers``; not the source tier) queued its
+    file's catalogued scan in the same transaction that recorded it (``pending_catalogue`` with its pid, see
+    ``ledger.catalogue.queue_location_update``); here those scans are updated at once: a tier from which every
+    file of the scan is now pruned becomes ``pruned`` (since the last deletion), the others stay as they are.
+    A catalogue outage never fails the prune -- the deletions happened and are recorded; the scans stay
+    queued and the next catalogue step (or ``splash-flows catalog retry``) does the update. A refusal (4xx)
+    is reported in ``report.catalogue_failed`` and fails the run loudly, like the catalogue step's."""
+    file_ids = sorted({p.file_id for p in report.pruned if p.tier in catalogue_service.location_tiers(ctx.config)})
+    if not file_ids or not ctx.catalogue_enabled:
+        return
+    records = ledger_cat.queued_location_updates(ctx.ledger, file_ids)
+    result = catalogue_service.update_locations(ctx, records)
+    report.catalogue_updated.update(result.catalogued)
+    report.catalogue_pending.update(result.pending)
+    report.catalogue_failed.update(result.failed)
+    if result.pending:
+        log.warning("catalogue location update queued for %d scan(s) (retried by the next catalogue step or "
+                    "`splash-flows catalog retry`): %s", len(result.pending), next(iter(result.pending.values())))
 
 
 def execute_prune(ctx: Context, *, tier: str | None = None, limit: int = 1000, clock: Clock = system_clock,
