@@ -234,3 +234,34 @@ def test_the_in_process_runner_serves_both_deployments_and_stops_cleanly(
         # Completed, or CataloguePending (a Completed-type state): these test files have no sidecar yet
         assert re.search(rf"flow run {run_id} of \S+ finished: (Completed|CataloguePending)", log), log
     assert "runner stopped" in log
+
+
+def test_the_watcher_drives_the_deployed_stack_and_survives_kill_9(
+        prefect_server: PrefectServer, initialised: InitReport, site: Site, start_process: Start) -> None:
+    """No manual trigger: the watcher sees files written like a detector and triggers run_733_dispatcher on the
+    real server; a runner executes it. The watcher is killed with SIGKILL while files keep arriving and started
+    again: every file ends verified on lamarr and cfs, and copied exactly once per tier."""
+    start_process("runner", "-m", "splash_flows", "runner", "--limit", "2", "--poll", "0.3")
+    watch_argv = ("-m", "splash_flows", "--config", str(site.config_path), "watch")
+    watcher = start_process("watch", *watch_argv)
+    data = site.tier("data733")
+    first = [f"w1/scan_{i:02d} ü.edf" for i in range(4)]
+    for rel in first:
+        write_like_a_detector(data / rel, 40_000)
+    site.wait_verified(first, timeout=120)
+
+    later = [f"w2/scan_{i:02d}.edf" for i in range(8)]
+    for i, rel in enumerate(later):
+        write_like_a_detector(data / rel, 40_000, pause=0.05)
+        if i == 3:
+            watcher.popen.kill()  # SIGKILL mid-stream: no clean shutdown, no flush
+            watcher.popen.wait(timeout=30)
+    start_process("watch-again", *watch_argv)  # backfill + outbox replay find what the dead one missed
+    site.wait_verified(first + later, timeout=180)
+
+    ledger = site.ledger()
+    try:
+        copied = [(e.path, e.tier) for e in ledger.events(kind="copied") if e.path in set(first + later)]
+    finally:
+        ledger.close()
+    assert sorted(copied) == sorted((p, t) for p in first + later for t in ("lamarr", "cfs"))

@@ -86,3 +86,22 @@ def test_missing_target_root_fails_cleanly(ctx: Context) -> None:
     assert "a.edf" in report.tiers["cfs"].failed
     assert "cfs:a.edf" in str(report.tiers["cfs"].failed["a.edf"])
     assert ctx.ledger.status()[0].copies["cfs"].state == "failed"
+
+
+def test_missing_tier_roots_are_one_clear_error_and_never_created(ctx: Context) -> None:
+    write_file(src_root(ctx), "a.edf", b"x")
+    cfs = Path(ctx.config.tiers["cfs"].root)
+    cfs.rmdir()  # e.g. the CFS mount is gone
+    report = move_files(ctx, ["a.edf"])
+    assert report.tiers["lamarr"].verified == ["a.edf"]
+    err = str(report.tiers["cfs"].failed["a.edf"])
+    assert "does not exist" in err and "not mounted" in err and str(cfs) in err
+    assert not cfs.exists()  # nothing wrote into the bare mount point
+
+
+def test_missing_source_root_is_named(ctx: Context) -> None:
+    import shutil
+
+    shutil.rmtree(src_root(ctx))
+    report = move_files(ctx, ["a.edf"])
+    assert "tier root" in str(report.register.failed["a.edf"]) and "data733" in str(report.register.failed["a.edf"])

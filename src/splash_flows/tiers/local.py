@@ -68,15 +68,19 @@ class LocalTier:
         return safe_join(self.root, relpath, tier=self.name)
 
     def check_root(self) -> None:
-        """Raise TierError if the root folder is missing or not a folder."""
+        """Raise TierError if the root folder is missing or not a folder. Nothing ever creates a tier root: a
+        missing root is usually an unmounted file system, and writing into the bare mount point would put data
+        on the wrong disk."""
         if not self.root.is_dir():
-            raise TierError(f"tier root {self.root} does not exist or is not a folder", tier=self.name)
+            raise TierError(f"tier root {self.root} does not exist or is not a folder (not mounted?)",
+                            tier=self.name)
 
     def stat(self, path: str) -> FileStat | None:
         full = self.path(path)
         try:
             st = os.stat(full)
         except FileNotFoundError:
+            self.check_root()  # a missing root is not a missing file: say so
             return None
         except OSError as err:
             raise TierError(f"cannot stat: {_reason(err)}", tier=self.name, path=path) from None
@@ -118,6 +122,8 @@ class LocalTier:
                   progress: ProgressCallback | None = None) -> list[CopyOutcome]:
         if not isinstance(source, LocalTier):
             raise TierError(f"a local tier cannot copy from a {source.kind} tier ({source.name})", tier=self.name)
+        source.check_root()
+        self.check_root()
         if len(items) <= 1 or self.concurrency == 1:
             return [self.copy_one(source, item, progress) for item in items]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
