@@ -124,22 +124,54 @@ class LocalTier:
             raise TierError(f"a local tier cannot copy from a {source.kind} tier ({source.name})", tier=self.name)
         source.check_root()
         self.check_root()
-        if len(items) <= 1 or self.concurrency == 1:
-            return [self.copy_one(source, item, progress) for item in items]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
-                                thread_name_prefix=f"copy-{self.name}") as pool:
-            return list(pool.map(lambda item: self.copy_one(source, item, progress), items))
 
-    def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None) -> CopyOutcome:
-        """Copy and verify one file; return its result or the typed error (never raises TierError)."""
+        def one(item: CopyItem) -> CopyOutcome:
+            return self.copy_one(source, item, progress, sync_folder=False)
+
+        if len(items) <= 1 or self.concurrency == 1:
+            outcomes = [one(item) for item in items]
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
+                                    thread_name_prefix=f"copy-{self.name}") as pool:
+                outcomes = list(pool.map(one, items))
+        return self._sync_folders(outcomes)
+
+    def _sync_folders(self, outcomes: list[CopyOutcome]) -> list[CopyOutcome]:
+        """fsync each folder that received a renamed copy, once per batch rather than once per file, before any
+        result is returned (and so before the ledger calls a copy verified). A folder that cannot be synced
+        turns its files' results into errors."""
+        folders: dict[Path, OSError | None] = {}
+        for out in outcomes:
+            if isinstance(out, CopyResult) and not out.skipped:
+                folders.setdefault(self.path(out.path).parent, None)
+        for folder in folders:
+            try:
+                self._fsync_dir(folder)
+            except OSError as err:
+                folders[folder] = err
+        failed = {f: e for f, e in folders.items() if e is not None}
+        if not failed:
+            return outcomes
+        result: list[CopyOutcome] = []
+        for out in outcomes:
+            cause = failed.get(self.path(out.path).parent) if isinstance(out, CopyResult) and not out.skipped else None
+            result.append(out if cause is None or not isinstance(out, CopyResult) else TransferError(
+                f"folder fsync failed after rename: {_reason(cause)}", tier=self.name, path=out.path))
+        return result
+
+    def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None, *,
+                 sync_folder: bool = True) -> CopyOutcome:
+        """Copy and verify one file; return its result or the typed error (never raises TierError).
+        ``sync_folder=False`` leaves the folder fsync to the caller (``copy_from`` does it once per folder)."""
         try:
-            return self._copy_one(source, item, progress)
+            return self._copy_one(source, item, progress, sync_folder)
         except TierError as err:
             return err
         except OSError as err:
             return TransferError(f"{_reason(err)} (copying from {source.name})", tier=self.name, path=item.path)
 
-    def _copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None) -> CopyResult:
+    def _copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None,
+                  sync_folder: bool) -> CopyResult:
         src_path = source.path(item.path)
         dst_path = self.path(item.path)
         try:
@@ -158,7 +190,7 @@ class LocalTier:
                     progress(item.path, st.st_size)
                 return existing
             self._remove_stale_parts(dst_path)
-            return self._write_verified(src_fd, st, dst_path, item, source, progress)
+            return self._write_verified(src_fd, st, dst_path, item, source, progress, sync_folder)
         finally:
             os.close(src_fd)
 
@@ -182,7 +214,7 @@ class LocalTier:
         return CopyResult(item.path, size, dst_st.st_mtime, dst_sum, skipped=True, source_checksum=src_sum)
 
     def _write_verified(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem,
-                        source: LocalTier, progress: ProgressCallback | None) -> CopyResult:
+                        source: LocalTier, progress: ProgressCallback | None, sync_folder: bool) -> CopyResult:
         try:
             dst_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -240,7 +272,8 @@ class LocalTier:
                                         tier=self.name, path=item.path)
             try:
                 os.rename(tmp, dst_path)
-                self._fsync_dir(dst_path.parent)
+                if sync_folder:
+                    self._fsync_dir(dst_path.parent)
             except OSError as err:
                 raise TransferError(f"rename failed: {_reason(err)}", tier=self.name, path=item.path) from None
         except BaseException:
