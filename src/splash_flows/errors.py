@@ -25,7 +25,7 @@ class TierError(SplashFlowsError):
     def __init__(self, message: str, *, tier: str | None = None, path: str | None = None) -> None:
         self.tier = tier
         self.path = path
-        self.reason = message
+        self.bare_message = message  # without the "tier:path: " prefix, for re-wrapping
         where = ""
         if path is not None and tier is not None:
             where = f"{tier}:{path}: "

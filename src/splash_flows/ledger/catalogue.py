@@ -27,7 +27,7 @@ from splash_flows.ledger.models import (
     SourceFile,
     utcnow,
 )
-from splash_flows.ledger.store import CopyInfo, Ledger
+from splash_flows.ledger.store import CopyInfo, Ledger, in_chunks
 
 _EVENT_OF_STATE = {
     CatalogueState.CATALOGUED: EventKind.CATALOGUED,
@@ -105,8 +105,7 @@ def files_by_path(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dic
     """The known source files among ``paths``, with their copies."""
     out: dict[str, LedgerFile] = {}
     with ledger.session() as sess:
-        for start in range(0, len(paths), 500):
-            chunk = list(paths[start:start + 500])
+        for chunk in in_chunks(paths):
             rows = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
                                                               SourceFile.path.in_(chunk))))
             out.update({f.path: f for f in _with_copies(sess, rows)})
@@ -116,8 +115,8 @@ def files_by_path(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dic
 def _with_copies(sess: Session, rows: list[SourceFile]) -> list[LedgerFile]:
     copies: dict[int, list[Copy]] = {}
     ids = [r.id for r in rows]
-    for start in range(0, len(ids), 500):
-        for c in sess.scalars(select(Copy).where(Copy.file_id.in_(ids[start:start + 500]))):
+    for chunk in in_chunks(ids):
+        for c in sess.scalars(select(Copy).where(Copy.file_id.in_(chunk))):
             copies.setdefault(c.file_id, []).append(c)
     return [_ledger_file(r, copies.get(r.id, [])) for r in rows]
 
@@ -257,8 +256,7 @@ def queued_location_updates(ledger: Ledger, file_ids: Sequence[int]) -> list[Sca
     """The scans of ``file_ids`` whose location update is queued (``pending_catalogue`` with a pid)."""
     with ledger.session() as sess:
         scan_ids: set[int] = set()
-        for start in range(0, len(file_ids), 500):
-            chunk = list(file_ids[start:start + 500])
+        for chunk in in_chunks(file_ids):
             scan_ids.update(sess.scalars(select(CatalogueFile.scan_id).where(CatalogueFile.file_id.in_(chunk))))
         if not scan_ids:
             return []
@@ -273,8 +271,7 @@ def pruned_since(ledger: Ledger, file_ids: Sequence[int], tier: str) -> datetime
     """When the last of ``file_ids`` was pruned on ``tier`` (the latest ``pruned`` event), or None."""
     with ledger.session() as sess:
         latest: datetime | None = None
-        for start in range(0, len(file_ids), 500):
-            chunk = list(file_ids[start:start + 500])
+        for chunk in in_chunks(file_ids):
             at = sess.scalar(select(func.max(Event.at)).where(Event.kind == EventKind.PRUNED, Event.tier == tier,
                                                                Event.file_id.in_(chunk)))
             if at is not None and (latest is None or at > latest):

@@ -17,9 +17,7 @@ from sqlalchemy import func, or_, select
 
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import Copy, CopyState, OutboxEntry, OutboxState, SourceFile, utcnow
-from splash_flows.ledger.store import Ledger
-
-_CHUNK = 500
+from splash_flows.ledger.store import Ledger, in_chunks
 
 
 @dataclass(frozen=True)
@@ -142,8 +140,7 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
         raise LedgerError("verified_versions needs at least one target tier")
     unique = list(dict.fromkeys(paths))
     with ledger.session() as sess:
-        for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start:start + _CHUNK]
+        for chunk in in_chunks(unique):
             q = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
                  .join(Copy, Copy.file_id == SourceFile.id)
                  .where(SourceFile.source_tier == source_tier, SourceFile.path.in_(chunk),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
-from splash_flows.ledger.store import Ledger
+from splash_flows.ledger.store import Ledger, in_chunks
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,7 @@ def source_progress(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> d
     """For each of ``paths`` the ledger knows on ``source_tier``: registered size/mtime and verified tiers."""
     out: dict[str, SourceProgress] = {}
     with ledger.session() as sess:
-        for start in range(0, len(paths), 500):
-            chunk = list(paths[start:start + 500])
+        for chunk in in_chunks(paths):
             files = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
                                                                SourceFile.path.in_(chunk))))
             ids = [f.id for f in files]

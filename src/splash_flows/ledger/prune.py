@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from splash_flows.ledger.catalogue import queue_location_update
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile
-from splash_flows.ledger.store import Ledger
+from splash_flows.ledger.store import Ledger, in_chunks
 
 CLAIMED = (CopyState.PRUNING, CopyState.DELETING)  # states in which a prune run holds the copy
 
@@ -112,8 +112,7 @@ def _event(kind: str, file: FileSnap, tier: str, detail: dict[str, Any], at: dat
 
 def _load_files(sess: Session, file_ids: Sequence[int]) -> dict[int, FileSnap]:
     out: dict[int, FileSnap] = {}
-    for start in range(0, len(file_ids), 500):
-        chunk = list(file_ids[start:start + 500])
+    for chunk in in_chunks(file_ids):
         files = {f.id: f for f in sess.scalars(select(SourceFile).where(SourceFile.id.in_(chunk)))}
         copies: dict[int, list[Copy]] = {}
         for c in sess.scalars(select(Copy).where(Copy.file_id.in_(chunk))):
@@ -139,8 +138,7 @@ def set_due_dates(ledger: Ledger, file_ids: Sequence[int], due_for: DueFor, now:
     with a ``prune_scheduled`` event, so re-running after the same move writes nothing. Returns what changed.
     """
     changed: list[tuple[FileSnap, CopySnap, datetime | None]] = []
-    for start in range(0, len(file_ids), 500):
-        chunk = list(file_ids[start:start + 500])
+    for chunk in in_chunks(file_ids):
         with ledger.session() as sess:
             for file in _load_files(sess, chunk).values():
                 for copy in file.copies.values():

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -28,6 +28,7 @@ from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,15 @@ class FileStatus:
 
 def _record(row: SourceFile) -> SourceRecord:
     return SourceRecord(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum)
+
+
+IN_CHUNK = 500  # values per SQL IN (...) list: well under every backend's bind-parameter limit
+
+
+def in_chunks(values: Sequence[T]) -> Iterator[list[T]]:
+    """``values`` in slices of ``IN_CHUNK``, for queries with an IN list."""
+    for start in range(0, len(values), IN_CHUNK):
+        yield list(values[start:start + IN_CHUNK])
 
 
 def _copy_info(c: Copy) -> CopyInfo:
@@ -294,8 +304,7 @@ class Ledger:
         """The known source records among ``paths`` on ``tier``."""
         out: dict[str, SourceRecord] = {}
         with self.session() as sess:
-            for chunk_start in range(0, len(paths), 500):
-                chunk = list(paths[chunk_start:chunk_start + 500])
+            for chunk in in_chunks(paths):
                 q = select(SourceFile).where(SourceFile.source_tier == tier, SourceFile.path.in_(chunk))
                 rows = sess.scalars(q)
                 out.update({r.path: _record(r) for r in rows})
@@ -318,8 +327,8 @@ class Ledger:
         with self.session() as sess:
             ids = [c.source.id for c in copies]
             existing: dict[int, Copy] = {}
-            for start in range(0, len(ids), 500):
-                q = select(Copy).where(Copy.tier == tier, Copy.file_id.in_(ids[start:start + 500]))
+            for chunk in in_chunks(ids):
+                q = select(Copy).where(Copy.tier == tier, Copy.file_id.in_(chunk))
                 existing.update({c.file_id: c for c in sess.scalars(q)})
             for v in copies:
                 copy = existing.get(v.source.id)
@@ -385,8 +394,7 @@ class Ledger:
         """How many of ``paths`` are verified on ``tier`` (for progress display)."""
         with self.session() as sess:
             n = 0
-            for start in range(0, len(paths), 500):
-                chunk = list(paths[start:start + 500])
+            for chunk in in_chunks(paths):
                 n += sess.scalar(
                     select(func.count()).select_from(Copy).join(SourceFile)
                     .where(SourceFile.source_tier == source_tier, SourceFile.path.in_(chunk),

@@ -168,7 +168,7 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
     except TierError as err:  # the whole batch could not be attempted: each file says so, with the cause
         kind = TransferError if isinstance(err, TransferError) else TierError
         where = f"{err.tier}: " if err.tier and err.tier != target else ""
-        outcomes = [kind(f"not copied: {where}{err.reason}", tier=target, path=i.path) for i in items]
+        outcomes = [kind(f"not copied: {where}{err.bare_message}", tier=target, path=i.path) for i in items]
     verified: list[VerifiedCopy] = []
     for source, outcome in zip(sources, outcomes, strict=True):
         if isinstance(outcome, CopyResult) and outcome.checksum != source.checksum:
