@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
-from splash_flows.config import Config, default_config
+from splash_flows.config import Config, default_config, default_config_data
 from splash_flows.context import Context
 from splash_flows.ledger import Ledger
 from tests.support.postgres import PostgresServer, start_postgres
@@ -57,6 +58,18 @@ def sqlite_config(tmp_path: Path) -> Config:
     for tier in cfg.tiers.values():
         Path(tier.root).mkdir(parents=True, exist_ok=True)
     return cfg
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    """The embedded default rooted in ``tmp_path/site`` written to a YAML file, tier folders made (for flows and
+    CLI commands, which take a config path)."""
+    data = default_config_data(tmp_path / "site")
+    for tier in data["tiers"].values():
+        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "splash.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.fixture

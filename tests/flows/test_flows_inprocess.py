@@ -6,23 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
-from splash_flows.config import Config, default_config_data
+from splash_flows.config import Config
 from tests.conftest import write_file
 
 pytestmark = pytest.mark.prefect
 
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    root = tmp_path / "site"
-    data = default_config_data(root)
-    for tier in data["tiers"].values():
-        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "splash.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_dispatcher_completes_and_verifies(prefect_harness: None, config_file: Path, sqlite_config: Config) -> None:

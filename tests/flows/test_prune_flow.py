@@ -7,23 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
-from splash_flows.config import default_config_data, load_config_file
+from splash_flows.config import load_config_file
 from splash_flows.context import build_context
 from tests.support.prune import acquire, flip_byte, tier_path
 
 pytestmark = pytest.mark.prefect
 
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    data = default_config_data(tmp_path / "site")
-    for tier in data["tiers"].values():
-        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "splash.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def test_move_schedules_and_prune_733_deletes_what_is_due(prefect_harness: None, config_file: Path) -> None:

@@ -64,15 +64,6 @@ def moved_catalogued_archived(ctx: Context, clock: FakeClock) -> list[str]:
     return paths
 
 
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    data = default_config_data(tmp_path / "site")
-    for tier in data["tiers"].values():
-        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "splash.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
 
 @pytest.fixture
 def clock() -> FakeClock:

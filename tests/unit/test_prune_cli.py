@@ -10,11 +10,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from splash_flows.cli.main import app
-from splash_flows.config import default_config_data, load_config_file
+from splash_flows.config import load_config_file
 from splash_flows.context import Context, build_context
 from splash_flows.services.move import move_files
 from splash_flows.services.prune import schedule_prune
@@ -22,15 +21,6 @@ from tests.support.prune import acquire, flip_byte, tier_path
 
 PATHS = [f"ALS-00622/20260325/scan_{i:03d}.edf" for i in range(5)]
 
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    data = default_config_data(tmp_path / "site")
-    for tier in data["tiers"].values():
-        Path(tier["root"]).mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "splash.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture
