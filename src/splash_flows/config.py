@@ -359,6 +359,15 @@ class RetentionConfig(_Model):
         "finishes it. Must exceed the time one batch takes to re-verify and delete.")
 
 
+class UpConfig(_Model):
+    """``splash-flows up``, the local stack."""
+
+    port: int = Field(
+        default=4200, ge=0, le=65535,
+        description="Port of the Prefect server `up` starts; it stays this port across restarts (0: any free "
+        "port). `up --port` overrides it.")
+
+
 class Config(_Model):
     """The whole configuration of one beamline deployment."""
 
@@ -373,6 +382,7 @@ class Config(_Model):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     watcher: WatcherConfig = Field(default_factory=WatcherConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    up: UpConfig = Field(default_factory=UpConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -458,6 +468,14 @@ class Config(_Model):
                 if req not in self.tiers:
                     raise ValueError(f"{where}: requires tier {req!r}, which is not in tiers ({', '.join(self.tiers)})")
         return self
+
+    def flow_config_path(self) -> str | None:
+        """The ``config_path`` parameter of the flow runs this configuration triggers (watcher, reconcile):
+        ``watcher.flow_config_path``, else the file this configuration was loaded from. None (the embedded
+        default) lets each run use the configuration of the process executing it."""
+        if self.watcher.flow_config_path:
+            return self.watcher.flow_config_path
+        return str(self.source_path) if self.source_path else None
 
     def tier(self, name: str) -> TierConfig:
         try:

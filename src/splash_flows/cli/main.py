@@ -8,16 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from splash_flows import __version__
 from splash_flows.cli.catalog import catalog_app
-from splash_flows.cli.common import State, console, fail_cleanly, print_json, state
+from splash_flows.cli.common import State, console, err_console, fail_cleanly, print_json, state
 from splash_flows.cli.demo import demo
 from splash_flows.cli.globus import globus_app
 from splash_flows.cli.prune import prune
 from splash_flows.cli.status import status
 from splash_flows.cli.watch import watch
-from splash_flows.config import CONFIG_ENV_VAR, redacted_dict
+from splash_flows.config import CONFIG_ENV_VAR, Config, redacted_dict
 
 app = typer.Typer(
     name="splash-flows",
@@ -59,12 +60,19 @@ def config_check(
                                        dir_okay=False),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved configuration as JSON."),
 ) -> None:
-    """Validate the configuration and print it resolved, with every secret shown as ***."""
+    """Validate the configuration and print it resolved, with every secret shown as ***. Also checks that each
+    local tier root exists and is a folder this user can write to."""
     st = state(ctx)
     with fail_cleanly():
         cfg = State(config_path=config or st.config_path).load()
     data = redacted_dict(cfg)
     source = str(cfg.source_path) if cfg.source_path else "<embedded default>"
+    problems = local_root_problems(cfg)
+    if problems:
+        for line in problems:
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        err_console.print(f"{source}: {len(problems)} problem(s)", highlight=False, markup=False)
+        raise typer.Exit(1)
     if as_json:
         print_json({"source": source, "config": data})
         return
@@ -72,6 +80,22 @@ def config_check(
 
     console.print(f"[green]ok[/]: {source}", highlight=False)
     console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False)
+
+
+def local_root_problems(cfg: Config) -> list[str]:
+    """One line per local tier whose root is missing, not a folder or not writable (``LocalTier.check_root``)."""
+    from splash_flows.errors import TierError
+    from splash_flows.tiers.local import LocalTier
+
+    problems: list[str] = []
+    for name, tier in cfg.tiers.items():
+        if tier.kind != "local":
+            continue
+        try:
+            LocalTier(name, Path(tier.root), cfg.checksum).check_root(writable=True)
+        except TierError as err:
+            problems.append(str(err))
+    return problems
 
 
 @ledger_app.command("upgrade")

@@ -2,6 +2,10 @@
 
 The recovery after a worker or runner died mid-batch (its Prefect run stays Running; the ledger says what
 really happened). Triggers ``run_733_dispatcher`` in batches; ``--dry-run`` only lists what it would send.
+
+The runs carry this command's configuration (``config_path``, the same rule as the watcher's:
+``Config.flow_config_path``), so the runner or worker executing them looks at the same tiers and ledger as
+this command did, whatever its own ``$SPLASH_FLOWS_CONFIG`` says. The summary names the root looked at.
 """
 
 from __future__ import annotations
@@ -34,19 +38,28 @@ def reconcile(
         finally:
             context.close()
         run_ids: list[str] = []
+        source = config.move.source
+        root = str(config.tier(source).root)
+        flow_config = config.flow_config_path()
+        if flow_config is None:
+            carried = ("the runs use the configuration of the runner or worker executing them (its "
+                       f"$SPLASH_FLOWS_CONFIG), which must name this {source} root too")
+        else:
+            carried = f"the runs carry config_path={flow_config}"
         if plan.to_send and not dry_run:
             url = resolve_api_url(api_url)
             from splash_flows.flows.deploy import trigger_deployment
 
-            # No config_path: the runs use the configuration of whoever executes them (the workers' own
-            # $SPLASH_FLOWS_CONFIG), which must name the same ledger and tiers as this one.
-            run_ids = trigger_deployment(url, plan.batches(batch_size), tags=["reconcile"])
+            run_ids = trigger_deployment(url, plan.batches(batch_size), config_path=flow_config,
+                                         tags=["reconcile"])
     if as_json:
-        print_json({"to_send": plan.to_send, "in_order": plan.in_order, "too_fresh": plan.too_fresh,
+        print_json({"source": source, "root": root, "config_path": flow_config, "to_send": plan.to_send,
+                    "in_order": plan.in_order, "too_fresh": plan.too_fresh,
                     "export_controlled": plan.export_controlled, "flow_runs": run_ids})
         return
     for path, why in plan.to_send.items():
         console.print(f"{'would send' if dry_run else 'send'} {path}: {why}", highlight=False, markup=False)
-    console.print(f"{len(plan.to_send)} file(s) to send, {plan.in_order} verified everywhere, "
-                  f"{len(plan.too_fresh)} too fresh, {len(plan.export_controlled)} export-controlled"
-                  + (f"; triggered {len(run_ids)} dispatcher run(s)" if run_ids else ""), highlight=False)
+    console.print(f"looked at {source} root {root}: {len(plan.to_send)} file(s) to send, {plan.in_order} verified "
+                  f"everywhere, {len(plan.too_fresh)} too fresh, {len(plan.export_controlled)} export-controlled"
+                  + (f"; triggered {len(run_ids)} dispatcher run(s); {carried}" if run_ids else ""),
+                  highlight=False, markup=False, soft_wrap=True)

@@ -5,19 +5,29 @@ ledger ``DIR/ledger.db``, the configuration ``DIR/splash-flows.yaml`` (written o
 ``DIR/prefect`` for the Prefect server's SQLite database. It starts, each in its own process group with its log
 in ``DIR/logs/``:
 
-1. a Prefect server on 127.0.0.1 (port 4200, or a free one), and waits for its health check;
+1. a Prefect server on 127.0.0.1 (port 4200, ``up.port`` of the configuration or ``--port``; always the same
+   one, waiting for it to be released, and an error naming the program that holds it otherwise), and waits for
+   its health check;
 2. the init: work pools and the deployments of ``prefect.yaml`` (``splash-flows init-work-pools``);
 3. what executes flow runs: by default the in-process runner (``splash-flows runner``, ~1 s from trigger to
    verified), or with ``--workers`` one Prefect process worker per pool (the production layout of the seed);
 4. the watcher (``splash-flows watch``) when this installation has it.
 
-Ctrl-C or SIGTERM stops every process it started (watcher first, the server last) and nothing else.
+It then supervises them: a child that dies is restarted after 0.5 s, then 1, 2, 4 ... up to 30 s while it keeps
+dying, each time with a line naming it, its exit code and the end of its log (a child exiting with code 2, a
+configuration error, stops the stack instead). ``DIR/up.json`` always holds the current PIDs and the API URL.
+
+Ctrl-C or SIGTERM stops every process it started within about 10 s (watcher and runner first, the server last)
+and nothing else; a run in flight is cut short and finished later by the watcher's outbox or ``reconcile``.
+If ``up`` itself is killed (even by SIGKILL), the kernel sends each child SIGTERM (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import os
 import signal
 import subprocess
 import time
@@ -33,16 +43,25 @@ from splash_flows.cli.common import console, err_console, fail_cleanly
 from splash_flows.cli.demo import write_demo_config
 from splash_flows.config import load_config_file
 from splash_flows.errors import OrchestrationError
-from splash_flows.processes import Child, child_env, free_port, python_argv, start_child
+from splash_flows.processes import (
+    Child,
+    ChildFailed,
+    RestartPolicy,
+    Supervised,
+    Supervisor,
+    child_env,
+    claim_port,
+    python_argv,
+    tail_of,
+)
 
 READY_LINE = "splash-flows up: ready"
-
-
-def _tail(path: Path | None, lines: int = 12) -> str:
-    if path is None or not path.exists():
-        return ""
-    text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    return "\n".join(text[-lines:])
+STATE_FILE = "up.json"
+# Ctrl-C budget: the runner gets RUNNER_GRACE s to finish runs in flight, watcher/runner/workers together
+# EXECUTORS_STOP s, then the server SERVER_STOP s (SIGKILL for whatever is left at each deadline): under 10 s.
+RUNNER_GRACE = 3.0
+EXECUTORS_STOP = 5.5
+SERVER_STOP = 2.5
 
 
 def watcher_available(env: dict[str, str]) -> bool:
@@ -57,7 +76,7 @@ class LocalStack:
     """The processes of ``splash-flows up`` (also used by the benchmark and the integration tests)."""
 
     root: Path
-    port: int = 4200
+    port: int | None = None  # None: ``up.port`` of the configuration (default 4200); 0: any free port
     limit: int = 4
     workers: bool = False
     watcher: bool = True
@@ -66,9 +85,17 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     config_path: Path = field(init=False)
     api_url: str = field(init=False, default="")
-    children: list[Child] = field(default_factory=list)
+    policy: RestartPolicy = field(default_factory=RestartPolicy)
     notes: list[str] = field(default_factory=list)
+    supervisor: Supervisor = field(init=False)
     _lock: IO[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self.policy, on_start=lambda _entry: self.write_state())
+
+    @property
+    def children(self) -> list[Child]:
+        return self.supervisor.children
 
     @property
     def logs(self) -> Path:
@@ -91,7 +118,17 @@ class LocalStack:
         config = load_config_file(self.config_path)
         for tier in config.tiers.values():
             Path(tier.root).mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = config.up.port
         self.logs.mkdir(exist_ok=True)
+
+    def write_state(self) -> None:
+        """``DIR/up.json``: this process, the API URL and each child's current PID (rewritten at each start)."""
+        data = {"pid": os.getpid(), "api_url": self.api_url, "port": self.port,
+                "children": self.supervisor.pids()}
+        tmp = self.root / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.root / STATE_FILE)
 
     def env(self) -> dict[str, str]:
         return child_env({
@@ -108,7 +145,9 @@ class LocalStack:
     def start(self, say: Callable[[str], None] = print) -> None:
         """Start everything; on any failure stop what was started and raise."""
         self.prepare()
-        self.port = free_port(self.port)
+        self.supervisor.say = say
+        assert self.port is not None  # set by prepare
+        self.port = claim_port(self.port)
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         env = self.env()
         try:
@@ -130,7 +169,8 @@ class LocalStack:
                 say(f"started {len(pools)} process worker(s), --limit {self.limit} each")
             else:
                 self._start("runner", python_argv("-m", "splash_flows", "runner", "--api-url", self.api_url,
-                                                  "--limit", str(self.limit), "--poll", str(self.poll)), env)
+                                                  "--limit", str(self.limit), "--poll", str(self.poll),
+                                                  "--grace", str(RUNNER_GRACE)), env)
                 say(f"started the in-process runner (--limit {self.limit})")
             if self.watcher:
                 if watcher_available(env):
@@ -145,9 +185,7 @@ class LocalStack:
             raise
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        child = start_child(name, argv, env=env, log_path=self.logs / f"{name}.log", cwd=self.root)
-        self.children.append(child)
-        return child
+        return self.supervisor.start(name, argv, env=env, log_path=self.logs / f"{name}.log", cwd=self.root)
 
     def _wait_healthy(self, server: Child, timeout: float = 180.0) -> None:
         from splash_flows.flows.deploy import server_healthy
@@ -156,21 +194,22 @@ class LocalStack:
         while not server_healthy(self.api_url):
             if not server.alive():
                 raise OrchestrationError(f"the Prefect server exited (code {server.popen.returncode}); last lines "
-                                         f"of {server.log_path}:\n{_tail(server.log_path)}")
+                                         f"of {server.log_path}:\n{tail_of(server.log_path)}")
             if time.monotonic() > deadline:
                 raise OrchestrationError(f"the Prefect server at {self.api_url} did not become healthy in "
                                          f"{timeout:.0f} s; see {server.log_path}")
             time.sleep(0.5)
 
-    def dead_child(self) -> Child | None:
-        """The first child that exited on its own, if any."""
-        return next((c for c in self.children if not c.alive()), None)
+    def supervise(self) -> list[Supervised]:
+        """Restart children that died (see ``Supervisor.check``); raises ``ChildFailed`` for a fatal exit."""
+        return self.supervisor.check()
 
     def stop(self) -> None:
-        """Stop every child, the last started first (watcher, executors, then the server)."""
-        for child in reversed(self.children):
-            child.stop()
-        self.children.clear()
+        """Stop every child: watcher, runner and workers together, then the server; about 10 s at most."""
+        self.supervisor.stop([(lambda e: e.name != "server", EXECUTORS_STOP),
+                              (lambda e: e.name == "server", SERVER_STOP)])
+        with contextlib.suppress(OSError):
+            (self.root / STATE_FILE).unlink()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
@@ -178,7 +217,9 @@ class LocalStack:
 
 def up(
     root: Path = typer.Option(Path("var/up"), "--root", help="Folder for the tiers, ledger, config, logs, server."),
-    port: int = typer.Option(4200, "--port", min=1, max=65535, help="Prefect server port (a free one if taken)."),
+    port: int | None = typer.Option(None, "--port", min=0, max=65535,
+                                    help="Prefect server port (default: up.port of the configuration, 4200). It "
+                                         "never changes: a port held by another program is an error."),
     limit: int = typer.Option(4, "--limit", min=1, max=64, help="Flow runs at once per runner/worker and pool."),
     workers: bool = typer.Option(False, "--workers",
                                  help="Run flows with one Prefect process worker per pool instead of the "
@@ -218,18 +259,22 @@ def up(
             f"  logs:         {stack.logs}/\n"
             f"Ctrl-C stops everything this started.", highlight=False, soft_wrap=True)
         code = 0
+        stack.supervisor.say = lambda line: err_console.print(f"supervisor: {line}", highlight=False,
+                                                              soft_wrap=True, markup=False)
         while not stopping["signal"]:
-            dead = stack.dead_child()
-            if dead is not None:
-                err_console.print(f"[bold red]error:[/] {dead.name} exited (code {dead.popen.returncode}); last "
-                                  f"lines of {dead.log_path}:\n{_tail(dead.log_path)}\nstopping the stack",
-                                  highlight=False, soft_wrap=True)
+            try:
+                stack.supervise()
+            except ChildFailed as err:
+                err_console.print(f"[bold red]error:[/] {err}\nstopping the stack", highlight=False,
+                                  soft_wrap=True)
                 code = 1
                 break
-            time.sleep(0.5)
-        console.print("stopping ...", highlight=False)
+            time.sleep(0.2)
+        console.print("stopping ... (a run in flight is finished later by the outbox or `reconcile`)",
+                      highlight=False)
+        began = time.monotonic()
         stack.stop()
-        console.print("stopped.", highlight=False)
+        console.print(f"stopped in {time.monotonic() - began:.1f} s.", highlight=False)
         if code:
             raise typer.Exit(code)
     finally:

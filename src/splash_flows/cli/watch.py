@@ -43,7 +43,7 @@ def watch(
         from splash_flows.watcher import Watcher, run_until_signalled
 
         settings = cfg.watcher
-        flow_config = settings.flow_config_path or (str(cfg.source_path) if cfg.source_path else None)
+        flow_config = cfg.flow_config_path()
         trigger = PrefectDeploymentTrigger(settings.deployment, flow_config)
         ledger = Ledger.open(cfg.ledger.url_value())
         try:

@@ -3,8 +3,8 @@
 The one implementation behind ``splash-flows init-work-pools``, ``flows/bl733/init_work_pools.py`` and
 ``splash-flows up``. Deploying runs ``prefect --no-prompt deploy`` in the folder holding ``prefect.yaml`` --
 exactly what an operator following the seed runs by hand -- so the file stays the single definition of the
-deployments. Running it twice changes nothing: existing pools are left as they are, deployments are updated in
-place (same ids, same schedules by slug).
+deployments. Running it twice changes nothing: existing pools keep their settings except a concurrency limit the
+flows need (``limit_to_set``), deployments are updated in place (same ids, same schedules by slug).
 """
 
 from __future__ import annotations
@@ -141,9 +141,22 @@ def pool_limits(pools: Sequence[str], concurrency: int = DEFAULT_POOL_CONCURRENC
     return {p: (1 if p in SERIAL_POOLS else concurrency) for p in dict.fromkeys(pools)}
 
 
+def limit_to_set(name: str, current: int | None, wanted: int) -> int | None:
+    """The concurrency limit an EXISTING pool must be given, or None to leave it as it is.
+
+    A pool that must be serial (``SERIAL_POOLS``) always gets 1, whatever limit it had; any other pool gets
+    ``wanted`` only when it has no limit at all (a process worker then starts runs without bound), so a limit
+    an operator chose is kept. Applying the result twice changes nothing.
+    """
+    if name in SERIAL_POOLS:
+        return None if current == 1 else 1
+    return wanted if current is None else None
+
+
 def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]:
-    """Create each missing pool (type ``process``) with its concurrency limit; leave existing pools alone."""
-    from prefect.client.schemas.actions import WorkPoolCreate
+    """Create each missing pool (type ``process``) with its concurrency limit, and give existing pools the limit
+    they need (``limit_to_set``: pools made by hand with ``prefect work-pool create`` have none)."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.workers.process import ProcessWorker
 
@@ -154,13 +167,21 @@ def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]
             for name, limit in limits.items():
                 try:
                     pool = client.read_work_pool(name)
-                    outcome[name] = f"exists (type {pool.type}, concurrency limit {pool.concurrency_limit})"
-                    continue
                 except ObjectNotFound:
-                    pass
-                client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template,
-                                                       concurrency_limit=limit))
-                outcome[name] = f"created (type process, concurrency limit {limit})"
+                    client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template,
+                                                           concurrency_limit=limit))
+                    outcome[name] = f"created (type process, concurrency limit {limit})"
+                    continue
+                new_limit = limit_to_set(name, pool.concurrency_limit, limit)
+                if new_limit is None:
+                    outcome[name] = f"exists (type {pool.type}, concurrency limit {pool.concurrency_limit})"
+                else:
+                    client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=new_limit))
+                    outcome[name] = (f"exists (type {pool.type}); concurrency limit set: {pool.concurrency_limit}"
+                                     f" -> {new_limit}")
+                if pool.type != "process":
+                    outcome[name] += (f"; WARNING: type {pool.type}, not process: `prefect worker start --type "
+                                      "process` refuses it (recreate it with --type process)")
     except (httpx.HTTPError, PrefectHTTPStatusError) as err:
         raise OrchestrationError(f"creating work pools on {api_url} failed: {err}") from None
     return outcome

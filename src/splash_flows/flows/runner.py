@@ -5,12 +5,18 @@ machines) and ``serve()`` spawns one too; measured close-to-verified for one fil
 p50 6.8 s (process worker), 3.9 s (``serve``), 1.1 s (this runner). See docs/DEPLOYMENT.md and
 bench/detect_to_safe.py.
 
-How: it imports each deployment's flow once, then polls the server for Scheduled runs of those deployments
-(by deployment id, whatever work pool they are attached to), claims each run the way a worker does (proposing
-Pending: the server lets exactly one claimant win, so process workers may serve the same deployments at the same
-time without a run executing twice) and runs it with Prefect's flow engine in a thread of this process, at most
-``limit`` at a time. The deployments themselves are exactly those ``prefect deploy`` made from ``prefect.yaml``;
-nothing about them changes.
+How: it imports each deployment's flow once, then polls the work pools of those deployments for Scheduled runs
+exactly as a worker of each pool does (so the server applies each pool's concurrency limit, counting the runs
+any executor holds: ``prune_733_pool`` never runs two prunes), keeps the runs of the deployments it serves,
+claims each the way a worker does (proposing Pending: the server lets exactly one claimant win, so process
+workers may serve the same deployments at the same time without a run executing twice) and runs it with
+Prefect's flow engine in a thread of this process, at most ``limit`` at a time. Every Prefect call goes through
+``splash_flows.flows.run_api`` (one small adapter). The deployments themselves are exactly those
+``prefect deploy`` made from ``prefect.yaml``; nothing about them changes.
+
+A claimed run that cannot be started (the API failed while reading it, the thread pool refused it) is given
+back as Scheduled, so it never stays Pending; a run cancelled after the claim and before it started is marked
+Cancelled.
 
 Limits, stated plainly: runs share this process (a flow that leaked memory would leak it here; ours are thin
 wrappers over plain functions); cancelling a run that is already executing is not possible (a Scheduled run
@@ -25,8 +31,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
@@ -36,13 +43,8 @@ from uuid import UUID
 import httpx
 
 from splash_flows.errors import OrchestrationError
-from splash_flows.flows.deploy import (
-    PREFECT_YAML,
-    DeploymentSpec,
-    read_deployment_specs,
-    sync_client,
-    wait_for_server,
-)
+from splash_flows.flows.deploy import PREFECT_YAML, DeploymentSpec, read_deployment_specs
+from splash_flows.flows.run_api import PrefectRunAPI, RunAborted, RunAPI
 
 log = logging.getLogger("splash_flows.runner")
 
@@ -94,7 +96,8 @@ class InProcessRunner:
     """Serve deployments by running their flow runs in threads of this process. See the module docstring."""
 
     def __init__(self, api_url: str, served: Sequence[ServedDeployment], *, limit: int = DEFAULT_LIMIT,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS, grace_seconds: float = 60.0) -> None:
+                 poll_seconds: float = DEFAULT_POLL_SECONDS, grace_seconds: float = 60.0,
+                 api_factory: Callable[[str], AbstractContextManager[RunAPI]] | None = None) -> None:
         if not served:
             raise OrchestrationError("the runner has no deployment to serve")
         self.api_url = api_url
@@ -103,10 +106,18 @@ class InProcessRunner:
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds
         self.stats = RunnerStats()
+        self._api_factory = api_factory or _prefect_api
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="flow-run")
         self._active: dict[Future[Any], tuple[UUID, str]] = {}
         self._by_id: dict[UUID, ServedDeployment] = {}
+        # claimed runs that could not be started nor yet given back (the API failed too): retried each loop
+        self._to_release: dict[UUID, str] = {}
+
+    @property
+    def pools(self) -> list[str]:
+        """The work pools of the served deployments, each polled the way a worker of that pool polls."""
+        return list(dict.fromkeys(d.spec.pool for d in self.served))
 
     # ------------------------------------------------------------------------------------------ control
 
@@ -129,17 +140,17 @@ class InProcessRunner:
 
     def run(self) -> int:
         """Serve until ``stop``; return 0, or 1 if runs were still in flight when the grace period ended."""
-        wait_for_server(self.api_url)
         outage_since: float | None = None
         last_resolve = 0.0
-        with sync_client(self.api_url) as client:
+        with self._api_factory(self.api_url) as api:
             while not self._stop.is_set():
                 try:
                     if time.monotonic() - last_resolve > 60 or not self._by_id:
-                        self._resolve(client)
+                        self._resolve(api)
                         last_resolve = time.monotonic()
                     self._reap()
-                    self._poll_once(client)
+                    self.retry_releases(api)
+                    self.poll_once(api)
                     if outage_since is not None:
                         log.info("Prefect API at %s answers again (after %.0f s)", self.api_url,
                                  time.monotonic() - outage_since)
@@ -152,62 +163,91 @@ class InProcessRunner:
                     self._stop.wait(min(5.0, 1.0 + (time.monotonic() - outage_since) / 10))
                     continue
                 self._stop.wait(self.poll_seconds)
-            return self._drain(client)
+            return self.drain(api)
 
-    def _resolve(self, client: Any) -> None:
-        from prefect.exceptions import ObjectNotFound
-
+    def _resolve(self, api: RunAPI) -> None:
         by_id: dict[UUID, ServedDeployment] = {}
         for dep in self.served:
-            try:
-                dep.id = client.read_deployment_by_name(dep.full_name).id
-            except ObjectNotFound:
-                raise OrchestrationError(f"deployment {dep.full_name} does not exist on {self.api_url}; run "
-                                         "`splash-flows init-work-pools` first") from None
+            dep.id = api.deployment_id(dep.full_name)
             by_id[dep.id] = dep
         if by_id.keys() != self._by_id.keys():
-            log.info("serving %s (limit %d, poll %.1f s)", ", ".join(d.full_name for d in self.served),
-                     self.limit, self.poll_seconds)
+            log.info("serving %s (limit %d, poll %.1f s; work pools %s with their concurrency limits)",
+                     ", ".join(d.full_name for d in self.served), self.limit, self.poll_seconds,
+                     ", ".join(self.pools))
         self._by_id = by_id
 
-    def _poll_once(self, client: Any) -> None:
-        free = self.limit - len(self._active)
-        if free <= 0:
-            return
-        runs = client.get_scheduled_flow_runs_for_deployments(
-            list(self._by_id), scheduled_before=datetime.now(UTC), limit=free)
-        for flow_run in runs:
-            dep = self._by_id.get(flow_run.deployment_id) if flow_run.deployment_id else None
-            if dep is None or not self._claim(client, flow_run.id):
-                continue
-            claimed = client.read_flow_run(flow_run.id)
-            self.stats.claimed += 1
-            log.info("claimed flow run %s (%s) of %s", claimed.id, claimed.name, dep.full_name)
-            fut = self._pool.submit(self._execute, dep, claimed)
-            self._active[fut] = (claimed.id, dep.full_name)
+    def poll_once(self, api: RunAPI) -> None:
+        """Claim and start due runs of the served deployments, pool by pool, within ``limit`` and within each
+        pool's own concurrency limit (the server hands out no run past it)."""
+        if not self._by_id:
+            self._resolve(api)
+        for pool in self.pools:
+            free = self.limit - len(self._active)
+            if free <= 0:
+                return
+            for flow_run in api.scheduled_runs(pool, datetime.now(UTC)):
+                if free <= 0:
+                    break
+                dep = self._by_id.get(flow_run.deployment_id) if flow_run.deployment_id else None
+                if dep is None:
+                    continue  # a deployment of this pool that this runner does not serve
+                if not api.claim(flow_run.id):
+                    self.stats.lost_claims += 1
+                    log.info("flow run %s of %s was claimed by another executor", flow_run.id, dep.full_name)
+                    continue
+                self.stats.claimed += 1
+                if self._start_claimed(api, dep, flow_run.id):
+                    free -= 1
 
-    def _claim(self, client: Any, flow_run_id: UUID) -> bool:
-        """Propose Pending, as workers do: True only if this runner won the run."""
-        from prefect.exceptions import Abort
-        from prefect.states import Pending
-        from prefect.utilities.engine import propose_state_sync
-
+    def _start_claimed(self, api: RunAPI, dep: ServedDeployment, run_id: UUID) -> bool:
+        """Start a run this runner won. Whatever fails before it runs gives the run back (Scheduled), so no
+        run stays Pending forever; a run cancelled meanwhile is marked Cancelled. True when started."""
         try:
-            state = propose_state_sync(client, Pending(), flow_run_id=flow_run_id)
-        except Abort:
-            self.stats.lost_claims += 1
+            claimed = api.read_run(run_id)
+        except BaseException as err:
+            self._give_back(api, run_id, f"the splash-flows runner claimed this run but could not read it: "
+                                         f"{type(err).__name__}: {err}")
+            raise
+        state = claimed.state
+        if state is not None and (state.is_cancelling() or state.is_cancelled()):
+            api.cancel(run_id, "cancelled before it started")
+            self.stats.finished["Cancelled before start"] = self.stats.finished.get("Cancelled before start", 0) + 1
+            log.info("flow run %s of %s was cancelled before it started", run_id, dep.full_name)
             return False
-        if not state.is_pending():
-            self.stats.lost_claims += 1
-            return False
+        try:
+            fut = self._pool.submit(self._execute, api, dep, claimed)
+        except BaseException as err:
+            self._give_back(api, run_id, f"the splash-flows runner claimed this run but could not start it: "
+                                         f"{type(err).__name__}: {err}")
+            raise
+        self._active[fut] = (run_id, dep.full_name)
+        log.info("claimed flow run %s (%s) of %s", run_id, claimed.name, dep.full_name)
         return True
 
-    def _execute(self, dep: ServedDeployment, flow_run: Any) -> str:
-        """Run one claimed flow run with Prefect's engine; returns the final state's name."""
-        from prefect.flow_engine import run_flow
+    def _give_back(self, api: RunAPI, run_id: UUID, reason: str) -> None:
+        try:
+            api.release(run_id, reason)
+            log.warning("flow run %s returned to Scheduled: %s", run_id, reason)
+            self._to_release.pop(run_id, None)
+        except (httpx.HTTPError, OSError, OrchestrationError) as err:
+            log.error("flow run %s could not be returned to Scheduled (%s); retrying", run_id, err)
+            self._to_release[run_id] = reason
 
-        state = run_flow(dep.flow, flow_run=flow_run, return_type="state")
-        return str(getattr(state, "name", "unknown"))
+    def retry_releases(self, api: RunAPI) -> None:
+        """Give back the claimed runs whose earlier give-back failed (called every loop and when stopping)."""
+        for run_id, reason in list(self._to_release.items()):
+            self._give_back(api, run_id, reason)
+
+    def _execute(self, api: RunAPI, dep: ServedDeployment, flow_run: Any) -> str:
+        """Run one claimed flow run with Prefect's engine; returns the final state's name."""
+        try:
+            return api.execute(dep.flow, flow_run)
+        except RunAborted as err:
+            current = api.read_run(flow_run.id).state
+            if current is not None and current.is_cancelling():
+                api.cancel(flow_run.id, "cancelled before it started")
+                return "Cancelled before start"
+            return f"not started: {err}"
 
     def _reap(self) -> None:
         for fut in [f for f in self._active if f.done()]:
@@ -217,29 +257,33 @@ class InProcessRunner:
             self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
             (log.error if err is not None else log.info)("flow run %s of %s finished: %s", run_id, name, outcome)
 
-    def _drain(self, client: Any) -> int:
+    def drain(self, api: RunAPI) -> int:
+        """After ``stop``: give in-flight runs ``grace_seconds``, then mark those still running Crashed.
+        Returns 0 when none was left, else 1."""
         deadline = time.monotonic() + self.grace_seconds
         while self._active and time.monotonic() < deadline:
             self._reap()
-            time.sleep(0.2)
+            time.sleep(0.05)
         self._reap()
+        self.retry_releases(api)
         if not self._active:
             self._pool.shutdown(wait=True)
             log.info("runner stopped (%d run(s) claimed)", self.stats.claimed)
             return 0
-        from prefect.states import Crashed
-        from prefect.utilities.engine import propose_state_sync
-
         for run_id, name in self._active.values():
             log.error("flow run %s of %s still running after %.0f s grace: marking it Crashed; its files are "
-                      "re-sent by `splash-flows reconcile` if not verified", run_id, name, self.grace_seconds)
+                      "re-sent by the watcher or `splash-flows reconcile` if not verified", run_id, name,
+                      self.grace_seconds)
             try:
-                propose_state_sync(client, Crashed(message="the splash-flows runner stopped during this run"),
-                                   flow_run_id=run_id, force=True)
-            except (httpx.HTTPError, OSError) as err:
+                api.crash(run_id, "the splash-flows runner stopped during this run")
+            except (httpx.HTTPError, OSError, OrchestrationError) as err:
                 log.error("could not mark flow run %s Crashed: %s", run_id, err)
         self._pool.shutdown(wait=False, cancel_futures=True)
         return 1
+
+
+def _prefect_api(api_url: str) -> AbstractContextManager[RunAPI]:
+    return PrefectRunAPI.open(api_url)
 
 
 def build_runner(api_url: str, names: Sequence[str] | None = None, *, limit: int = DEFAULT_LIMIT,

@@ -83,7 +83,9 @@ def _check(ctx: Context, raw: str) -> str:
     source = ctx.tier(source_name)
     stat = source.stat(path)  # refuses a symlink resolving outside the root (PathEscapeError)
     if stat is None:
-        raise SourceMissingError("refused: file not found", tier=source_name, path=path)
+        # name the root looked in: a run given another site's paths (a different configuration) says so at once
+        raise SourceMissingError(f"refused: file not found (looked in {ctx.config.tier(source_name).root})",
+                                 tier=source_name, path=path)
     if isinstance(source, LocalTier) and patterns:
         target = _link_target(source, path)
         if target is not None and (pattern := export_control_match(target, patterns)) is not None:

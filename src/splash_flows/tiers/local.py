@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import stat as stat_mod
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,13 +68,28 @@ class LocalTier:
         """The absolute path of ``relpath`` on this tier (refusing any escape from the root)."""
         return safe_join(self.root, relpath, tier=self.name)
 
-    def check_root(self) -> None:
+    def check_root(self, *, writable: bool = False) -> None:
         """Raise TierError if the root folder is missing or not a folder. Nothing ever creates a tier root: a
         missing root is usually an unmounted file system, and writing into the bare mount point would put data
-        on the wrong disk."""
+        on the wrong disk.
+
+        ``writable``: also prove that this process can create (and remove) a file there -- a hidden probe file,
+        which the watcher ignores -- as copies, prunes and restores need (``splash-flows config check``).
+        """
         if not self.root.is_dir():
-            raise TierError(f"tier root {self.root} does not exist or is not a folder (not mounted?)",
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise TierError(f"tier root {self.root} {what} (not mounted?)", tier=self.name)
+        if not writable:
+            return
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise TierError(f"tier root {self.root} is not writable by this user (uid {os.geteuid()})",
                             tier=self.name)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".splash-flows-check-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise TierError(f"tier root {self.root} is not writable: {_reason(err)}", tier=self.name) from None
 
     def stat(self, path: str) -> FileStat | None:
         full = self.path(path)

@@ -1,0 +1,136 @@
+"""The few Prefect calls the in-process runner makes, behind one small adapter.
+
+``PrefectRunAPI`` is the only place that touches Prefect's orchestration internals (``propose_state_sync``,
+``run_flow(flow_run=...)``); ``RunAPI`` is its Protocol, so the runner's logic (claims, releases, cancellation,
+the grace period) is tested with a fake that fails on demand (tests/fakes/run_api.py) and the adapter itself
+against a real Prefect server (tests/integration/test_runner_adapter.py). When Prefect changes these calls,
+this file changes and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from uuid import UUID
+
+from splash_flows.errors import OrchestrationError
+from splash_flows.flows.deploy import sync_client, wait_for_server
+
+
+class RunAPI(Protocol):
+    """What the runner needs from the orchestrator. Run objects are Prefect ``FlowRun``s (``id``, ``name``,
+    ``deployment_id``, ``state``)."""
+
+    def deployment_id(self, full_name: str) -> UUID:
+        """The id of deployment ``flow/deployment``; OrchestrationError if it does not exist."""
+
+    def scheduled_runs(self, pool: str, before: datetime) -> list[Any]:
+        """Scheduled runs of ``pool`` due before ``before``, as a worker of that pool would get them: the
+        server leaves out every run once the pool's concurrency limit is reached (counting Pending and
+        Running runs of the pool, whoever executes them)."""
+
+    def claim(self, run_id: UUID) -> bool:
+        """Propose Pending, as a worker does: True only if this caller won the run."""
+
+    def read_run(self, run_id: UUID) -> Any:
+        """The flow run as the server has it now."""
+
+    def release(self, run_id: UUID, reason: str) -> None:
+        """Give a claimed run that was not started back: Scheduled, due now, for any executor."""
+
+    def crash(self, run_id: UUID, reason: str) -> None:
+        """Mark a run Crashed (forced: it may be Pending or Running)."""
+
+    def cancel(self, run_id: UUID, reason: str) -> None:
+        """Mark a run Cancelled (one cancelled before it started)."""
+
+    def execute(self, flow: Any, flow_run: Any) -> str:
+        """Run a claimed flow run with Prefect's engine here; return its final state's name. Raises
+        ``RunAborted`` when the server refuses to let it start (it was cancelled meanwhile)."""
+
+
+class RunAborted(OrchestrationError):
+    """The server refused a state change of this run (another executor has it, or it was cancelled)."""
+
+
+class PrefectRunAPI:
+    """``RunAPI`` over a synchronous Prefect client (see ``open``)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    @classmethod
+    @contextmanager
+    def open(cls, api_url: str) -> Iterator[PrefectRunAPI]:
+        """Wait for the server's health check, then a client for the adapter's lifetime."""
+        wait_for_server(api_url)
+        with sync_client(api_url) as client:
+            yield cls(client)
+
+    def deployment_id(self, full_name: str) -> UUID:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            dep_id: UUID = self.client.read_deployment_by_name(full_name).id
+        except ObjectNotFound:
+            raise OrchestrationError(f"deployment {full_name} does not exist on {self.client.api_url}; run "
+                                     "`splash-flows init-work-pools` first") from None
+        return dep_id
+
+    def scheduled_runs(self, pool: str, before: datetime) -> list[Any]:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            found = self.client.get_scheduled_flow_runs_for_work_pool(pool, scheduled_before=before)
+        except ObjectNotFound:
+            raise OrchestrationError(f"work pool {pool} does not exist on {self.client.api_url}; run "
+                                     "`splash-flows init-work-pools` first") from None
+        return [r.flow_run for r in found]
+
+    def _propose(self, state: Any, run_id: UUID, *, force: bool = False) -> Any:
+        from prefect.exceptions import Abort
+        from prefect.utilities.engine import propose_state_sync
+
+        try:
+            return propose_state_sync(self.client, state, flow_run_id=run_id, force=force)
+        except Abort as err:
+            raise RunAborted(f"flow run {run_id}: the server refused {state.name}: {err}") from None
+
+    def claim(self, run_id: UUID) -> bool:
+        from prefect.states import Pending
+
+        try:
+            state = self._propose(Pending(), run_id)
+        except RunAborted:
+            return False
+        return bool(state.is_pending())
+
+    def read_run(self, run_id: UUID) -> Any:
+        return self.client.read_flow_run(run_id)
+
+    def release(self, run_id: UUID, reason: str) -> None:
+        from prefect.states import Scheduled
+
+        self._propose(Scheduled(scheduled_time=datetime.now(UTC), message=reason), run_id, force=True)
+
+    def crash(self, run_id: UUID, reason: str) -> None:
+        from prefect.states import Crashed
+
+        self._propose(Crashed(message=reason), run_id, force=True)
+
+    def cancel(self, run_id: UUID, reason: str) -> None:
+        from prefect.states import Cancelled
+
+        self._propose(Cancelled(message=reason), run_id, force=True)
+
+    def execute(self, flow: Any, flow_run: Any) -> str:
+        from prefect.exceptions import Abort
+        from prefect.flow_engine import run_flow
+
+        try:
+            state = run_flow(flow, flow_run=flow_run, return_type="state")
+        except Abort as err:
+            raise RunAborted(f"flow run {flow_run.id}: the server refused to start it: {err}") from None
+        return str(getattr(state, "name", "unknown"))
