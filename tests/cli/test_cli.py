@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,49 @@ def test_config_check_redacts_secrets(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ledger: {url: 'postgresql://splash:${PW}@db/x'}\n"
                    "tiers: {data733: {root: a}, lamarr: {root: b}, cfs: {root: c}}\n")
+    for root in "abc":
+        (tmp_path / root).mkdir()
     proc = subprocess.run([sys.executable, "-m", "splash_flows", "config", "check", "--config", str(cfg), "--json"],
                           capture_output=True, text=True, env={**ENV, "PW": "s3cr3t-value"}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "s3cr3t-value" not in proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
     assert data["config"]["ledger"]["url"] == "postgresql://splash:***@db/x"
+
+
+def test_config_check_refuses_a_local_root_that_is_missing_a_file_or_not_writable(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ledger: {url: 'sqlite:///l.db'}\n"
+                   "tiers: {data733: {root: a}, lamarr: {root: b}, cfs: {root: c}}\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").write_text("a file, not a folder")
+    proc = cli("config", "check", "--config", str(cfg), check=False)
+    assert proc.returncode == 1 and "ok" not in proc.stdout
+    assert f"cfs: tier root {tmp_path / 'c'} does not exist" in proc.stderr
+    assert f"lamarr: tier root {tmp_path / 'b'} is not a folder" in proc.stderr
+    assert "data733" not in proc.stderr and "2 problem(s)" in proc.stderr
+    as_json = json.loads(cli("config", "check", "--config", str(cfg), "--json", check=False).stdout)
+    assert len(as_json["problems"]) == 2
+    (tmp_path / "b").unlink()
+    for root in "bc":
+        (tmp_path / root).mkdir()
+    assert cli("config", "check", "--config", str(cfg)).stdout.startswith("ok")
+    # not writable: an immutable folder (even root cannot create a file in it), else a read-only one
+    folder = tmp_path / "a"
+    immutable = os.geteuid() == 0 and shutil.which("chattr") is not None and subprocess.run(
+        ["chattr", "+i", str(folder)], capture_output=True, check=False).returncode == 0
+    if not immutable:
+        if os.geteuid() == 0:
+            pytest.skip("cannot make a folder unwritable for root here (no chattr +i on this file system)")
+        os.chmod(folder, 0o555)
+    try:
+        proc = cli("config", "check", "--config", str(cfg), check=False)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        os.chmod(folder, 0o755)
+    assert proc.returncode == 1, proc.stdout
+    assert f"data733: tier root {folder} is not writable" in proc.stderr
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:

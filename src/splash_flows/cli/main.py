@@ -68,13 +68,14 @@ def config_check(
     data = redacted_dict(cfg)
     source = str(cfg.source_path) if cfg.source_path else "<embedded default>"
     problems = local_root_problems(cfg)
+    for line in problems:
+        err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json({"source": source, "config": data, "problems": problems})
     if problems:
-        for line in problems:
-            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         err_console.print(f"{source}: {len(problems)} problem(s)", highlight=False, markup=False)
         raise typer.Exit(1)
     if as_json:
-        print_json({"source": source, "config": data})
         return
     import yaml
 
