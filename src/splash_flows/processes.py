@@ -316,6 +316,76 @@ class Supervised:
     last_code: int | None = None
 
 
+# The guard: a tiny process of its own session that learns each child's process group through a pipe ("+PGID",
+# "-PGID" lines) and, when the pipe reaches end-of-file without a clean "close" (the supervisor died, even by
+# SIGKILL), sends SIGTERM to every group still registered, then SIGKILL after GUARD_KILL_AFTER seconds. It
+# complements PR_SET_PDEATHSIG, which reaches only the direct children and only with a signal they may handle
+# slowly. Standard library only, so it starts in ~50 ms and depends on nothing of ours.
+GUARD_KILL_AFTER = 8.0
+GUARD_CODE = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+groups = set()
+clean = False
+for line in sys.stdin:
+    line = line.strip()
+    if line == "close":
+        clean = True
+        break
+    if line[:1] in "+-" and line[1:].isdigit():
+        (groups.add if line[0] == "+" else groups.discard)(int(line[1:]))
+if clean or not groups:
+    sys.exit(0)
+def send(sig):
+    alive = set()
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+            alive.add(pgid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return alive
+deadline = time.monotonic() + float(sys.argv[1])
+groups = send(signal.SIGTERM)
+while groups and time.monotonic() < deadline:
+    time.sleep(0.1)
+    groups = send(0)
+send(signal.SIGKILL)
+"""
+
+
+class Guard:
+    """The parent side of the guard process (see ``GUARD_CODE``)."""
+
+    def __init__(self, kill_after: float = GUARD_KILL_AFTER) -> None:
+        self.popen = subprocess.Popen([sys.executable, "-I", "-c", GUARD_CODE, str(kill_after)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True, close_fds=True, text=True)
+
+    def _send(self, line: str) -> None:
+        if self.popen.stdin is None:
+            return
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            self.popen.stdin.write(line + "\n")
+            self.popen.stdin.flush()
+
+    def register(self, pgid: int) -> None:
+        self._send(f"+{pgid}")
+
+    def unregister(self, pgid: int) -> None:
+        self._send(f"-{pgid}")
+
+    def close(self) -> None:
+        """Everything was stopped cleanly: let the guard exit without touching anything."""
+        self._send("close")
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+
 class ChildFailed(OrchestrationError):
     """A supervised child exited with a code restarting cannot help (a configuration error)."""
 
@@ -325,18 +395,34 @@ class Supervisor:
 
     ``check`` is called from the owner's loop (main thread: see ``start_child`` on the death signal). Each
     restart is reported through ``say`` with the exit code, the last lines of the child's log and the delay.
+    If the owner dies without ``stop`` (even by SIGKILL), each child gets SIGTERM from the kernel and its whole
+    process group SIGTERM then, ``guard_kill_after`` seconds later, SIGKILL from the guard process.
     """
 
     def __init__(self, policy: RestartPolicy | None = None, say: Callable[[str], None] = print,
-                 on_start: Callable[[Supervised], None] | None = None) -> None:
+                 on_start: Callable[[Supervised], None] | None = None,
+                 guard_kill_after: float | None = GUARD_KILL_AFTER) -> None:
         self.policy = policy or RestartPolicy()
         self.say = say
         self.on_start = on_start
         self.entries: list[Supervised] = []
+        self.guard: Guard | None = Guard(guard_kill_after) if guard_kill_after is not None else None
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_path: Path | None,
+               cwd: Path | None) -> Child:
+        child = start_child(name, argv, env=env, log_path=log_path, cwd=cwd)
+        if self.guard is not None:
+            self.guard.register(child.pid)  # the child leads its own process group: pgid == pid
+        return child
+
+    def _retire(self, child: Child, timeout: float) -> None:
+        child.stop(timeout=timeout)
+        if self.guard is not None:
+            self.guard.unregister(child.pid)
 
     def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path | None = None,
               cwd: Path | None = None) -> Child:
-        child = start_child(name, argv, env=env, log_path=log_path, cwd=cwd)
+        child = self._spawn(name, argv, env, log_path, cwd)
         entry = Supervised(name=name, argv=list(argv), env=dict(env), log_path=log_path, cwd=cwd, child=child,
                            started_at=time.monotonic())
         self.entries.append(entry)
@@ -363,7 +449,7 @@ class Supervisor:
                 code = entry.child.popen.poll()
                 if code is None:
                     continue
-                entry.child.stop(timeout=1.0)  # whatever it started goes too; closes its log
+                self._retire(entry.child, 1.0)  # whatever it started goes too; closes its log
                 entry.last_code = code
                 tail = tail_of(entry.log_path)
                 if code in self.policy.fatal_codes:
@@ -376,8 +462,7 @@ class Supervisor:
                 self.say(f"{entry.name} (pid {entry.child.pid}) exited with code {code} after {ran:.1f} s; "
                          f"restarting it in {entry.delay:g} s. Last lines of {entry.log_path}:\n{tail}")
             if entry.restart_at is not None and now >= entry.restart_at:
-                entry.child = start_child(entry.name, entry.argv, env=entry.env, log_path=entry.log_path,
-                                          cwd=entry.cwd)
+                entry.child = self._spawn(entry.name, entry.argv, entry.env, entry.log_path, entry.cwd)
                 entry.started_at = time.monotonic()
                 entry.restart_at = None
                 entry.restarts += 1
@@ -395,7 +480,13 @@ class Supervisor:
             now = [e for e in left if selects(e)]
             left = [e for e in left if not selects(e)]
             stop_children([e.child for e in now], timeout)
+        for entry in self.entries:
+            if self.guard is not None:
+                self.guard.unregister(entry.child.pid)
         self.entries.clear()
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
 
 
 def tail_of(path: Path | None, lines: int = 12) -> str:

@@ -1,75 +1,160 @@
-"""``splash-flows up`` end to end: one command starts server (SQLite), init, runner and watcher (when installed);
-files written into DIR/data733 end verified; SIGTERM stops every process it started."""
+"""``splash-flows up`` end to end with real processes: one command starts server (SQLite), init, runner and
+watcher; files written into DIR/data733 end verified; a watcher killed with SIGKILL while files arrive is
+restarted and misses nothing; ``up`` killed with SIGKILL takes every child with it (checked by PID); a restart
+comes back on the same port (the one fixed in the configuration); Ctrl-C with a run in flight stops all of it
+within 10 s."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from splash_flows.cli.up import READY_LINE
 from splash_flows.flows.deploy import trigger_deployment
 from splash_flows.ledger import Ledger
-from splash_flows.processes import child_env, free_port, python_argv, start_child
+from splash_flows.processes import Child, child_env, free_port, pid_alive, python_argv, start_child
 from tests.integration.conftest import descendants, wait_final, write_like_a_detector
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_up_runs_the_whole_stack_and_ctrl_c_stops_all_of_it(tmp_path: Path) -> None:
-    root = tmp_path / "up"
-    port = free_port()
+def _start_up(root: Path, log: Path, *extra: str) -> Child:
     env = child_env()
     env.pop("PREFECT_API_URL", None)
     env.pop("SPLASH_FLOWS_CONFIG", None)
-    up = start_child("up", python_argv("-m", "splash_flows", "up", "--root", str(root), "--port", str(port),
-                                       "--no-ui", "--limit", "2"), env=env, log_path=tmp_path / "up.log")
+    up = start_child("up", python_argv("-m", "splash_flows", "up", "--root", str(root), "--no-ui", "--limit", "2",
+                                       *extra), env=env, log_path=log)
+    deadline = time.monotonic() + 300
+    while READY_LINE not in (log.read_text(errors="replace") if log.exists() else ""):
+        assert up.alive(), log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return up
+
+
+def _state(root: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((root / "up.json").read_text())
+    return data
+
+
+def _verified(root: Path, paths: list[str]) -> dict[str, int]:
+    ledger = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
     try:
-        deadline = time.monotonic() + 240
-        while READY_LINE not in (tmp_path / "up.log").read_text(errors="replace"):
-            assert up.alive(), (tmp_path / "up.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()
-            time.sleep(0.5)
-        out = (tmp_path / "up.log").read_text()
+        return {t: ledger.count_verified(t, paths, "data733") for t in ("lamarr", "cfs")}
+    finally:
+        ledger.close()
+
+
+def _wait_verified(root: Path, paths: list[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while (counts := _verified(root, paths)) != {"lamarr": len(paths), "cfs": len(paths)}:
+        assert time.monotonic() < deadline, f"only {counts} of {len(paths)} verified"
+        time.sleep(0.3)
+
+
+def _wait_dead(pids: list[int], timeout: float) -> list[str]:
+    """PIDs (with their command line) still alive after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if pid_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    out = []
+    for pid in alive:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out.append(f"{pid}: {cmd[:150]}")
+    return out
+
+
+def test_up_supervises_its_children_keeps_its_port_and_never_leaves_one_behind(tmp_path: Path) -> None:
+    root = tmp_path / "up"
+    port = free_port()
+    log = tmp_path / "up.log"
+    up = _start_up(root, log, "--port", str(port))
+    again: Child | None = None
+    try:
+        out = log.read_text()
         api_url = f"http://127.0.0.1:{port}/api"
         assert api_url in out and "deployment run_733_dispatcher: deployed" in out
-        assert (root / "splash-flows.yaml").is_file() and (root / "logs" / "server.log").is_file()
+        state = _state(root)
+        assert state["pid"] == up.pid and state["api_url"] == api_url
+        assert {"server", "runner", "watcher"} <= set(state["children"])
+
+        # by hand, as the ready message says
         paths = [f"ALS-1/scan {i} ü.edf" for i in range(4)]
         for rel in paths:
             write_like_a_detector(root / "data733" / rel, 30_000)
-        runs = trigger_deployment(api_url, [paths])  # the watcher, when installed, sends them too: harmless
-        states = wait_final(api_url, runs, timeout=120)
-        assert all(s.is_completed() for s in states.values())
-        ledger = Ledger.open(f"sqlite:///{root / 'ledger.db'}")
-        try:
-            assert {t: ledger.count_verified(t, paths, "data733") for t in ("lamarr", "cfs")} == {
-                "lamarr": 4, "cfs": 4}
-        finally:
-            ledger.close()
+        runs = trigger_deployment(api_url, [paths])  # the watcher sends them too: harmless
+        assert all(s.is_completed() for s in wait_final(api_url, runs, timeout=120).values())
+        _wait_verified(root, paths, timeout=30)
         status = subprocess.run(python_argv("-m", "splash_flows", "--config", str(root / "splash-flows.yaml"),
-                                            "status", "--json"), env=env, capture_output=True, text=True,
+                                            "status", "--json"), env=child_env(), capture_output=True, text=True,
                                 timeout=60, check=True)
         rows = {r["path"]: r for r in json.loads(status.stdout)}
         assert all(rows[p]["copies"]["cfs"]["state"] == "verified" for p in paths)
 
+        # the watcher dies by SIGKILL while files arrive: restarted at once, nothing missed
+        dead_watcher = state["children"]["watcher"]
+        arriving = [f"ALS-2/frame_{i:02d}.edf" for i in range(8)]
+        for i, rel in enumerate(arriving):
+            write_like_a_detector(root / "data733" / rel, 20_000, pause=0.05)
+            if i == 2:
+                os.kill(dead_watcher, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _state(root)["children"]["watcher"] == dead_watcher:
+            assert up.alive() and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert pid_alive(_state(root)["children"]["watcher"])
+        assert f"watcher (pid {dead_watcher}) exited with code -9" in log.read_text()
+        _wait_verified(root, arriving)  # no trigger by hand: the restarted watcher found them
+
+        # `up` killed with SIGKILL: every child it started goes too
         family = descendants(up.pid)
-        assert len(family) >= 2  # at least the server and the runner
-        up.popen.send_signal(signal.SIGTERM)  # to `up` alone, as systemd or a terminal would
-        assert up.popen.wait(timeout=120) == 0
-        time.sleep(0.5)
-        assert [pid for pid in family if _alive(pid)] == []
-        assert "stopped." in (tmp_path / "up.log").read_text()
+        assert set(_state(root)["children"].values()) <= set(family)
+        up.popen.send_signal(signal.SIGKILL)
+        up.popen.wait(timeout=10)
+        assert _wait_dead(family, timeout=30) == [], "children outlived `up`"
+
+        # started again at once, without --port: the port fixed in the configuration, not a random one
+        config = root / "splash-flows.yaml"
+        data = yaml.safe_load(config.read_text())
+        data["up"] = {"port": port}
+        config.write_text(yaml.safe_dump(data), encoding="utf-8")
+        log2 = tmp_path / "up-again.log"
+        again = _start_up(root, log2)
+        assert _state(root)["api_url"] == api_url
+
+        # Ctrl-C with a run in flight: everything stops within 10 s
+        burst = [f"ALS-3/burst_{i:03d}.edf" for i in range(300)]
+        for rel in burst:
+            (root / "data733" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "data733" / rel).write_bytes(os.urandom(300_000))
+        trigger_deployment(api_url, [burst])
+        deadline = time.monotonic() + 120
+        while not (root / "lamarr" / "ALS-3").is_dir() or len(list((root / "lamarr" / "ALS-3").iterdir())) < 5:
+            assert time.monotonic() < deadline, "the burst never started"
+            time.sleep(0.02)
+        family = descendants(again.pid)
+        in_flight = _verified(root, burst)
+        again.popen.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        code = again.popen.wait(timeout=60)
+        took = time.monotonic() - began
+        assert min(in_flight.values()) < len(burst), "the burst finished before Ctrl-C"
+        assert code == 0, log2.read_text()
+        assert took < 10, f"stopping took {took:.1f} s"
+        assert _wait_dead(family, timeout=2) == []
+        assert "stopped in" in log2.read_text() and not (root / "up.json").exists()
     finally:
-        up.stop(timeout=30)
+        for child in (up, again):
+            if child is not None:
+                child.stop(timeout=30)

@@ -171,3 +171,33 @@ def test_stop_ends_children_that_ignore_sigint_and_their_own_session_runs_within
     took = time.monotonic() - start
     assert not stubborn.alive() and not polite.alive() and not pid_alive(flow_run)
     assert took < 5, took
+
+
+SUPERVISOR_PARENT = """
+import sys, time
+from pathlib import Path
+from splash_flows.processes import Supervisor, child_env
+STUBBORN = '''
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a child slow to stop (a watcher busy retrying a trigger)
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print(os.getpid(), helper.pid, flush=True)
+time.sleep(600)
+'''
+sup = Supervisor(say=lambda _l: None, guard_kill_after=1.0)
+child = sup.start("watcher", [sys.executable, "-c", STUBBORN], env=child_env(), log_path=Path(sys.argv[1]))
+time.sleep(600)
+"""
+
+
+def test_a_supervisor_killed_with_sigkill_takes_even_a_child_ignoring_sigterm_and_its_group(tmp_path: Path) -> None:
+    log = tmp_path / "stubborn.log"
+    parent = subprocess.Popen([sys.executable, "-c", SUPERVISOR_PARENT, str(log)], env=child_env())
+    try:
+        assert _wait(lambda: log.exists() and len(log.read_text().split()) == 2)
+        child, helper = (int(x) for x in log.read_text().split())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _wait(lambda: not pid_alive(child) and not pid_alive(helper), 15), "the group outlived its parent"
+    finally:
+        parent.kill()
