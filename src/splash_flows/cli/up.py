@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,8 +276,11 @@ def up(
         began = time.monotonic()
         stack.stop()
         console.print(f"stopped in {time.monotonic() - began:.1f} s.", highlight=False)
-        if code:
-            raise typer.Exit(code)
+        # Exit now: the init imported Prefect's client, whose exit hooks would spend seconds trying to reach
+        # the server just stopped. Every child is stopped and every log closed; nothing is left to flush.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     finally:
         stack.stop()
         for sig, handler in previous.items():

@@ -113,6 +113,7 @@ class InProcessRunner:
         self._by_id: dict[UUID, ServedDeployment] = {}
         # claimed runs that could not be started nor yet given back (the API failed too): retried each loop
         self._to_release: dict[UUID, str] = {}
+        self._stop_at: float | None = None
 
     @property
     def pools(self) -> list[str]:
@@ -122,7 +123,9 @@ class InProcessRunner:
     # ------------------------------------------------------------------------------------------ control
 
     def stop(self) -> None:
-        """Ask the loop to stop claiming runs; in-flight runs are given ``grace_seconds`` to finish."""
+        """Ask the loop to stop claiming runs; in-flight runs are given ``grace_seconds`` from now to finish."""
+        if not self._stop.is_set():
+            self._stop_at = time.monotonic()
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -183,10 +186,10 @@ class InProcessRunner:
             self._resolve(api)
         for pool in self.pools:
             free = self.limit - len(self._active)
-            if free <= 0:
+            if free <= 0 or self._stop.is_set():
                 return
             for flow_run in api.scheduled_runs(pool, datetime.now(UTC)):
-                if free <= 0:
+                if free <= 0 or self._stop.is_set():
                     break
                 dep = self._by_id.get(flow_run.deployment_id) if flow_run.deployment_id else None
                 if dep is None:
@@ -258,9 +261,9 @@ class InProcessRunner:
             (log.error if err is not None else log.info)("flow run %s of %s finished: %s", run_id, name, outcome)
 
     def drain(self, api: RunAPI) -> int:
-        """After ``stop``: give in-flight runs ``grace_seconds``, then mark those still running Crashed.
-        Returns 0 when none was left, else 1."""
-        deadline = time.monotonic() + self.grace_seconds
+        """After ``stop``: give in-flight runs what is left of ``grace_seconds`` (counted from ``stop``), then
+        mark those still running Crashed. Returns 0 when none was left, else 1."""
+        deadline = (self._stop_at if self._stop_at is not None else time.monotonic()) + self.grace_seconds
         while self._active and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
