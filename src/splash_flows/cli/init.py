@@ -1,7 +1,8 @@
 """``splash-flows init-work-pools``: make a Prefect server ready for the 7.3.3 flows.
 
-Waits for the server's health, creates the missing work pools (process type, with concurrency limits) and
-deploys ``prefect.yaml`` (``prefect --no-prompt deploy`` in the folder holding it). Safe to run again.
+Waits for the server's health, creates the missing work pools (process type, with concurrency limits), gives
+existing pools the limits the flows need (``prune_733_pool`` serial; a pool made by hand has none) and deploys
+``prefect.yaml`` (``prefect --no-prompt deploy`` in the folder holding it). Safe to run again.
 The same code runs as ``flows/bl733/init_work_pools.py`` for operators who follow the seed's instructions.
 """
 
@@ -30,10 +31,12 @@ def init_work_pools(
     api_url: str | None = typer.Option(None, "--api-url", help=API_URL_HELP),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for the server's health."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=256,
-                                    help="Concurrency limit of each pool created (prune_733_pool gets 1)."),
+                                    help="Concurrency limit of each pool created or left without one "
+                                         "(prune_733_pool: 1)."),
     name: list[str] = typer.Option([], "--name", help="Deploy only this deployment (repeatable; default: all)."),
 ) -> None:
-    """Wait for the Prefect server, create missing work pools, deploy prefect.yaml. Running it twice changes nothing."""
+    """Wait for the Prefect server, create missing work pools (and set the limits existing ones need), deploy
+    prefect.yaml. Running it twice changes nothing."""
     with fail_cleanly():
         url = resolve_api_url(api_url)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
