@@ -281,7 +281,8 @@ def stop_children(children: Iterable[Child], timeout: float) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 2.0
-    while busy() and time.monotonic() < deadline:
+    strays = [pid for pids in family.values() for pid in pids]
+    while (busy() or any(pid_alive(p) for p in strays)) and time.monotonic() < deadline:
         time.sleep(0.05)
     for child in children:
         child.stop(timeout=1.0)  # reaps, closes the log; at once when already gone

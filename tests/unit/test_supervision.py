@@ -170,7 +170,7 @@ def test_stop_ends_children_that_ignore_sigint_and_their_own_session_runs_within
     stop_children([stubborn, polite], timeout=1.0)
     took = time.monotonic() - start
     assert not stubborn.alive() and not polite.alive() and not pid_alive(flow_run)
-    assert took < 5, took
+    assert took < 8, took  # 1 s for SIGINT, then SIGKILL: bounded even for a child that ignores SIGINT
 
 
 SUPERVISOR_PARENT = """
