@@ -40,7 +40,8 @@ def _write(root: Path, proposal_folder: str, n: int) -> list[str]:
     return [p.relative_to(root).as_posix() for p in written]
 
 
-def test_a_scan_without_its_sidecar_is_catalogued_on_the_clock_with_the_folder_proposal(make_ctx: Callable[..., Context]) -> None:
+def test_a_scan_without_its_sidecar_is_catalogued_on_the_clock_with_the_folder_proposal(
+        make_ctx: Callable[..., Context]) -> None:
     ctx = make_ctx(settle_seconds=1.5)
     root = Path(ctx.config.tiers["data733"].root)
     paths = [p for p in _write(root, "ALS-11111_Smith", 1) if p.endswith(".edf")]
