@@ -33,6 +33,11 @@ Listening starts BEFORE the backfill scan, so nothing written during the scan is
 detected but not yet in the outbox when the process dies is found again by the next startup backfill; a batch
 in the outbox is replayed with its stored idempotency key, so a batch Prefect accepted just before a
 ``kill -9`` does not become a second run.
+
+What is a file to move at all is ``splash_flows.selection.MoveRule`` (shared with reconcile and the dispatcher).
+Layout: ``base`` (state, types, path rules), ``readiness`` (events, quiet periods, rewritten files marked
+stale), ``batching`` (per-folder batches into the outbox), ``outbox`` (sending in order), ``scan`` (backfill and
+rescans over ``tiers.local.list_tree``), ``core`` (``Watcher``: observer, threads, stop).
 """
 
 from splash_flows.watcher.base import Trigger, Version, WatchEvent, WatchHook

@@ -108,8 +108,6 @@ def _decode(path: bytes | str) -> str:
     return os.fsdecode(path)
 
 
-
-
 class WatcherBase:
     """The watcher's shared state and path rules; the mixins of this package add readiness, batching,
     sending and scanning, and ``core.Watcher`` puts them together."""

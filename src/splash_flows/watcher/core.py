@@ -52,8 +52,6 @@ _WATCHED_EVENTS: list[type[FileSystemEvent]] = [
 ]
 
 
-
-
 class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
     """Watches the move source tier's root and turns ready files into dispatcher runs through ``trigger``.
 
@@ -163,7 +161,6 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
                 raise TierError(f"the file observer on {self.root} stopped (root deleted or unmounted?)",
                                 tier=self.tier)
         self.flush_batches(time.monotonic(), force=True, notify=False)
-
 
 
 def run_until_signalled(watcher: Watcher) -> int:

@@ -278,7 +278,6 @@ class ReadinessMixin(WatcherBase):
             self._emit("ready", (rel,), closed_at=closed_at, size=sizes[rel])
 
 
-
 def files_open_for_writing(paths: list[Path]) -> set[str] | None:
     """The real paths among ``paths`` that a process on this host holds open for writing, from ``/proc``.
 
