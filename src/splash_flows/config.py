@@ -53,6 +53,11 @@ class LocalTierConfig(_Model):
         description="After fsync, drop the copy's pages from the page cache so the verifying re-read comes "
         "from the device rather than memory.",
     )
+    preserve_mode: bool = Field(
+        default=True,
+        description="Give each copy on this tier its source's permission bits (as `cp -p` does), so a 0640 file "
+        "does not arrive world-readable. False: copies get 0644 minus the umask of the process writing them.",
+    )
 
 
 def _uuid_text(value: str, what: str) -> str:
@@ -117,6 +122,11 @@ class MoveConfig(_Model):
         default_factory=list,
         description="Glob patterns (tier-relative) of export-controlled paths the dispatcher must refuse.",
     )
+    recover_after_s: float = Field(
+        default=60.0, ge=0,
+        description="A file verified on every target this long ago that the catalogue step or the prune schedule "
+        "never recorded (its run was killed between steps) is taken up by the next run, `catalog retry` or "
+        "`reconcile`. The wait keeps a live run's own files out of another run's hands.")
 
 
 class GlobusTransferConfig(_Model):
@@ -241,6 +251,20 @@ class DatasetConfig(_Model):
         description="A scan missing an expected file (sidecar, lo frame, .gb) waits this long after its newest "
         "file before it is catalogued without it (the file may still be on its way).")
     thumbnail_size: int = Field(default=256, ge=16, le=2048, description="Longer side of previews, pixels.")
+    proposal_folder_pattern: str = Field(
+        default=r"(?P<proposal>(?:ALS[-_ ]?)?\d{5})(?:_.*)?",
+        description="Regular expression (full match, case-insensitive) of a folder named for a proposal; the "
+        "proposal of a scan without a readable sidecar is taken from the first such folder of its path (group "
+        "'proposal' if present). Default: 00622, ALS-00622, ALS-11111_<PI> as 7.3.3 names user folders.")
+
+    @field_validator("proposal_folder_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a regular expression: {err}") from None
+        return value
 
     @field_validator("contact_email")
     @classmethod
@@ -248,7 +272,10 @@ class DatasetConfig(_Model):
         if value and not _EMAIL.match(value):
             raise ValueError(f"{value!r} is not an e-mail address")
         return value
-DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "*~", "*.swp")
+#: Names that are never files to move (``splash_flows.selection``): hidden files (``.DS_Store``, ``.~lock.*#``,
+#: ``.name.part``), temporary and half-written files of other programs, editor and office lock files.
+DEFAULT_IGNORE_PATTERNS = (".*", "*.tmp", "*.part", "*~", "*.swp", "*.swx", ".DS_Store", "~lock*", ".~lock*",
+                           "~$*", "Thumbs.db", "desktop.ini")
 
 
 class WatcherConfig(_Model):
@@ -267,7 +294,8 @@ class WatcherConfig(_Model):
     ignore_patterns: list[str] = Field(
         default_factory=lambda: list(DEFAULT_IGNORE_PATTERNS),
         description="Glob patterns matched against every path component's name: matching files are never sent "
-        "and matching folders are not descended into (temporary and hidden files by default).")
+        "and matching folders are not descended into (hidden, temporary and lock files by default). The ONE "
+        "rule of what is a file to move: the watcher, backfill, rescans, reconcile and the dispatcher all use it.")
     batch_window_s: float = Field(
         default=1.0, ge=0, le=3600,
         description="Ready files of one folder are collected this long after the first one, then sent as one batch.")

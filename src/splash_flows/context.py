@@ -63,7 +63,8 @@ def build_tier(name: str, config: Config, *, ledger: Ledger | None = None,
     tier_cfg = config.tier(name)
     if isinstance(tier_cfg, LocalTierConfig):
         return LocalTier(name, tier_cfg.root, config.checksum, concurrency=config.move.concurrency,
-                         verify_from_disk=tier_cfg.verify_from_disk)
+                         verify_from_disk=tier_cfg.verify_from_disk,
+                         preserve_mode=tier_cfg.preserve_mode)
     if isinstance(tier_cfg, GlobusTierConfig):
         session = globus if globus is not None else build_globus_session(config)
         return GlobusTier(name, tier_cfg, config.checksum, session,

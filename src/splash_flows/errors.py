@@ -150,3 +150,12 @@ class ExportControlledError(TierError):
 
 class ServerUnavailableError(OrchestrationError):
     """The Prefect server did not answer its health check in time. The message names the URL."""
+
+
+class NotAFileToMove(TierError):
+    """A path the one rule of ``selection.MoveRule`` excludes: an ignored name (temporary, hidden, lock file)
+    or a name that is not valid UTF-8."""
+
+
+class WalkIncomplete(TierError):
+    """A walk of a tier could not read part of the tree (a folder that cannot be listed); the rest was walked."""

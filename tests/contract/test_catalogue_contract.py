@@ -91,6 +91,22 @@ def test_upsert_of_an_existing_scan_does_not_rewrite_it(harness: Harness) -> Non
     assert harness.stored_datasets() == 1
 
 
+def test_replace_files_gives_the_dataset_its_new_file_list_and_size(harness: Harness) -> None:
+    """Issue 9 item 6: a file rewritten in place gets its new checksum in the dataset, one file list kept."""
+    doc = sample_doc(locations=[location("bl733-data")])
+    pid = harness.catalogue.upsert(doc)
+    changed = doc.files[0].model_copy(update={"chk": "f" * 32, "size": doc.files[0].size + 10})
+    new_files = [changed, *doc.files[1:]]
+    harness.catalogue.replace_files(pid, new_files, doc.checksum_algorithm)
+    harness.catalogue.replace_files(pid, new_files, doc.checksum_algorithm)  # idempotent
+    entry = harness.catalogue.get(pid)
+    assert entry.doc.files == new_files and entry.doc.size == doc.size + 10
+    assert entry.doc.model_copy(update={"files": doc.files}) == doc  # nothing else changed
+    assert harness.stored_datasets() == 1 and harness.stored_file_lists() == 1
+    with pytest.raises(CatalogueError):
+        harness.catalogue.replace_files("no/such-pid", new_files, doc.checksum_algorithm)
+
+
 def test_find_by_scan_key(harness: Harness) -> None:
     doc = sample_doc()
     pid = harness.catalogue.upsert(doc)

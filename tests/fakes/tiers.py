@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from splash_flows.errors import TierError
-from splash_flows.tiers.base import CopyItem, CopyOutcome, FileStat, ProgressCallback, Tier
+from splash_flows.tiers.base import CopyItem, CopyOutcome, FileStat, ProgressCallback, Tier, WalkProblem
 
 
 class SimulatedCrash(BaseException):
@@ -65,8 +65,9 @@ class ObservedTier:
             raise SimulatedCrash(f"crash after deleting {list(paths)} on {self.name}")
         return out
 
-    def walk(self, prefix: str = "") -> Iterator[FileStat]:
-        return self.inner.walk(prefix)
+    def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
+             problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
+        return self.inner.walk(prefix, ignore=ignore, problems=problems)
 
     def url(self, path: str) -> str:
         return self.inner.url(path)

@@ -112,3 +112,33 @@ def test_a_refused_scan_fails_the_run_naming_it(prefect_harness: None, tmp_path:
     assert len(fake.datasets) == 2  # the rest of the batch was catalogued
     root = tmp_path / "site"
     assert all((root / "cfs" / p).read_bytes() == (root / "data733" / p).read_bytes() for p in paths)
+
+
+def test_the_clock_flow_catalogues_a_scan_whose_sidecar_wait_ended(prefect_harness: None, tmp_path: Path) -> None:
+    """Issue 9 item 4: ``catalogue_retry_733`` (deployed every minute) finishes a waiting scan by itself."""
+    from splash_flows.flows.bl733.catalogue import catalogue_retry_733
+    from splash_flows.services.catalogue import catalogue_batch
+    from splash_flows.services.move import move_files
+
+    cfg_path, paths = site(tmp_path)
+    data = yaml.safe_load(cfg_path.read_text())
+    data["dataset"] = {"settle_seconds": 3600}
+    cfg_path.write_text(yaml.safe_dump(data))
+    root = Path(data["tiers"]["data733"]["root"])
+    single = next(p for p in paths if p.endswith("_2m.txt") and "_hi_" not in p and "_lo_" not in p)
+    (root / single).unlink()  # its sidecar never comes
+    paths.remove(single)
+    ctx = build_context(load_config_file(cfg_path))
+    try:
+        move_files(ctx, paths).raise_for_failures()
+        assert catalogue_batch(ctx, paths).pending  # waiting for the sidecar
+        data["dataset"] = {"settle_seconds": 0}  # ... until its wait ends (as if an hour had passed)
+        cfg_path.write_text(yaml.safe_dump(data))
+        state = catalogue_retry_733(config_path=str(cfg_path), return_state=True)
+        assert state.is_completed() and state.name == "Completed", state.message
+        key = single.removesuffix(".txt")
+        entry = ctx.catalogue().find(key)
+        assert entry is not None and any("sidecar missing" in e for e in entry.doc.errors)
+        assert {s.state for s in file_states(ctx.ledger).values()} == {"catalogued"}
+    finally:
+        ctx.close()

@@ -26,7 +26,8 @@ def test_prefect_yaml_declares_the_seed_deployments_on_their_pools() -> None:
     specs = {s.name: s for s in read_deployment_specs()}
     assert {n: s.pool for n, s in specs.items()} == {
         "run_733_dispatcher": "dispatcher_733_pool", "new_file_733": "new_file_733_pool",
-        "prune_733": "prune_733_pool", "flight_check_733": "dispatcher_733_pool"}
+        "prune_733": "prune_733_pool", "flight_check_733": "dispatcher_733_pool",
+        "catalogue_retry_733": "dispatcher_733_pool"}
     assert specs["run_733_dispatcher"].entrypoint == "splash_flows.flows.bl733.dispatcher.dispatcher"
     assert specs["new_file_733"].entrypoint == "splash_flows.flows.bl733.move.new_file_733"
     for spec in specs.values():
@@ -45,6 +46,8 @@ def test_prefect_yaml_is_honest_about_version_code_location_and_schedules() -> N
     deps = {d["name"]: d for d in data["deployments"]}
     assert deps["prune_733"]["schedules"][0]["interval"] == 3600
     assert deps["flight_check_733"]["schedules"][0]["interval"] == 12 * 3600
+    # issue 9 item 4: scans waiting for their sidecar are retried on a clock, not only when a run happens
+    assert deps["catalogue_retry_733"]["schedules"][0]["interval"] == 60
     assert "schedules" not in deps["run_733_dispatcher"]
     for name in ("run_733_dispatcher", "new_file_733"):
         assert deps[name]["parameters"] == {"config_path": None}

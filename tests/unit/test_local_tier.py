@@ -141,3 +141,48 @@ def test_copy_from_unsupported_kind(tiers: tuple[LocalTier, LocalTier]) -> None:
 
     with pytest.raises(TierError, match="cannot copy from a globus tier"):
         dst.copy_from(Other(), [CopyItem("a")])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o600, 0o444, 0o755])
+def test_copy_keeps_the_source_permission_bits(tiers: tuple[LocalTier, LocalTier], mode: int) -> None:
+    """Issue 9 item 7: as ``cp -p`` and Globus do (a 0640 file arrived as 0644)."""
+    src, dst = tiers
+    p = write_file(src.root, "P/a.edf", os.urandom(1000))
+    p.chmod(mode)
+    (res,) = dst.copy_from(src, [CopyItem("P/a.edf")])
+    assert isinstance(res, CopyResult) and not res.skipped
+    assert os.stat(dst.root / "P/a.edf").st_mode & 0o7777 == mode
+
+
+def test_a_copy_already_there_gets_the_source_permission_bits(tiers: tuple[LocalTier, LocalTier]) -> None:
+    src, dst = tiers
+    p = write_file(src.root, "P/a.edf", b"same bytes")
+    p.chmod(0o640)
+    q = write_file(dst.root, "P/a.edf", b"same bytes")
+    q.chmod(0o666)
+    (res,) = dst.copy_from(src, [CopyItem("P/a.edf")])
+    assert isinstance(res, CopyResult) and res.skipped
+    assert os.stat(q).st_mode & 0o7777 == 0o640
+
+
+def test_permission_bits_are_configurable_per_tier(tmp_path: Path) -> None:
+    from splash_flows.config import default_config
+    from splash_flows.context import build_tier
+
+    cfg = default_config(tmp_path / "site")
+    lamarr = cfg.tiers["lamarr"].model_copy(update={"preserve_mode": False})
+    cfg = cfg.model_copy(update={"tiers": {**cfg.tiers, "lamarr": lamarr}})
+    for tier in cfg.tiers.values():
+        Path(tier.root).mkdir(parents=True, exist_ok=True)
+    src, plain, keeping = (build_tier(n, cfg) for n in ("data733", "lamarr", "cfs"))
+    assert isinstance(src, LocalTier) and isinstance(plain, LocalTier) and isinstance(keeping, LocalTier)
+    p = write_file(src.root, "a.edf", b"x" * 100)
+    p.chmod(0o640)
+    umask = os.umask(0o022)
+    try:
+        plain.copy_from(src, [CopyItem("a.edf")])
+        keeping.copy_from(src, [CopyItem("a.edf")])
+    finally:
+        os.umask(umask)
+    assert os.stat(plain.root / "a.edf").st_mode & 0o7777 == 0o644
+    assert os.stat(keeping.root / "a.edf").st_mode & 0o7777 == 0o640

@@ -91,6 +91,11 @@ class Catalogue(Protocol):
         """Add or update (by tier) one location in the dataset's history; never duplicates a tier."""
         ...
 
+    def replace_files(self, pid: str, files: list[DataFileDoc], checksum_algorithm: str) -> None:
+        """Make ``files`` the dataset's file list (a file rewritten in place after it was catalogued, or one
+        that arrived after the dataset was made). Idempotent; the dataset's size follows."""
+        ...
+
     def attach_thumbnail(self, pid: str, png: bytes, caption: str) -> None:
         """Attach a PNG preview to the dataset (replacing an earlier one with the same caption)."""
         ...

@@ -41,6 +41,7 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -49,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from splash_flows.catalogue._png import require_png
-from splash_flows.catalogue.base import CatalogueEntry, DatasetDoc, LocationDoc
+from splash_flows.catalogue.base import CatalogueEntry, DataFileDoc, DatasetDoc, LocationDoc
 from splash_flows.errors import CatalogueError, CatalogueUnavailable
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,20 @@ class EmbeddedCatalogue:
                 select(_Dataset.pid).where(_Dataset.scan_key == doc.scan_key)
             ).scalar_one()
             return existing
+
+    def replace_files(self, pid: str, files: list[DataFileDoc], checksum_algorithm: str) -> None:
+        """Replace the dataset's file list (and checksum algorithm) in its stored document."""
+        with self._db(f"replace the file list of dataset {pid}") as conn:
+            row = conn.execute(select(_Dataset.doc).where(_Dataset.pid == pid)).first()
+            if row is None:
+                raise CatalogueError(f"embedded catalogue has no dataset {pid}")
+            data = dict(row[0])
+            data["files"] = [f.model_dump(mode="json") for f in files]
+            data["checksum_algorithm"] = checksum_algorithm
+            doc = DatasetDoc.model_validate(data)
+            conn.execute(update(_Dataset).where(_Dataset.pid == pid)
+                         .values(doc=doc.model_dump(mode="json", exclude={"locations"}),
+                                 search_text=_search_text(doc)))
 
     def add_location(self, pid: str, location: LocationDoc) -> None:
         """Add or replace the location of ``location.tier``."""

@@ -15,7 +15,9 @@ Where our fields go in SciCat (v4 names):
 * ``locations`` -> ``scientificMetadata.splash_locations``, a list with at most one entry per tier, replaced
   as a whole with ``PATCH /api/v4/datasets/{pid}`` (read, modify, write);
 * ``errors`` -> ``scientificMetadata.splash_errors``;
-* ``files`` and ``checksum_algorithm`` -> exactly one OrigDatablock (``POST /api/v4/origdatablocks``);
+* ``files`` and ``checksum_algorithm`` -> exactly one OrigDatablock (``POST /api/v4/origdatablocks``); a
+  changed file list (a file rewritten in place) replaces its ``dataFileList`` with
+  ``PATCH /api/v4/origdatablocks/{id}``;
 * thumbnails -> v4 attachments (``/api/v4/attachments``) holding a ``data:image/png;base64,...`` URI, related
   to the dataset; one per caption, replaced in place with PATCH.
 
@@ -54,9 +56,10 @@ from scicat_sdk_py.models.credentials_dto import CredentialsDto
 from scicat_sdk_py.models.data_file import DataFile
 from scicat_sdk_py.models.partial_update_attachment_v4_dto import PartialUpdateAttachmentV4Dto
 from scicat_sdk_py.models.partial_update_dataset_dto import PartialUpdateDatasetDto
+from scicat_sdk_py.models.partial_update_orig_datablock_dto import PartialUpdateOrigDatablockDto
 
 from splash_flows.catalogue._png import require_png
-from splash_flows.catalogue.base import CatalogueEntry, DatasetDoc, LocationDoc
+from splash_flows.catalogue.base import CatalogueEntry, DataFileDoc, DatasetDoc, LocationDoc
 from splash_flows.errors import CatalogueError, CatalogueUnavailable
 
 log = logging.getLogger(__name__)
@@ -201,6 +204,11 @@ class SciCatCatalogue:
             f"add location {location.tier} to dataset {pid}", lambda: self._location_step(pid, location)
         )
 
+    def replace_files(self, pid: str, files: list[DataFileDoc], checksum_algorithm: str) -> None:
+        """Make ``files`` the ``dataFileList`` of the dataset's OrigDatablock (created if it has none)."""
+        self._retrying(f"replace the file list of dataset {pid}",
+                       lambda: self._replace_files_step(pid, files, checksum_algorithm))
+
     def attach_thumbnail(self, pid: str, png: bytes, caption: str) -> None:
         """Attach ``png`` as a data URI, replacing the thumbnail(s) of the dataset with the same caption."""
         require_png(png, pid)
@@ -260,6 +268,25 @@ class SciCatCatalogue:
                 pid,
             )
         return pid
+
+    def _replace_files_step(self, pid: str, files: list[DataFileDoc], checksum_algorithm: str) -> None:
+        context = f"dataset {pid}"
+        entry = self._entries([self._dataset_row(pid)], strict=True)[0]
+        doc = entry.doc.model_copy(update={"files": files, "checksum_algorithm": checksum_algorithm})
+        flt = {"where": {"datasetId": {"$in": [pid]}}, "limits": {"limit": 1, "skip": 0, "sort": {"_id": "asc"}}}
+        blocks = self._query(ORIGDATABLOCKS_ROUTE, flt, context=context)
+        if not blocks:
+            self._request("POST", ORIGDATABLOCKS_ROUTE, context, body=self._origdatablock_payload(doc, pid))
+            return
+        block_id = _require_str(blocks[0], "_id", context)
+        try:
+            dto = PartialUpdateOrigDatablockDto(
+                size=doc.size, chkAlg=checksum_algorithm,
+                dataFileList=[DataFile(path=f.path, size=f.size, time=f.time, chk=f.chk) for f in files])
+        except ValidationError as exc:
+            raise CatalogueError(f"{context}: cannot build the SciCat OrigDatablock update: {exc}") from exc
+        self._request("PATCH", f"{ORIGDATABLOCKS_ROUTE}/{block_id}", context, body=_dump(dto, context))
+        log.info("Replaced the file list of SciCat dataset %s (%d files)", pid, len(files))
 
     def _location_step(self, pid: str, location: LocationDoc) -> None:
         context = f"dataset {pid}"

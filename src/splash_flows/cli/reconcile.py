@@ -6,16 +6,21 @@ really happened). Triggers ``run_733_dispatcher`` in batches; ``--dry-run`` only
 The runs carry this command's configuration (``config_path``, the same rule as the watcher's:
 ``Config.flow_config_path``), so the runner or worker executing them looks at the same tiers and ledger as
 this command did, whatever its own ``$SPLASH_FLOWS_CONFIG`` says. The summary names the root looked at.
+
+It also heals the ledger's invariant in place (``services.reconcile.heal``): scans a killed run left out of the
+catalogue are catalogued and files left without prune dates get them. Works on any tree: a name that is not a
+file to move is refused with one line; a folder that cannot be listed is named and the exit code is 1.
 """
 
 from __future__ import annotations
 
 import typer
 
-from splash_flows.cli.common import console, fail_cleanly, print_json, state
+from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
 from splash_flows.cli.init import API_URL_HELP, resolve_api_url
 from splash_flows.context import build_context
-from splash_flows.services.reconcile import plan_reconcile
+from splash_flows.selection import record_refusals
+from splash_flows.services.reconcile import HealReport, heal, plan_reconcile, unfinished
 
 
 def reconcile(
@@ -33,8 +38,18 @@ def reconcile(
         st = state(ctx)
         config = st.load()
         context = build_context(config)
+        healed: HealReport | None = None
+        would_heal: tuple[list[str], int] = ([], 0)
         try:
             plan = plan_reconcile(context, prefix=prefix, min_age=min_age)
+            if dry_run:
+                would_heal = unfinished(context)
+            else:
+                record_refusals(context.ledger, config.move.source, plan.refused)
+                context.ledger.mark_source_changed(
+                    config.move.source, [(p, st_.size, st_.mtime) for p, st_ in plan.changed_stats.items()],
+                    seen_by="reconcile")
+                healed = heal(context)
         finally:
             context.close()
         run_ids: list[str] = []
@@ -55,11 +70,33 @@ def reconcile(
     if as_json:
         print_json({"source": source, "root": root, "config_path": flow_config, "to_send": plan.to_send,
                     "in_order": plan.in_order, "too_fresh": plan.too_fresh,
-                    "export_controlled": plan.export_controlled, "flow_runs": run_ids})
-        return
-    for path, why in plan.to_send.items():
-        console.print(f"{'would send' if dry_run else 'send'} {path}: {why}", highlight=False, markup=False)
-    console.print(f"looked at {source} root {root}: {len(plan.to_send)} file(s) to send, {plan.in_order} verified "
-                  f"everywhere, {len(plan.too_fresh)} too fresh, {len(plan.export_controlled)} export-controlled"
-                  + (f"; triggered {len(run_ids)} dispatcher run(s); {carried}" if run_ids else ""),
-                  highlight=False, markup=False, soft_wrap=True)
+                    "export_controlled": plan.export_controlled, "flow_runs": run_ids,
+                    "refused": {r.path: r.reason for r in plan.refused},
+                    "unreadable": {r.path: r.reason for r in plan.unreadable},
+                    "healed": healed.summary() if healed is not None else None,
+                    "would_heal": {"uncatalogued_scans": would_heal[0], "unscheduled_files": would_heal[1]}
+                    if dry_run else None})
+    else:
+        for r in plan.refused:
+            console.print(f"refused {r.path}: {r.reason}", highlight=False, markup=False)
+        for path, why in plan.to_send.items():
+            console.print(f"{'would send' if dry_run else 'send'} {path}: {why}", highlight=False, markup=False)
+        if dry_run and (would_heal[0] or would_heal[1]):
+            console.print(f"would catalogue {len(would_heal[0])} scan(s) never catalogued "
+                          f"({', '.join(would_heal[0][:5])}) and set prune dates of {would_heal[1]} file(s)",
+                          highlight=False, markup=False)
+        if healed is not None:
+            console.print(f"healed: {healed.describe()}", highlight=False, markup=False)
+        console.print(f"looked at {source} root {root}: {len(plan.to_send)} file(s) to send, {plan.in_order} "
+                      f"verified everywhere, {len(plan.too_fresh)} too fresh, {len(plan.export_controlled)} "
+                      f"export-controlled, {len(plan.refused)} refused"
+                      + (f"; triggered {len(run_ids)} dispatcher run(s); {carried}" if run_ids else ""),
+                      highlight=False, markup=False, soft_wrap=True)
+    for r in plan.unreadable:
+        err_console.print(f"[bold red]error:[/] cannot read {source}:{r.path}: {r.reason}",
+                          highlight=False, soft_wrap=True)
+    if plan.unreadable:
+        err_console.print(f"[bold red]error:[/] the walk of {source} root {root} is incomplete: "
+                          f"{len(plan.unreadable)} place(s) could not be read (fix their permissions and run "
+                          "reconcile again)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

@@ -277,3 +277,32 @@ def pruned_since(ledger: Ledger, file_ids: Sequence[int], tier: str) -> datetime
             if at is not None and (latest is None or at > latest):
                 latest = at
         return latest
+
+
+# ---------------------------------------------------------------------------------------------- the invariant
+
+
+def _verified_everywhere(source_tier: str, targets: Sequence[str]) -> Any:
+    """A condition on ``SourceFile``: a verified copy on every one of ``targets``."""
+    n_verified = (select(func.count()).select_from(Copy)
+                  .where(Copy.file_id == SourceFile.id, Copy.tier.in_(list(targets)), Copy.state == "verified")
+                  .scalar_subquery())
+    return (SourceFile.source_tier == source_tier) & (n_verified == len(set(targets)))
+
+
+def uncatalogued_files(ledger: Ledger, source_tier: str, targets: Sequence[str], *, verified_before: datetime,
+                       limit: int) -> list[str]:
+    """Paths verified on every target (the last copy verified before ``verified_before``) that the catalogue
+    step never recorded in any state: the files a run killed between its copy and its catalogue step left
+    behind. Oldest first, at most ``limit``."""
+    if not targets:
+        return []
+    last_verified = (select(func.max(Copy.verified_at)).where(Copy.file_id == SourceFile.id,
+                                                               Copy.tier.in_(list(targets)))
+                     .scalar_subquery())
+    linked = select(CatalogueFile.file_id).where(CatalogueFile.file_id == SourceFile.id).exists()
+    with ledger.session() as sess:
+        q = (select(SourceFile.path).where(~linked, _verified_everywhere(source_tier, targets),
+                                           last_verified < verified_before)
+             .order_by(SourceFile.id).limit(limit))
+        return list(sess.scalars(q))

@@ -339,3 +339,24 @@ def release(ledger: Ledger, c: Claim, *, now: datetime, reason: str, detail: dic
         sess.add(_event(EventKind.PRUNE_REFUSED, c.file, c.copy.tier,
                         {"reason": reason, "claim_held": held, **detail}, now))
         return held
+
+
+def unscheduled_file_ids(ledger: Ledger, source_tier: str, targets: Sequence[str], rule_tiers: Sequence[str], *,
+                         verified_before: datetime, limit: int) -> list[int]:
+    """Files verified on every move target (before ``verified_before``) with a copy on a tier that has a
+    retention rule but no due date: what a run killed before its scheduling step left behind. Oldest first."""
+    if not targets or not rule_tiers:
+        return []
+    n_verified = (select(func.count()).select_from(Copy)
+                  .where(Copy.file_id == SourceFile.id, Copy.tier.in_(list(targets)),
+                         Copy.state == CopyState.VERIFIED).scalar_subquery())
+    last_verified = (select(func.max(Copy.verified_at)).where(Copy.file_id == SourceFile.id,
+                                                               Copy.tier.in_(list(targets))).scalar_subquery())
+    undated = (select(Copy.id).where(Copy.file_id == SourceFile.id, Copy.tier.in_(list(rule_tiers)),
+                                     Copy.prune_due_at.is_(None),
+                                     Copy.state.not_in([CopyState.PRUNED, *CLAIMED])).exists())
+    with ledger.session() as sess:
+        q = (select(SourceFile.id).where(SourceFile.source_tier == source_tier, undated,
+                                         n_verified == len(set(targets)), last_verified < verified_before)
+             .order_by(SourceFile.id).limit(limit))
+        return list(sess.scalars(q))

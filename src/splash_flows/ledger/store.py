@@ -295,6 +295,39 @@ class Ledger:
             copy.updated_at = now
         return _record(row)
 
+    def mark_source_changed(self, tier: str, seen: Sequence[tuple[str, int, float]], *, seen_by: str) -> list[str]:
+        """Files seen on ``tier`` with a (size, mtime) other than the registered one: rewritten in place. Their
+        verified copies on other tiers become ``stale`` at once (``status`` shows it) and a ``source_changed``
+        event records what was seen; the file row keeps the old version and checksum until the move registers
+        the new one (which logs the old checksum). Returns the paths marked; unknown or unchanged ones are
+        left alone. One transaction."""
+        if not seen:
+            return []
+        now = utcnow()
+        marked: list[str] = []
+        by_path = {path: (size, mtime) for path, size, mtime in seen}
+        with self.session() as sess:
+            for chunk in in_chunks(list(by_path)):
+                rows = sess.scalars(select(SourceFile).where(SourceFile.source_tier == tier,
+                                                             SourceFile.path.in_(chunk)))
+                for row in rows:
+                    size, mtime = by_path[row.path]
+                    if (row.size, row.mtime) == (size, mtime):
+                        continue
+                    staled = []
+                    for copy in row.copies:
+                        if copy.tier != tier and copy.state == CopyState.VERIFIED:
+                            copy.state, copy.updated_at = CopyState.STALE, now
+                            staled.append(copy.tier)
+                    if not staled:
+                        continue
+                    sess.add(_event(EventKind.SOURCE_CHANGED, row, tier, at=now, detail={
+                        "seen_by": seen_by, "stale": sorted(staled),
+                        "old": {"size": row.size, "mtime": row.mtime, "checksum": row.checksum},
+                        "new": {"size": size, "mtime": mtime, "checksum": None}}))
+                    marked.append(row.path)
+        return marked
+
     def get_source(self, tier: str, path: str) -> SourceRecord | None:
         with self.session() as sess:
             row = sess.scalars(_source_query(tier, path)).first()

@@ -80,6 +80,7 @@ from splash_flows.ledger import catalogue as ledger_cat
 from splash_flows.ledger.catalogue import LedgerFile, ScanRecord
 from splash_flows.ledger.models import CatalogueState
 from splash_flows.paths import normalize_relpath
+from splash_flows.selection import MoveRule
 from splash_flows.tiers.base import CopyItem, CopyResult
 from splash_flows.tiers.local import LocalTier
 
@@ -247,8 +248,9 @@ class _Ingest:
         return self._folders[key]
 
     def _list_source(self, source_tier: str, folder: str) -> set[str]:
-        """Regular files directly in ``folder`` on the source tier (hidden names, i.e. files still being written
-        as ``.name.part``, are left out). Empty when the source is not a local folder."""
+        """Regular files directly in ``folder`` on the source tier that are files to move (``MoveRule``: hidden,
+        temporary and lock files, e.g. ``.name.part`` still being written, are left out). Empty when the source
+        is not a local folder."""
         if source_tier not in self.config.tiers:
             return set()
         tier = self.ctx.tier(source_tier)
@@ -263,7 +265,10 @@ class _Ingest:
             raise TierError(f"cannot list folder: {err.strerror or err}", tier=source_tier,
                             path=folder or ".") from None
         prefix = f"{folder}/" if folder else ""
-        return {prefix + e.name for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False)}
+        rule = MoveRule.from_config(self.config)  # the files a scan has are the files to move, nothing else
+        return {prefix + e.name for e in entries
+                if not rule.ignored_name(e.name) and rule.refusal(prefix + e.name) is None
+                and e.is_file(follow_symlinks=False)}
 
     # ------------------------------------------------------------------ one scan
 
@@ -285,9 +290,11 @@ class _Ingest:
     def _scan(self, source_tier: str, scan: Scan, view: _FolderView, report: CatalogueReport) -> None:
         key = scan.key
         files = [view.ledger_files[p] for p in scan.paths if p in view.ledger_files]
-        if not scan.catalogue:
+        if not scan.catalogue or not scan.is_data:
             ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
                                    attempted=False)
+            if not scan.is_data:
+                log.info("scan %s: moved and kept, not catalogued (no 7.3.3 image, sidecar or .gb merge)", key)
             report.excluded.append(key)
             return
         waiting = [p for p in scan.paths if p not in view.ledger_files or not view.ledger_files[p].verified_on(
@@ -295,6 +302,12 @@ class _Ingest:
         if waiting:
             self._pending(source_tier, key, files, f"waiting for {len(waiting)} file(s) to be verified on "
                           f"{self.archive}: {', '.join(waiting[:5])}", report, attempted=False)
+            return
+        if files and all(f.size == 0 for f in files):
+            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
+                                   attempted=False)
+            log.info("scan %s: moved and kept, not catalogued (only 0-byte files: a marker, not data)", key)
+            report.excluded.append(key)
             return
         missing = sorted(_expected_paths(scan) - set(scan.paths))
         settle = self.config.dataset.settle_seconds
@@ -333,6 +346,17 @@ class _Ingest:
         ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.CATALOGUED, files=files, pid=pid,
                                locations=locations_json)
         report.catalogued[key] = pid
+
+    def scan_pending(self, source_tier: str, key: str, reason: str, report: CatalogueReport) -> None:
+        """Record scan ``key`` as ``pending_catalogue`` with all its known files, without trying it."""
+        try:
+            view = self.folder(source_tier, _folder_of(key))
+        except TierError as err:
+            self._pending(source_tier, key, [], f"{reason}; {err}", report, attempted=False)
+            return
+        scan = view.scans.get(key)
+        files = [view.ledger_files[p] for p in scan.paths if p in view.ledger_files] if scan is not None else []
+        self._pending(source_tier, key, files, reason, report, attempted=False)
 
     def _pending(self, source_tier: str, key: str, files: Sequence[LedgerFile], reason: str,
                  report: CatalogueReport, *, attempted: bool = True) -> None:
@@ -431,17 +455,18 @@ class _Ingest:
             pid = cat.upsert(doc)
         else:
             pid = entry.pid
-            extra = sorted({f.path for f in doc.files} - {f.path for f in entry.doc.files})
-            if extra:
-                raise CatalogueError(
-                    f"scan {scan.key}: dataset {pid} was catalogued before {len(extra)} of its files arrived "
-                    f"({', '.join(extra)}); the catalogue interface cannot add files to an existing dataset")
-            listed = {f.path: f.chk for f in entry.doc.files}
-            changed = sorted(f.path for f in doc.files if listed[f.path] != f.chk)
-            if changed:
-                raise CatalogueError(
-                    f"scan {scan.key}: {', '.join(changed)} changed after dataset {pid} listed it (the catalogue "
-                    "holds the old checksum); the catalogue interface cannot replace a dataset's file list")
+            listed = {f.path: f for f in entry.doc.files}
+            added = sorted(f.path for f in doc.files if f.path not in listed)
+            changed = sorted(f.path for f in doc.files if f.path in listed and listed[f.path].chk != f.chk)
+            if added or changed:
+                # a file rewritten in place (new checksum) or one that arrived after the dataset was made: the
+                # ledger is the truth; files the catalogue lists that this scan no longer has are kept
+                ours = {f.path for f in doc.files}
+                file_list = [*doc.files, *(f for f in entry.doc.files if f.path not in ours)]
+                cat.replace_files(pid, sorted(file_list, key=lambda f: f.path), doc.checksum_algorithm)
+                log.info("scan %s: file list of dataset %s updated (%s)", scan.key, pid, "; ".join(
+                    part for part in (f"new version of {', '.join(changed)}" if changed else "",
+                                      f"added {', '.join(added)}" if added else "") if part))
         known = entry.doc.locations if entry is not None else []
         for location in locations.values():
             if location not in known:
@@ -484,7 +509,8 @@ class _Ingest:
             if not any((tier.root / p).is_file() for p in scan.paths):
                 continue
             try:
-                return read_scan(tier.root, scan, zone=self.config.timezone), tier.root
+                return read_scan(tier.root, scan, zone=self.config.timezone,
+                                 proposal_folder=self.config.dataset.proposal_folder_pattern), tier.root
             except MetadataError as err:
                 log.warning("scan %s: cannot read its files on %s: %s", scan.key, name, err)
         zone = beamline_zone(self.config.timezone)
@@ -557,9 +583,31 @@ def retry_pending(ctx: Context, *, include_failed: bool = False, limit: int = RE
     return _retry(ctx, _Ingest(ctx), include_failed=include_failed, limit=limit, skip=set())
 
 
+def uncatalogued_scans(ctx: Context, *, limit: int = RETRY_LIMIT, now: float | None = None) -> list[str]:
+    """Keys of the scans with a file verified on every target that the catalogue step never recorded (its run
+    was killed between copy and catalogue): the ledger's invariant says each must be catalogued, pending,
+    excluded or failed. Files verified less than ``move.recover_after_s`` ago are left to their own run."""
+    cutoff = datetime.fromtimestamp((time.time() if now is None else now) - ctx.config.move.recover_after_s, UTC)
+    paths = ledger_cat.uncatalogued_files(ctx.ledger, ctx.config.move.source, ctx.config.move.targets,
+                                          verified_before=cutoff, limit=limit)
+    return [s.key for s in group_scans(paths, exclude=ctx.config.dataset.exclude_stems)]
+
+
 def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, skip: set[str]) -> CatalogueReport:
+    """Scans pending (and failed, with ``include_failed``) in the ledger, then scans the catalogue step never
+    saw although their files are verified (``uncatalogued_scans``)."""
     report = CatalogueReport()
     states = [CatalogueState.PENDING] + ([CatalogueState.FAILED] if include_failed else [])
+    source = ctx.config.move.source
+    for key in uncatalogued_scans(ctx, limit=limit):
+        if key in skip:
+            continue
+        log.warning("scan %s: verified but never catalogued (its run was interrupted); cataloguing it now", key)
+        if ingest.unavailable is not None:
+            ingest.scan_pending(source, key, f"catalogue unavailable: {ingest.unavailable}", report)
+            continue
+        ingest.scan(source, key, report)
+        skip.add(key)
     for record in ledger_cat.scans_in_state(ctx.ledger, states, limit=limit):
         if record.scan_key in skip and record.source_tier == ctx.config.move.source:
             continue  # in the current batch: handled there

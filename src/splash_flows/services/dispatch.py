@@ -4,6 +4,8 @@ A trigger (the watcher, an operator, a test) names tier-relative paths on the mo
 Each is refused, with one clear line recorded in the ledger as a ``refused`` event, when it
 
 - is not a clean relative path inside the tier root (``..``, absolute, or a symlink resolving outside),
+- is not a file to move by the one shared rule (``selection.MoveRule``: an ignored name -- temporary, hidden,
+  lock file -- or a name that is not valid UTF-8),
 - matches one of ``move.export_control_patterns`` (the seed's ``is_export_control``), by its own name or by
   the file a symlink inside the root points to,
 - does not exist, or is not a regular file (a folder, a device, a dangling link).
@@ -21,9 +23,10 @@ from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from splash_flows.context import Context
-from splash_flows.errors import ExportControlledError, SourceMissingError, TierError
+from splash_flows.errors import ExportControlledError, NotAFileToMove, SourceMissingError, TierError
 from splash_flows.ledger import EventKind
 from splash_flows.paths import normalize_relpath
+from splash_flows.selection import MoveRule, display_path
 from splash_flows.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
@@ -75,7 +78,14 @@ def _check(ctx: Context, raw: str) -> str:
     """The canonical path if ``raw`` may be moved; raises the TierError that refuses it."""
     source_name = ctx.config.move.source
     patterns = ctx.config.move.export_control_patterns
+    rule = MoveRule.from_config(ctx.config)
+    refusal = rule.refusal(raw, check_path=False)
+    if refusal is not None:
+        raise NotAFileToMove(f"refused: {refusal.reason}", tier=source_name, path=refusal.path)
     path = normalize_relpath(raw, tier=source_name)
+    if rule.ignored(path):
+        raise NotAFileToMove("refused: not a file to move (its name matches watcher.ignore_patterns)",
+                             tier=source_name, path=path)
     pattern = export_control_match(path, patterns)
     if pattern is not None:
         raise ExportControlledError(f"refused: export-controlled (matches pattern {pattern!r})",
@@ -108,7 +118,7 @@ def validate_batch(ctx: Context, paths: Sequence[str]) -> ValidationReport:
             path = _check(ctx, raw)
         except TierError as err:  # PathEscapeError, ExportControlledError, SourceMissingError, not a file
             report.refused[raw] = err
-            ctx.ledger.record_failed(raw, source_name, str(err), kind=EventKind.REFUSED)
+            ctx.ledger.record_failed(display_path(raw), source_name, str(err), kind=EventKind.REFUSED)
             log.warning("%s", err)
             continue
         if path not in seen:

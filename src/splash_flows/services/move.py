@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from splash_flows.context import Context
 from splash_flows.errors import (
     BatchError,
+    NotAFileToMove,
     PathEscapeError,
     SourceChangedError,
     SourceMissingError,
@@ -26,6 +27,7 @@ from splash_flows.errors import (
 )
 from splash_flows.ledger import EventKind, NewSource, SourceRecord, VerifiedCopy
 from splash_flows.paths import normalize_relpath
+from splash_flows.selection import MoveRule
 from splash_flows.tiers.base import CopyItem, CopyResult, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,13 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
     source = ctx.tier(source_name)
     report = RegisterReport()
     clean: list[str] = []
+    rule = MoveRule.from_config(ctx.config)
     for raw in dict.fromkeys(paths):
+        refusal = rule.refusal(raw, check_path=False)
+        if refusal is not None:  # a name the ledger cannot even store (not UTF-8)
+            report.failed[refusal.path] = NotAFileToMove(refusal.reason, tier=source_name, path=refusal.path)
+            ctx.ledger.record_failed(refusal.path, source_name, refusal.reason, kind=EventKind.REFUSED)
+            continue
         try:
             path = normalize_relpath(raw, tier=source_name)
             source.stat(path)  # resolves symlinks and refuses escapes before anything reads the file

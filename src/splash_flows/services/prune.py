@@ -238,6 +238,11 @@ class ScheduleReport:
     files: int
     changed: list[tuple[str, str, datetime | None]] = field(default_factory=list)  # (tier, path, due_at)
 
+    def merge(self, other: ScheduleReport) -> None:
+        """Add ``other``'s files and changes to this report."""
+        self.files += other.files
+        self.changed += other.changed
+
     def summary(self) -> str:
         if not self.changed:
             return f"prune schedule unchanged for {self.files} file(s)"
@@ -256,9 +261,31 @@ def _due_for(config: Config) -> lp.DueFor:
 
 def schedule_prune(ctx: Context, sources: Sequence[SourceRecord], *, clock: Clock = system_clock,
                    reason: str = "move completed") -> ScheduleReport:
-    """Give each copy of ``sources`` its due date by the retention policy (after a move). Idempotent."""
+    """Give each copy of ``sources`` its due date by the retention policy (after a move). Idempotent.
+
+    Also schedules the files an interrupted run left without dates (``unscheduled``): the ledger's invariant
+    is that every file verified on every target has its due dates after any later run."""
     ids = sorted({s.id for s in sources})
     changed = lp.set_due_dates(ctx.ledger, ids, _due_for(ctx.config), clock(), reason=reason)
+    report = ScheduleReport(files=len(ids), changed=[(c.tier, f.path, due) for f, c, due in changed])
+    report.merge(schedule_unscheduled(ctx, clock=clock, skip=set(ids)))
+    return report
+
+
+def schedule_unscheduled(ctx: Context, *, clock: Clock = system_clock, skip: set[int] | None = None,
+                         limit: int = 1000) -> ScheduleReport:
+    """Due dates for files verified on every target (``move.recover_after_s`` ago or more) whose copies on a
+    tier with a retention rule have none: a run killed between its copy and its scheduling step."""
+    now = clock()
+    cutoff = now - timedelta(seconds=ctx.config.move.recover_after_s)
+    ids = [i for i in lp.unscheduled_file_ids(ctx.ledger, ctx.config.move.source, ctx.config.move.targets,
+                                              list(ctx.config.retention.rules), verified_before=cutoff, limit=limit)
+           if not skip or i not in skip]
+    if not ids:
+        return ScheduleReport(files=0)
+    changed = lp.set_due_dates(ctx.ledger, ids, _due_for(ctx.config), now,
+                               reason="recovered: verified but never scheduled (run interrupted)")
+    log.warning("prune dates set for %d file(s) an interrupted run left unscheduled", len(ids))
     return ScheduleReport(files=len(ids), changed=[(c.tier, f.path, due) for f, c, due in changed])
 
 

@@ -47,6 +47,18 @@ class CopyResult:
     detail: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class WalkProblem:
+    """Something a walk met but could not list as a file. ``path`` is tier-relative (it may hold undecodable
+    bytes as surrogate escapes, see ``selection.display_path``). ``fatal``: the walk is incomplete (a folder
+    that could not be listed, an entry that could not be stat'ed); otherwise a thing that is not a file to move
+    (a FIFO, a socket, a device), reported and left alone."""
+
+    path: str
+    reason: str
+    fatal: bool
+
+
 CopyOutcome = CopyResult | TierError
 ProgressCallback = Callable[[str, int], None]  # (path, bytes done for this call)
 
@@ -80,8 +92,14 @@ class Tier(Protocol):
         """Delete ``paths`` (and folders left empty, never the root). One outcome per path: None = deleted."""
         ...
 
-    def walk(self, prefix: str = "") -> Iterator[FileStat]:
-        """Every file under ``prefix`` (tier-relative), for scans and reconciliation."""
+    def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
+             problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
+        """Every regular file under ``prefix`` (tier-relative), for scans and reconciliation.
+
+        ``ignore(name)`` True leaves out a file or folder (and everything beneath it) by its name. What is not
+        a regular file, and folders that cannot be listed, are appended to ``problems``; without ``problems``
+        a walk that could not list a folder raises TierError naming it, after yielding everything else. Only a
+        file that vanished while the walk ran is skipped quietly."""
         ...
 
     def url(self, path: str) -> str:

@@ -73,7 +73,15 @@ from splash_flows.errors import (
 from splash_flows.ledger.models import BatchStatus
 from splash_flows.ledger.transfers import BatchEnd, BatchRecord, TransferBatches, items_digest
 from splash_flows.paths import normalize_relpath
-from splash_flows.tiers.base import CopyItem, CopyOutcome, CopyResult, FileStat, ProgressCallback, Tier
+from splash_flows.tiers.base import (
+    CopyItem,
+    CopyOutcome,
+    CopyResult,
+    FileStat,
+    ProgressCallback,
+    Tier,
+    WalkProblem,
+)
 from splash_flows.tiers.local import LocalTier
 
 T = TypeVar("T")
@@ -340,9 +348,10 @@ class GlobusTier:
             "has no API that returns a file's checksum; re-verify a copy with a checksum-sync transfer "
             "(GlobusTier.verify_copies) instead", tier=self.name, path=path)
 
-    def walk(self, prefix: str = "") -> Iterator[FileStat]:
+    def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
+             problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
         if self.local is not None:
-            yield from self.local.walk(prefix)
+            yield from self.local.walk(prefix, ignore=ignore, problems=problems)
             return
         folders = [normalize_relpath(prefix, tier=self.name) if prefix else ""]
         while folders:
@@ -350,6 +359,8 @@ class GlobusTier:
             entries = sorted(self._ls(folder), key=lambda e: str(e.get("name")))
             subfolders = []
             for entry in entries:
+                if ignore is not None and ignore(str(entry["name"])):
+                    continue
                 rel = posixpath.join(folder, str(entry["name"])) if folder else str(entry["name"])
                 if entry.get("type") == "dir":
                     subfolders.append(rel)

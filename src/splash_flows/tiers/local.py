@@ -4,7 +4,12 @@ The verified copy: read the source in large chunks while hashing it, write under
 destination folder, set the source's mtime, fsync, drop the written pages from the page cache, re-read and
 hash the temporary file, and only if both hashes agree rename it to its final name (then fsync the folder).
 So a final name only ever holds a complete, verified file, and a ``kill -9`` at any point leaves at most a
-``.part`` file that the next copy of the same file removes.
+``.part`` file that the next copy of the same file removes. The copy keeps the source's permission bits (as
+``cp -p`` does; ``preserve_mode``), set on the temporary file before the rename.
+
+Listing (``list_tree``, used by ``walk`` and by the watcher's scans): one folder at a time, never following
+symlinks. A folder that cannot be listed and an entry that cannot be stat'ed are reported, never taken for
+"vanished"; only ``FileNotFoundError`` (the file or folder went away during the walk) is skipped quietly.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import secrets
 import socket
 import stat as stat_mod
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from splash_flows.checksum import CHUNK, new_hasher
@@ -27,9 +33,18 @@ from splash_flows.errors import (
     TierError,
     TransferError,
     VerificationError,
+    WalkIncomplete,
 )
 from splash_flows.paths import normalize_relpath, safe_join
-from splash_flows.tiers.base import CopyItem, CopyOutcome, CopyResult, FileStat, ProgressCallback, Tier
+from splash_flows.tiers.base import (
+    CopyItem,
+    CopyOutcome,
+    CopyResult,
+    FileStat,
+    ProgressCallback,
+    Tier,
+    WalkProblem,
+)
 
 PART_MARK = ".splash-part-"
 
@@ -46,18 +61,94 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular directory entry is, in words (for one-line refusals)."""
+    if stat_mod.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "a socket"
+    if stat_mod.S_ISCHR(mode) or stat_mod.S_ISBLK(mode):
+        return "a device"
+    if stat_mod.S_ISLNK(mode):
+        return "a symlink"
+    if stat_mod.S_ISDIR(mode):
+        return "a folder"
+    return "not a regular file"
+
+
+@dataclass
+class FolderListing:
+    """One folder of a ``list_tree`` walk. Paths are relative to the walk's root, ``/``-separated; names that
+    are not valid UTF-8 hold surrogate escapes (``os.fsdecode``). ``error``: the folder could not be listed
+    (nothing else is filled in); ``problems``: entries that could not be stat'ed, with why."""
+
+    folder: str
+    files: list[tuple[str, os.stat_result]] = field(default_factory=list)
+    symlinks: list[str] = field(default_factory=list)
+    specials: list[tuple[str, str]] = field(default_factory=list)   # (path, what it is: "a FIFO", ...)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    error: str | None = None
+
+
+def list_tree(root: Path, start: Path | None = None,
+              ignore: Callable[[str], bool] | None = None) -> Iterator[FolderListing]:
+    """Walk ``start`` (default ``root``) depth-first, one ``FolderListing`` per folder, folders and files in
+    name order, never following symlinks. ``ignore(name)`` True leaves an entry out (a folder with all beneath
+    it). Our own ``.part`` files are always left out. A folder or file that vanished is skipped quietly; any
+    other error is reported in the listing."""
+    base = os.path.abspath(root)
+    stack = [os.path.abspath(start if start is not None else root)]
+    while stack:
+        folder = stack.pop()
+        rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
+        listing = FolderListing("" if rel_folder == "." else rel_folder)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            continue  # vanished during the walk
+        except OSError as err:
+            listing.error = _reason(err)
+            yield listing
+            continue
+        subfolders: list[str] = []
+        prefix = f"{listing.folder}/" if listing.folder else ""
+        for entry in entries:
+            if _is_part(entry.name) or (ignore is not None and ignore(entry.name)):
+                continue
+            rel = prefix + entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished between listing and stat
+            except OSError as err:
+                listing.problems.append((rel, f"cannot stat: {_reason(err)}"))
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                listing.files.append((rel, st))
+            elif stat_mod.S_ISDIR(st.st_mode):
+                subfolders.append(entry.path)
+            elif stat_mod.S_ISLNK(st.st_mode):
+                listing.symlinks.append(rel)
+            else:
+                listing.specials.append((rel, file_kind(st.st_mode)))
+        stack.extend(reversed(subfolders))
+        yield listing
+
+
 class LocalTier:
     """A tier rooted at a local (or mounted) folder."""
 
     kind = "local"
 
     def __init__(self, name: str, root: Path, checksum_alg: str, *, concurrency: int = 4,
-                 verify_from_disk: bool = True) -> None:
+                 verify_from_disk: bool = True, preserve_mode: bool = True) -> None:
         self.name = name
         self.root = root
         self.checksum_alg = checksum_alg
         self.concurrency = concurrency
         self.verify_from_disk = verify_from_disk
+        self.preserve_mode = preserve_mode
 
     def __repr__(self) -> str:
         return f"LocalTier({self.name!r}, {str(self.root)!r})"
@@ -117,20 +208,33 @@ class LocalTier:
     def url(self, path: str) -> str:
         return str(self.root / normalize_relpath(path, tier=self.name))
 
-    def walk(self, prefix: str = "") -> Iterator[FileStat]:
-        start = self.path(prefix) if prefix else self.root
-        for dirpath, dirnames, filenames in os.walk(start, followlinks=False):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                if _is_part(fname):
-                    continue
-                full = Path(dirpath) / fname
-                try:
-                    st = os.lstat(full)
-                except OSError:
-                    continue  # vanished between listing and stat
-                if stat_mod.S_ISREG(st.st_mode):
-                    yield FileStat(full.relative_to(self.root).as_posix(), st.st_size, st.st_mtime)
+    def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
+             problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
+        """See ``Tier.walk``. Symlinks are not files of the tier and are left out silently."""
+        if prefix:
+            start = self.path(prefix)
+        else:
+            self.check_root()  # an unmounted root is not an empty tier
+            start = self.root
+        unlistable: list[str] = []
+        for listing in list_tree(self.root, start, ignore):
+            if listing.error is not None:
+                where = listing.folder or "."
+                if problems is not None:
+                    problems.append(WalkProblem(where, f"cannot list folder: {listing.error}", fatal=True))
+                else:
+                    unlistable.append(f"{where} ({listing.error})")
+                continue
+            if problems is not None:
+                problems += [WalkProblem(rel, why, fatal=True) for rel, why in listing.problems]
+                problems += [WalkProblem(rel, f"{what}, not a regular file", fatal=False)
+                             for rel, what in listing.specials]
+            elif listing.problems:
+                unlistable += [f"{rel} ({why})" for rel, why in listing.problems]
+            for rel, st in listing.files:
+                yield FileStat(rel, st.st_size, st.st_mtime)
+        if unlistable:
+            raise WalkIncomplete(f"walk incomplete, could not read: {'; '.join(unlistable)}", tier=self.name)
 
     # ------------------------------------------------------------------------------------------ copy
 
@@ -227,6 +331,14 @@ class LocalTier:
             raise TransferError(f"cannot read existing copy: {_reason(err)}", tier=self.name, path=item.path) from None
         if dst_sum != src_sum:
             return None
+        if self.preserve_mode:
+            mode = stat_mod.S_IMODE(os.fstat(src_fd).st_mode)
+            if stat_mod.S_IMODE(dst_st.st_mode) != mode:
+                try:
+                    os.chmod(dst_path, mode)
+                except OSError as err:
+                    raise TransferError(f"cannot set permissions {mode:o}: {_reason(err)}", tier=self.name,
+                                        path=item.path) from None
         return CopyResult(item.path, size, dst_st.st_mtime, dst_sum, skipped=True, source_checksum=src_sum)
 
     def _write_verified(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem,
@@ -287,6 +399,8 @@ class LocalTier:
                 raise VerificationError(f"copy checksum {dst_sum} != source {src_sum}; copy discarded",
                                         tier=self.name, path=item.path)
             try:
+                if self.preserve_mode:
+                    os.chmod(tmp, stat_mod.S_IMODE(st.st_mode))
                 os.rename(tmp, dst_path)
                 if sync_folder:
                     self._fsync_dir(dst_path.parent)

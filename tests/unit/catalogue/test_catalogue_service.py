@@ -397,16 +397,26 @@ def test_download_refuses_a_file_with_no_verified_copy(
         report.raise_for_failures()
 
 
-def test_a_file_that_changes_after_it_was_catalogued_fails_its_scan_loudly(
+def test_a_file_rewritten_after_it_was_catalogued_updates_its_dataset_file_list(
         sqlite_config: Config, open_ctx: Callable[[Config], Context]) -> None:
+    """Issue 9 item 6: the dataset's file list follows the new checksum; nothing fails, nothing is duplicated."""
     ctx = open_ctx(sqlite_config.model_copy(update={"dataset": DatasetConfig(settle_seconds=0)}))
     paths = simulate(sqlite_config, n=2, autoexpose_every=0, hi_lo_every=0)
     move_files(ctx, paths)
     assert len(catalogue_batch(ctx, paths).catalogued) == 2
     sidecar = Path(sqlite_config.tiers["data733"].root) / paths[1]
+    old_sum = ctx.ledger.get_source("data733", paths[1]).checksum  # type: ignore[union-attr]
     sidecar.write_bytes(sidecar.read_bytes() + b"# edited afterwards\n")
     move_files(ctx, paths)  # the new version is moved and verified everywhere...
     report = catalogue_batch(ctx, paths)
-    [(key, err)] = report.failed.items()  # ...but the dataset still lists the old checksum: say so
-    assert paths[1].startswith(key) and "changed after dataset" in str(err)
+    assert not report.failed  # ...and the catalogue step no longer fails the run
+    [(key, pid)] = report.catalogued.items()
+    assert paths[1].startswith(key)
+    new_sum = ctx.ledger.get_source("data733", paths[1]).checksum  # type: ignore[union-attr]
+    assert new_sum != old_sum
+    listed = {f.path: f.chk for f in ctx.catalogue().get(pid).doc.files}
+    assert listed[Path(paths[1]).name] == new_sum
     assert len(report.unchanged) == 1 and len(ctx.catalogue().search()) == 2
+    changed = [e for e in ctx.ledger.events(path=paths[1], kind="source_changed")]
+    assert changed and changed[-1].detail["old"]["checksum"] == old_sum  # the old checksum stays in the log
+    assert not catalogue_batch(ctx, paths).catalogued  # idempotent: nothing more to update

@@ -8,8 +8,9 @@ found at all.
 Where each field comes from:
 
 - proposal / PI / ESAF: the primary sidecar (``<stem>.txt``, or the ``hi`` one of a hi/lo set). A missing
-  proposal falls back to a folder of the path that looks like a proposal id (``00622``, ``ALS-00622``),
-  with an error.
+  proposal falls back to the first folder of the path matching ``proposal_folder`` (default
+  ``PROPOSAL_FOLDER``: ``00622``, ``ALS-00622``, ``ALS-11111_Smith`` as 7.3.3 names its user folders), with
+  an error saying so.
 - creation time: the primary EDF ``Date`` (beamline local time, ``zone``). Otherwise the earliest file mtime,
   with an error (for ``other`` scans mtime is the only source and is not an error).
 - scientific metadata: ``{name: {"value": v, "unit": u}}`` from the sidecar (duplicate keys kept as
@@ -67,7 +68,19 @@ EDF_STRUCTURAL_KEYS: frozenset[str] = frozenset(
      "EDF_BinarySize", "EDF_HeaderSize"}
 )
 
-_PROPOSAL_FOLDER = re.compile(r"(?:ALS[-_ ]?)?\d{5}", re.IGNORECASE)
+#: A folder named for a proposal: ``00622``, ``ALS-00622``, ``ALS-11111_<PI>`` (the group ``proposal`` is the id).
+PROPOSAL_FOLDER = r"(?P<proposal>(?:ALS[-_ ]?)?\d{5})(?:_.*)?"
+
+
+def proposal_from_folder(folder: str, pattern: str | re.Pattern[str] = PROPOSAL_FOLDER) -> str | None:
+    """The proposal id named by the first component of ``folder`` that ``pattern`` matches in full (its group
+    ``proposal`` if it has one, else the whole name), or None."""
+    rx = pattern if isinstance(pattern, re.Pattern) else re.compile(pattern, re.IGNORECASE)
+    for part in folder.split("/"):
+        m = rx.fullmatch(part)
+        if m is not None:
+            return m.group("proposal") if "proposal" in rx.groupindex else m.group(0)
+    return None
 
 CreationSource = Literal["edf", "mtime"]
 
@@ -185,6 +198,7 @@ def _expected(scan: Scan) -> list[ScanFile]:
 def read_scan(
     root: Path, scan: Scan, *, zone: str = DEFAULT_ZONE,
     detectors: Mapping[str, str] = DETECTOR_TECHNIQUES,
+    proposal_folder: str | re.Pattern[str] = PROPOSAL_FOLDER,
 ) -> ScanMetadata:
     """Describe ``scan`` (tier-relative paths under ``root``) from its files on disk.
 
@@ -240,10 +254,10 @@ def read_scan(
                 if name not in hi_values or not _same(hi_values[name], item["value"]):
                     meta.scientific_metadata[f"{name} [lo]"] = item
     if meta.proposal is None:
-        folder = next((p for p in scan.folder.split("/") if _PROPOSAL_FOLDER.fullmatch(p)), None)
+        folder = proposal_from_folder(scan.folder, proposal_folder)
         if folder is not None:
             meta.proposal = folder
-            errors.append(f"{scan.key}: proposal taken from the folder name {folder!r} (not in a sidecar)")
+            errors.append(f"{scan.key}: proposal {folder!r} taken from the folder name (not in a sidecar)")
         elif scan.kind != "other" or primary is not None:
             errors.append(f"{scan.key}: no proposal found")
 

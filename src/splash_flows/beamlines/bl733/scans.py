@@ -19,9 +19,10 @@ Decisions, and why:
   find the existing dataset (idempotent ingest).
 - Extensions are matched case-insensitively.
 - A file of any other shape is its own one-file scan keyed by its *full file name* (extension included), so
-  ``foo.poni`` never merges with the ``foo.edf``/``foo.txt`` exposure. It is still catalogued (unless
-  excluded): the beamline wrote it next to the data, so someone wants to find it; its metadata is only
-  file-level (proposal from the folder name, mtime).
+  ``foo.poni`` never merges with the ``foo.edf``/``foo.txt`` exposure. It is moved and kept like every file,
+  but it is not 7.3.3 data (``Scan.is_data`` is False: no image, sidecar or ``.gb`` merge), so it never becomes
+  a dataset -- a dataset of a ``notes.csv`` would be nothing but errors. (Scans of only 0-byte files, i.e.
+  markers, are likewise not catalogued: the catalogue step decides that from the ledger's sizes.)
 - If a plain exposure and a hi/lo set share a stem in one folder (``foo.edf`` and ``foo_hi_2m.edf``), they
   share the key and become one ``hilo`` scan: the key rule above is what keeps ingest idempotent, so it wins.
 - ``catalogue`` is False when the scan stem (or, for ``other``, the file name) contains any of ``exclude``
@@ -85,6 +86,11 @@ class Scan:
     def paths(self) -> list[str]:
         """The tier-relative paths of the scan's files, sorted."""
         return [f.path for f in self.files]
+
+    @property
+    def is_data(self) -> bool:
+        """Whether the scan is 7.3.3 data (an image, a sidecar or a ``.gb`` merge), i.e. may become a dataset."""
+        return self.kind != "other"
 
     @property
     def detector(self) -> str | None:

@@ -5,20 +5,26 @@ How its outcome shows in Prefect (see ``services/catalogue.py`` for the reasons)
 * scans the catalogue refused (4xx) -> the task is Failed naming each scan and cause, and so is the run;
 * scans left ``pending_catalogue`` (outage, or files still on their way) -> the task is Completed with a
   WARNING, and the flow run ends Completed under the state name ``CataloguePending`` (``pending_state``).
+
+``catalogue_retry_733`` is the clock: deployed with a one-minute schedule, it retries pending scans (a scan
+waiting for its sidecar is catalogued within a minute of its wait ending, with what exists and the missing files
+named) and heals what an interrupted run left behind (``services.reconcile.heal``), whether or not other runs
+come.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.states import Completed
 
-from splash_flows.context import Context
+from splash_flows.context import Context, context_from_path
 from splash_flows.flows.common import _exception_of
 from splash_flows.services import catalogue
+from splash_flows.services.reconcile import heal
 
 #: Name of the Completed state of a run whose transfers are verified but whose catalogue step is pending.
 CATALOGUE_PENDING_STATE = "CataloguePending"
@@ -62,3 +68,21 @@ def _first(pending: dict[str, str]) -> str:
     key, reason = next(iter(pending.items()))
     more = f" (and {len(pending) - 1} more)" if len(pending) > 1 else ""
     return f"{key}: {reason}{more}"
+
+
+@flow(name="catalogue_retry_733", flow_run_name="catalogue_retry_733", validate_parameters=True)
+def catalogue_retry_733(config_path: str | None = None) -> dict[str, Any] | State[Any]:
+    """Retry pending scans and heal the ledger's invariant (see the module docstring); Failed if the
+    catalogue refused a scan, Completed (named ``CataloguePending`` while scans still wait) otherwise."""
+    logger = get_run_logger()
+    ctx = context_from_path(config_path)
+    try:
+        report = heal(ctx)
+    finally:
+        ctx.close()
+    logger.info("%s", report.describe())
+    summary = report.summary()
+    if report.catalogue is not None:
+        report.catalogue.raise_for_failures()
+        summary["catalogue"] = {**report.catalogue.summary(), "pending_scans": report.catalogue.all_pending()}
+    return pending_state(summary) or summary

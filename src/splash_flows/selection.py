@@ -1,0 +1,129 @@
+"""What counts as a file to move: the one rule shared by the watcher (live events, backfill, rescans),
+``reconcile`` (and its dry run) and the dispatcher.
+
+A path on the move source tier is a file to move when
+
+- no component of it matches ``watcher.ignore_patterns`` (hidden files, other programs' temporary and
+  half-written files, editor and office lock files by default: ``config.DEFAULT_IGNORE_PATTERNS``);
+- its name is valid UTF-8 and a clean relative path (the ledger, Prefect and the catalogue all carry names as
+  UTF-8 text: a name that is not cannot travel, so it is refused, never half-handled);
+- it is a regular file (a FIFO, a socket or a device is refused; symlinks are each command's own business).
+
+A refused path gets ONE line and a ``refused`` ledger event; the rest of the tree goes on. Names that are not
+UTF-8 are shown and recorded in ``display_path`` form (undecodable bytes as ``\\xNN``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from splash_flows.config import Config
+from splash_flows.errors import LedgerError, PathEscapeError
+from splash_flows.ledger import EventKind, Ledger
+from splash_flows.paths import normalize_relpath
+from splash_flows.tiers.base import FileStat, Tier, WalkProblem
+
+log = logging.getLogger(__name__)
+
+NOT_UTF8 = "file name is not valid UTF-8; rename it"
+
+
+def display_path(path: str) -> str:
+    """``path`` as printable, storable text: bytes that are not UTF-8 (held as surrogate escapes by
+    ``os.fsdecode``) become ``\\xNN``. Valid names are returned unchanged."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A path that is not a file to move, and why. ``path`` is in ``display_path`` form."""
+
+    path: str
+    reason: str
+
+
+class MoveRule:
+    """The rule, built once from the configuration (``MoveRule.from_config``)."""
+
+    def __init__(self, ignore_patterns: Sequence[str], *, tier: str) -> None:
+        self.tier = tier
+        self.ignore_patterns = list(ignore_patterns)
+        self._ignore = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in self.ignore_patterns)
+                                  or r"(?!x)x")
+
+    @classmethod
+    def from_config(cls, config: Config) -> MoveRule:
+        return cls(config.watcher.ignore_patterns, tier=config.move.source)
+
+    def ignored_name(self, name: str) -> bool:
+        """Whether a file or folder named ``name`` is left alone (it and everything beneath it)."""
+        return self._ignore.match(name) is not None
+
+    def ignored(self, rel: str) -> bool:
+        """Whether any component of the tier-relative ``rel`` is ignored."""
+        return any(self.ignored_name(part) for part in rel.split("/") if part)
+
+    def refusal(self, rel: str, *, check_path: bool = True) -> Refusal | None:
+        """Why ``rel`` (not ignored) cannot be moved by its name, or None when it can. ``check_path`` False
+        leaves the path's shape (``..``, absolute) to a caller that refuses it with its own typed error."""
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            return Refusal(display_path(rel), NOT_UTF8)
+        if not check_path:
+            return None
+        try:
+            normalize_relpath(rel, tier=self.tier)
+        except PathEscapeError as err:
+            return Refusal(rel, str(err))
+        return None
+
+
+@dataclass
+class SourceListing:
+    """The files to move under a prefix of the source tier, what was refused, and what could not be read."""
+
+    files: list[FileStat] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    unreadable: list[Refusal] = field(default_factory=list)   # folders not listable, entries not stat-able
+
+    @property
+    def complete(self) -> bool:
+        """False when part of the tree could not be read (the command must say so and exit non-zero)."""
+        return not self.unreadable
+
+
+def list_source(tier: Tier, rule: MoveRule, prefix: str = "") -> SourceListing:
+    """Walk ``prefix`` of the source tier and sort what is there by the rule."""
+    out = SourceListing()
+    problems: list[WalkProblem] = []
+    for st in tier.walk(prefix, ignore=rule.ignored_name, problems=problems):
+        refused = rule.refusal(st.path)
+        if refused is None:
+            out.files.append(st)
+        else:
+            out.refused.append(refused)
+    for p in problems:
+        (out.unreadable if p.fatal else out.refused).append(Refusal(display_path(p.path), p.reason))
+    return out
+
+
+def record_refusals(ledger: Ledger, tier: str, refusals: Iterable[Refusal]) -> int:
+    """One WARNING line and one ``refused`` ledger event per refusal. Returns how many were recorded."""
+    n = 0
+    for r in refusals:
+        log.warning("refused %s:%s: %s", tier, r.path, r.reason)
+        try:
+            ledger.record_failed(r.path, tier, r.reason, kind=EventKind.REFUSED)
+            n += 1
+        except LedgerError as err:
+            log.error("cannot record the refusal of %s in the ledger: %s", r.path, err)
+    return n

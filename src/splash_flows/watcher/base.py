@@ -1,0 +1,241 @@
+"""State shared by the watcher's parts: types, the path rules and the ``WatcherBase`` class."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from watchdog.observers.api import BaseObserver
+
+from splash_flows.config import Config, LocalTierConfig
+from splash_flows.errors import (
+    ConfigError,
+    LedgerError,
+    PathEscapeError,
+)
+from splash_flows.ledger import EventKind, Ledger
+from splash_flows.ledger.outbox import Outbox
+from splash_flows.paths import safe_join
+from splash_flows.selection import MoveRule
+
+log = logging.getLogger("splash_flows.watcher")
+
+Version = tuple[int, float]  # (size, mtime) as the ledger records a source file version
+
+
+class Trigger(Protocol):
+    """Starts one dispatcher run for a batch of source-tier-relative paths."""
+
+    def trigger(self, paths: list[str], idempotency_key: str) -> str:
+        """Create the run and return its flow run id. The same ``idempotency_key`` must return the same run.
+
+        Raises ``OrchestrationError`` when the orchestrator cannot be reached (the batch is replayed later) and
+        ``TriggerRejected`` when it refused this request for good."""
+        ...
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """What the watcher just did, for benchmarks and tests (``hook``). ``at`` is ``time.time()``.
+
+    kinds: ``ready`` (one file passed the readiness rules; detail ``closed_at`` = wall time of its close event or
+    None), ``queued`` (a batch was written to the outbox; detail ``entry_id``), ``sent`` (Prefect accepted a
+    batch; detail ``entry_id``, ``flow_run_id``, ``close_to_trigger_s`` = the longest close -> trigger time in the
+    batch, None when unknown), ``send_failed`` (detail ``entry_id``, ``error``, ``permanent``), ``dropped``
+    (deleted before ready), ``refused`` (detail ``reason``), ``rescan`` (detail ``found``, ``seconds``)."""
+
+    kind: str
+    paths: tuple[str, ...]
+    at: float
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+WatchHook = Callable[[WatchEvent], None]
+
+
+@dataclass
+class _Candidate:
+    """A file seen but not yet ready. ``generation`` changes with every event, so a stat taken outside the lock
+    is only trusted when no event arrived meanwhile."""
+
+    closed: bool
+    written: bool
+    stable_since: float
+    last_event: float
+    next_check: float
+    closed_at: float | None = None
+    close_seen: bool = False  # closed by a close/rename event (not merely found by a scan)
+    stat_key: tuple[int, int] | None = None  # (size, mtime_ns) at the start of the current quiet period
+    generation: int = 0
+
+
+@dataclass
+class _Claim:
+    """A file handed to a batch: not batched again while this version is in flight. ``version`` None: any
+    version (loaded from the outbox at start, where versions are not stored)."""
+
+    version: Version | None
+    until: float
+
+
+@dataclass
+class _Batch:
+    folder: str
+    opened: float
+    paths: list[str] = field(default_factory=list)
+    closed_at: list[float | None] = field(default_factory=list)
+
+
+class _OverflowSpotter(logging.Handler):
+    """watchdog reports an inotify queue overflow only as a WARNING log line; this turns it into a rescan."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow()
+
+
+def _decode(path: bytes | str) -> str:
+    return os.fsdecode(path)
+
+
+class WatcherBase:
+    """The watcher's shared state and path rules; the mixins of this package add readiness, batching,
+    sending and scanning, and ``core.Watcher`` puts them together."""
+
+    def __init__(self, config: Config, ledger: Ledger, trigger: Trigger, *, hook: WatchHook | None = None) -> None:
+        tier_cfg = config.tier(config.move.source)
+        if not isinstance(tier_cfg, LocalTierConfig):
+            raise ConfigError(f"the watcher needs the move source tier {config.move.source!r} to be a folder "
+                              f"(kind local), not {tier_cfg.kind!r}")
+        self.config = config
+        self.settings = config.watcher
+        self.tier = config.move.source
+        self.targets = list(config.move.targets)
+        # resolved: inotify must watch the real folder, and event paths must share one spelling with scans
+        self.root = Path(os.path.realpath(tier_cfg.root))
+        self.ledger = ledger
+        self.outbox = Outbox(ledger)
+        self.trigger = trigger
+        self.hook = hook
+        self.fatal: BaseException | None = None
+        self.observer: BaseObserver | None = None
+
+        self.rule = MoveRule.from_config(config)  # what is a file to move: shared with reconcile and dispatch
+        self._lock = threading.Lock()
+        self._candidates: dict[str, _Candidate] = {}
+        self._claims: dict[str, _Claim] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._refused: set[tuple[str, str]] = set()
+        self._recently_dropped: dict[str, float] = {}
+        self._timing: dict[int, tuple[str, float | None]] = {}
+        self._scan_requests: set[str] = set()
+        self._scan_cv = threading.Condition()
+        self._send_cv = threading.Condition()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._overflow_handler = _OverflowSpotter(lambda: self.request_scan(""))
+        self._started = False
+        self._flush_retry_at = 0.0
+        self._backfilled = False
+        self._scan_idle = threading.Event()
+        self._scan_idle.set()
+        tick_basis = [0.1, self.settings.quiet_period_s / 4]
+        if self.settings.batch_window_s > 0:
+            tick_basis.append(self.settings.batch_window_s / 4)
+        self._tick = max(0.01, min(tick_basis))
+
+    def _emit(self, kind: str, paths: tuple[str, ...], **detail: Any) -> None:
+        if self.hook is not None:
+            self.hook(WatchEvent(kind, paths, time.time(), detail))
+
+    def outbox_counts(self) -> dict[str, int]:
+        try:
+            return self.outbox.counts()
+        except LedgerError as err:
+            log.error("cannot read the outbox: %s", err)
+            return {}
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    def relpath(self, abs_path: str) -> str | None:
+        """The tier-relative path of an event path, or None if it is outside the root or ignored."""
+        root = str(self.root)
+        if not abs_path.startswith(root.rstrip(os.sep) + os.sep):
+            return None
+        rel = abs_path[len(root.rstrip(os.sep)) + 1:]
+        if not rel:
+            return None
+        rel = rel.replace(os.sep, "/")
+        return None if self.rule.ignored(rel) else rel
+
+    def is_ignored_name(self, name: str) -> bool:
+        """Whether a file or folder of this name is never a file to move (``MoveRule``)."""
+        return self.rule.ignored_name(name)
+
+    def _refuse(self, rel: str, reason: str, *, record: bool = True) -> None:
+        """One WARNING line (and one ``refused`` ledger event) per path and reason for the life of the process."""
+        key = (rel, reason)
+        with self._lock:
+            if key in self._refused:
+                return
+            self._refused.add(key)
+            self._candidates.pop(rel, None)
+        log.warning("refused %s:%s: %s", self.tier, rel, reason)
+        if record:
+            try:
+                self.ledger.record_failed(rel, self.tier, reason, kind=EventKind.REFUSED)
+            except LedgerError as err:
+                log.error("cannot record the refusal of %s in the ledger: %s", rel, err)
+        self._emit("refused", (rel,), reason=reason)
+
+    def _check_name(self, rel: str) -> bool:
+        """Refuse names that cannot travel (not UTF-8, or not a clean relative path): ``MoveRule.refusal``."""
+        refusal = self.rule.refusal(rel)
+        if refusal is None:
+            return True
+        self._refuse(refusal.path, refusal.reason)
+        return False
+
+    def _symlink(self, rel: str) -> None:
+        """A symlink is never sent: refused when it leads outside the root, skipped when inside."""
+        try:
+            target = safe_join(self.root, rel, tier=self.tier)
+        except PathEscapeError as err:
+            self._refuse(rel, f"symlink pointing outside the watched root ({err})")
+            return
+        with self._lock:
+            self._candidates.pop(rel, None)
+        log.debug("skipping symlink %s -> %s: its target is sent under its own name", rel, os.path.realpath(target))
+
+    # --- scans (requests only; the scanning is in scan.py)
+
+    def request_scan(self, prefix: str = "") -> None:
+        """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree)."""
+        with self._scan_cv:
+            self._scan_requests.add(prefix)
+            self._scan_idle.clear()
+            self._scan_cv.notify_all()
+
+    def wait_scans_idle(self, timeout: float) -> bool:
+        """Block until no scan is requested or running (tests and benchmarks)."""
+        return self._scan_idle.wait(timeout)
+
+    # ------------------------------------------------------------------------------------------ inspection
+
+    def pending_files(self) -> int:
+        """Files seen but not yet ready, plus ready files not yet written to the outbox."""
+        with self._lock:
+            return len(self._candidates) + sum(len(b.paths) for b in self._batches.values())
+

@@ -1,0 +1,120 @@
+"""Sending: the outbox's pending entries become dispatcher runs, in order, exactly once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from splash_flows.errors import (
+    LedgerError,
+    OrchestrationError,
+    TriggerRejected,
+)
+from splash_flows.ledger.models import utcnow
+from splash_flows.ledger.outbox import OutboxRecord
+from splash_flows.watcher.base import WatcherBase, _Claim
+
+log = logging.getLogger("splash_flows.watcher")
+
+
+class OutboxMixin(WatcherBase):
+    """Sends pending outbox entries oldest first; replays them while Prefect cannot be reached."""
+
+    def _load_in_flight(self) -> None:
+        """Files of pending entries, and of entries sent within ``resend_after_s``, are not batched again -- in
+        the version they have now (a file rewritten later is a new version and is sent)."""
+        since = utcnow() - timedelta(seconds=self.settings.resend_after_s)
+        records = self.outbox.in_flight(since)
+        now, wall = time.monotonic(), utcnow()
+        pending = 0
+        for rec in records:
+            age = (wall - rec.sent_at).total_seconds() if rec.sent_at is not None else 0.0
+            until = now + max(0.0, self.settings.resend_after_s - age)
+            for rel in rec.paths:
+                # the version in flight is the one on disk now: a rewrite after this start is sent again
+                try:
+                    st = os.stat(self.root / rel)
+                except OSError:
+                    continue  # gone (or unreadable): nothing to hold back
+                self._claims[rel] = _Claim((st.st_size, st.st_mtime), until)
+            pending += rec.state == "pending"
+        if pending:
+            log.info("%d batch(es) pending in the outbox from before: replaying them first", pending)
+
+    def _sender(self) -> None:
+        failing = False
+        interval = self.settings.outbox_replay_interval_s
+        while not self._stop.is_set():
+            try:
+                rec = self.outbox.next_pending()
+            except LedgerError as err:
+                log.error("cannot read the outbox (retrying in %g s): %s", interval, err)
+                with self._send_cv:
+                    self._send_cv.wait(interval)
+                continue
+            if rec is None:
+                with self._send_cv:
+                    if not self._stop.is_set():
+                        self._send_cv.wait(interval)
+                continue
+            ok = self._send(rec, failing)
+            if ok is None:  # transient failure: wait, then retry the same (oldest) entry
+                failing = True
+                with self._send_cv:
+                    if not self._stop.is_set():
+                        self._send_cv.wait(interval)
+            else:
+                failing = False
+
+    def _send(self, rec: OutboxRecord, failing: bool) -> bool | None:
+        """Send one entry. True: sent; False: refused for good (marked failed); None: try again later."""
+        started = time.monotonic()
+        try:
+            run_id = self.trigger.trigger(list(rec.paths), rec.idempotency_key)
+        except TriggerRejected as err:
+            log.error("outbox entry %d (%d file(s)) refused by Prefect for good, marked failed: %s",
+                      rec.id, len(rec.paths), err)
+            self._ledger_call(self.outbox.mark_failed, rec.id, str(err))
+            with self._lock:
+                self._timing.pop(rec.id, None)
+            self._emit("send_failed", rec.paths, entry_id=rec.id, error=str(err), permanent=True)
+            return False
+        except OrchestrationError as err:
+            if not failing:
+                pending = self.outbox_counts().get("pending", "?")
+                log.warning("cannot trigger %s (%s batch(es) wait in the outbox; retrying every %g s): %s",
+                            self.settings.deployment, pending, self.settings.outbox_replay_interval_s, err)
+            else:
+                log.debug("trigger still failing: %s", err)
+            self._ledger_call(self.outbox.record_attempt, rec.id, str(err))
+            self._emit("send_failed", rec.paths, entry_id=rec.id, error=str(err), permanent=False)
+            return None
+        elapsed = time.monotonic() - started
+        if failing:
+            log.info("Prefect accepts triggers again: replaying the outbox in order")
+        self._ledger_call(self.outbox.mark_sent, rec.id, run_id)
+        with self._lock:
+            timing = self._timing.pop(rec.id, None)
+        first_close = timing[1] if timing is not None else None
+        latency = time.time() - first_close if first_close is not None else None
+        if timing is None:
+            how = ", replayed from the outbox"
+        elif latency is None:
+            how = ", found by a scan"
+        else:
+            how = f", close->trigger {latency:.2f} s"
+        log.info("batch %d: %d file(s) in %s -> flow run %s (trigger %.2f s%s)", rec.id, len(rec.paths),
+                 os.path.dirname(rec.paths[0]) or "/", run_id, elapsed, how)
+        self._emit("sent", rec.paths, entry_id=rec.id, flow_run_id=run_id, close_to_trigger_s=latency)
+        return True
+
+    def _ledger_call(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except LedgerError as err:
+            log.error("cannot update the outbox (the entry is replayed with the same idempotency key): %s", err)
+
