@@ -1,5 +1,5 @@
 """The in-process runner's logic against ``FakeRunAPI`` (which behaves as the Prefect server on these calls;
-tests/integration/test_runner_adapter.py checks the real adapter against a real server): lost claims, runs given
+tests/integration/test_supervision.py checks the real adapter against a real server): lost claims, runs given
 back when anything fails after a claim, work-pool concurrency limits, cancellation before start, grace expiry."""
 
 from __future__ import annotations
@@ -166,3 +166,20 @@ def test_runs_that_finish_within_the_grace_period_are_not_crashed() -> None:
     threading.Timer(0.2, release.set).start()
     assert runner.drain(api) == 0
     assert run.state.name == "Completed"
+
+
+def test_a_run_whose_engine_died_mid_run_is_marked_crashed_once_the_api_answers() -> None:
+    api = _api()
+    run = api.add_run(DISPATCH)
+    api.fail_next("engine", httpx.ConnectError("connection refused"))  # the server went away mid-run
+    api.fail_next("crash", httpx.ConnectError("still away"))
+    runner = _runner(api, {DISPATCH: lambda: None})
+    runner.poll_once(api)
+    _settle(runner, api)
+    assert run.state.name == "Running"  # what the server shows: it would hold a pool slot forever
+    runner.retry_releases(api)
+    assert run.state.name == "Running"
+    runner.retry_releases(api)
+    assert run.state.name == "Crashed" and "flow engine failed: ConnectError" in run.state.message
+    runner.retry_releases(api)
+    assert run.history.count("Crashed") == 1

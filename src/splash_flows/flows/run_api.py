@@ -3,7 +3,7 @@
 ``PrefectRunAPI`` is the only place that touches Prefect's orchestration internals (``propose_state_sync``,
 ``run_flow(flow_run=...)``); ``RunAPI`` is its Protocol, so the runner's logic (claims, releases, cancellation,
 the grace period) is tested with a fake that fails on demand (tests/fakes/run_api.py) and the adapter itself
-against a real Prefect server (tests/integration/test_runner_adapter.py). When Prefect changes these calls,
+against a real Prefect server (tests/integration/test_supervision.py). When Prefect changes these calls,
 this file changes and nothing else.
 """
 

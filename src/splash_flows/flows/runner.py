@@ -27,6 +27,7 @@ server, exactly as with a killed process worker -- the ledger, not the run state
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -113,6 +114,9 @@ class InProcessRunner:
         self._by_id: dict[UUID, ServedDeployment] = {}
         # claimed runs that could not be started nor yet given back (the API failed too): retried each loop
         self._to_release: dict[UUID, str] = {}
+        # runs whose engine failed (e.g. the API went away mid-run): left Running on the server, they would hold
+        # a slot of their pool's concurrency limit forever; marked Crashed as soon as the API answers
+        self._to_crash: dict[UUID, str] = {}
         self._stop_at: float | None = None
 
     @property
@@ -237,9 +241,20 @@ class InProcessRunner:
             self._to_release[run_id] = reason
 
     def retry_releases(self, api: RunAPI) -> None:
-        """Give back the claimed runs whose earlier give-back failed (called every loop and when stopping)."""
+        """Settle what an API failure left half-done (called every loop and when stopping): give back claimed
+        runs whose give-back failed, and mark Crashed the runs whose engine failed (unless already final)."""
         for run_id, reason in list(self._to_release.items()):
             self._give_back(api, run_id, reason)
+        for run_id, reason in list(self._to_crash.items()):
+            try:
+                state = api.read_run(run_id).state
+                if state is None or not state.is_final():
+                    api.crash(run_id, reason)
+                    log.warning("flow run %s marked Crashed: %s", run_id, reason)
+                self._to_crash.pop(run_id)
+            except (httpx.HTTPError, OSError, OrchestrationError) as err:
+                log.error("flow run %s could not be marked Crashed yet (%s); retrying", run_id, err)
+                return
 
     def _execute(self, api: RunAPI, dep: ServedDeployment, flow_run: Any) -> str:
         """Run one claimed flow run with Prefect's engine; returns the final state's name."""
@@ -259,6 +274,8 @@ class InProcessRunner:
             outcome = f"engine error: {type(err).__name__}: {err}" if err is not None else fut.result()
             self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
             (log.error if err is not None else log.info)("flow run %s of %s finished: %s", run_id, name, outcome)
+            if err is not None:
+                self._to_crash[run_id] = f"the splash-flows runner's flow engine failed: {type(err).__name__}: {err}"
 
     def drain(self, api: RunAPI) -> int:
         """After ``stop``: give in-flight runs what is left of ``grace_seconds`` (counted from ``stop``), then
@@ -268,7 +285,8 @@ class InProcessRunner:
             self._reap()
             time.sleep(0.05)
         self._reap()
-        self.retry_releases(api)
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            self.retry_releases(api)
         if not self._active:
             self._pool.shutdown(wait=True)
             log.info("runner stopped (%d run(s) claimed)", self.stats.claimed)
