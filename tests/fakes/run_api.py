@@ -51,6 +51,7 @@ class FakeRun:
     pool: str
     state: FakeState = field(default_factory=lambda: FakeState("Scheduled"))
     history: list[str] = field(default_factory=lambda: ["Scheduled"])
+    infrastructure_pid: str | None = None
 
     def set(self, name: str, message: str = "") -> None:
         self.state = FakeState(name, message)
@@ -121,6 +122,14 @@ class FakeRunAPI:
     def read_run(self, run_id: UUID) -> Any:
         self._maybe_fail("read_run")
         return self.runs[run_id]
+
+    def mark_owner(self, run_id: UUID, owner: str) -> None:
+        self._maybe_fail("mark_owner")
+        self.runs[run_id].infrastructure_pid = owner
+
+    def active_runs(self, deployment_ids: list[UUID]) -> list[Any]:
+        self._maybe_fail("active_runs")
+        return [r for r in self.runs.values() if r.deployment_id in deployment_ids and r.state.name in ACTIVE]
 
     def release(self, run_id: UUID, reason: str) -> None:
         self._maybe_fail("release")

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -51,6 +53,37 @@ log = logging.getLogger("splash_flows.runner")
 
 DEFAULT_POLL_SECONDS = 0.5
 DEFAULT_LIMIT = 4
+
+
+OWNER_PREFIX = "splash-runner"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc/PID/stat field 22), or None if no
+    such process: with the PID it names one process, whatever PIDs are reused later."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``splash-runner:HOST:PID:START``: what the runner records on each run it claims."""
+    pid = os.getpid() if pid is None else pid
+    return f"{OWNER_PREFIX}:{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_gone(tag: str | None) -> bool:
+    """Whether ``tag`` names a runner process on THIS host that no longer exists. Tags of other hosts, of
+    process workers or of a live runner are never "gone": only this host can tell."""
+    if not tag or not tag.startswith(f"{OWNER_PREFIX}:"):
+        return False
+    parts = tag.split(":")
+    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    pid, ticks = parts[2], parts[3]
+    return _start_ticks(int(pid)) != ticks
 
 
 @dataclass
@@ -118,6 +151,7 @@ class InProcessRunner:
         # a slot of their pool's concurrency limit forever; marked Crashed as soon as the API answers
         self._to_crash: dict[UUID, str] = {}
         self._stop_at: float | None = None
+        self.owner = owner_tag()
 
     @property
     def pools(self) -> list[str]:
@@ -154,6 +188,7 @@ class InProcessRunner:
                 try:
                     if time.monotonic() - last_resolve > 60 or not self._by_id:
                         self._resolve(api)
+                        self.crash_orphans(api)
                         last_resolve = time.monotonic()
                     self._reap()
                     self.retry_releases(api)
@@ -183,6 +218,21 @@ class InProcessRunner:
                      ", ".join(self.pools))
         self._by_id = by_id
 
+    def crash_orphans(self, api: RunAPI) -> list[UUID]:
+        """Mark Crashed the Pending/Running runs of the served deployments whose runner on this host is gone
+        (killed mid-run: the server would show them Running forever, each holding a slot of its pool's
+        concurrency limit -- with ``prune_733_pool`` at 1, no prune would ever run again). Their files are
+        re-sent by the watcher or ``reconcile``. Returns the runs marked."""
+        marked: list[UUID] = []
+        for run in api.active_runs(list(self._by_id)):
+            if not owner_gone(getattr(run, "infrastructure_pid", None)):
+                continue
+            api.crash(run.id, f"its runner ({run.infrastructure_pid}) is gone (killed mid-run); files not "
+                              "verified are re-sent by the watcher or `splash-flows reconcile`")
+            log.warning("flow run %s of a runner that is gone (%s) marked Crashed", run.id, run.infrastructure_pid)
+            marked.append(run.id)
+        return marked
+
     def poll_once(self, api: RunAPI) -> None:
         """Claim and start due runs of the served deployments, pool by pool, within ``limit`` and within each
         pool's own concurrency limit (the server hands out no run past it)."""
@@ -210,6 +260,7 @@ class InProcessRunner:
         """Start a run this runner won. Whatever fails before it runs gives the run back (Scheduled), so no
         run stays Pending forever; a run cancelled meanwhile is marked Cancelled. True when started."""
         try:
+            api.mark_owner(run_id, self.owner)
             claimed = api.read_run(run_id)
         except BaseException as err:
             self._give_back(api, run_id, f"the splash-flows runner claimed this run but could not read it: "
