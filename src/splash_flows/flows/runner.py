@@ -21,8 +21,11 @@ Cancelled.
 Limits, stated plainly: runs share this process (a flow that leaked memory would leak it here; ours are thin
 wrappers over plain functions); cancelling a run that is already executing is not possible (a Scheduled run
 that is cancelled is simply never claimed); a run in flight when this process is killed stays Running on the
-server, exactly as with a killed process worker -- the ledger, not the run state, says what happened, and
-``splash-flows reconcile`` re-sends whatever is not verified.
+server until a runner starts again on this host: each claimed run records its runner (``infrastructure_pid``
+``splash-runner:HOST:PID:START``) and a runner marks Crashed, at start and every minute, the runs whose runner
+is gone, so none holds a slot of its pool's concurrency limit forever. A run whose engine failed (the API went
+away mid-run) is marked Crashed once the API answers. Either way the ledger, not the run state, says what
+happened to the files, and the watcher or ``splash-flows reconcile`` re-sends whatever is not verified.
 """
 
 from __future__ import annotations
