@@ -61,6 +61,16 @@ def _wait_verified(root: Path, paths: list[str], timeout: float = 180) -> None:
         time.sleep(0.3)
 
 
+def _running_runs(api_url: str) -> list[str]:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with SyncPrefectClient(api_url) as client:
+        return [str(r.id) for r in client.read_flow_runs(flow_run_filter=running)]
+
+
 def _wait_dead(pids: list[int], timeout: float) -> list[str]:
     """PIDs (with their command line) still alive after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -124,15 +134,17 @@ def test_up_supervises_its_children_keeps_its_port_and_never_leaves_one_behind(t
         for rel in batch:
             (root / "data733" / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / "data733" / rel).write_bytes(os.urandom(200_000))
-        [held] = trigger_deployment(api_url, [batch])
+        trigger_deployment(api_url, [batch])  # the watcher sends them too: whichever run copies, it is killed
         deadline = time.monotonic() + 120
         while not (root / "cfs" / "ALS-4").is_dir() or len(list((root / "cfs" / "ALS-4").iterdir())) < 3:
             assert time.monotonic() < deadline, "the batch never started"
             time.sleep(0.02)
         dead_runner = _state(root)["children"]["runner"]
         os.kill(dead_runner, signal.SIGKILL)
-        final = wait_final(api_url, [held], timeout=120)[held]
-        assert final.name == "Crashed" and "is gone" in (final.message or ""), final
+        held = _running_runs(api_url)
+        assert held, "no run was Running when the runner was killed"
+        for state in wait_final(api_url, held, timeout=120).values():
+            assert state.name == "Crashed" and "is gone" in (state.message or ""), state
         assert _state(root)["children"]["runner"] != dead_runner
         done = subprocess.run(python_argv("-m", "splash_flows", "--config", str(root / "splash-flows.yaml"),
                                           "reconcile", "--min-age", "0", "--api-url", api_url), env=child_env(),
