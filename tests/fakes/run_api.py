@@ -1,10 +1,11 @@
 """``FakeRunAPI``: the runner's orchestrator port (``splash_flows.flows.run_api.RunAPI``) in memory.
 
 It behaves as the Prefect server does on the calls the runner makes (checked against a real server by
-tests/integration/test_runner_adapter.py): only a Scheduled run can be claimed and exactly one claimant wins;
+tests/integration/test_supervision.py): only a Scheduled run can be claimed and exactly one claimant wins;
 a pool hands out no run once its Pending + Running runs reach its concurrency limit; forced states always apply;
-a run whose state is Cancelling/Cancelled cannot start. Failures are injected per method (``fail_next``) and
-other executors' moves happen through hooks (``before_claim``, ``after_claim``).
+a run whose state is Cancelling/Cancelled cannot start. Failures are injected per method (``fail_next``);
+``fail_next("engine", err)`` makes the engine die mid-run, leaving the run Running as Prefect does. Other
+executors' moves happen through hooks (``before_claim``, ``after_claim``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class FakeState:
     def is_cancelled(self) -> bool:
         return self.name == "Cancelled"
 
+    def is_final(self) -> bool:
+        return self.name in {"Completed", "Failed", "Crashed", "Cancelled"}
+
 
 @dataclass
 class FakeRun:
@@ -47,6 +51,7 @@ class FakeRun:
     pool: str
     state: FakeState = field(default_factory=lambda: FakeState("Scheduled"))
     history: list[str] = field(default_factory=lambda: ["Scheduled"])
+    infrastructure_pid: str | None = None
 
     def set(self, name: str, message: str = "") -> None:
         self.state = FakeState(name, message)
@@ -118,6 +123,14 @@ class FakeRunAPI:
         self._maybe_fail("read_run")
         return self.runs[run_id]
 
+    def mark_owner(self, run_id: UUID, owner: str) -> None:
+        self._maybe_fail("mark_owner")
+        self.runs[run_id].infrastructure_pid = owner
+
+    def active_runs(self, deployment_ids: list[UUID]) -> list[Any]:
+        self._maybe_fail("active_runs")
+        return [r for r in self.runs.values() if r.deployment_id in deployment_ids and r.state.name in ACTIVE]
+
     def release(self, run_id: UUID, reason: str) -> None:
         self._maybe_fail("release")
         self.runs[run_id].set("Scheduled", reason)
@@ -138,6 +151,7 @@ class FakeRunAPI:
                 raise RunAborted(f"flow run {run.id}: the server refused Running from {run.state.name}")
             run.set("Running")
         self.executed.append(run.id)
+        self._maybe_fail("engine")  # the engine itself dies mid-run (the API went away): the run stays Running
         try:
             flow()
         except Exception as err:  # noqa: BLE001 - a failing flow ends Failed, as Prefect's engine records it

@@ -17,8 +17,10 @@ import yaml
 from splash_flows.config import default_config_data, load_config_file
 from splash_flows.flows.deploy import InitReport, init_work_pools, read_deployment_specs, server_healthy
 from splash_flows.ledger import Ledger
-from splash_flows.processes import Child, child_env, free_port, python_argv, start_child
+from splash_flows.processes import Child, child_env, descendants, free_port, python_argv, start_child
 from tests.support.postgres import PostgresServer
+
+__all__ = ["descendants"]  # re-exported for the tests: every process below a PID, from /proc
 
 
 @dataclass
@@ -190,19 +192,3 @@ def wait_final(api_url: str, run_ids: list[str], timeout: float = 120.0) -> dict
                 raise AssertionError(f"runs not final after {timeout} s: "
                                      f"{ {k: (v.name if v else None) for k, v in states.items()} }")
             time.sleep(0.3)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first found through /proc), whatever session or group it is in."""
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        current = stack.pop()
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                kids = [int(k) for k in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found.extend(kids)
-            stack.extend(kids)
-    return found

@@ -45,6 +45,10 @@ def test_the_adapter_lets_one_claimant_win_and_gives_runs_back(prefect_server: P
     with PrefectRunAPI.open(url) as mine, PrefectRunAPI.open(url) as theirs:
         assert [mine.claim(run_id), theirs.claim(run_id)] == [True, False]  # the lost-claim race
         assert _state(url, run_id) == "Pending"
+        mine.mark_owner(run_id, "splash-runner:host:1:2")
+        dep_id = mine.deployment_id("dispatcher/run_733_dispatcher")
+        held = {r.id: r.infrastructure_pid for r in mine.active_runs([dep_id])}
+        assert held.get(run_id) == "splash-runner:host:1:2"  # what a restarted runner reads to find orphans
         mine.release(run_id, "could not start it")
         assert _state(url, run_id) == "Scheduled"
         due = mine.scheduled_runs("dispatcher_733_pool", datetime.now(UTC))

@@ -1,6 +1,7 @@
 """``splash-flows up`` end to end with real processes: one command starts server (SQLite), init, runner and
 watcher; files written into DIR/data733 end verified; a watcher killed with SIGKILL while files arrive is
-restarted and misses nothing; ``up`` killed with SIGKILL takes every child with it (checked by PID); a restart
+restarted and misses nothing; a runner killed mid-run is restarted and its run marked Crashed, reconcile
+finishes it; ``up`` killed with SIGKILL takes every child with it (checked by PID); a restart
 comes back on the same port (the one fixed in the configuration); Ctrl-C with a run in flight stops all of it
 within 10 s."""
 
@@ -60,6 +61,16 @@ def _wait_verified(root: Path, paths: list[str], timeout: float = 180) -> None:
         time.sleep(0.3)
 
 
+def _running_runs(api_url: str) -> list[str]:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with SyncPrefectClient(api_url) as client:
+        return [str(r.id) for r in client.read_flow_runs(flow_run_filter=running)]
+
+
 def _wait_dead(pids: list[int], timeout: float) -> list[str]:
     """PIDs (with their command line) still alive after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -116,6 +127,30 @@ def test_up_supervises_its_children_keeps_its_port_and_never_leaves_one_behind(t
         assert pid_alive(_state(root)["children"]["watcher"])
         assert f"watcher (pid {dead_watcher}) exited with code -9" in log.read_text()
         _wait_verified(root, arriving)  # no trigger by hand: the restarted watcher found them
+
+        # the runner dies by SIGKILL mid-run: restarted, the run it held is marked Crashed (no pool slot held
+        # forever), and reconcile finishes its files
+        batch = [f"ALS-4/frame_{i:03d}.edf" for i in range(150)]
+        for rel in batch:
+            (root / "data733" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / "data733" / rel).write_bytes(os.urandom(200_000))
+        trigger_deployment(api_url, [batch])  # the watcher sends them too: whichever run copies, it is killed
+        deadline = time.monotonic() + 120
+        while not (root / "cfs" / "ALS-4").is_dir() or len(list((root / "cfs" / "ALS-4").iterdir())) < 3:
+            assert time.monotonic() < deadline, "the batch never started"
+            time.sleep(0.02)
+        dead_runner = _state(root)["children"]["runner"]
+        os.kill(dead_runner, signal.SIGKILL)
+        held = _running_runs(api_url)
+        assert held, "no run was Running when the runner was killed"
+        for state in wait_final(api_url, held, timeout=120).values():
+            assert state.name == "Crashed" and "is gone" in (state.message or ""), state
+        assert _state(root)["children"]["runner"] != dead_runner
+        done = subprocess.run(python_argv("-m", "splash_flows", "--config", str(root / "splash-flows.yaml"),
+                                          "reconcile", "--min-age", "0", "--api-url", api_url), env=child_env(),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        _wait_verified(root, batch)
 
         # `up` killed with SIGKILL: every child it started goes too
         family = descendants(up.pid)

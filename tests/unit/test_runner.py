@@ -1,5 +1,5 @@
 """The in-process runner's logic against ``FakeRunAPI`` (which behaves as the Prefect server on these calls;
-tests/integration/test_runner_adapter.py checks the real adapter against a real server): lost claims, runs given
+tests/integration/test_supervision.py checks the real adapter against a real server): lost claims, runs given
 back when anything fails after a claim, work-pool concurrency limits, cancellation before start, grace expiry."""
 
 from __future__ import annotations
@@ -166,3 +166,55 @@ def test_runs_that_finish_within_the_grace_period_are_not_crashed() -> None:
     threading.Timer(0.2, release.set).start()
     assert runner.drain(api) == 0
     assert run.state.name == "Completed"
+
+
+def test_a_run_whose_engine_died_mid_run_is_marked_crashed_once_the_api_answers() -> None:
+    api = _api()
+    run = api.add_run(DISPATCH)
+    api.fail_next("engine", httpx.ConnectError("connection refused"))  # the server went away mid-run
+    api.fail_next("crash", httpx.ConnectError("still away"))
+    runner = _runner(api, {DISPATCH: lambda: None})
+    runner.poll_once(api)
+    _settle(runner, api)
+    assert run.state.name == "Running"  # what the server shows: it would hold a pool slot forever
+    runner.retry_releases(api)
+    assert run.state.name == "Running"
+    runner.retry_releases(api)
+    assert run.state.name == "Crashed" and "flow engine failed: ConnectError" in run.state.message
+    runner.retry_releases(api)
+    assert run.history.count("Crashed") == 1
+
+
+def test_runs_left_running_by_a_runner_that_is_gone_are_crashed_and_others_are_left_alone() -> None:
+    import subprocess
+    import sys
+
+    from splash_flows.flows.runner import owner_tag
+
+    api = _api()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_tag = owner_tag(gone.pid)  # a runner that claimed runs, then was killed with SIGKILL
+    gone.wait()
+    orphan, prune_orphan = api.add_run(DISPATCH), api.add_run(PRUNE)
+    for run in (orphan, prune_orphan):
+        run.set("Running")
+        run.infrastructure_pid = dead_tag
+    live = api.add_run(DISPATCH)
+    live.set("Running")
+    live.infrastructure_pid = owner_tag()  # a runner alive (this process)
+    worker = api.add_run(DISPATCH)
+    worker.set("Running")
+    worker.infrastructure_pid = "otherhost:1234"  # a process worker's own format: not ours to judge
+    elsewhere = api.add_run(DISPATCH)
+    elsewhere.set("Running")
+    elsewhere.infrastructure_pid = "splash-runner:another-host:1:1"
+    waiting = api.add_run(PRUNE)
+    runner = _runner(api, {DISPATCH: lambda: None, PRUNE: lambda: None})
+    runner.poll_once(api)  # the prune pool's one slot is held by the orphan: nothing runs
+    assert waiting.state.name == "Scheduled"
+    assert sorted(map(str, runner.crash_orphans(api))) == sorted(map(str, [orphan.id, prune_orphan.id]))
+    assert orphan.state.name == prune_orphan.state.name == "Crashed" and "is gone" in orphan.state.message
+    assert {live.state.name, worker.state.name, elsewhere.state.name} == {"Running"}
+    runner.poll_once(api)
+    _settle(runner, api)
+    assert waiting.state.name == "Completed" and waiting.infrastructure_pid == runner.owner

@@ -3,7 +3,7 @@
 ``PrefectRunAPI`` is the only place that touches Prefect's orchestration internals (``propose_state_sync``,
 ``run_flow(flow_run=...)``); ``RunAPI`` is its Protocol, so the runner's logic (claims, releases, cancellation,
 the grace period) is tested with a fake that fails on demand (tests/fakes/run_api.py) and the adapter itself
-against a real Prefect server (tests/integration/test_runner_adapter.py). When Prefect changes these calls,
+against a real Prefect server (tests/integration/test_supervision.py). When Prefect changes these calls,
 this file changes and nothing else.
 """
 
@@ -36,6 +36,12 @@ class RunAPI(Protocol):
 
     def read_run(self, run_id: UUID) -> Any:
         """The flow run as the server has it now."""
+
+    def mark_owner(self, run_id: UUID, owner: str) -> None:
+        """Record which executor holds a claimed run (the run's ``infrastructure_pid``, as workers do)."""
+
+    def active_runs(self, deployment_ids: list[UUID]) -> list[Any]:
+        """Pending and Running runs of these deployments (with ``infrastructure_pid``)."""
 
     def release(self, run_id: UUID, reason: str) -> None:
         """Give a claimed run that was not started back: Scheduled, due now, for any executor."""
@@ -109,6 +115,25 @@ class PrefectRunAPI:
 
     def read_run(self, run_id: UUID) -> Any:
         return self.client.read_flow_run(run_id)
+
+    def mark_owner(self, run_id: UUID, owner: str) -> None:
+        self.client.update_flow_run(run_id, infrastructure_pid=owner)
+
+    def active_runs(self, deployment_ids: list[UUID]) -> list[Any]:
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        runs: list[Any] = self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PENDING, StateType.RUNNING]))),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)))
+        return runs
 
     def release(self, run_id: UUID, reason: str) -> None:
         from prefect.states import Scheduled

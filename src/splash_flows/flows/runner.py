@@ -21,14 +21,20 @@ Cancelled.
 Limits, stated plainly: runs share this process (a flow that leaked memory would leak it here; ours are thin
 wrappers over plain functions); cancelling a run that is already executing is not possible (a Scheduled run
 that is cancelled is simply never claimed); a run in flight when this process is killed stays Running on the
-server, exactly as with a killed process worker -- the ledger, not the run state, says what happened, and
-``splash-flows reconcile`` re-sends whatever is not verified.
+server until a runner starts again on this host: each claimed run records its runner (``infrastructure_pid``
+``splash-runner:HOST:PID:START``) and a runner marks Crashed, at start and every minute, the runs whose runner
+is gone, so none holds a slot of its pool's concurrency limit forever. A run whose engine failed (the API went
+away mid-run) is marked Crashed once the API answers. Either way the ledger, not the run state, says what
+happened to the files, and the watcher or ``splash-flows reconcile`` re-sends whatever is not verified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +56,37 @@ log = logging.getLogger("splash_flows.runner")
 
 DEFAULT_POLL_SECONDS = 0.5
 DEFAULT_LIMIT = 4
+
+
+OWNER_PREFIX = "splash-runner"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (/proc/PID/stat field 22), or None if no
+    such process: with the PID it names one process, whatever PIDs are reused later."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``splash-runner:HOST:PID:START``: what the runner records on each run it claims."""
+    pid = os.getpid() if pid is None else pid
+    return f"{OWNER_PREFIX}:{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_gone(tag: str | None) -> bool:
+    """Whether ``tag`` names a runner process on THIS host that no longer exists. Tags of other hosts, of
+    process workers or of a live runner are never "gone": only this host can tell."""
+    if not tag or not tag.startswith(f"{OWNER_PREFIX}:"):
+        return False
+    parts = tag.split(":")
+    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+        return False
+    pid, ticks = parts[2], parts[3]
+    return _start_ticks(int(pid)) != ticks
 
 
 @dataclass
@@ -113,7 +150,11 @@ class InProcessRunner:
         self._by_id: dict[UUID, ServedDeployment] = {}
         # claimed runs that could not be started nor yet given back (the API failed too): retried each loop
         self._to_release: dict[UUID, str] = {}
+        # runs whose engine failed (e.g. the API went away mid-run): left Running on the server, they would hold
+        # a slot of their pool's concurrency limit forever; marked Crashed as soon as the API answers
+        self._to_crash: dict[UUID, str] = {}
         self._stop_at: float | None = None
+        self.owner = owner_tag()
 
     @property
     def pools(self) -> list[str]:
@@ -150,6 +191,7 @@ class InProcessRunner:
                 try:
                     if time.monotonic() - last_resolve > 60 or not self._by_id:
                         self._resolve(api)
+                        self.crash_orphans(api)
                         last_resolve = time.monotonic()
                     self._reap()
                     self.retry_releases(api)
@@ -179,6 +221,21 @@ class InProcessRunner:
                      ", ".join(self.pools))
         self._by_id = by_id
 
+    def crash_orphans(self, api: RunAPI) -> list[UUID]:
+        """Mark Crashed the Pending/Running runs of the served deployments whose runner on this host is gone
+        (killed mid-run: the server would show them Running forever, each holding a slot of its pool's
+        concurrency limit -- with ``prune_733_pool`` at 1, no prune would ever run again). Their files are
+        re-sent by the watcher or ``reconcile``. Returns the runs marked."""
+        marked: list[UUID] = []
+        for run in api.active_runs(list(self._by_id)):
+            if not owner_gone(getattr(run, "infrastructure_pid", None)):
+                continue
+            api.crash(run.id, f"its runner ({run.infrastructure_pid}) is gone (killed mid-run); files not "
+                              "verified are re-sent by the watcher or `splash-flows reconcile`")
+            log.warning("flow run %s of a runner that is gone (%s) marked Crashed", run.id, run.infrastructure_pid)
+            marked.append(run.id)
+        return marked
+
     def poll_once(self, api: RunAPI) -> None:
         """Claim and start due runs of the served deployments, pool by pool, within ``limit`` and within each
         pool's own concurrency limit (the server hands out no run past it)."""
@@ -206,6 +263,7 @@ class InProcessRunner:
         """Start a run this runner won. Whatever fails before it runs gives the run back (Scheduled), so no
         run stays Pending forever; a run cancelled meanwhile is marked Cancelled. True when started."""
         try:
+            api.mark_owner(run_id, self.owner)
             claimed = api.read_run(run_id)
         except BaseException as err:
             self._give_back(api, run_id, f"the splash-flows runner claimed this run but could not read it: "
@@ -237,9 +295,20 @@ class InProcessRunner:
             self._to_release[run_id] = reason
 
     def retry_releases(self, api: RunAPI) -> None:
-        """Give back the claimed runs whose earlier give-back failed (called every loop and when stopping)."""
+        """Settle what an API failure left half-done (called every loop and when stopping): give back claimed
+        runs whose give-back failed, and mark Crashed the runs whose engine failed (unless already final)."""
         for run_id, reason in list(self._to_release.items()):
             self._give_back(api, run_id, reason)
+        for run_id, reason in list(self._to_crash.items()):
+            try:
+                state = api.read_run(run_id).state
+                if state is None or not state.is_final():
+                    api.crash(run_id, reason)
+                    log.warning("flow run %s marked Crashed: %s", run_id, reason)
+                self._to_crash.pop(run_id)
+            except (httpx.HTTPError, OSError, OrchestrationError) as err:
+                log.error("flow run %s could not be marked Crashed yet (%s); retrying", run_id, err)
+                return
 
     def _execute(self, api: RunAPI, dep: ServedDeployment, flow_run: Any) -> str:
         """Run one claimed flow run with Prefect's engine; returns the final state's name."""
@@ -259,6 +328,8 @@ class InProcessRunner:
             outcome = f"engine error: {type(err).__name__}: {err}" if err is not None else fut.result()
             self.stats.finished[outcome] = self.stats.finished.get(outcome, 0) + 1
             (log.error if err is not None else log.info)("flow run %s of %s finished: %s", run_id, name, outcome)
+            if err is not None:
+                self._to_crash[run_id] = f"the splash-flows runner's flow engine failed: {type(err).__name__}: {err}"
 
     def drain(self, api: RunAPI) -> int:
         """After ``stop``: give in-flight runs what is left of ``grace_seconds`` (counted from ``stop``), then
@@ -268,7 +339,8 @@ class InProcessRunner:
             self._reap()
             time.sleep(0.05)
         self._reap()
-        self.retry_releases(api)
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            self.retry_releases(api)
         if not self._active:
             self._pool.shutdown(wait=True)
             log.info("runner stopped (%d run(s) claimed)", self.stats.claimed)
