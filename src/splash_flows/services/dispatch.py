@@ -23,7 +23,7 @@ from pathlib import PurePosixPath
 from splash_flows.context import Context
 from splash_flows.errors import ExportControlledError, SourceMissingError, TierError
 from splash_flows.ledger import EventKind
-from splash_flows.paths import normalize_relpath
+from splash_flows.paths import normalize_relpath, printable_path
 from splash_flows.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def validate_batch(ctx: Context, paths: Sequence[str]) -> ValidationReport:
             path = _check(ctx, raw)
         except TierError as err:  # PathEscapeError, ExportControlledError, SourceMissingError, not a file
             report.refused[raw] = err
-            ctx.ledger.record_failed(raw, source_name, str(err), kind=EventKind.REFUSED)
+            ctx.ledger.record_failed(printable_path(raw), source_name, str(err), kind=EventKind.REFUSED)
             log.warning("%s", err)
             continue
         if path not in seen:
