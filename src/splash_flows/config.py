@@ -216,6 +216,11 @@ class SciCatCatalogueConfig(_Model):
     verify_tls: bool = True
     retry: CatalogueRetryConfig = Field(default_factory=CatalogueRetryConfig)
     download_tiers: list[str] = Field(default_factory=list, description="As for the embedded catalogue.")
+    admin_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups of the server's ADMIN_GROUPS that the account is in (the server does not publish that "
+        "list). Without one, the account must be in the ownerGroup (the proposal) of every dataset it ingests, "
+        "or SciCat refuses its file lists; the ingest checks this before creating anything.")
 
 
 class NoCatalogueConfig(_Model):

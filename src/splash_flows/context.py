@@ -87,7 +87,8 @@ def build_catalogue(config: Config) -> Catalogue:
         retry = RetryPolicy(max_attempts=cat_cfg.retry.max_attempts, backoff_base=cat_cfg.retry.backoff_base,
                             backoff_max=cat_cfg.retry.backoff_max)
         return SciCatCatalogue(cat_cfg.url, cat_cfg.username, cat_cfg.password.get_secret_value(),
-                               timeout=cat_cfg.timeout, retry=retry, verify=cat_cfg.verify_tls)
+                               timeout=cat_cfg.timeout, retry=retry, verify=cat_cfg.verify_tls,
+                               admin_groups=cat_cfg.admin_groups)
     raise ConfigError("no catalogue is configured (catalogue.kind is 'none')")
 
 

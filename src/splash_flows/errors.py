@@ -90,6 +90,11 @@ class CatalogueUnavailable(CatalogueError):
     """The catalogue could not be reached or answered 5xx after retries; the ingest is retried later."""
 
 
+class CataloguePermissionError(CatalogueError):
+    """The catalogue account lacks a permission the ingest needs (e.g. attaching a dataset's file list). Found
+    out before anything is written, so nothing half-made is left in the catalogue; an operator must act."""
+
+
 class PruneRefused(SplashFlowsError):
     """A deletion was refused because a copy the retention policy requires could not be re-verified."""
 

@@ -24,22 +24,12 @@ from dataclasses import dataclass, field
 from splash_flows.config import Config
 from splash_flows.errors import LedgerError, PathEscapeError
 from splash_flows.ledger import EventKind, Ledger
-from splash_flows.paths import normalize_relpath
+from splash_flows.paths import display_path, normalize_relpath
 from splash_flows.tiers.base import FileStat, Tier, WalkProblem
 
 log = logging.getLogger(__name__)
 
 NOT_UTF8 = "file name is not valid UTF-8; rename it"
-
-
-def display_path(path: str) -> str:
-    """``path`` as printable, storable text: bytes that are not UTF-8 (held as surrogate escapes by
-    ``os.fsdecode``) become ``\\xNN``. Valid names are returned unchanged."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def test_status_shows_the_catalogue_state_of_every_file(site: Site) -> None:
 def scicat_site(tmp_path: Path) -> Iterator[tuple[Site, FakeSciCat]]:
     with FakeSciCat() as fake:
         section = {"kind": "scicat", "url": fake.url, "username": "ingestor",
-                   "password": fake.users["ingestor"], "retry": {"max_attempts": 1}}
+                   "password": fake.users["ingestor"], "retry": {"max_attempts": 1}, "admin_groups": ["ingestor"]}
         fake.fail_next(100_000)
         yield make_site(tmp_path, section), fake
 

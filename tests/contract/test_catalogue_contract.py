@@ -56,6 +56,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
             fake.users["ingestor"],
             retry=RetryPolicy(max_attempts=2),
             sleep=lambda _: None,
+            admin_groups=("ingestor",),
         )
         yield Harness(
             scicat,
@@ -123,6 +124,20 @@ def test_get_reads_back_exactly_what_was_stored(harness: Harness) -> None:
     pid = harness.catalogue.upsert(doc)
     entry = harness.catalogue.get(pid)
     assert entry == CatalogueEntry(pid=pid, doc=doc, has_thumbnail=False)
+
+
+def test_metadata_keys_as_7_3_3_writes_them_read_back_the_same_everywhere(harness: Harness) -> None:
+    """Keys with spaces and '#' (a real v4 SciCat returns them URL-encoded) read back as written, through get,
+    find, search and after a location update, so `catalog show` and `search --json` print the same keys."""
+    metadata = {"I1 normalization": 0.25, "ALS Proposal #": "ALS-11234", "Exposure time s": {"value": 1.5, "unit": "s"}}
+    doc = sample_doc(scientific_metadata=metadata)
+    pid = harness.catalogue.upsert(doc)
+    harness.catalogue.add_location(pid, location("cfs"))
+    found = harness.catalogue.find(doc.scan_key)
+    assert found is not None
+    assert harness.catalogue.get(pid).doc.scientific_metadata == metadata
+    assert found.doc.scientific_metadata == metadata
+    assert [e.doc.scientific_metadata for e in harness.catalogue.search(proposal="ALS-11234")] == [metadata]
 
 
 def test_get_of_an_unknown_pid_raises(harness: Harness) -> None:

@@ -5,7 +5,20 @@ It runs in the test process on 127.0.0.1 (a free port, ``http.server`` in a thre
 and not against our own assumptions:
 
 * login (``POST /api/v3/auth/login``) gives a token that expires (``token_ttl``; ``expire_tokens()`` forces
-  it); every other route wants ``Authorization: Bearer <token>`` (a query-string token is ignored) -> 401;
+  it); every other route wants ``Authorization: Bearer <token>`` (a query-string token is ignored). A missing,
+  expired or invalid token is answered 401 on the v3 routes but **403 "Forbidden resource" on the v4 routes**,
+  as a real 4.27 does (SCICAT.md, "Seen on a real ... 4.27");
+* accounts and groups as the real server's CASL rules have them: an account's ``currentGroups`` (its own name
+  unless ``groups`` says otherwise) are shown by ``GET /api/v3/auth/whoami``; ``admin_groups`` (ADMIN_GROUPS,
+  by default ``admin`` and ``ingestor`` as scicatlive configures them) may do anything; an account in
+  ``privileged_groups`` (CREATE_DATASET_PRIVILEGED_GROUPS) may create datasets for any ownerGroup; any other
+  account only for one of its groups. ``POST /api/v4/origdatablocks`` and ``PATCH /api/v4/datasets/{pid}``
+  need an admin group or the dataset's ownerGroup (so a privileged account creates datasets it cannot fill:
+  the 4.27 trap), and listing shows a non-admin account only the datasets (and origdatablocks) of its groups
+  (ownerGroup or accessGroups) and published ones;
+* ``scientificMetadata`` keys are stored URL-encoded (``encodeURIComponent``: ``I1%20normalization``) and the
+  v4 routes return them so, as a real 4.27 does; a client that writes back the keys it read gets them encoded
+  twice;
 * EVERY request body is validated against the schema of its route in the OpenAPI document the real server
   serves (``tests/data/scicat-backend-4.5-openapi.json``), with unknown properties forbidden as the server's
   whitelist does; a failure answers 400 and is recorded in ``violations`` so tests can assert there were none;
@@ -38,7 +51,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import jsonschema
 from dateutil import parser as date_parser
@@ -48,6 +61,7 @@ from referencing.jsonschema import DRAFT7
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "data" / "scicat-backend-4.5-openapi.json"
 _DOC_URI = "urn:scicat-backend-4.5-openapi"
 LOGIN = "/api/v3/auth/login"
+WHOAMI = "/api/v3/auth/whoami"
 
 # ---------------------------------------------------------------------------------------------- the contract
 
@@ -382,6 +396,9 @@ class FakeSciCat:
 
     users: dict[str, str] = field(default_factory=lambda: {"ingestor": "correct horse battery staple"})
     pid_groups: set[str] = field(default_factory=set)  # accounts allowed to send their own pid
+    groups: dict[str, set[str]] = field(default_factory=dict)  # account -> currentGroups (default: {account})
+    admin_groups: set[str] = field(default_factory=lambda: {"admin", "ingestor"})  # ADMIN_GROUPS
+    privileged_groups: set[str] = field(default_factory=set)  # CREATE_DATASET_PRIVILEGED_GROUPS
     token_ttl: float = 3600.0
     pid_prefix: str = "20.500.12269/"
     clock: Callable[[], float] = time.time
@@ -405,6 +422,8 @@ class FakeSciCat:
         self._thread: threading.Thread | None = None
         self._handlers: dict[tuple[str, str], Callable[..., tuple[int, Any]]] = {
             ("POST", LOGIN): self._login,
+            ("GET", WHOAMI): self._whoami,
+            ("GET", "/api/v3/users/{id}/authorization/dataset/create"): self._can_create_dataset,
             ("GET", "/api/v4/datasets"): self._list_datasets,
             ("POST", "/api/v4/datasets"): self._create_dataset,
             ("GET", "/api/v4/datasets/{pid}"): self._get_dataset,
@@ -548,7 +567,7 @@ class FakeSciCat:
             raise _Reply(501, f"the fake does not implement {method} {template}", "Not Implemented")
         user = None
         if template != LOGIN:
-            user = self._authenticate(headers)
+            user = self._authenticate(headers, v4=template.startswith("/api/v4/"))
         body: Any = None
         if self.contract.body_schema(method, template) is not None:
             try:
@@ -571,13 +590,34 @@ class FakeSciCat:
             self.violations.append(Violation(method, path, "filter", str(exc)))
             raise _Reply(400, str(exc), "Bad Request") from exc
 
-    def _authenticate(self, headers: dict[str, str]) -> str:
+    def _authenticate(self, headers: dict[str, str], *, v4: bool) -> str:
         auth = headers.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
         user, expires = self._tokens.get(token, ("", 0.0))
         if not user or self.clock() >= expires or self.reject_all_tokens:
+            if v4:  # the v4 guards see an anonymous caller and refuse it: 403, not 401 (4.27)
+                raise _Reply(403, "Forbidden resource", "Forbidden")
             raise _Reply(401, "Unauthorized")
         return user
+
+    # ------------------------------------------------------------------ accounts and permissions
+
+    def groups_of(self, user: str) -> set[str]:
+        """The account's ``currentGroups`` (roles plus access groups on a real server)."""
+        return set(self.groups.get(user, {user}))
+
+    def is_admin(self, user: str) -> bool:
+        return bool(self.groups_of(user) & self.admin_groups)
+
+    def _may_write(self, user: str, dataset: dict[str, Any]) -> bool:
+        """Update a dataset or attach an origdatablock to it: ADMIN_GROUPS or the dataset's ownerGroup."""
+        return self.is_admin(user) or dataset.get("ownerGroup") in self.groups_of(user)
+
+    def _may_read(self, user: str, row: dict[str, Any]) -> bool:
+        if self.is_admin(user) or row.get("isPublished") is True:
+            return True
+        mine = self.groups_of(user)
+        return row.get("ownerGroup") in mine or bool(mine & set(row.get("accessGroups") or []))
 
     def _stamp(self) -> str:
         """Now, as the server writes dates (ms, Z), strictly increasing so sorting by date is stable."""
@@ -608,11 +648,25 @@ class FakeSciCat:
             "user": {"username": username, "email": f"{username}@example.org", "id": f"user-{username}"},
         }
 
+    def _whoami(self, *, user: str, **_: Any) -> tuple[int, Any]:
+        return 200, {
+            "_id": f"user-{user}",
+            "username": user,
+            "email": f"{user}@example.org",
+            "currentGroups": sorted(self.groups_of(user)),
+        }
+
+    def _can_create_dataset(self, *, params: dict[str, str], user: str, **_: Any) -> tuple[int, Any]:
+        if params["id"] != f"user-{user}" and not self.is_admin(user):
+            raise _Reply(403, "Forbidden resource", "Forbidden")
+        return 200, {"authorization": True}  # CREATE_DATASET_GROUPS="all", the example configuration
+
     def _forbidden(self, **_: Any) -> tuple[int, Any]:
         raise _Reply(403, "Forbidden resource", "Forbidden")
 
-    def _list_datasets(self, *, flt: dict[str, Any], **_: Any) -> tuple[int, Any]:
-        return 200, apply_filter(list(self.datasets.values()), flt, ("pid",))
+    def _list_datasets(self, *, flt: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
+        visible = [d for d in self.datasets.values() if self._may_read(user, d)]
+        return 200, apply_filter(visible, flt, ("pid",))
 
     def _create_dataset(self, *, body: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
         route = "/api/v4/datasets"
@@ -623,6 +677,9 @@ class FakeSciCat:
             raise self._rule(route, "sourceFolderHost must be a URL address")
         if not all(_EMAIL.match(e.strip()) for e in body["contactEmail"].split(";")):
             raise self._rule(route, "contactEmail must contain only valid e-mail addresses")
+        groups = self.groups_of(user)
+        if not (self.is_admin(user) or groups & self.privileged_groups or body["ownerGroup"] in groups):
+            raise _Reply(403, "Unauthorized to create this dataset", "Forbidden")
         pid = body.get("pid")
         if pid is not None:
             if user not in self.pid_groups:
@@ -655,12 +712,14 @@ class FakeSciCat:
         }
         dataset["creationTime"] = _iso(_parse_instant(body["creationTime"]).timestamp())
         dataset["sourceFolder"] = body["sourceFolder"].rstrip("/") or "/"
-        dataset["scientificMetadata"] = _with_si(dataset["scientificMetadata"])
+        dataset["scientificMetadata"] = _with_si(_encode_keys(dataset["scientificMetadata"]))
         self.datasets[pid] = dataset
         return 201, copy.deepcopy(dataset)
 
-    def _get_dataset(self, *, params: dict[str, str], **_: Any) -> tuple[int, Any]:
+    def _get_dataset(self, *, params: dict[str, str], user: str, **_: Any) -> tuple[int, Any]:
         dataset = self.datasets.get(params["pid"])
+        if dataset is not None and not self._may_read(user, dataset):
+            raise _Reply(403, "Unauthorized access", "Forbidden")
         if dataset is None:
             raise _Reply(404, f"Dataset {params['pid']} not found", "Not Found")
         return 200, copy.deepcopy(dataset)
@@ -671,6 +730,11 @@ class FakeSciCat:
         dataset = self.datasets.get(params["pid"])
         if dataset is None:
             raise _Reply(404, f"Dataset {params['pid']} not found", "Not Found")
+        if not self._may_write(user, dataset):
+            raise _Reply(403, "Unauthorized to update this dataset", "Forbidden")
+        body = copy.deepcopy(body)
+        if isinstance(body.get("scientificMetadata"), dict):
+            body["scientificMetadata"] = _encode_keys(body["scientificMetadata"])
         merge = headers.get("content-type", "").startswith("application/merge-patch+json")
         for key, value in copy.deepcopy(body).items():
             if merge and isinstance(value, dict) and isinstance(dataset.get(key), dict):
@@ -681,13 +745,16 @@ class FakeSciCat:
         dataset["updatedBy"], dataset["updatedAt"] = user, self._stamp()
         return 200, copy.deepcopy(dataset)
 
-    def _list_origdatablocks(self, *, flt: dict[str, Any], **_: Any) -> tuple[int, Any]:
-        return 200, apply_filter(self.origdatablocks, flt, ("_id",))
+    def _list_origdatablocks(self, *, flt: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
+        visible = [b for b in self.origdatablocks if self._may_read(user, b)]
+        return 200, apply_filter(visible, flt, ("_id",))
 
     def _create_origdatablock(self, *, body: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
         dataset = self.datasets.get(body["datasetId"])
         if dataset is None:
             raise _Reply(404, f"Dataset {body['datasetId']} not found", "Not Found")
+        if not self._may_write(user, dataset):  # the 4.27 rule: ADMIN_GROUPS or the dataset's ownerGroup
+            raise _Reply(403, "Unauthorized access", "Forbidden")
         stamp = self._stamp()
         block = {
             "ownerGroup": dataset["ownerGroup"],
@@ -809,6 +876,15 @@ def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def encode_uri_component(text: str) -> str:
+    """JavaScript's ``encodeURIComponent``: what the server applies to a scientificMetadata key it stores."""
+    return quote(text, safe="-_.!~*'()")
+
+
+def _encode_keys(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {encode_uri_component(str(k)): v for k, v in metadata.items()}
 
 
 def _loads(raw: bytes) -> Any:

@@ -53,7 +53,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSciCat]:
 
 def scicat_section(fake: FakeSciCat) -> dict[str, Any]:
     return {"kind": "scicat", "url": fake.url, "username": "ingestor", "password": f"${{{PASSWORD_VAR}}}",
-            "retry": {"max_attempts": 2, "backoff_base": 0.0}}
+            "retry": {"max_attempts": 2, "backoff_base": 0.0}, "admin_groups": ["ingestor"]}
 
 
 def test_catalogued_batch_completes_with_one_dataset_per_scan(prefect_harness: None, tmp_path: Path) -> None:

@@ -129,7 +129,8 @@ def scicat(tmp_path: Path) -> Iterator[tuple[Config, FakeSciCat]]:
         config = base.model_copy(update={
             "catalogue": SciCatCatalogueConfig(kind="scicat", url=fake.url, username="ingestor",
                                                password=SecretStr(fake.users["ingestor"]),
-                                               retry=CatalogueRetryConfig(max_attempts=2, backoff_base=0.0)),
+                                               retry=CatalogueRetryConfig(max_attempts=2, backoff_base=0.0),
+                                               admin_groups=["ingestor"]),
             "dataset": DatasetConfig(contact_email="bl733@example.org")})
         yield config, fake
         assert not fake.violations, "\n".join(iter_violations(fake))

@@ -25,6 +25,19 @@ The date-filter trap: scicat-backend turns any filter *string* that JavaScript's
 Date, so ``{"creationLocation": "/ALS/7.3.3"}`` matches nothing. Every equality filter here is therefore
 written as ``{"$in": [value]}``, which the backend leaves alone.
 
+What a real 4.27 does that its OpenAPI document does not say (``SCICAT.md``, "Seen on a real ... 4.27"):
+
+* an expired or invalid token is answered **403** on the v4 routes (401 on v3): every request logs in again
+  once on 401 *or* 403, and only a 403 to a fresh token is a refusal;
+* ``POST /api/v4/origdatablocks`` needs the account in one of the server's ADMIN_GROUPS or in the dataset's
+  ownerGroup, while creating the dataset may be allowed to more accounts. So before the first dataset of an
+  ownerGroup is created, the account's groups are read (``GET /api/v3/auth/whoami``) and the ingest stops with
+  ``CataloguePermissionError`` -- creating nothing -- when it could not attach the files. The server does not
+  publish ADMIN_GROUPS, so the configuration names the admin groups the account relies on (``admin_groups``);
+* ``scientificMetadata`` keys come back URL-encoded as the server stored them (``I1%20normalization``): they
+  are decoded on read and always written decoded (the server encodes them itself; writing back what was read
+  would encode them twice).
+
 Retries: a request that fails with a timeout, a connection error or HTTP 5xx/408/429 is retried, but never
 on its own: the *whole* step it belongs to (e.g. "find the dataset, create it if absent, then make sure it
 has its file list") is run again, so a POST whose answer was lost is detected by the next attempt's lookup
@@ -44,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import httpx
 from pydantic import ValidationError
@@ -60,7 +73,7 @@ from scicat_sdk_py.models.partial_update_orig_datablock_dto import PartialUpdate
 
 from splash_flows.catalogue._png import require_png
 from splash_flows.catalogue.base import CatalogueEntry, DataFileDoc, DatasetDoc, LocationDoc
-from splash_flows.errors import CatalogueError, CatalogueUnavailable
+from splash_flows.errors import CatalogueError, CataloguePermissionError, CatalogueUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +87,8 @@ ERRORS = "splash_errors"
 _SCAN_KEY_PATH = f"scientificMetadata.{SCAN_KEY}"
 
 LOGIN_ROUTE = "/api/v3/auth/login"
+WHOAMI_ROUTE = "/api/v3/auth/whoami"
+CAN_CREATE_DATASET_ROUTE = "/api/v3/users/{id}/authorization/dataset/create"
 DATASETS_ROUTE = "/api/v4/datasets"
 ORIGDATABLOCKS_ROUTE = "/api/v4/origdatablocks"
 ATTACHMENTS_ROUTE = "/api/v4/attachments"
@@ -115,6 +130,16 @@ class RetryPolicy:
         return float(min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
 
 
+@dataclass(frozen=True)
+class SciCatAccount:
+    """Who the functional account is to the server: its id and ``currentGroups`` (roles plus access groups),
+    the groups every permission rule of the server is decided by."""
+
+    username: str
+    user_id: str
+    groups: tuple[str, ...]
+
+
 class _Transient(Exception):
     """One attempt failed in a way that may pass (timeout, dropped connection, 5xx). Retried, then turned
     into ``CatalogueUnavailable``."""
@@ -125,7 +150,9 @@ class SciCatCatalogue:
 
     ``base_url`` is the server root (``https://scicat.example.org``); the routes ``/api/v3/...`` and
     ``/api/v4/...`` are appended to it. ``sleep`` and ``clock`` are injectable so tests run without waiting;
-    ``transport`` lets a test put an httpx mock transport in place of the network.
+    ``transport`` lets a test put an httpx mock transport in place of the network. ``admin_groups`` are the
+    groups of the server's ADMIN_GROUPS the account relies on (the server does not publish that list): an
+    account in none of them must be in the ownerGroup of every dataset it writes.
 
     The password and the token are kept out of every log record, exception message and ``repr``.
     """
@@ -143,9 +170,12 @@ class SciCatCatalogue:
         transport: httpx.BaseTransport | None = None,
         verify: bool | ssl.SSLContext = True,
         page_size: int = 200,
+        admin_groups: Sequence[str] = (),
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
+        self._admin_groups = tuple(admin_groups)
+        self._may_attach: set[str] = set()  # ownerGroups the account was found able to attach files to
         self._base_url = base_url.rstrip("/")
         # for messages: never show credentials someone put into the URL
         self._shown_url = str(httpx.URL(self._base_url).copy_with(username=None, password=None))
@@ -244,11 +274,75 @@ class SciCatCatalogue:
             f"search proposal={proposal!r} text={text!r}", lambda: self._search_step(proposal, text)
         )
 
+    # ------------------------------------------------------------------ the account and its permissions
+
+    def account(self) -> SciCatAccount:
+        """Log in and ask the server who the account is (``GET /api/v3/auth/whoami``)."""
+        return self._retrying(f"read the groups of account {self._username!r}", self._account_step)
+
+    def can_create_datasets(self, account: SciCatAccount) -> bool:
+        """The server's own answer (``/api/v3/users/{id}/authorization/dataset/create``) to whether the account
+        may create datasets at all (CREATE_DATASET_GROUPS)."""
+
+        def step() -> bool:
+            route = CAN_CREATE_DATASET_ROUTE.format(id=quote(account.user_id, safe=""))
+            answer = self._json(self._request("GET", route, f"account {self._username!r}"), route)
+            allowed = answer.get("authorization") if isinstance(answer, dict) else None
+            if not isinstance(allowed, bool):
+                raise CatalogueError(f"SciCat GET {route} did not answer with {{authorization: true|false}}")
+            return allowed
+
+        return self._retrying(f"ask whether {self._username!r} may create datasets", step)
+
+    def attach_refusal(self, owner_group: str, account: SciCatAccount) -> str | None:
+        """Why the account could not attach a file list (``POST /api/v4/origdatablocks``) to a dataset of
+        ``owner_group`` -- one line naming the missing permission -- or None when it can: the server allows it
+        to a member of one of its ADMIN_GROUPS (as configured in ``admin_groups``) or of the ownerGroup."""
+        groups = set(account.groups)
+        if owner_group in groups or groups & set(self._admin_groups):
+            return None
+        configured = ", ".join(self._admin_groups) or "none"
+        mine = ", ".join(account.groups) or "no group"
+        return (
+            f"SciCat account {self._username!r} may not attach files (POST {ORIGDATABLOCKS_ROUTE}) to datasets of "
+            f"ownerGroup {owner_group!r}: add it to that group or to one of the server's ADMIN_GROUPS and list "
+            f"that group in catalogue.admin_groups (configured: {configured}; the account is in: {mine})"
+        )
+
+    def _require_attach_permission(self, owner_group: str, context: str) -> None:
+        """Raise ``CataloguePermissionError`` unless the account can attach files to datasets of
+        ``owner_group``. Asked of the server once per ownerGroup and process while the answer is yes. Runs
+        inside a retried step (a transient failure of the question retries the step)."""
+        if owner_group in self._may_attach:
+            return
+        reason = self.attach_refusal(owner_group, self._account_step())
+        if reason is not None:
+            raise CataloguePermissionError(f"{context}: {reason}; nothing was created")
+        self._may_attach.add(owner_group)
+
     # ------------------------------------------------------------------ steps (each one retried as a whole)
+
+    def _account_step(self) -> SciCatAccount:
+        context = f"account {self._username!r}"
+        answer = self._json(self._request("GET", WHOAMI_ROUTE, context), context)
+        if not isinstance(answer, dict):
+            raise CatalogueError(f"SciCat GET {WHOAMI_ROUTE} for {context} did not answer with an object")
+        groups = answer.get("currentGroups")
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise CatalogueError(f"SciCat GET {WHOAMI_ROUTE} for {context} has no list of currentGroups")
+        user_id = answer.get("_id") or answer.get("id")
+        return SciCatAccount(
+            username=str(answer.get("username") or self._username),
+            user_id=str(user_id or ""),
+            groups=tuple(groups),
+        )
 
     def _upsert_step(self, doc: DatasetDoc, payload: dict[str, Any]) -> str:
         context = f"scan {doc.scan_key}"
         row = self._find_row(doc.scan_key)
+        if doc.files:  # never leave a dataset the account cannot give its files (SCICAT.md, 4.27)
+            group = doc.owner_group if row is None else str(row.get("ownerGroup") or doc.owner_group)
+            self._require_attach_permission(group, context)
         if row is None:
             created = self._json(self._request("POST", DATASETS_ROUTE, context, body=payload), context)
             pid = _require_str(created, "pid", context)
@@ -291,7 +385,7 @@ class SciCatCatalogue:
     def _location_step(self, pid: str, location: LocationDoc) -> None:
         context = f"dataset {pid}"
         row = self._dataset_row(pid)
-        metadata = dict(row.get("scientificMetadata") or {})
+        metadata = _decoded_keys(row.get("scientificMetadata") or {})  # written back decoded: see the module doc
         old = metadata.get(LOCATIONS) or []
         if not isinstance(old, list):
             raise CatalogueError(f"SciCat dataset {pid}: scientificMetadata.{LOCATIONS} is not a list")
@@ -566,7 +660,9 @@ class SciCatCatalogue:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        """One authenticated request. On 401 the account logs in again and the request is sent once more."""
+        """One authenticated request. On 401 or 403 the account logs in again and the request is sent once more:
+        a real 4.27 answers an expired token on the v4 routes with 403, so only a 403 to the fresh token is a
+        refusal."""
         relogged = False
         while True:
             token = self._current_token()
@@ -580,8 +676,8 @@ class SciCatCatalogue:
                 raise CatalogueError(
                     self._redact(f"SciCat {method} {route} for {context} failed: {exc}")
                 ) from exc
-            if response.status_code == 401 and not relogged:
-                log.info("SciCat answered 401 to %s %s; logging in again", method, route)
+            if response.status_code in (401, 403) and not relogged:
+                log.info("SciCat answered %d to %s %s; logging in again", response.status_code, method, route)
                 self._forget_token(token)
                 relogged = True
                 continue
@@ -670,7 +766,7 @@ def _dump(model: Any, context: str) -> dict[str, Any]:
 
 def _doc_from_scicat(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> DatasetDoc:
     """Map a SciCat v4 dataset and its OrigDatablocks back to our document."""
-    metadata = dict(row.get("scientificMetadata") or {})
+    metadata = _decoded_keys(row.get("scientificMetadata") or {})
     scan_key = metadata.pop(SCAN_KEY)
     locations = metadata.pop(LOCATIONS, None) or []
     errors = metadata.pop(ERRORS, None) or []
@@ -704,6 +800,12 @@ def _doc_from_scicat(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]
             "errors": errors,
         }
     )
+
+
+def _decoded_keys(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``scientificMetadata`` with its keys decoded: v4 returns them URL-encoded as stored
+    (``I1%20normalization``), v3 and our documents decoded (``I1 normalization``)."""
+    return {unquote(str(key)): value for key, value in metadata.items()}
 
 
 def _without_si(value: Any) -> Any:

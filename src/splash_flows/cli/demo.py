@@ -5,38 +5,100 @@ Creates DIR with every tier as a folder, writes the configuration it uses, simul
 exits 0 only if every file is verified on every target tier and every scan is catalogued (in the embedded
 catalogue ``DIR/catalogue.db``: one dataset per scan). Running it again on the same DIR is safe and adds no
 dataset.
+
+``--catalogue-from FILE`` takes the ``catalogue`` (and ``dataset``) sections of a site's configuration instead, so
+a site tries the demo against its own SciCat while the tiers, ledger and Prefect stay the demo's own. A catalogue
+that is down never costs the summary: the scans wait as ``pending_catalogue`` and the summary says so.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import default_config_data, load_config_file
+from splash_flows.config import Config, default_config_data, load_config_file
+from splash_flows.errors import CatalogueError, CatalogueUnavailable, ConfigError
 from splash_flows.ledger import Ledger
-from splash_flows.ledger.catalogue import scan_counts
+from splash_flows.ledger.catalogue import scan_counts, scans_in_state
+
+#: ``dataset`` settings a site's file may bring along: its facts, not its tier names (the demo has its own tiers).
+_SITE_DATASET_KEYS = ("contact_email", "default_owner_group", "beamline_group", "source_folder_host",
+                      "creation_location", "exclude_stems", "settle_seconds", "thumbnail_size")
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
-def write_demo_config(root: Path) -> Path:
-    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable)."""
+def site_catalogue_sections(path: Path) -> dict[str, Any]:
+    """The ``catalogue`` section (and the site facts of ``dataset``) of a site's configuration file, unexpanded:
+    ``${VAR}`` references stay references, so the demo's own file never holds a secret. ConfigError naming
+    ``path`` when the file has no catalogue or keeps a SciCat password in the file itself."""
+    where = f"demo --catalogue-from {path}"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot read the file: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    catalogue = data.get("catalogue") if isinstance(data, dict) else None
+    if not isinstance(catalogue, dict):
+        raise ConfigError(f"{where}: the file has no `catalogue:` section")
+    catalogue = {k: v for k, v in catalogue.items() if k != "download_tiers"}  # names of the site's tiers
+    password = catalogue.get("password")
+    if catalogue.get("kind") == "scicat" and isinstance(password, str) and not _ENV_REF.search(password):
+        raise ConfigError(f"{where}: catalogue.password is written in the file; put `password: ${{SCICAT_PASSWORD}}` "
+                          "there and the password in that environment variable (the demo copies the section)")
+    if catalogue.get("kind", "embedded") == "embedded" and isinstance(catalogue.get("path"), str):
+        catalogue["path"] = str((path.resolve().parent / Path(catalogue["path"]).expanduser()).resolve())
+    sections: dict[str, Any] = {"catalogue": catalogue}
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict):
+        sections["dataset"] = {k: v for k, v in dataset.items() if k in _SITE_DATASET_KEYS}
+    return sections
+
+
+def write_demo_config(root: Path, catalogue_from: Path | None = None) -> Path:
+    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable); with
+    ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) in place of the embedded one."""
     data = default_config_data(root)
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
-    path = root / "splash-flows.yaml"
     text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
+    if catalogue_from is not None:
+        data.update(site_catalogue_sections(catalogue_from))
+        text += f"# The catalogue (and dataset facts) are those of {catalogue_from.resolve()}.\n"
+    path = root / "splash-flows.yaml"
     text += yaml.safe_dump(data, sort_keys=False)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def count_datasets(config: Config, ledger: Ledger) -> int:
+    """How many of the datasets the ledger holds as catalogued the catalogue shows. Raises CatalogueError (an
+    outage: ``CatalogueUnavailable``) when it cannot be asked."""
+    from splash_flows.context import build_catalogue
+
+    pids = sorted({r.pid for r in scans_in_state(ledger, ["catalogued"]) if r.pid})
+    catalogue = build_catalogue(config)
+    try:
+        if config.catalogue.kind == "embedded":  # local and cheap: a duplicate would show here too
+            return len(catalogue.search())
+        return sum(1 for pid in pids if catalogue.get(pid).pid == pid)
+    finally:
+        close = getattr(catalogue, "close", None)
+        if callable(close):
+            close()
 
 
 def demo(
@@ -45,13 +107,22 @@ def demo(
     small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
     more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
+    catalogue_from: Path | None = typer.Option(
+        None, "--catalogue-from", dir_okay=False,
+        help="Use the catalogue (and dataset facts) of this site configuration, e.g. its SciCat, instead of the "
+        "embedded one; the tiers stay the demo's folders. Passwords must be ${VAR} references there."),
 ) -> None:
     """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
     with fail_cleanly():
         root.mkdir(parents=True, exist_ok=True)
         root = root.resolve()
-        config_path = write_demo_config(root)
-        config = load_config_file(config_path)
+        config_path = write_demo_config(root, catalogue_from)
+        try:
+            config = load_config_file(config_path)
+        except ConfigError as err:
+            if catalogue_from is None:
+                raise
+            raise ConfigError(f"demo --catalogue-from {catalogue_from}: {err}") from None
         for tier in config.tiers.values():
             Path(tier.root).mkdir(parents=True, exist_ok=True)
         console.print(f"[bold]Splash Flows demo[/] in {root}  (config: {config_path.name})")
@@ -102,6 +173,12 @@ def demo(
 
         rows = ledger.status()
         scan_states = scan_counts(ledger)
+        catalogue_problem = None
+        try:
+            datasets = str(count_datasets(config, ledger))
+        except CatalogueError as err:  # an outage (or refusal) must not cost the summary
+            datasets = "unreachable" if isinstance(err, CatalogueUnavailable) else "unreadable"
+            catalogue_problem = str(err)
         ledger.close()
         table = Table(title="demo summary", title_justify="left")
         table.add_column("tier")
@@ -112,25 +189,29 @@ def demo(
             ok = sum(1 for r in rows if r.path in set(paths) and (c := r.copies.get(t)) and c.state == "verified")
             bad += len(paths) - ok
             table.add_row(t, str(ok), str(len(paths) - ok))
-        from splash_flows.context import build_catalogue
-
-        catalogue = build_catalogue(config)
-        try:
-            datasets = len(catalogue.search())
-        finally:
-            close = getattr(catalogue, "close", None)
-            if callable(close):
-                close()
+        unverified = bad
         not_catalogued = scan_states.get("pending_catalogue", 0) + scan_states.get("failed", 0)
         bad += not_catalogued
         excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
-        table.add_row(f"catalogue ({datasets} datasets{excluded})", f"{scan_states.get('catalogued', 0)} scans",
+        label = f"{datasets} datasets" if datasets.isdigit() else datasets
+        table.add_row(f"catalogue ({label}{excluded})", f"{scan_states.get('catalogued', 0)} scans",
                       f"{not_catalogued} scans")
         console.print(table)
+        if catalogue_problem is not None:
+            err_console.print(f"[bold yellow]catalogue:[/] {escape(catalogue_problem)}", soft_wrap=True,
+                              highlight=False)
+        if scan_states.get("pending_catalogue"):
+            console.print(f"{scan_states['pending_catalogue']} scan(s) wait for the catalogue (pending_catalogue); "
+                          f"once it is back: splash-flows --config {config_path} catalog retry", soft_wrap=True,
+                          highlight=False)
         console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
                       f"(or: catalog search)", soft_wrap=True, highlight=False)
-        if outcome["error"] is not None or bad:
-            msg = (str(outcome["error"]) if outcome["error"] is not None
-                   else f"{bad} copies not verified or scans not catalogued")
-            err_console.print(f"[bold red]demo failed:[/] {msg}", soft_wrap=True)
+        if outcome["error"] is not None or bad or catalogue_problem is not None:
+            if outcome["error"] is not None:
+                msg = str(outcome["error"])
+            elif bad:
+                msg = f"{unverified} copies not verified, {not_catalogued} scans not catalogued"
+            else:
+                msg = "the catalogue could not be read, so its datasets are not confirmed"
+            err_console.print(f"[bold red]demo failed:[/] {escape(msg)}", soft_wrap=True)
             raise typer.Exit(1)

@@ -60,27 +60,42 @@ def config_check(
                                        dir_okay=False),
     as_json: bool = typer.Option(False, "--json", help="Print the resolved configuration as JSON."),
 ) -> None:
-    """Validate the configuration and print it resolved, with every secret shown as ***. Also checks that each
-    local tier root exists and is a folder this user can write to."""
+    """Validate the configuration and print it resolved, with every secret shown as ***.
+
+    Also checks that each local tier root exists and is a folder this user can write to, and with a SciCat
+    catalogue logs in and asks the server whether the account may create datasets and attach their files
+    (exit 1 when anything fails)."""
+
+    from splash_flows.services.catalogue_check import check_catalogue
+
     st = state(ctx)
     with fail_cleanly():
         cfg = State(config_path=config or st.config_path).load()
+        catalogue_checks = check_catalogue(cfg)
     data = redacted_dict(cfg)
     source = str(cfg.source_path) if cfg.source_path else "<embedded default>"
     problems = local_root_problems(cfg)
     for line in problems:
         err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    failed = [c for c in catalogue_checks if not c.ok]
     if as_json:
-        print_json({"source": source, "config": data, "problems": problems})
+        print_json({"source": source, "config": data, "problems": problems,
+                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in catalogue_checks]})
+        if failed or problems:
+            raise typer.Exit(1)
+        return
     if problems:
         err_console.print(f"{source}: {len(problems)} problem(s)", highlight=False, markup=False)
         raise typer.Exit(1)
-    if as_json:
-        return
     import yaml
 
     console.print(f"[green]ok[/]: {source}", highlight=False)
     console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False)
+    for c in catalogue_checks:
+        mark = "[green]ok[/]" if c.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(c.name)}: {escape(c.detail)}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def local_root_problems(cfg: Config) -> list[str]:

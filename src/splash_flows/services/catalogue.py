@@ -79,7 +79,7 @@ from splash_flows.ledger import EventKind
 from splash_flows.ledger import catalogue as ledger_cat
 from splash_flows.ledger.catalogue import LedgerFile, ScanRecord
 from splash_flows.ledger.models import CatalogueState
-from splash_flows.paths import normalize_relpath
+from splash_flows.paths import display_path, normalize_relpath, safe_join
 from splash_flows.selection import MoveRule
 from splash_flows.tiers.base import CopyItem, CopyResult
 from splash_flows.tiers.local import LocalTier
@@ -654,7 +654,9 @@ def dataset_files(ctx: Context, pid: str) -> tuple[CatalogueEntry, list[DatasetF
     entry = ctx.catalogue().get(pid)
     folder = _folder_of(entry.doc.scan_key)
     by_path = {posixpath.join(folder, f.path) if folder else f.path: f for f in entry.doc.files}
-    known = ledger_cat.files_by_path(ctx.ledger, ctx.config.move.source, list(by_path))
+    # a name the ledger cannot hold (not UTF-8, a NUL byte) is in no ledger: the download refuses it by name
+    known = ledger_cat.files_by_path(ctx.ledger, ctx.config.move.source,
+                                     [p for p in by_path if display_path(p) == p])
     out = []
     for tier_path, f in by_path.items():
         rec = known.get(tier_path)
@@ -705,6 +707,10 @@ def download_dataset(ctx: Context, pid: str, dest: Path, *, progress: ProgressFn
 
 def _download_one(ctx: Context, f: DatasetFile, dest: Path, notes: list[str],
                   progress: ProgressFn | None) -> Downloaded | SplashFlowsError:
+    try:  # the catalogue names the file: it may not write outside DIR (``..``, absolute, a symlink in DIR)
+        safe_join(dest, f.name, tier="download")
+    except PathEscapeError as err:
+        return err
     rec = f.ledger
     if rec is None:
         return TierError(f"{f.tier_path}: not in the ledger, so no copy of it is known to be verified; refusing "

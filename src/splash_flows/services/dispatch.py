@@ -25,8 +25,8 @@ from pathlib import PurePosixPath
 from splash_flows.context import Context
 from splash_flows.errors import ExportControlledError, NotAFileToMove, SourceMissingError, TierError
 from splash_flows.ledger import EventKind
-from splash_flows.paths import normalize_relpath
-from splash_flows.selection import MoveRule, display_path
+from splash_flows.paths import display_path, normalize_relpath
+from splash_flows.selection import MoveRule
 from splash_flows.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)

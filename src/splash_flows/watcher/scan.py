@@ -12,8 +12,7 @@ from splash_flows.errors import (
     TierError,
 )
 from splash_flows.ledger.outbox import verified_versions
-from splash_flows.paths import safe_join
-from splash_flows.selection import display_path
+from splash_flows.paths import display_path, safe_join
 from splash_flows.tiers.local import list_tree
 from splash_flows.watcher.base import Version, WatcherBase, _Candidate
 

@@ -62,7 +62,8 @@ def with_scicat(config: Config, fake: FakeSciCat) -> Config:
     """``config`` pointed at the fake SciCat, retrying once without waiting."""
     scicat = SciCatCatalogueConfig(kind="scicat", url=fake.url, username="ingestor",
                                    password=SecretStr(fake.users["ingestor"]),
-                                   retry=CatalogueRetryConfig(max_attempts=2, backoff_base=0.0))
+                                   retry=CatalogueRetryConfig(max_attempts=2, backoff_base=0.0),
+                                   admin_groups=["ingestor"])
     dataset = DatasetConfig(contact_email=CONTACT, source_folder_host=HOST, settle_seconds=0)
     return config.model_copy(update={"catalogue": scicat, "dataset": dataset})
 

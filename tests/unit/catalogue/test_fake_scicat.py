@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -45,10 +46,89 @@ def dataset(**extra: Any) -> dict[str, Any]:
 def test_bearer_token_is_required_and_a_query_token_ignored(fake: FakeSciCat) -> None:
     http = client(fake)
     token = http.headers.pop("Authorization")[7:]
-    assert http.get("/api/v4/datasets").status_code == 401
-    assert http.get("/api/v4/datasets", params={"access_token": token}).status_code == 401
+    assert http.get("/api/v4/datasets").status_code == 403  # v4: 403, not 401 (see below)
+    assert http.get("/api/v4/datasets", params={"access_token": token}).status_code == 403
+    assert http.get("/api/v3/auth/whoami", params={"access_token": token}).status_code == 401
+    assert http.get("/api/v4/datasets", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_an_expired_or_invalid_token_is_403_on_v4_routes_and_401_on_v3(fake: FakeSciCat) -> None:
+    """SCICAT.md, "Seen on a real ... 4.27": the v4 routes answer 403 "Forbidden resource" to a token that
+    expired or is invalid; a client that logs in again only on 401 fails there."""
+    http = client(fake)
+    pid = http.post("/api/v4/datasets", json=dataset()).json()["pid"]
+    block = {"datasetId": pid, "size": 1, "dataFileList": [{"path": "a", "size": 1, "time": "2024-05-01T00:00:00Z"}]}
     fake.expire_tokens()
-    assert http.get("/api/v4/datasets", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    answers = {
+        "GET v4 datasets": http.get("/api/v4/datasets"),
+        "PATCH v4 dataset": http.patch(f"/api/v4/datasets/{quote(pid, safe='')}", json={"keywords": ["x"]}),
+        "POST v4 origdatablocks": http.post("/api/v4/origdatablocks", json=block),
+        "GET v3 whoami": http.get("/api/v3/auth/whoami"),
+    }
+    assert {k: a.status_code for k, a in answers.items()} == {
+        "GET v4 datasets": 403, "PATCH v4 dataset": 403, "POST v4 origdatablocks": 403, "GET v3 whoami": 401}
+    assert answers["GET v4 datasets"].json()["message"] == "Forbidden resource"
+    http.headers["Authorization"] = "Bearer not-a-token-the-server-issued"
+    assert http.get("/api/v4/datasets").status_code == 403
+    assert fake.blocks_of(pid) == [] and fake.datasets[pid]["keywords"] == []  # nothing took effect
+
+
+def test_metadata_keys_come_back_url_encoded_from_v4(fake: FakeSciCat) -> None:
+    """v4 returns scientificMetadata keys URL-encoded as stored; writing back what was read encodes them twice."""
+    http = client(fake)
+    metadata = {"I1 normalization": 1.5, "ALS Proposal #": "ALS-11234", "plain_key": "x"}
+    created = http.post("/api/v4/datasets", json=dataset(scientificMetadata=metadata)).json()
+    expected = {"I1%20normalization": 1.5, "ALS%20Proposal%20%23": "ALS-11234", "plain_key": "x"}
+    assert created["scientificMetadata"] == expected
+    [listed] = http.get("/api/v4/datasets").json()
+    assert listed["scientificMetadata"] == expected
+    route = f"/api/v4/datasets/{quote(created['pid'], safe='')}"
+    http.patch(route, json={"scientificMetadata": listed["scientificMetadata"]})
+    [again] = http.get("/api/v4/datasets").json()
+    assert "I1%2520normalization" in again["scientificMetadata"]  # the trap a client must not fall into
+
+
+@pytest.fixture
+def accounts() -> Iterator[FakeSciCat]:
+    """ADMIN_GROUPS = admin; `privileged` may create datasets for any ownerGroup (CREATE_DATASET_PRIVILEGED_GROUPS)
+    but is in no proposal group; `member` is in the group of proposal ALS-11111."""
+    users = {"admin": "a", "privileged": "p", "member": "m"}
+    groups = {"admin": {"admin"}, "privileged": {"proposal-ingest"}, "member": {"ALS-11111"}}
+    with FakeSciCat(users=users, groups=groups, admin_groups={"admin"}, privileged_groups={"proposal-ingest"}) as f:
+        yield f
+
+
+def test_attaching_files_needs_an_admin_group_or_the_owner_group(accounts: FakeSciCat) -> None:
+    """The 4.27 trap: an account may create a dataset and then be refused its file list (an empty dataset)."""
+    fake = accounts
+
+    def files(pid: str) -> dict[str, Any]:
+        return {"datasetId": pid, "size": 1, "dataFileList": [{"path": "a", "size": 1, "time": "2024-05-01T00:00:00Z"}]}
+
+    privileged, member, admin = client(fake, "privileged", "p"), client(fake, "member", "m"), client(fake, "admin", "a")
+    pid = privileged.post("/api/v4/datasets", json=dataset(ownerGroup="ALS-11111")).json()["pid"]
+    refused = privileged.post("/api/v4/origdatablocks", json=files(pid))
+    assert refused.status_code == 403 and fake.blocks_of(pid) == []
+    assert fake.datasets[pid]["size"] == 0  # what the real server left behind: an empty dataset
+    assert privileged.patch(f"/api/v4/datasets/{quote(pid, safe='')}", json={"keywords": ["x"]}).status_code == 403
+    assert member.post("/api/v4/origdatablocks", json=files(pid)).status_code == 201
+    assert member.post("/api/v4/datasets", json=dataset(ownerGroup="ALS-22222")).status_code == 403
+    other = admin.post("/api/v4/datasets", json=dataset(ownerGroup="ALS-22222")).json()["pid"]
+    assert admin.post("/api/v4/origdatablocks", json=files(other)).status_code == 201
+    # a non-admin lists only what its groups own or may access; the admin sees everything
+    assert [d["pid"] for d in member.get("/api/v4/datasets").json()] == [pid]
+    assert privileged.get("/api/v4/datasets").json() == []
+    assert len(admin.get("/api/v4/datasets").json()) == 2
+    assert [b["datasetId"] for b in member.get("/api/v4/origdatablocks").json()] == [pid]
+
+
+def test_whoami_and_the_dataset_creation_authorization(accounts: FakeSciCat) -> None:
+    http = client(accounts, "privileged", "p")
+    me = http.get("/api/v3/auth/whoami").json()
+    assert me == {"_id": "user-privileged", "username": "privileged", "email": "privileged@example.org",
+                  "currentGroups": ["proposal-ingest"]}
+    assert http.get(f"/api/v3/users/{me['_id']}/authorization/dataset/create").json() == {"authorization": True}
+    assert http.get("/api/v3/users/user-member/authorization/dataset/create").status_code == 403
 
 
 def test_unknown_and_missing_fields_are_400_and_recorded(fake: FakeSciCat) -> None:

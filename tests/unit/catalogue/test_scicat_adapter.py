@@ -12,9 +12,9 @@ import httpx
 import pytest
 import respx
 
-from splash_flows.catalogue.scicat import LOGIN_ROUTE, RetryPolicy, SciCatCatalogue
-from splash_flows.errors import CatalogueError, CatalogueUnavailable
-from tests.catalogue_samples import sample_doc
+from splash_flows.catalogue.scicat import LOGIN_ROUTE, WHOAMI_ROUTE, RetryPolicy, SciCatCatalogue
+from splash_flows.errors import CatalogueError, CataloguePermissionError, CatalogueUnavailable
+from tests.catalogue_samples import location, sample_doc
 from tests.fakes.scicat_server import FakeSciCat, iter_violations
 
 DATASETS = "/api/v4/datasets"
@@ -40,9 +40,13 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-def connect(fake: FakeSciCat, sleeps: Sleeps, *, attempts: int = 5, **kwargs: Any) -> SciCatCatalogue:
+def connect(
+    fake: FakeSciCat, sleeps: Sleeps, *, attempts: int = 5, user: str = "ingestor", **kwargs: Any
+) -> SciCatCatalogue:
+    """The adapter as the fake's functional account, which is in ADMIN_GROUPS (as scicatlive sets it up)."""
+    kwargs.setdefault("admin_groups", ("ingestor",))
     return SciCatCatalogue(
-        fake.url, "ingestor", PASSWORD, retry=RetryPolicy(max_attempts=attempts), sleep=sleeps, **kwargs
+        fake.url, user, fake.users[user], retry=RetryPolicy(max_attempts=attempts), sleep=sleeps, **kwargs
     )
 
 
@@ -74,10 +78,32 @@ def test_renews_the_token_before_its_deadline(fake: FakeSciCat, sleeps: Sleeps) 
     assert all(r.status != 401 for r in fake.requests)
 
 
+def test_a_403_to_an_expired_token_on_the_v4_routes_logs_in_again(fake: FakeSciCat, sleeps: Sleeps) -> None:
+    """A real 4.27 answers an expired token with 403 on /api/v4/datasets, PATCH /api/v4/datasets/{pid} and
+    /api/v4/origdatablocks (issue 9 item 13): each of them logs in again once instead of failing the scan."""
+    catalogue = connect(fake, sleeps)
+    doc = sample_doc()
+    catalogue.find(doc.scan_key)
+    fake.expire_tokens()  # GET /api/v4/datasets
+    pid = catalogue.upsert(doc)
+    fake.expire_tokens()  # GET, then PATCH /api/v4/datasets/{pid}
+    catalogue.add_location(pid, location("cfs"))
+    fake.drop_next(1, method="POST", path=BLOCKS)  # a dataset left without its file list ...
+    with pytest.raises(CatalogueUnavailable):
+        connect(fake, sleeps, attempts=1).upsert(sample_doc("lab6_0002"))
+    fake.expire_tokens()  # ... gets it, through a POST /api/v4/origdatablocks with an expired token
+    later = catalogue.upsert(sample_doc("lab6_0002"))
+    assert len(fake.blocks_of(later)) == 1
+    assert [r.status for r in fake.requests if r.status == 403]  # the server did answer 403
+    assert catalogue.get(pid).doc.locations == [location("cfs")]
+    assert sleeps == []  # a 403 to an expired token is not an outage
+    assert_contract_kept(fake)
+
+
 def test_a_token_refused_after_a_fresh_login_is_a_catalogue_error(fake: FakeSciCat, sleeps: Sleeps) -> None:
     catalogue = connect(fake, sleeps)
     fake.reject_all_tokens = True
-    with pytest.raises(CatalogueError, match="401") as raised:
+    with pytest.raises(CatalogueError, match="HTTP 403") as raised:
         catalogue.find("2024/05/01/lab6_0001")
     assert not isinstance(raised.value, CatalogueUnavailable)
     assert fake.count("POST", LOGIN_ROUTE) == 2  # the first login, then exactly one more
@@ -362,3 +388,82 @@ def test_the_server_adds_si_values_but_the_document_reads_back_unchanged(
     pid = catalogue.upsert(doc)
     assert fake.datasets[pid]["scientificMetadata"]["energy"]["unitSI"] == "kg m^2 / s^2"
     assert catalogue.get(pid).doc.scientific_metadata == doc.scientific_metadata
+
+
+# ---------------------------------------------------------------------------------------------- permissions (item 14)
+
+
+@pytest.fixture
+def accounts() -> Iterator[FakeSciCat]:
+    """ADMIN_GROUPS = admin. `limited` may create datasets for any ownerGroup (CREATE_DATASET_PRIVILEGED_GROUPS)
+    but is in no proposal group: on a real 4.27 it creates datasets and is then refused their file lists."""
+    users = {"admin": "a", "limited": "l", "member": "m"}
+    groups = {"admin": {"admin"}, "limited": {"proposal-ingest"}, "member": {"als-11234"}}
+    with FakeSciCat(users=users, groups=groups, admin_groups={"admin"}, privileged_groups={"proposal-ingest"}) as f:
+        yield f
+
+
+def test_an_account_that_cannot_attach_files_creates_nothing(accounts: FakeSciCat, sleeps: Sleeps) -> None:
+    catalogue = connect(accounts, sleeps, user="limited", admin_groups=())
+    with pytest.raises(CataloguePermissionError) as raised:
+        catalogue.upsert(sample_doc())
+    message = str(raised.value)
+    assert "\n" not in message
+    for part in ("'limited'", "POST /api/v4/origdatablocks", "ownerGroup 'als-11234'", "ADMIN_GROUPS",
+                 "catalogue.admin_groups", "proposal-ingest", "2024/05/01/lab6_0001", "nothing was created"):
+        assert part in message
+    assert accounts.datasets == {} and accounts.origdatablocks == []
+    assert accounts.count("POST", DATASETS) == 0
+    assert sleeps == []  # not an outage: an operator must act
+
+
+def test_an_admin_group_or_the_owner_group_lets_the_account_attach_files(
+    accounts: FakeSciCat, sleeps: Sleeps
+) -> None:
+    admin = connect(accounts, sleeps, user="admin", admin_groups=("admin",))
+    pid = admin.upsert(sample_doc())
+    assert len(accounts.blocks_of(pid)) == 1
+    member = connect(accounts, sleeps, user="member", admin_groups=())
+    other = member.upsert(sample_doc("lab6_0002"))  # ownerGroup als-11234 is one of its groups
+    assert len(accounts.blocks_of(other)) == 1
+    member.upsert(sample_doc("lab6_0003"))
+    assert accounts.count("GET", WHOAMI_ROUTE) == 2  # asked once per account and ownerGroup, not per dataset
+    # a group the account merely claims in admin_groups is not enough: it must really be in it
+    with pytest.raises(CataloguePermissionError):
+        connect(accounts, sleeps, user="limited", admin_groups=("admin",)).upsert(sample_doc("lab6_0004"))
+    assert_contract_kept(accounts)
+
+
+def test_the_account_and_what_it_may_do(accounts: FakeSciCat, sleeps: Sleeps) -> None:
+    catalogue = connect(accounts, sleeps, user="limited", admin_groups=())
+    account = catalogue.account()
+    assert (account.username, account.user_id, account.groups) == ("limited", "user-limited", ("proposal-ingest",))
+    assert catalogue.can_create_datasets(account) is True
+    assert catalogue.attach_refusal("proposal-ingest", account) is None
+    assert "ownerGroup 'ALS-99999'" in (catalogue.attach_refusal("ALS-99999", account) or "")
+
+
+# ---------------------------------------------------------------------------------------------- encoded keys (item 15)
+
+
+def test_url_encoded_metadata_keys_read_back_decoded_and_are_never_encoded_twice(
+    fake: FakeSciCat, sleeps: Sleeps
+) -> None:
+    catalogue = connect(fake, sleeps)
+    metadata = {"I1 normalization": 0.25, "ALS Proposal #": "ALS-11234", "Exposure time s": {"value": 1.0, "unit": "s"},
+                "100% transmission?": True}
+    doc = sample_doc(scientific_metadata=metadata)
+    pid = catalogue.upsert(doc)
+    stored = fake.datasets[pid]["scientificMetadata"]
+    assert "I1%20normalization" in stored and "ALS%20Proposal%20%23" in stored  # as a real v4 keeps them
+    keys = set(stored)
+    assert catalogue.get(pid).doc.scientific_metadata == metadata
+    catalogue.add_location(pid, location("cfs"))  # read, modify, write back
+    catalogue.add_location(pid, location("lamarr"))
+    assert set(fake.datasets[pid]["scientificMetadata"]) == keys  # "I1%2520normalization" would be a key twice encoded
+    entry = catalogue.get(pid)
+    assert entry.doc.scientific_metadata == metadata
+    assert [e.doc.scientific_metadata for e in catalogue.search(text="lab6")] == [metadata]
+    found = catalogue.find(doc.scan_key)
+    assert found is not None and found.doc.scientific_metadata == metadata
+    assert_contract_kept(fake)
