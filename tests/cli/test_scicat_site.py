@@ -45,10 +45,14 @@ def fake() -> Iterator[FakeSciCat]:
 
 
 def site_file(tmp_path: Path, fake: FakeSciCat, user: str, **catalogue: Any) -> Path:
-    """A site configuration whose tiers exist nowhere here: only its catalogue and dataset facts matter."""
+    """A site configuration whose tiers are empty folders here (`config check` proves local roots exist): only its
+    catalogue and dataset facts matter."""
+    roots = {name: tmp_path / "site" / name for name in ("data733", "cfs")}
+    for root in roots.values():
+        root.mkdir(parents=True, exist_ok=True)
     data = {
         "ledger": {"url": "postgresql://splash:${NOT_SET_HERE}@db.example.org/splash"},
-        "tiers": {"data733": {"root": "/nonexistent/data733"}, "nersc_cfs": {"root": "/nonexistent/cfs"}},
+        "tiers": {"data733": {"root": str(roots["data733"])}, "nersc_cfs": {"root": str(roots["cfs"])}},
         "move": {"source": "data733", "targets": ["nersc_cfs"]},
         "catalogue": {"kind": "scicat", "url": fake.url, "username": user, "password": f"${{{PASSWORD_VAR}}}",
                       "retry": {"max_attempts": 1}, "download_tiers": ["nersc_cfs"], **catalogue},
