@@ -43,7 +43,7 @@ def test_archive_733_bundles_and_the_drill_restores(prefect_harness: None, confi
         tier_path(ctx, "cfs", "00622/20260111/late.edf").write_bytes(b"changed on cfs")
         failed = archive_733(config_path=str(config_file), return_state=True)
         assert failed.is_failed()
-        with pytest.raises(Exception, match="part002.tar") as exc:
+        with pytest.raises(Exception, match=r"part002\.tar") as exc:
             failed.result()
         assert "00622/20260111/late.edf" in str(exc.value)
     finally:
