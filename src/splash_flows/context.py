@@ -85,7 +85,9 @@ def build_archive_tier(name: str, config: Config, *, ledger: Ledger | None = Non
         return LocalArchiveTier(name, tier_cfg.root, config.checksum, ledger=ledger,
                                 verify_from_disk=tier_cfg.verify_from_disk)
     if isinstance(tier_cfg, SfapiTierConfig):
-        raise ConfigError(f"archive tier {name!r}: kind sfapi is not available in this version")
+        from splash_flows.tiers.archive_sfapi import SfapiArchiveTier
+
+        return SfapiArchiveTier(name, tier_cfg, config.checksum, ledger=ledger)
     raise ConfigError(f"archive tier {name!r}: kind {tier_cfg.kind!r} cannot hold bundles (use local or sfapi)")
 
 

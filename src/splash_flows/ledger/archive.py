@@ -197,7 +197,6 @@ def record_job(ledger: Ledger, bundle_id: int, *, job_id: str | None, script: st
         if b is None:
             raise LedgerError(f"no archive bundle {bundle_id}")
         b.job_id, b.job_script, b.job_log, b.state, b.updated_at = job_id, script, log, state, utcnow()
-        b.attempts += 1
 
 
 def mark_verified(ledger: Ledger, bundle: BundleRecord, *, packed_size: int, url: str,

@@ -31,6 +31,7 @@ from typing import Any
 from splash_flows.catalogue.base import DatablockDoc, DataFileDoc, LocationDoc
 from splash_flows.context import Context
 from splash_flows.errors import (
+    ArchiveJobPending,
     BatchError,
     CatalogueError,
     CatalogueUnavailable,
@@ -182,6 +183,9 @@ def write_one(ctx: Context, tier: ArchiveTier, source: Any, bundle: la.BundleRec
         la.bump_attempts(ctx.ledger, bundle.id)
     try:
         written = tier.write_bundle(source, bundle, cb)
+    except ArchiveJobPending as err:  # the job still runs: the bundle stays submitted, polled by the next run
+        report.failed[bundle.name] = err
+        return
     except TierError as err:
         la.mark_failed(ctx.ledger, bundle, str(err))
         report.failed[bundle.name] = err
