@@ -48,6 +48,9 @@ class FakeSfapi:
     commands: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
     submissions: int = 0
+    archives: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # HPSS path -> (member, size)
+    contents: dict[str, bytes] = field(default_factory=dict)  # member -> bytes, for restores
+    corrupt_restore: bool = False
     _next: int = 4242
     _tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -127,8 +130,18 @@ class FakeSfapi:
             out += ["HTAR: HTAR SUCCESSFUL", "SPLASH_LISTING_END", "SPLASH_HTAR_LIST_EXIT=0",
                     f"SPLASH_PACKED_SIZE={len(members) * 1536 + 10240}"]
         elif "SPLASH_LIST_EXIT" in script:
-            out += ["SPLASH_LISTING_BEGIN", "HTAR: -rw-r--r--  alsuser/als       1000 2026-01-10 12:00  x",
-                    "SPLASH_LISTING_END", "SPLASH_LIST_EXIT=0"]
+            path = re.search(r"htar -tvf (\S+) -Hnostage", script).group(1)  # type: ignore[union-attr]
+            out.append("SPLASH_LISTING_BEGIN")
+            out += [f"HTAR: -rw-r--r--  alsuser/als {size:>10} 2026-01-10 12:00  {m}"
+                    for m, size in self.archives.get(path, [])]
+            out += ["SPLASH_LISTING_END", "SPLASH_LIST_EXIT=0" if path in self.archives else "SPLASH_LIST_EXIT=72"]
+        elif "SPLASH_RESTORE_EXIT" in script:
+            work = re.search(r"^cd (\S+)$", script, re.MULTILINE).group(1)  # type: ignore[union-attr]
+            members = re.search(r"-Hnostage (.+) \|\|", script).group(1).split()  # type: ignore[union-attr]
+            for m in members:
+                data = self.contents[m]
+                self.files[f"{work}/{m}"] = (data[:-1] + bytes([data[-1] ^ 1])) if self.corrupt_restore else data
+            out.append("SPLASH_RESTORE_EXIT=0")
         return "\n".join(out) + "\n"
 
     def _jobs(self, request: httpx.Request) -> httpx.Response:
@@ -172,6 +185,11 @@ class FakeSfapi:
     def _command(self, request: httpx.Request) -> httpx.Response:
         body = dict(httpx.QueryParams(request.content.decode()))
         self.commands.append(body["executable"])
+        for tmp, final in re.findall(r"hsi -q mv (\S+) (\S+)", body["executable"]):
+            for job in self.jobs.values():
+                if f"htar -cvf {tmp} " in job.script:
+                    body_ = job.script.split("<<'SPLASH_MEMBERS_EOF'\n", 1)[1].split("\nSPLASH_MEMBERS_EOF", 1)[0]
+                    self.archives[final] = [(m, 1000 + self.size_delta.get(m, 0)) for m in body_.splitlines()]
         task = f"t{len(self._tasks) + 1}"
         self._tasks[task] = {"id": task, "status": "completed",
                              "result": json.dumps({"status": "ok", "output": "", "error": None})}

@@ -185,3 +185,37 @@ def test_config_names_the_account_and_refuses_a_key_readable_by_others(tmp_path:
                           source_root="/s", log_dir="/l")
     with pytest.raises(TierError, match="chmod 600"):
         SfapiArchiveTier("hpss", cfg, "xxh3_128", ledger=None)._compute()
+
+
+def test_prune_recheck_and_restore_go_through_listing_and_extraction_jobs(site: Context, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from splash_flows.services import prune
+    from tests.fakes.clock import FakeClock
+
+    cfs = Path(site.config.tiers["cfs"].root)
+    fake = FakeSfapi(contents={p: (cfs / p).read_bytes() for p in PATHS})
+    with respx.mock(assert_all_called=False) as router:
+        fake.install(router)
+        svc.execute_archive(site).raise_for_failures()
+        tier = site.tier("hpss")
+        assert isinstance(tier, SfapiArchiveTier)
+        st = tier.stat(PATHS[0])
+        assert st is not None and st.size == 1000
+        assert tier.checksum(PATHS[0]) == site.ledger.get_source("data733", PATHS[0]).checksum  # type: ignore[union-attr]
+        jobs_before = len(fake.jobs)
+        tier.stat(PATHS[1])
+        assert len(fake.jobs) == jobs_before  # one listing job per bundle and run
+        prune.schedule_all(site, clock=FakeClock(datetime(2026, 1, 11, tzinfo=UTC)))
+        report = prune.execute_prune(site, tier="lamarr", clock=FakeClock(datetime(2026, 1, 10, 20, tzinfo=UTC)
+                                                                          + timedelta(days=40)))
+        report.raise_for_failures()
+        assert sorted(p.path for p in report.pruned) == PATHS
+        hpss_ev = report.pruned[0].evidence["required"]
+        assert any(r["tier"] == "hpss" and r["ok"] for r in hpss_ev)
+        out = svc.restore(site, [PATHS[2]], tmp_path / "back")
+        out.raise_for_failures()
+        assert (tmp_path / "back" / PATHS[2]).read_bytes() == fake.contents[PATHS[2]]
+        fake.corrupt_restore = True
+        bad = svc.restore(site, [PATHS[1]], tmp_path / "bad")
+        assert PATHS[1] in bad.failed and "not restored" in str(bad.failed[PATHS[1]])
