@@ -119,7 +119,10 @@ class LocalArchiveTier(ArchiveTierBase):
         bundle, member = found
         if bundle.kind == "file":
             return self._files.checksum(bundle.name)
-        return self._member_sums(bundle, [member.member])[member.member]
+        sums = self._scan(bundle, names={member.member})[1]
+        if member.member not in sums:
+            raise SourceMissingError(f"not in bundle {bundle.name}", tier=self.name, path=path)
+        return sums[member.member]
 
     # ------------------------------------------------------------------------------------------ bundles
 
@@ -134,32 +137,37 @@ class LocalArchiveTier(ArchiveTierBase):
         except (OSError, tarfile.TarError) as err:
             raise VerificationError(f"bundle {bundle.name} cannot be listed: {err}", tier=self.name) from None
 
-    def _member_sums(self, bundle: BundleRecord, names: Sequence[str], where: Path | None = None) -> dict[str, str]:
+    def _scan(self, bundle: BundleRecord, where: Path | None = None,
+              names: set[str] | None = None) -> tuple[list[ListedMember], dict[str, str]]:
+        """The tar's listing and the checksum of every regular member (or of ``names`` only), in one read."""
         path = where or self.bundle_path(bundle.name)
-        wanted = set(names)
-        out: dict[str, str] = {}
+        listing: list[ListedMember] = []
+        sums: dict[str, str] = {}
         try:
             with tarfile.open(path, mode="r:") as tar:
                 for info in tar:
-                    if info.name not in wanted or not info.isfile():
+                    if not info.isfile():
+                        continue
+                    listing.append(ListedMember(info.name, info.size))
+                    if names is not None and info.name not in names:
                         continue
                     fh = tar.extractfile(info)
                     assert fh is not None
                     hasher = new_hasher(self.checksum_alg)
                     while chunk := fh.read(CHUNK):
                         hasher.update(chunk)
-                    out[info.name] = hasher.hexdigest()
+                    sums[info.name] = hasher.hexdigest()
         except FileNotFoundError:
             raise SourceMissingError(f"bundle {bundle.name} not found", tier=self.name) from None
         except (OSError, tarfile.TarError) as err:
             raise VerificationError(f"bundle {bundle.name} cannot be read: {err}", tier=self.name) from None
-        return out
+        return listing, sums
 
     def verify_tar(self, bundle: BundleRecord, where: Path | None = None) -> dict[str, Any]:
         """Listing compared with the manifest, then every member re-read and checksummed (VerificationError
         naming the bundle and the members otherwise). Returns the evidence."""
-        compare_listing(bundle, self.listing(bundle, where), tier=self.name)
-        sums = self._member_sums(bundle, [m.member for m in bundle.members], where)
+        listing, sums = self._scan(bundle, where)  # one pass: headers and members
+        compare_listing(bundle, listing, tier=self.name)
         bad = [m.member for m in bundle.members if sums.get(m.member) != m.checksum]
         if bad:
             raise VerificationError(f"bundle {bundle.name}: {len(bad)} member(s) differ from the manifest's "
