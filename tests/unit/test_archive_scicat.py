@@ -45,7 +45,7 @@ def test_datablocks_in_scicat_and_an_outage_leaves_them_pending(tmp_path: Path) 
             report.raise_for_failures()  # archived and verified; only the catalogue waits
             (bundle,) = la.bundles(ctx.ledger, "hpss")
             assert bundle.state == "verified" and bundle.catalogue_state == "pending" and report.catalogue_pending
-            fake._faults.clear()  # noqa: SLF001 - the outage ends
+            fake._faults.clear()
             again = svc.execute_archive(ctx)
             assert again.catalogued == [bundle.name]
             assert len(fake.datablocks) == len(fake.datasets) == 3
