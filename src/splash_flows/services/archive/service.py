@@ -252,7 +252,7 @@ def catalogue_pending(ctx: Context, report: ArchiveReport) -> None:
         return
     tier_name = ctx.config.archive.tier
     pending = [b for b in la.bundles(ctx.ledger, tier_name, states=[BundleState.VERIFIED])
-               if b.catalogue_state in ("pending", None)]
+               if b.catalogue_state in ("pending", "failed", None)]  # a refusal is retried (and fails) loudly
     if not pending:
         return
     catalogue = ctx.catalogue()
