@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench clean install
+.PHONY: demo test lint typecheck bench bench-archive clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ typecheck: $(VENV)/.installed
 
 bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool
 	$(BIN)/python bench/move_throughput.py
+
+bench-archive: $(VENV)/.installed  ## bundle + verify 2 GB to the local tape tier vs tar -cf + xxhsum
+	bash scripts/ensure-xxhash.sh
+	$(BIN)/python bench/archive.py
 
 clean:
 	rm -rf var/demo var/up .pytest_cache .mypy_cache

@@ -100,7 +100,68 @@ class GlobusTierConfig(_Model):
         return "/" + "/".join(parts)
 
 
-TierConfig = Annotated[LocalTierConfig | GlobusTierConfig, Field(discriminator="kind")]
+class SfapiTierConfig(_Model):
+    """The HPSS tape archive at NERSC reached through the Superfacility API (``sfapi-client``): bundles are
+    written by ``htar`` in a Slurm job (QOS ``xfer``) that reads the members from the source tier's folder on
+    the NERSC file systems. HPSS refuses collaboration accounts: ``account`` is a person's or a service's own
+    NERSC user, and ``account_type`` says which (see README, "Tape archive")."""
+
+    kind: Literal["sfapi"] = "sfapi"
+    root: str = Field(description="Absolute HPSS folder the bundles go under, e.g. /home/a/alsuser/bl733.")
+    account: str = Field(min_length=1, description="The NERSC user the SFAPI client acts as (owns the tape files).")
+    account_type: Literal["personal", "service"] = Field(
+        description="personal: a person's own account; service: a NERSC service (collaboration-free) account.")
+    client_id: str = Field(min_length=1, description="SFAPI client id (Iris -> Superfacility API clients).")
+    key_path: Path = Field(description="The client's private key (PEM or JWK), mode 600.")
+    source_root: str = Field(description="Where the source tier's files are on the NERSC file system, e.g. "
+                             "/global/cfs/cdirs/als/data_mover/7.3.3 (the job runs `cd` there).")
+    log_dir: str = Field(description="NERSC folder for the jobs' Slurm logs (read back after each job).")
+    machine: str = "perlmutter"
+    qos: str = "xfer"
+    constraint: str = "cron"
+    time_limit: str = Field(default="12:00:00", pattern=r"^\d{1,2}:\d{2}:\d{2}$")
+    api_base_url: str = "https://api.nersc.gov/api/v1.2"
+    poll_initial_s: float = Field(default=10.0, gt=0)
+    poll_max_s: float = Field(default=300.0, gt=0)
+    poll_backoff: float = Field(default=1.5, ge=1.0)
+    job_timeout_s: float = Field(default=2 * 86_400, gt=0, description="Give up waiting for one job after this.")
+
+    @field_validator("root", "source_root", "log_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/") or any(c in value for c in "\x00\n'\""):
+            raise ValueError(f"must be an absolute path without '..' or quotes, got {value!r}")
+        return value.rstrip("/") or "/"
+
+
+TierConfig = Annotated[LocalTierConfig | GlobusTierConfig | SfapiTierConfig, Field(discriminator="kind")]
+
+GB = 1_000_000_000
+
+
+class ArchiveConfig(_Model):
+    """The tape archive (seed step 5): files verified on ``source`` go to ``tier`` in bundles per proposal and
+    beam cycle (see ``splash_flows.services.archive``). Disabled when either tier is not configured."""
+
+    tier: str = Field(default="hpss", description="The archive tier (kind local for the embedded default, "
+                      "kind sfapi for HPSS at NERSC).")
+    source: str = Field(default="cfs", description="Files are archived from this tier once verified there.")
+    bundle_target_bytes: int = Field(default=500 * GB, ge=1, description="A bundle is closed at this size.")
+    bundle_max_bytes: int = Field(default=2000 * GB, ge=1, le=2000 * GB,
+                                  description="No bundle (tar headers included) is ever larger (htar: 2 TB).")
+    single_file_bytes: int = Field(default=64 * GB, ge=1, description="Files larger than this go alone "
+                                   "(`hsi cput`), never into a bundle (htar's member limit is 68 GB).")
+    max_bundles_per_run: int = Field(default=100, ge=1, description="Bundles written per archive run.")
+    drill_scratch: Path | None = Field(default=None, description="Where the restore drill restores to "
+                                       "(default: a temporary folder, removed afterwards).")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ArchiveConfig:
+        if self.bundle_target_bytes > self.bundle_max_bytes:
+            raise ValueError("bundle_target_bytes must be <= bundle_max_bytes")
+        if self.single_file_bytes > self.bundle_max_bytes // 2:
+            raise ValueError("single_file_bytes must be <= half of bundle_max_bytes")
+        return self
 
 
 class LedgerConfig(_Model):
@@ -416,6 +477,7 @@ class Config(_Model):
     watcher: WatcherConfig = Field(default_factory=WatcherConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     up: UpConfig = Field(default_factory=UpConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -509,6 +571,24 @@ class Config(_Model):
         if self.watcher.flow_config_path:
             return self.watcher.flow_config_path
         return str(self.source_path) if self.source_path else None
+    @model_validator(mode="after")
+    def _archive_tiers(self) -> Config:
+        explicit = "archive" in self.model_fields_set
+        arch = self.archive
+        if explicit and (arch.tier not in self.tiers or arch.source not in self.tiers):
+            raise ValueError(f"archive refers to tiers {arch.tier!r} and {arch.source!r}; configured tiers: "
+                             f"{', '.join(self.tiers)}")
+        if arch.tier == arch.source:
+            raise ValueError("archive.tier and archive.source must differ")
+        sfapi = [n for n, t in self.tiers.items() if isinstance(t, SfapiTierConfig) and n != arch.tier]
+        if sfapi:
+            raise ValueError(f"tier {sfapi[0]!r} is of kind sfapi, which only the archive tier may be "
+                             f"(archive.tier is {arch.tier!r})")
+        return self
+
+    def archive_enabled(self) -> bool:
+        """Whether the tape archive is configured (its tier and source tier both exist)."""
+        return self.archive.tier in self.tiers and self.archive.source in self.tiers
 
     def tier(self, name: str) -> TierConfig:
         try:
@@ -566,6 +646,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(tier, dict) and isinstance(tier.get("root"), str) and tier.get("kind", "local") == "local":
                 root = Path(tier["root"]).expanduser()
                 tier["root"] = str(root if root.is_absolute() else (base / root))
+            if isinstance(tier, dict) and isinstance(tier.get("key_path"), str) and tier.get("kind") == "sfapi":
+                key = Path(tier["key_path"]).expanduser()
+                tier["key_path"] = str(key if key.is_absolute() else (base / key))
             if isinstance(tier, dict) and isinstance(tier.get("local_root"), str) and tier.get("kind") == "globus":
                 local = Path(tier["local_root"]).expanduser()
                 tier["local_root"] = str(local if local.is_absolute() else (base / local))

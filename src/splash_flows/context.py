@@ -19,6 +19,7 @@ from splash_flows.config import (
     GlobusTierConfig,
     LocalTierConfig,
     SciCatCatalogueConfig,
+    SfapiTierConfig,
     load_config,
 )
 from splash_flows.errors import ConfigError
@@ -61,6 +62,8 @@ def build_tier(name: str, config: Config, *, ledger: Ledger | None = None,
     """The tier object for ``name`` as configured. A globus tier uses ``globus`` (built from the configuration
     when not given) and records its tasks in ``ledger`` (without one it can read but not copy or delete)."""
     tier_cfg = config.tier(name)
+    if name == config.archive.tier and config.archive_enabled():
+        return build_archive_tier(name, config, ledger=ledger)
     if isinstance(tier_cfg, LocalTierConfig):
         return LocalTier(name, tier_cfg.root, config.checksum, concurrency=config.move.concurrency,
                          verify_from_disk=tier_cfg.verify_from_disk,
@@ -71,6 +74,22 @@ def build_tier(name: str, config: Config, *, ledger: Ledger | None = None,
                           batches=TransferBatches(ledger) if ledger is not None else None,
                           concurrency=config.move.concurrency)
     raise ConfigError(f"tier {name!r}: kind {tier_cfg.kind!r} is not supported")
+
+
+def build_archive_tier(name: str, config: Config, *, ledger: Ledger | None = None) -> Tier:
+    """The archive tier (``archive.tier``): tar bundles in a folder (kind local) or HPSS via SFAPI (kind sfapi).
+    It finds a file's bundle through ``ledger``."""
+    tier_cfg = config.tier(name)
+    if isinstance(tier_cfg, LocalTierConfig):
+        from splash_flows.tiers.archive_local import LocalArchiveTier
+
+        return LocalArchiveTier(name, tier_cfg.root, config.checksum, ledger=ledger,
+                                verify_from_disk=tier_cfg.verify_from_disk)
+    if isinstance(tier_cfg, SfapiTierConfig):
+        from splash_flows.tiers.archive_sfapi import SfapiArchiveTier
+
+        return SfapiArchiveTier(name, tier_cfg, config.checksum, ledger=ledger)
+    raise ConfigError(f"archive tier {name!r}: kind {tier_cfg.kind!r} cannot hold bundles (use local or sfapi)")
 
 
 def build_catalogue(config: Config) -> Catalogue:

@@ -164,3 +164,28 @@ class NotAFileToMove(TierError):
 
 class WalkIncomplete(TierError):
     """A walk of a tier could not read part of the tree (a folder that cannot be listed); the rest was walked."""
+class ArchiveJobError(TransferError):
+    """An archive job at NERSC (htar / hsi in a Slurm job submitted through SFAPI) did not do its job: it ended in
+    a state other than COMPLETED, its log shows a failed command (htar exit 70 leaves paths out while saying
+    "SUCCESSFUL"), or its listing does not match the manifest. Carries the job id, its Slurm state and log path."""
+
+    def __init__(self, message: str, *, tier: str | None = None, path: str | None = None, job_id: str | None = None,
+                 state: str | None = None, log: str | None = None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.log = log
+        super().__init__(message, tier=tier, path=path)
+
+
+class ArchiveJobPending(ArchiveJobError):
+    """The job is still queued or running when this run stopped waiting: the bundle stays ``submitted`` and the
+    next run polls the same job (it is never submitted twice)."""
+
+
+class SfapiAuthError(TierError):
+    """NERSC's Superfacility API refused the client's credentials (expired or revoked key, wrong client id, key
+    file unreadable or not mode 600). Retrying cannot help: renew the key in Iris and update ``key_path``."""
+
+
+class SfapiUnavailable(TransferError):
+    """The Superfacility API or the machine could not be reached or answered 5xx after retries (transient)."""

@@ -407,6 +407,7 @@ class FakeSciCat:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     origdatablocks: list[dict[str, Any]] = field(default_factory=list)
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    datablocks: list[dict[str, Any]] = field(default_factory=list)  # archived units (tape bundles)
     violations: list[Violation] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     issued_tokens: list[str] = field(default_factory=list)
@@ -436,6 +437,8 @@ class FakeSciCat:
             ("POST", "/api/v4/attachments"): self._create_attachment,
             ("PATCH", "/api/v4/attachments/{aid}"): self._patch_attachment,
             ("DELETE", "/api/v4/attachments/{aid}"): self._delete_attachment,
+            ("GET", "/api/v3/datasets/{pid}/datablocks"): self._list_datablocks,
+            ("POST", "/api/v3/datasets/{pid}/datablocks"): self._create_datablock,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -748,6 +751,26 @@ class FakeSciCat:
     def _list_origdatablocks(self, *, flt: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
         visible = [b for b in self.origdatablocks if self._may_read(user, b)]
         return 200, apply_filter(visible, flt, ("_id",))
+
+    def _list_datablocks(self, *, params: dict[str, str], **_: Any) -> tuple[int, Any]:
+        if params["pid"] not in self.datasets:
+            raise _Reply(404, f"Dataset {params['pid']} not found", "Not Found")
+        return 200, [copy.deepcopy(b) for b in self.datablocks if b["datasetId"] == params["pid"]]
+
+    def _create_datablock(self, *, params: dict[str, str], body: dict[str, Any], user: str,
+                          **_: Any) -> tuple[int, Any]:
+        """As the real server: archiveId is unique across all datablocks (a second one is refused)."""
+        dataset = self.datasets.get(params["pid"])
+        if dataset is None:
+            raise _Reply(404, f"Dataset {params['pid']} not found", "Not Found")
+        if any(b["archiveId"] == body["archiveId"] for b in self.datablocks):
+            raise _Reply(409, f"datablock with archiveId {body['archiveId']} exists", "Conflict")
+        stamp = self._stamp()
+        block = {"ownerGroup": dataset["ownerGroup"], "accessGroups": dataset.get("accessGroups", []),
+                 **copy.deepcopy(body), "datasetId": dataset["pid"], "_id": str(uuid.uuid4()), "createdBy": user,
+                 "updatedBy": user, "createdAt": stamp, "updatedAt": stamp}
+        self.datablocks.append(block)
+        return 201, copy.deepcopy(block)
 
     def _create_origdatablock(self, *, body: dict[str, Any], user: str, **_: Any) -> tuple[int, Any]:
         dataset = self.datasets.get(body["datasetId"])

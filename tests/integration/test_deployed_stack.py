@@ -61,6 +61,9 @@ def test_init_creates_pools_and_deployments_and_a_second_run_changes_nothing(
                                {"config_path": None})
     # no clone or copy step: the worker imports the installed package
     assert dispatcher[5] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/"}}]
+    assert before["pools"]["archive_733_pool"][:2] == ("process", 1)  # created by init, one run at a time
+    assert before["deployments"]["archive_733"][4][0][0] == "archive-733-nightly"
+    assert before["deployments"]["restore_drill_733"][4][0][0] == "restore-drill-733-weekly"
     if "prune_733" in before["deployments"]:
         assert before["deployments"]["prune_733"][4][0][0] == "prune-733-hourly"
     again = init_work_pools(prefect_server.api_url, names=installed_deployments())

@@ -12,7 +12,7 @@ from splash_flows.context import Context, build_tier
 from splash_flows.ledger import Ledger
 from splash_flows.services.move import move_files
 from splash_flows.services.prune import schedule_prune
-from splash_flows.tiers.base import CopyItem, CopyResult
+from splash_flows.tiers.base import Tier
 from tests.fakes.clock import FakeClock
 from tests.fakes.tiers import ObservedTier
 
@@ -23,10 +23,10 @@ def observed_context(config: Config, *, before_delete: Callable[[str, Sequence[s
                      deleted: list[tuple[str, str]] | None = None, ledger: Ledger | None = None) -> Context:
     """A context whose tiers are the configured ones wrapped in ``ObservedTier`` (shared ``deleted`` list)."""
     shared = deleted if deleted is not None else []
-    tiers = {name: ObservedTier(build_tier(name, config), before_delete=before_delete, deleted=shared)
+    ledger = ledger or Ledger.open(config.ledger.url_value())
+    tiers = {name: ObservedTier(build_tier(name, config, ledger=ledger), before_delete=before_delete, deleted=shared)
              for name in config.tiers}
-    return Context(config=config, ledger=ledger or Ledger.open(config.ledger.url_value()),
-                   _tiers=dict(tiers.items()))
+    return Context(config=config, ledger=ledger, _tiers=dict(tiers.items()))
 
 
 def observed(ctx: Context, tier: str) -> ObservedTier:
@@ -55,15 +55,66 @@ def move_and_schedule(ctx: Context, paths: Sequence[str], clock: FakeClock) -> N
     schedule_prune(ctx, report.register.sources, clock=clock)
 
 
+def _inner(tier: Tier) -> Tier:
+    return tier.inner if isinstance(tier, ObservedTier) else tier
+
+
 def archive(ctx: Context, rel: str) -> bool:
-    """Copy cfs -> hpss verified against the ledger (what the archive flow will do); True when recorded."""
+    """Archive one file cfs -> hpss in a bundle of its own, as the archive flow does (plan, record, write,
+    verify, record the hpss copy); True when the bundle is verified. Again for an archived file: its bundle is
+    re-verified (and re-written from cfs if it fails), as the next archive run would."""
+    from splash_flows.ledger import archive as la
+    from splash_flows.services.archive import service as svc
+    from splash_flows.services.archive.plan import ArchivableFile, plan_bundles
+    from splash_flows.tiers.archive import ArchiveTier
+
     source = ctx.ledger.get_source(ctx.config.move.source, rel)
     assert source is not None
-    (outcome,) = ctx.tier("hpss").copy_from(ctx.tier("cfs"), [CopyItem(rel, source.checksum, source.size)])
-    if isinstance(outcome, CopyResult) and outcome.checksum == source.checksum:
-        ctx.ledger.record_verified(source, "hpss", checksum=outcome.checksum, size=outcome.size, skipped=False)
-        return True
-    return False
+    tier = _inner(ctx.tier(ctx.config.archive.tier))
+    assert isinstance(tier, ArchiveTier)
+    found = la.bundle_of(ctx.ledger, tier.name, source.id)
+    if found is None:
+        f = ArchivableFile(source.id, source.path, source.size, source.checksum,
+                           datetime.fromtimestamp(source.mtime, UTC))
+        plan = plan_bundles([f], svc.limits(ctx), zone=ctx.config.timezone,
+                            next_part=la.next_parts(ctx.ledger, tier.name))
+        ids = la.record_plan(ctx.ledger, tier.name, plan, ctx.config.checksum)
+        assert ids
+        (bundle,) = la.bundles(ctx.ledger, tier.name, ids=ids)
+    else:
+        bundle = found[0]
+    report = svc.ArchiveReport()
+    svc.write_one(ctx, tier, _inner(ctx.tier(ctx.config.archive.source)), bundle, report)
+    return bool(report.verified)
+
+
+def copy_path(ctx: Context, tier: str, rel: str) -> Path:
+    """Where the copy of ``rel`` on ``tier`` is on disk: the file itself, or on the archive tier its bundle
+    (a path that does not exist when it is in none)."""
+    if tier != ctx.config.archive.tier:
+        return tier_path(ctx, tier, rel)
+    from splash_flows.ledger import archive as la
+
+    source = ctx.ledger.get_source(ctx.config.move.source, rel)
+    found = None if source is None else la.bundle_of(ctx.ledger, tier, source.id)
+    return tier_path(ctx, tier, found[0].name if found else f"{rel}.not-archived")
+
+
+def copy_bytes(ctx: Context, tier: str, rel: str) -> bytes | None:
+    """The bytes of ``rel`` as its copy on ``tier`` holds them (read from the bundle on the archive tier)."""
+    path = copy_path(ctx, tier, rel)
+    if not path.is_file():
+        return None
+    if tier != ctx.config.archive.tier:
+        return path.read_bytes()
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            fh = tar.extractfile(rel)
+            return None if fh is None else fh.read()
+    except (tarfile.TarError, KeyError, OSError):
+        return None
 
 
 def flip_byte(path: Path, offset: int = 0) -> None:

@@ -27,7 +27,8 @@ def test_prefect_yaml_declares_the_seed_deployments_on_their_pools() -> None:
     assert {n: s.pool for n, s in specs.items()} == {
         "run_733_dispatcher": "dispatcher_733_pool", "new_file_733": "new_file_733_pool",
         "prune_733": "prune_733_pool", "flight_check_733": "dispatcher_733_pool",
-        "catalogue_retry_733": "dispatcher_733_pool"}
+        "catalogue_retry_733": "dispatcher_733_pool",
+        "archive_733": "archive_733_pool", "restore_drill_733": "archive_733_pool"}
     assert specs["run_733_dispatcher"].entrypoint == "splash_flows.flows.bl733.dispatcher.dispatcher"
     assert specs["new_file_733"].entrypoint == "splash_flows.flows.bl733.move.new_file_733"
     for spec in specs.values():
@@ -49,6 +50,9 @@ def test_prefect_yaml_is_honest_about_version_code_location_and_schedules() -> N
     # issue 9 item 4: scans waiting for their sidecar are retried on a clock, not only when a run happens
     assert deps["catalogue_retry_733"]["schedules"][0]["interval"] == 60
     assert "schedules" not in deps["run_733_dispatcher"]
+    assert deps["archive_733"]["schedules"][0]["cron"] == "30 1 * * *"  # nightly
+    assert deps["restore_drill_733"]["schedules"][0]["cron"] == "0 9 * * 1"  # weekly
+    assert pool_limits(["archive_733_pool"]) == {"archive_733_pool": 1}  # one archive run at a time
     for name in ("run_733_dispatcher", "new_file_733"):
         assert deps[name]["parameters"] == {"config_path": None}
 

@@ -29,11 +29,12 @@ from tests.support.prune import (
     T0,
     acquire,
     archive,
+    copy_bytes,
+    copy_path,
     flip_byte,
     move_and_schedule,
     observed,
     observed_context,
-    tier_path,
 )
 
 TIERS = ("data733", "lamarr", "cfs", "hpss")
@@ -77,8 +78,7 @@ class PruneMachine(RuleBasedStateMachine):
     # ---------------------------------------------------------------------------------- ground truth
 
     def good(self, tier: str, path: str) -> bool:
-        p = tier_path(self.ctx, tier, path)
-        return p.is_file() and p.read_bytes() == self.truth[path]
+        return copy_bytes(self.ctx, tier, path) == self.truth[path]
 
     def pick(self, i: int) -> str:
         paths = sorted(self.truth)
@@ -113,7 +113,8 @@ class PruneMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.truth)
     @rule(i=st.integers(0, 10_000))
     def archive_to_hpss(self, i: int) -> None:
-        archive(self.ctx, self.pick(i))
+        ok = archive(self.ctx, self.pick(i))
+        COUNTS["archived" if ok else "archive_failed"] = COUNTS.get("archived" if ok else "archive_failed", 0) + 1
 
     @precondition(lambda self: self.truth)
     @rule(i=st.integers(0, 10_000))
@@ -125,14 +126,14 @@ class PruneMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.truth)
     @rule(i=st.integers(0, 10_000), tier=st.sampled_from(TIERS))
     def corrupt(self, i: int, tier: str) -> None:
-        p = tier_path(self.ctx, tier, self.pick(i))
+        p = copy_path(self.ctx, tier, self.pick(i))
         if p.is_file():
             flip_byte(p, offset=i)
 
     @precondition(lambda self: self.truth)
     @rule(i=st.integers(0, 10_000), tier=st.sampled_from(TIERS))
     def delete_elsewhere(self, i: int, tier: str) -> None:
-        tier_path(self.ctx, tier, self.pick(i)).unlink(missing_ok=True)
+        copy_path(self.ctx, tier, self.pick(i)).unlink(missing_ok=True)
 
     @rule(days=st.sampled_from([1, 31, 181, 366]))
     def advance_clock(self, days: int) -> None:
@@ -141,6 +142,7 @@ class PruneMachine(RuleBasedStateMachine):
     @rule(tier=st.sampled_from(PRUNABLE), when=st.sampled_from(["before", "after"]))
     def crashing_prune(self, tier: str, when: str) -> None:
         observed(self.ctx, tier).crash = when  # type: ignore[assignment]
+        COUNTS["crash_tries"] = COUNTS.get("crash_tries", 0) + 1
         try:
             prune.execute_prune(self.ctx, clock=self.clock)
         except SimulatedCrash:
@@ -158,6 +160,8 @@ class PruneMachine(RuleBasedStateMachine):
         had_good = {p: any(self.good(t, p) for t in TIERS) for p in self.truth}
         plan = prune.plan_prune(self.ctx, clock=self.clock)
         report = prune.execute_prune(self.ctx, clock=self.clock)
+        COUNTS["prune_now"] = COUNTS.get("prune_now", 0) + 1
+        COUNTS["planned"] = COUNTS.get("planned", 0) + len(plan.due)
         COUNTS["pruned"] += len(report.pruned)
         COUNTS["refused"] += len(report.refused)
         COUNTS["recovered"] += sum(p.recovered for p in report.pruned)
@@ -189,7 +193,7 @@ class PruneMachine(RuleBasedStateMachine):
         for row in self.ctx.ledger.status():
             for tier, c in row.copies.items():
                 if c.state == CopyState.PRUNED:
-                    assert not tier_path(self.ctx, tier, row.path).exists(), f"{tier}:{row.path} pruned but present"
+                    assert not copy_path(self.ctx, tier, row.path).exists(), f"{tier}:{row.path} pruned but present"
                     assert (tier, row.path) in deleted | self.interrupted, (
                         f"{tier}:{row.path} recorded pruned, but prune never deleted it")
 

@@ -66,6 +66,22 @@ class DatasetDoc(BaseModel):
         return sum(f.size for f in self.files)
 
 
+class DatablockDoc(BaseModel):
+    """One archived unit of a dataset (a SciCat Datablock): the part of a tape bundle holding its files.
+
+    ``archive_id`` is unique across the catalogue (the bundle's location and the dataset's pid), so adding
+    the same datablock again changes nothing; it is what a restore starts from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    archive_id: str
+    size: int = Field(description="Bytes of the dataset's files in the bundle.")
+    packed_size: int = Field(description="Bytes of the whole bundle as stored on tape.")
+    chk_alg: str
+    version: str = Field(default="splash-flows-bundle/1", description="How the bundle is packed.")
+    files: list[DataFileDoc] = Field(min_length=1)
+
+
 class CatalogueEntry(BaseModel):
     """A dataset as the catalogue holds it: the document plus the catalogue's own identifier."""
 
@@ -115,4 +131,12 @@ class Catalogue(Protocol):
         """The PNG attached to the dataset with this caption (any caption: the latest one), or None.
 
         Lets an operator tool show, and a test check, what ``attach_thumbnail`` stored."""
+        ...
+
+    def add_datablock(self, pid: str, block: DatablockDoc) -> None:
+        """Record that part of the dataset is archived in a bundle. Idempotent by ``block.archive_id``."""
+        ...
+
+    def datablocks(self, pid: str) -> list[DatablockDoc]:
+        """The dataset's datablocks (archived bundles), oldest first."""
         ...

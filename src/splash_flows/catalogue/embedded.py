@@ -50,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from splash_flows.catalogue._png import require_png
-from splash_flows.catalogue.base import CatalogueEntry, DataFileDoc, DatasetDoc, LocationDoc
+from splash_flows.catalogue.base import CatalogueEntry, DatablockDoc, DataFileDoc, DatasetDoc, LocationDoc
 from splash_flows.errors import CatalogueError, CatalogueUnavailable
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,15 @@ class _Thumbnail(_Base):
     caption: Mapped[str] = mapped_column(Text)
     png: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Datablock(_Base):
+    __tablename__ = "catalogue_datablocks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    archive_id: Mapped[str] = mapped_column(Text, unique=True)
+    pid: Mapped[str] = mapped_column(ForeignKey("catalogue_datasets.pid", ondelete="CASCADE"), index=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class EmbeddedCatalogue:
@@ -222,6 +231,22 @@ class EmbeddedCatalogue:
         with self._db(f"search proposal={proposal!r} text={text!r}") as conn:
             entries = [self._entry(conn, row) for row in conn.execute(query).mappings()]
         return sorted(entries, key=lambda e: (e.doc.creation_time, e.pid))
+
+    def add_datablock(self, pid: str, block: DatablockDoc) -> None:
+        """Store the datablock unless one with its ``archive_id`` exists (UNIQUE: concurrent adds store one)."""
+        stmt = sqlite_insert(_Datablock).values(archive_id=block.archive_id, pid=pid,
+                                                doc=block.model_dump(mode="json"))
+        with self._db(f"add datablock {block.archive_id} to dataset {pid}") as conn:
+            try:
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["archive_id"]))
+            except IntegrityError as exc:
+                raise CatalogueError(f"embedded catalogue has no dataset {pid}") from exc
+
+    def datablocks(self, pid: str) -> list[DatablockDoc]:
+        """The dataset's datablocks, oldest first."""
+        with self._db(f"read datablocks of dataset {pid}") as conn:
+            docs = conn.execute(select(_Datablock.doc).where(_Datablock.pid == pid).order_by(_Datablock.id))
+            return [DatablockDoc.model_validate(d) for d in docs.scalars()]
 
     # ------------------------------------------------------------------ internals
 

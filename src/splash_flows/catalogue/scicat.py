@@ -63,6 +63,7 @@ import httpx
 from pydantic import ValidationError
 from scicat_sdk_py.models.attachment_relationships_v4_dto import AttachmentRelationshipsV4Dto
 from scicat_sdk_py.models.create_attachment_v4_dto import CreateAttachmentV4Dto
+from scicat_sdk_py.models.create_dataset_datablock_dto import CreateDatasetDatablockDto
 from scicat_sdk_py.models.create_dataset_dto import CreateDatasetDto
 from scicat_sdk_py.models.create_orig_datablock_dto import CreateOrigDatablockDto
 from scicat_sdk_py.models.credentials_dto import CredentialsDto
@@ -72,7 +73,7 @@ from scicat_sdk_py.models.partial_update_dataset_dto import PartialUpdateDataset
 from scicat_sdk_py.models.partial_update_orig_datablock_dto import PartialUpdateOrigDatablockDto
 
 from splash_flows.catalogue._png import require_png
-from splash_flows.catalogue.base import CatalogueEntry, DataFileDoc, DatasetDoc, LocationDoc
+from splash_flows.catalogue.base import CatalogueEntry, DatablockDoc, DataFileDoc, DatasetDoc, LocationDoc
 from splash_flows.errors import CatalogueError, CataloguePermissionError, CatalogueUnavailable
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ CAN_CREATE_DATASET_ROUTE = "/api/v3/users/{id}/authorization/dataset/create"
 DATASETS_ROUTE = "/api/v4/datasets"
 ORIGDATABLOCKS_ROUTE = "/api/v4/origdatablocks"
 ATTACHMENTS_ROUTE = "/api/v4/attachments"
+DATASETS_V3_ROUTE = "/api/v3/datasets"  # datablocks (archived units) are nested under v3 datasets only
 
 _DATA_URI_PREFIX = "data:image/png;base64,"
 _PID_CHUNK = 50  # pids per `$in` filter, keeps the query string of a GET well below server limits
@@ -319,6 +321,42 @@ class SciCatCatalogue:
         if reason is not None:
             raise CataloguePermissionError(f"{context}: {reason}; nothing was created")
         self._may_attach.add(owner_group)
+    def add_datablock(self, pid: str, block: DatablockDoc) -> None:
+        """``POST /api/v3/datasets/{pid}/datablocks`` unless the dataset has a datablock with this archiveId
+        (looked up first in the same step, so a POST whose answer was lost is not repeated)."""
+        self._retrying(f"add datablock {block.archive_id} to dataset {pid}",
+                       lambda: self._datablock_step(pid, block))
+
+    def datablocks(self, pid: str) -> list[DatablockDoc]:
+        """The dataset's datablocks (``GET /api/v3/datasets/{pid}/datablocks``)."""
+
+        def step() -> list[DatablockDoc]:
+            return [_datablock_from_scicat(row, pid) for row in self._datablock_rows(pid)]
+
+        return self._retrying(f"read datablocks of dataset {pid}", step)
+
+    def _datablock_rows(self, pid: str) -> list[dict[str, Any]]:
+        context = f"dataset {pid}"
+        rows = self._json(self._request("GET", f"{DATASETS_V3_ROUTE}/{quote(pid, safe='')}/datablocks", context),
+                          context)
+        if not isinstance(rows, list):
+            raise CatalogueError(f"SciCat {context}: the datablock list is not a list")
+        return [r for r in rows if isinstance(r, dict)]
+
+    def _datablock_step(self, pid: str, block: DatablockDoc) -> None:
+        context = f"dataset {pid}"
+        if any(r.get("archiveId") == block.archive_id for r in self._datablock_rows(pid)):
+            return
+        try:
+            dto = CreateDatasetDatablockDto(
+                archiveId=block.archive_id, size=block.size, packedSize=block.packed_size, chkAlg=block.chk_alg,
+                version=block.version,
+                dataFileList=[DataFile(path=f.path, size=f.size, time=f.time, chk=f.chk) for f in block.files])
+        except ValidationError as exc:
+            raise CatalogueError(f"{context}: cannot build the SciCat Datablock: {exc}") from exc
+        self._request("POST", f"{DATASETS_V3_ROUTE}/{quote(pid, safe='')}/datablocks", context,
+                      body=_dump(dto, context))
+        log.info("SciCat dataset %s: datablock %s added", pid, block.archive_id)
 
     # ------------------------------------------------------------------ steps (each one retried as a whole)
 
@@ -806,6 +844,15 @@ def _decoded_keys(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """``scientificMetadata`` with its keys decoded: v4 returns them URL-encoded as stored
     (``I1%20normalization``), v3 and our documents decoded (``I1 normalization``)."""
     return {unquote(str(key)): value for key, value in metadata.items()}
+def _datablock_from_scicat(row: Mapping[str, Any], pid: str) -> DatablockDoc:
+    """Our DatablockDoc from a SciCat Datablock row."""
+    try:
+        return DatablockDoc(archive_id=row["archiveId"], size=int(row["size"]), packed_size=int(row["packedSize"]),
+                            chk_alg=str(row.get("chkAlg") or ""), version=str(row.get("version") or ""),
+                            files=[DataFileDoc(path=f["path"], size=int(f["size"]), time=f["time"],
+                                               chk=str(f.get("chk") or "")) for f in row["dataFileList"]])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CatalogueError(f"SciCat dataset {pid}: a datablock cannot be read: {exc}") from exc
 
 
 def _without_si(value: Any) -> Any:

@@ -26,7 +26,7 @@ from splash_flows.context import Context, build_context
 from splash_flows.services import catalogue as service
 
 #: How ``catalog show`` styles a location's state (pruned copies are history, as in ``status``).
-LOCATION_STYLE = {"verified": "green", "pruned": "dim", "at_risk": "bold red"}
+LOCATION_STYLE = {"verified": "green", "pruned": "dim", "at_risk": "bold red", "archived": "cyan"}
 
 catalog_app = typer.Typer(help="The catalogue: search datasets, show one, download its files, retry ingests.",
                           no_args_is_help=True)

@@ -135,6 +135,17 @@ app.command("watch")(watch)
 app.command("prune")(prune)
 
 
+def _register_archive_commands() -> None:
+    """``archive`` and ``restore`` (the tape archive)."""
+    from splash_flows.cli.archive import archive, restore
+
+    app.command("archive")(archive)
+    app.command("restore")(restore)
+
+
+_register_archive_commands()
+
+
 def _register_orchestration_commands() -> None:
     """Commands that set up and run the Prefect side (init, runner, up, reconcile). Imports are light: each
     command imports Prefect only when it runs."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from splash_flows.cli.common import console, fail_cleanly, human_size, print_json, state
 from splash_flows.ledger import FileStatus, Ledger
+from splash_flows.ledger.archive import last_drill
 from splash_flows.ledger.catalogue import FileCatalogueState, file_states
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
@@ -93,6 +95,7 @@ def status(
         try:
             rows = ledger.status(path_prefix=prefix or None)
             catalogue = file_states(ledger)
+            drill = last_drill(ledger)
         finally:
             ledger.close()
     if as_json:
@@ -101,3 +104,13 @@ def status(
     tiers = [config.move.source, *config.move.targets]
     tiers += sorted({t for r in rows for t in r.copies} - set(tiers))
     console.print(status_table(rows, tiers, catalogue))
+    if drill is not None:
+        console.print(drill_line(drill.at, drill.path, drill.detail), highlight=False)
+
+
+def drill_line(at: datetime, path: str | None, detail: Mapping[str, Any]) -> str:
+    """One line on the last restore drill (``restore_drill_733``): when, which file, from which bundle, result."""
+    when = at.isoformat(timespec="seconds")
+    if detail.get("ok"):
+        return f"last restore drill: [green]ok[/] {when}: {path} from {detail.get('bundle')} restored identical"
+    return f"last restore drill: [bold red]FAILED[/] {when}: {path or '-'}: {detail.get('reason')}"

@@ -27,7 +27,7 @@ BL733_DIR = Path(__file__).resolve().with_name("bl733")
 PREFECT_YAML = BL733_DIR / "prefect.yaml"
 DEFAULT_POOL_CONCURRENCY = 4
 # Pools whose flows must never overlap with themselves, whatever --concurrency says.
-SERIAL_POOLS = frozenset({"prune_733_pool"})
+SERIAL_POOLS = frozenset({"prune_733_pool", "archive_733_pool"})
 
 
 @dataclass(frozen=True)

@@ -259,3 +259,66 @@ class OutboxEntry(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BundleState(StrEnum):
+    """Where one archive bundle stands. A bundle's members are fixed when it is planned."""
+
+    PLANNED = "planned"        # recorded with its members; not (yet) written and verified
+    SUBMITTED = "submitted"    # a job writing it was submitted (sfapi): ``job_id`` says which; poll, never resubmit
+    VERIFIED = "verified"      # on the archive tier, its listing and members checked against the manifest
+    FAILED = "failed"          # the last attempt failed (``error`` names the bundle and members); retried next run
+
+
+class ArchiveBundle(Base):
+    """One bundle on the archive tier: a tar of many members (``htar``) or one file alone (``hsi cput``).
+
+    Its members (``ArchiveMember``) are its manifest; ``manifest_digest`` fixes them. Job id, script and log path
+    of the sfapi job that wrote it are kept here; ``catalogue_state`` tracks its datablock in the catalogue
+    (``pending`` until every dataset it holds has it, like ``pending_catalogue`` for scans)."""
+
+    __tablename__ = "archive_bundles"
+    __table_args__ = (UniqueConstraint("tier", "name", name="uq_archive_bundles_name"),
+                      Index("ix_archive_bundles_state", "tier", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tier: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(4096))
+    kind: Mapped[str] = mapped_column(String(8))           # tar | file
+    proposal: Mapped[str] = mapped_column(String(128))
+    cycle: Mapped[str] = mapped_column(String(16))
+    part: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    size: Mapped[int] = mapped_column(BigInteger)
+    packed_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    member_count: Mapped[int] = mapped_column(Integer)
+    checksum_alg: Mapped[str] = mapped_column(String(32))
+    manifest_digest: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_script: Mapped[str | None] = mapped_column(Text, nullable=True)
+    job_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    catalogue_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    catalogue_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ArchiveMember(Base):
+    """One file of a bundle (a manifest line): the member name, size and checksum. A file is in at most one
+    bundle per archive tier (the unique constraint is what makes re-planning after a crash idempotent)."""
+
+    __tablename__ = "archive_members"
+    __table_args__ = (UniqueConstraint("tier", "file_id", name="uq_archive_members_file"),
+                      Index("ix_archive_members_bundle", "bundle_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("archive_bundles.id", ondelete="CASCADE"))
+    tier: Mapped[str] = mapped_column(String(64))
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    member: Mapped[str] = mapped_column(String(4096))
+    size: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(128))

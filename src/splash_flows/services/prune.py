@@ -358,7 +358,11 @@ def _requires(rule: RetentionRule, file: FileSnap) -> list[dict[str, Any]]:
 
 def _why(rule: RetentionRule, file: FileSnap) -> str:
     days = f"{rule.after_days:g} d after acquisition"
-    req = ", ".join(f"{t} verified" for t in required_tiers(rule, file))
+    required = required_tiers(rule, file)
+    req = ", ".join(f"{t} verified" for t in required)
+    also = [t for t in rule.require_any if t not in required and is_good(file, file.copies.get(t))]
+    if also:  # the other copies that would allow it too (e.g. hpss beside lamarr for data733)
+        req += f" (also allowed by {', '.join(also)} verified)"
     return f"{days}; {req}" if req else days
 
 
