@@ -150,3 +150,29 @@ class ExportControlledError(TierError):
 
 class ServerUnavailableError(OrchestrationError):
     """The Prefect server did not answer its health check in time. The message names the URL."""
+
+
+class AnalysisError(SplashFlowsError):
+    """A scan could not be reduced (unreadable frame, missing monitor, bad calibration, failed job). Carries the
+    scan key (or file) it is about; the other scans of the batch are reduced regardless."""
+
+    def __init__(self, message: str, *, scan: str | None = None) -> None:
+        self.scan = scan
+        self.bare_message = message
+        super().__init__(f"{scan}: {message}" if scan is not None else message)
+
+
+class CalibrationMissing(AnalysisError):
+    """No calibration (PONI) covers the acquisition time of a scan: it is left pending, never guessed."""
+
+
+class HpcJobError(AnalysisError):
+    """An HPC (Slurm) job ended in a state other than COMPLETED, or COMPLETED without its results. Carries the
+    job id, its final state and the tail of its log."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, state: str | None = None,
+                 log: str = "", scan: str | None = None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.log = log
+        super().__init__(message, scan=scan)
