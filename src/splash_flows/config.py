@@ -393,6 +393,9 @@ class AnalysisConfig(_Model):
     mask_file: Path | None = Field(default=None, description="Extra mask (EDF or .npy, nonzero = masked).")
     saturation_counts: int = Field(default=(1 << 20) - 1, ge=1, description="Pilatus counter limit: hi pixels at "
                                    "or above it are taken from lo in our own hi/lo merge.")
+    monitor_kind: Literal["integrated", "rate"] = Field(
+        default="integrated", description="integrated: the sidecar's monitor is counts over the exposure (7.3.3), "
+        "so it is the divisor; rate: a mean rate, multiplied by the exposure time.")
     gi_npt: int = Field(default=500, ge=10, le=5000, description="Bins per axis of the q_ip/q_oop map.")
     gi_sample_orientation: int = Field(default=3, ge=1, le=8, description="pyFAI sample_orientation (EXIF 1-8). "
                                        "3 with pyFAI's Pilatus (origin bottom-right): q_oop > 0 for pixels above "

@@ -102,7 +102,7 @@ def run_scan(root: Path, job: ScanJob, settings: Settings, integrators: Integrat
         if job.kind == "hilo":
             frame = load_hilo(root, job.files, settings)
         elif "edf" in job.files and "txt" in job.files:
-            frame = load_single(root, job.files["edf"], job.files["txt"])
+            frame = load_single(root, job.files["edf"], job.files["txt"], settings)
         else:
             raise AnalysisError("needs an EDF image and its sidecar")
         reduction = reduce_frame(frame, job.poni_text, settings, integrators)

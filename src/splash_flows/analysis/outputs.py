@@ -143,8 +143,8 @@ def write_dat(path: Path, reduction: Reduction, *, stem: str, settings: Settings
     frame = reduction.frame
     header = [
         f"{stem}: azimuthal integration of ALS 7.3.3 frame(s) {', '.join(frame.sources)}",
-        f"merge: {frame.merge}; normalised by exposure {frame.exposure_s:g} s x monitor {frame.monitor_name} "
-        f"{frame.monitor:g}",
+        f"merge: {frame.merge}; exposure {frame.exposure_s:g} s; normalised by {frame.normalization:g} (monitor "
+        f"{frame.monitor_name} {frame.monitor:g}, {frame.monitor_kind})",
         f"method: pyFAI integrate1d {list(settings.method)}, npt {settings.npt}, Poisson errors",
         f"calibration: {info.get('calibration', '?')}",
         "software: " + ", ".join(f"{k} {v}" for k, v in software_versions().items()),

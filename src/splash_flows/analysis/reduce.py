@@ -14,9 +14,13 @@ Per frame, and why:
   built for another angle can never give silently wrong q values.
 - **Mask**: the detector's own module gaps (pyFAI's Pilatus definition), every pixel the frame marks negative
   (-1 gaps, -2 bad pixels), a disc of ``beamstop_radius_mm`` around the beam centre, and an optional mask file.
-- **Normalisation**: by exposure time times the monitor the sidecar names in ``Normalize by:`` (one of its three
-  leading numbers: Izero, Diode normalization, I1 normalization). A frame whose monitor or exposure time is
-  missing is not reduced (``AnalysisError``): an un-normalised curve would look right and compare wrongly.
+- **Normalisation**: by the flux the sample saw during the exposure, from the exposure time and the monitor the
+  sidecar names in ``Normalize by:`` (one of its three leading numbers: Izero, Diode normalization, I1
+  normalization). 7.3.3's monitors are counts integrated over the exposure (they scale with the exposure time),
+  so the divisor is the monitor itself = exposure time x mean monitor rate (``monitor_kind: integrated``); a
+  monitor that is a rate is multiplied by the exposure time (``monitor_kind: rate``). A frame whose monitor or
+  exposure time is missing is not reduced (``AnalysisError``): an un-normalised curve would look right and
+  compare wrongly.
 - **Uncertainties**: Poisson (variance = counts), propagated by pyFAI through the integration; for our own hi/lo
   merge the variance of the pixels taken from ``lo`` is ``lo * ratio**2``, passed to pyFAI explicitly.
 - **Hi/lo pairs** give one result per scan: the beamline's ``.gb`` merge when it is there and readable, else
@@ -71,6 +75,7 @@ class Settings:
     saturation_counts: int = (1 << 20) - 1
     gi_npt: int = 500
     gi_sample_orientation: int = 3
+    monitor_kind: str = "integrated"
     checksum: str = "xxh3_128"
 
     @classmethod
@@ -80,7 +85,8 @@ class Settings:
                    beamstop_radius_mm=analysis.beamstop_radius_mm,
                    mask_file=str(analysis.mask_file) if analysis.mask_file else None,
                    saturation_counts=analysis.saturation_counts, gi_npt=analysis.gi_npt,
-                   gi_sample_orientation=analysis.gi_sample_orientation, checksum=checksum)
+                   gi_sample_orientation=analysis.gi_sample_orientation, monitor_kind=analysis.monitor_kind,
+                   checksum=checksum)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (job parameters in the catalogue, manifest of a Slurm job)."""
@@ -95,8 +101,13 @@ class Settings:
 
 
 def poni_key(poni_text: str) -> str:
-    """A short stable identity of a geometry: the hash of its PONI text."""
-    return hashlib.sha256(poni_text.encode("utf-8")).hexdigest()[:16]
+    """A short stable identity of a geometry: the hash of its PONI values (comments, such as pyFAI's "Calibration
+    done on <date>", and line order do not count)."""
+    try:
+        values = sorted(_poni_dict(poni_text).items())
+    except ValueError:
+        values = [("text", poni_text)]
+    return hashlib.sha256(repr(values).encode("utf-8")).hexdigest()[:16]
 
 
 def load_poni(poni_text: str, *, label: str = "calibration") -> AzimuthalIntegrator:
@@ -236,11 +247,13 @@ class Frame:
     sources: list[str]
     variance: FloatArray | None = None
     notes: list[str] = field(default_factory=list)
+    monitor_kind: str = "integrated"
 
     @property
     def normalization(self) -> float:
-        """exposure time x monitor: the divisor that makes frames comparable."""
-        return self.exposure_s * self.monitor
+        """The flux during the exposure, the divisor that makes frames comparable: the monitor counts (an
+        integrating monitor already holds exposure time x rate), or exposure time x monitor for a rate."""
+        return self.monitor if self.monitor_kind == "integrated" else self.exposure_s * self.monitor
 
     @property
     def grazing(self) -> bool:
@@ -293,13 +306,14 @@ def _image(path: Path, label: str) -> FloatArray:
         raise AnalysisError(str(exc)) from exc
 
 
-def load_single(root: Path, edf: str, txt: str) -> Frame:
+def load_single(root: Path, edf: str, txt: str, settings: Settings | None = None) -> Frame:
     """A single exposure: ``<stem>.edf`` normalised by its sidecar ``<stem>.txt``."""
+    kind = (settings or Settings()).monitor_kind
     side = _sidecar(root / txt, txt)
     monitor_name, monitor = monitor_of(side)
     image = _image(root / edf, edf)
     return Frame(image=image, exposure_s=exposure_of(side, root / edf, edf), monitor_name=monitor_name,
-                 monitor=monitor, alpha_deg=side.alpha_deg, merge="single", sources=[edf, txt])
+                 monitor=monitor, alpha_deg=side.alpha_deg, merge="single", sources=[edf, txt], monitor_kind=kind)
 
 
 def load_hilo(root: Path, files: dict[str, str], settings: Settings) -> Frame:
@@ -307,7 +321,7 @@ def load_hilo(root: Path, files: dict[str, str], settings: Settings) -> Frame:
 
     The beamline's ``.gb`` merge is used when present and of the right size (it is on the scale of ``hi``, so it
     is normalised with ``hi``'s exposure and monitor); otherwise we merge: ``hi`` where it is below
-    ``saturation_counts``, else ``lo * norm_hi / norm_lo``."""
+    ``saturation_counts``, else ``lo * norm_hi / norm_lo`` (norm: see ``Frame.normalization``)."""
     if "hi_txt" not in files or "hi_edf" not in files:
         raise AnalysisError("a hi/lo scan without its hi frame and sidecar cannot be reduced")
     hi_side = _sidecar(root / files["hi_txt"], files["hi_txt"])
@@ -319,7 +333,7 @@ def load_hilo(root: Path, files: dict[str, str], settings: Settings) -> Frame:
         try:
             gb = read_gb_image(root / files["gb"], header.shape, label=files["gb"]).astype(np.float64)
             return Frame(image=gb, exposure_s=hi_exposure, monitor_name=monitor_name, monitor=hi_monitor,
-                         alpha_deg=hi_side.alpha_deg, merge="gb",
+                         alpha_deg=hi_side.alpha_deg, merge="gb", monitor_kind=settings.monitor_kind,
                          sources=[files["gb"], files["hi_edf"], files["hi_txt"]])
         except MetadataError as exc:
             notes.append(f"beamline .gb merge not used: {exc}")
@@ -336,10 +350,13 @@ def load_hilo(root: Path, files: dict[str, str], settings: Settings) -> Frame:
     lo = _image(root / files["lo_edf"], files["lo_edf"])
     if hi.shape != lo.shape:
         raise AnalysisError(f"hi {hi.shape} and lo {lo.shape} frames differ in shape")
-    merged, variance = merge_hilo(hi, lo, (hi_exposure * hi_monitor) / (lo_exposure * lo_monitor),
-                                  settings.saturation_counts)
+    hi_frame = Frame(image=hi, exposure_s=hi_exposure, monitor_name=monitor_name, monitor=hi_monitor,
+                     alpha_deg=hi_side.alpha_deg, merge="own", sources=[], monitor_kind=settings.monitor_kind)
+    lo_norm = lo_monitor if settings.monitor_kind == "integrated" else lo_exposure * lo_monitor
+    merged, variance = merge_hilo(hi, lo, hi_frame.normalization / lo_norm, settings.saturation_counts)
     return Frame(image=merged, exposure_s=hi_exposure, monitor_name=monitor_name, monitor=hi_monitor,
                  alpha_deg=hi_side.alpha_deg, merge="own", variance=variance, notes=notes,
+                 monitor_kind=settings.monitor_kind,
                  sources=[files["hi_edf"], files["hi_txt"], files["lo_edf"], files["lo_txt"]])
 
 
