@@ -326,11 +326,16 @@ def analyse_paths(ctx: Context, paths: Sequence[str], *, backend: AnalysisBacken
     return analyse_scans(ctx, scans, backend=backend, progress=progress, report=report, deliver=deliver)
 
 
-def pending_keys(ctx: Context) -> list[str]:
-    """Scans waiting for a calibration, plus reduced scans whose derived dataset is not catalogued yet."""
-    records = ledger_an.analyses(ctx.ledger, source_tier=ctx.config.move.source,
-                                 states=[AnalysisState.PENDING_CALIBRATION, AnalysisState.REDUCED])
-    return [r.scan_key for r in records if r.state == AnalysisState.PENDING_CALIBRATION or r.pid is None]
+def pending_calibration_keys(ctx: Context) -> list[str]:
+    """Scans waiting for a calibration."""
+    return [r.scan_key for r in ledger_an.analyses(ctx.ledger, source_tier=ctx.config.move.source,
+                                                    states=[AnalysisState.PENDING_CALIBRATION])]
+
+
+def uncatalogued_keys(ctx: Context) -> list[str]:
+    """Reduced scans whose derived dataset is not in the catalogue yet."""
+    return [r.scan_key for r in ledger_an.analyses(ctx.ledger, source_tier=ctx.config.move.source,
+                                                    states=[AnalysisState.REDUCED]) if r.pid is None]
 
 
 def analyse_pending(ctx: Context, *, backend: AnalysisBackend | None = None,
@@ -338,14 +343,9 @@ def analyse_pending(ctx: Context, *, backend: AnalysisBackend | None = None,
     """Finish what waits: reduce the scans left ``pending_calibration`` (those a calibration now covers; the
     others stay pending) and catalogue derived datasets that waited for their raw dataset."""
     report = AnalysisReport()
-    source = ctx.config.move.source
-    waiting = [r for r in ledger_an.analyses(ctx.ledger, source_tier=source, states=[AnalysisState.REDUCED])
-               if r.pid is None]
-    for record in waiting:
-        catalogue_derived(ctx, record.scan_key, report)
-    keys = [r.scan_key for r in ledger_an.analyses(ctx.ledger, source_tier=source,
-                                                    states=[AnalysisState.PENDING_CALIBRATION])]
-    scans = scans_for_keys(ctx, keys, report)
+    for key in uncatalogued_keys(ctx):
+        catalogue_derived(ctx, key, report)
+    scans = scans_for_keys(ctx, pending_calibration_keys(ctx), report)
     return analyse_scans(ctx, scans, backend=backend, progress=progress, report=report)
 
 
@@ -444,3 +444,38 @@ def _derived_doc(ctx: Context, key: str, record: ledger_an.AnalysisRecord, raw: 
         dataset_type="derived", input_datasets=[raw.pid],
         used_software=[f"{name} {version}" for name, version in sorted(software.items())],
         job_parameters=params)
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def reduction_info(ctx: Context, entry: CatalogueEntry) -> dict[str, Any]:
+    """Whether the scan of a catalogue entry has been reduced and where the results are (``catalog show``):
+    ``{"state", "results", "derived_pid", "merge", "backend", "error"}`` for a raw dataset (state None: never
+    analysed), ``{"state": "derived", "input_datasets"}`` for a derived one."""
+    if entry.doc.dataset_type == "derived":
+        return {"state": "derived", "input_datasets": list(entry.doc.input_datasets)}
+    record = ledger_an.get_analysis(ctx.ledger, ctx.config.move.source, entry.doc.scan_key)
+    if record is None:
+        return {"state": None, "results": None, "derived_pid": None, "merge": None, "backend": None, "error": None}
+    results = None
+    if record.results_folder and record.state == AnalysisState.REDUCED:
+        results = f"{ctx.config.move.source}:{record.results_folder}"
+    return {"state": record.state, "results": results, "derived_pid": record.pid, "merge": record.merge,
+            "backend": record.backend, "error": record.error or record.catalogue_error}
+
+
+def reduction_line(info: dict[str, Any]) -> str:
+    """One line for people, from ``reduction_info``."""
+    state = info.get("state")
+    if state == "derived":
+        return "derived from " + (", ".join(info.get("input_datasets") or []) or "-")
+    if state is None:
+        return "not reduced"
+    if state == AnalysisState.REDUCED:
+        merge = {"gb": ", beamline .gb merge", "own": ", own hi/lo merge"}.get(info.get("merge") or "", "")
+        derived = f"; derived dataset {info['derived_pid']}" if info.get("derived_pid") else ""
+        return f"reduced ({info.get('backend')}{merge}) -> {info.get('results')}{derived}"
+    if state == AnalysisState.PENDING_CALIBRATION:
+        return "waiting for a calibration (splash-flows calibration add)"
+    return f"reduction failed: {info.get('error')}"

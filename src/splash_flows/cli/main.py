@@ -95,6 +95,17 @@ app.command("watch")(watch)
 app.command("prune")(prune)
 
 
+def _register_analysis_commands() -> None:
+    """``analyse`` and ``calibration`` (issue 11). pyFAI is imported only when a command runs."""
+    from splash_flows.cli.analysis import analyse, calibration_app
+
+    app.command("analyse")(analyse)
+    app.add_typer(calibration_app, name="calibration")
+
+
+_register_analysis_commands()
+
+
 def _register_orchestration_commands() -> None:
     """Commands that set up and run the Prefect side (init, runner, up, reconcile). Imports are light: each
     command imports Prefect only when it runs."""

@@ -79,6 +79,8 @@ def status(
     prefix: str = typer.Option("", "--prefix", help="Only files whose path starts with this."),
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Show the scans instead: reduced or not, where the "
+                                  "results are, their derived dataset."),
 ) -> None:
     """Show every file the ledger knows: size, checksum, the state of its copy on each tier and its catalogue
     state (catalogued / pending / excluded / failed)."""
@@ -88,6 +90,11 @@ def status(
             from splash_flows.cli.transfers import show_transfers
 
             show_transfers(config.ledger.url_value(), as_json=as_json)
+            return
+        if analysis:
+            from splash_flows.cli.analysis import show_analysis
+
+            show_analysis(config, as_json=as_json, prefix=prefix or None)
             return
         ledger = Ledger.open(config.ledger.url_value())
         try:
@@ -101,3 +108,9 @@ def status(
     tiers = [config.move.source, *config.move.targets]
     tiers += sorted({t for r in rows for t in r.copies} - set(tiers))
     console.print(status_table(rows, tiers, catalogue))
+    from splash_flows.cli.analysis import analysis_summary
+
+    with fail_cleanly():
+        line = analysis_summary(config)
+    if line:
+        console.print(line, highlight=False)
