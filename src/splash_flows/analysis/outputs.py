@@ -249,3 +249,17 @@ def plot_qmap(path: Path, reduction: Reduction, *, title: str) -> None:
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
+
+
+def read_dat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, I, sigma of a ``.dat`` written by ``write_dat``."""
+    data = np.loadtxt(path, comments="#", ndmin=2)
+    return data[:, 0], data[:, 1], data[:, 2]
+
+
+def peak_near(q: np.ndarray, intensity: np.ndarray, expected: float, window: float = 0.15) -> float:
+    """The q of the highest point of ``intensity`` within ``expected +- window`` (the peak of a calibrant ring)."""
+    sel = (q > expected - window) & (q < expected + window) & np.isfinite(intensity)
+    if not sel.any():
+        raise ValueError(f"no point of the curve within {expected} +- {window}")
+    return float(q[sel][np.argmax(intensity[sel])])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import default_config_data, load_config_file
+from splash_flows.config import Config, default_config_data, load_config_file
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.catalogue import scan_counts
 
@@ -32,6 +33,7 @@ def write_demo_config(root: Path) -> Path:
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
+    data["analysis"] = {"enabled": True, "backend": "local", "workers": 2}
     path = root / "splash-flows.yaml"
     text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
     text += yaml.safe_dump(data, sort_keys=False)
@@ -67,12 +69,13 @@ def demo(
         else:
             with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
                 simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
-                                      hi_lo_every=3 if scans >= 3 else 0)
+                                      hi_lo_every=3 if scans >= 3 else 0, first_sample="AgBh_cal")
         files = list(source.walk())
         paths = [st.path for st in files]
         total_bytes = sum(st.size for st in files)
         console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/")
 
+        calibrate_demo(root, config, small=small)
         prepare_prefect_env(root / ".prefect", quiet=not verbose)
         from splash_flows.flows.bl733.dispatcher import dispatcher
 
@@ -126,11 +129,93 @@ def demo(
         excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
         table.add_row(f"catalogue ({datasets} datasets{excluded})", f"{scan_states.get('catalogued', 0)} scans",
                       f"{not_catalogued} scans")
+        analysis_bad, analysis_lines = check_demo_analysis(config, paths)
+        bad += analysis_bad
         console.print(table)
+        for line in analysis_lines:
+            console.print(line, highlight=False, soft_wrap=True)
         console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
                       f"(or: catalog search)", soft_wrap=True, highlight=False)
         if outcome["error"] is not None or bad:
             msg = (str(outcome["error"]) if outcome["error"] is not None
-                   else f"{bad} copies not verified or scans not catalogued")
+                   else f"{bad} copies not verified, scans not catalogued or not reduced")
             err_console.print(f"[bold red]demo failed:[/] {msg}", soft_wrap=True)
             raise typer.Exit(1)
+
+
+#: When the demo's calibration starts: before any simulated acquisition.
+DEMO_CALIBRATION_FROM = datetime(2020, 1, 1, tzinfo=UTC)
+#: Stated tolerance of the AgBh first peak the demo checks (relative).
+AGBH_PEAK_TOLERANCE = 0.005
+
+
+def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
+    """Write the simulated beamline's AgBh calibration (PONI) into ``root`` and record it, as
+    ``splash-flows calibration add calibration/agbh.poni --from 2020-01-01T00:00Z`` would (idempotent)."""
+    from splash_flows.beamlines.bl733.simulator import simulated_poni
+    from splash_flows.ledger import analysis as ledger_an
+
+    folder = root / "calibration"
+    folder.mkdir(exist_ok=True)
+    path = folder / ("agbh-small.poni" if small else "agbh.poni")
+    if not path.exists():
+        path.write_text(simulated_poni(small), encoding="utf-8")
+    ledger = Ledger.open(config.ledger.url_value())
+    try:
+        if not any(c.valid_from == DEMO_CALIBRATION_FROM for c in ledger_an.calibrations(ledger)):
+            ledger_an.add_calibration(ledger, path.read_text(encoding="utf-8"), DEMO_CALIBRATION_FROM,
+                                      source=str(path))
+    finally:
+        ledger.close()
+
+
+def check_demo_analysis(config: Config, paths: list[str]) -> tuple[int, list[str]]:
+    """How many demo scans are not reduced with a derived dataset linked to their raw one, plus lines for people
+    (including the AgBh scan's first peak against the calibrant's q)."""
+    import math
+
+    from splash_flows.analysis.outputs import peak_near, read_dat
+    from splash_flows.analysis.service import select_scans
+    from splash_flows.context import build_context
+    from splash_flows.ledger import analysis as ledger_an
+
+    context = build_context(config)
+    try:
+        from splash_flows.analysis.service import AnalysisReport
+
+        scans = select_scans(context, paths, AnalysisReport())
+        bad = 0
+        lines: list[str] = []
+        root = Path(config.tiers[config.move.source].root)
+        linked = 0
+        for scan in scans:
+            record = ledger_an.get_analysis(context.ledger, config.move.source, scan.key)
+            if record is None or record.state != "reduced":
+                bad += 1
+                lines.append(f"[red]not reduced:[/] {scan.key}: {record.error if record else 'never analysed'}")
+                continue
+            if record.pid is None:
+                bad += 1
+                lines.append(f"[red]no derived dataset:[/] {scan.key}: {record.catalogue_error}")
+                continue
+            entry = context.catalogue().get(record.pid)
+            if not entry.doc.input_datasets:
+                bad += 1
+                lines.append(f"[red]derived dataset not linked:[/] {record.pid}")
+                continue
+            linked += 1
+            if scan.stem.startswith("AgBh"):
+                dat = next(root / o["path"] for o in record.outputs if str(o["path"]).endswith(".dat"))
+                q, intensity, _ = read_dat(dat)
+                expected = 2 * math.pi / 5.838  # AgBh d(001) = 58.38 Å, in nm^-1
+                found = peak_near(q, intensity, expected)
+                ok = abs(found - expected) / expected <= AGBH_PEAK_TOLERANCE
+                bad += 0 if ok else 1
+                lines.append(f"AgBh first peak {found:.4f} nm^-1 (calibrant {expected:.4f}, tolerance "
+                             f"{AGBH_PEAK_TOLERANCE:.1%}): {'[green]ok[/]' if ok else '[red]off[/]'}  {dat}")
+        results = sorted({f"{config.move.source}/{scan.folder}/{config.analysis.results_folder}/" for scan in scans})
+        lines.insert(0, f"analysis: {linked} of {len(scans)} scan(s) reduced, derived datasets linked to their raw "
+                     f"ones; results in {', '.join(results)}")
+        return bad, lines
+    finally:
+        context.close()

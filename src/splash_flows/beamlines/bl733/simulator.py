@@ -182,6 +182,7 @@ def simulate_acquisitions(
     small: bool = False,
     autoexpose_every: int = 0,
     zone: str = DEFAULT_ZONE,
+    first_sample: str | None = None,
 ) -> list[Path]:
     """Write ``n_scans`` scans under ``data_root/<proposal>/<YYYYMMDD>/`` and return the written paths in
     write order (EDF, then its sidecar; for hi/lo sets hi, lo, then the ``.gb``).
@@ -189,7 +190,7 @@ def simulate_acquisitions(
     ``when`` is the start of the first exposure (naive = beamline local time; default now); the following
     scans start after the previous exposure plus a few seconds. ``hi_lo_every=k`` makes every k-th scan a
     hi/lo set (0 = never); ``autoexpose_every=k`` makes every k-th scan an alignment frame (0 = never; wins
-    over hi/lo).
+    over hi/lo). ``first_sample`` names the first scan's sample (the demo makes it ``AgBh_cal``).
     """
     if n_scans < 0:
         raise ValueError(f"n_scans must be >= 0, got {n_scans}")
@@ -204,6 +205,8 @@ def simulate_acquisitions(
     t_utc = start.astimezone(UTC)  # advance in UTC so a DST change between scans is handled
     for i in range(1, n_scans + 1):
         sample = _SAMPLES[int(rng.integers(len(_SAMPLES)))]
+        if i == 1 and first_sample is not None:
+            sample = first_sample  # drawn anyway, so the rest of the sequence does not change
         autoexpose = autoexpose_every > 0 and i % autoexpose_every == 0
         hilo = not autoexpose and hi_lo_every > 0 and i % hi_lo_every == 0
         base = f"{'autoexpose' if autoexpose else sample}_{start:%H%M%S}_{i:04d}"
