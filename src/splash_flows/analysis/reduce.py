@@ -117,7 +117,10 @@ def load_poni(poni_text: str, *, label: str = "calibration") -> AzimuthalIntegra
     from pyFAI.io.ponifile import PoniFile
 
     try:
-        poni = PoniFile(_poni_dict(poni_text))
+        values = _poni_dict(poni_text)
+        if "distance" not in values and "dist" not in values:
+            raise ValueError("no Distance line")
+        poni = PoniFile(values)
         ai = AzimuthalIntegrator()
         ai._init_from_poni(poni)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
