@@ -60,6 +60,8 @@ FloatArray = npt.NDArray[np.float64]
 
 #: How many (geometry, angle) fibre integrators one process keeps (grazing scans of a series share angles).
 FIBER_CACHE = 8
+#: The calibrant whose rings the frame picture shows (the beamline calibrates with silver behenate).
+CALIBRANT = "AgBh"
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ class Integrators:
         self._lock = threading.Lock()
         self._azimuthal: dict[str, AzimuthalIntegrator] = {}
         self._fiber: OrderedDict[tuple[str, float], FiberIntegrator] = OrderedDict()
-        self._masks: dict[tuple[str, float, str | None, tuple[int, int]], npt.NDArray[np.bool_]] = {}
+        self._masks: dict[tuple[str, float, str | None, tuple[int, int]], npt.NDArray[np.bool_]] = {}  # and rings
         self.built = 0  # integrators built (tests check reuse)
 
     def azimuthal(self, poni_text: str) -> AzimuthalIntegrator:
@@ -198,6 +200,26 @@ class Integrators:
             while len(self._fiber) > FIBER_CACHE:
                 self._fiber.popitem(last=False)
         return fi
+
+    def rings(self, poni_text: str, shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
+        """Pixels within about a pixel of a ring of the calibrant (``CALIBRANT``), built once per geometry."""
+        key = (poni_key(poni_text), -1.0, CALIBRANT, shape)
+        with self._lock:
+            cached = self._masks.get(key)
+        if cached is not None:
+            return cached
+        from pyFAI.calibrant import get_calibrant
+
+        ai = self.azimuthal(poni_text)
+        q = np.asarray(ai.qArray(shape), dtype=np.float64)  # nm^-1
+        step = np.hypot(*np.gradient(q))  # q span of one pixel
+        on_ring = np.zeros(shape, dtype=bool)
+        for d in get_calibrant(CALIBRANT).dspacing[:10]:  # d in Angstrom
+            on_ring |= np.abs(q - 2 * np.pi / (d / 10.0)) < step
+        on_ring.setflags(write=False)
+        with self._lock:
+            self._masks[key] = on_ring
+        return on_ring
 
     def static_mask(self, poni_text: str, settings: Settings, shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
         """Detector gaps + beamstop disc + mask file for this geometry (True = masked), built once."""
@@ -405,6 +427,7 @@ class Reduction:
     result: Any
     mask: npt.NDArray[np.bool_]
     gi: GIMap | None = None
+    rings: npt.NDArray[np.bool_] | None = None  # pixels on the calibrant's rings, for the frame picture
 
 
 def reduce_frame(frame: Frame, poni_text: str, settings: Settings, integrators: Integrators) -> Reduction:
@@ -428,6 +451,7 @@ def reduce_frame(frame: Frame, poni_text: str, settings: Settings, integrators: 
                           intensity=np.asarray(result.intensity, dtype=np.float64),
                           sigma=np.asarray(result.sigma, dtype=np.float64), unit=str(result.unit), frame=frame,
                           poni_text=poni_text, result=result, mask=mask)
+    reduction.rings = integrators.rings(poni_text, shape)
     if frame.grazing and frame.alpha_deg is not None:
         reduction.gi = grazing_map(frame, image, mask, poni_text, settings, integrators)
     return reduction
