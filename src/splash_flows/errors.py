@@ -162,10 +162,6 @@ class AnalysisError(SplashFlowsError):
         super().__init__(f"{scan}: {message}" if scan is not None else message)
 
 
-class CalibrationMissing(AnalysisError):
-    """No calibration (PONI) covers the acquisition time of a scan: it is left pending, never guessed."""
-
-
 class HpcJobError(AnalysisError):
     """An HPC (Slurm) job ended in a state other than COMPLETED, or COMPLETED without its results. Carries the
     job id, its final state and the tail of its log."""
