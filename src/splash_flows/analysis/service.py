@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -197,9 +198,31 @@ def select_scans(ctx: Context, paths: Sequence[str], report: AnalysisReport) -> 
             report.skipped[key] = "not a detector frame"
         elif not scan.catalogue:
             report.skipped[key] = "an alignment frame (dataset.exclude_stems)"
+        elif (waiting := _incomplete(root, scan, ctx.config.dataset.settle_seconds)) is not None:
+            report.skipped[key] = waiting
         else:
             selected.append(scan)
     return selected
+
+
+def _incomplete(root: Path, scan: Scan, settle_seconds: float) -> str | None:
+    """Why a hi/lo set is not analysed yet: its hi or lo frame or sidecar (or its .gb) is missing while its newest
+    file is younger than ``dataset.settle_seconds`` (the rest may be on its way; the batch that brings it
+    analyses the scan). After that it is analysed with what is there (own merge without .gb; an error without
+    the frames it needs)."""
+    if scan.kind != "hilo":
+        return None
+    roles = _roles(scan)
+    missing = [r for r in ("hi_edf", "hi_txt", "lo_edf", "lo_txt", "gb") if r not in roles]
+    if not missing:
+        return None
+    try:
+        newest = max((root / f.path).stat().st_mtime for f in scan.files)
+    except OSError:
+        return None
+    if time.time() - newest >= settle_seconds:
+        return None
+    return f"hi/lo set incomplete ({', '.join(missing)} missing); waiting up to {settle_seconds:.0f} s for the rest"
 
 
 def scans_for_keys(ctx: Context, keys: Sequence[str], report: AnalysisReport) -> list[Scan]:
