@@ -31,8 +31,9 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool
+bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool, our reduction against bare pyFAI
 	$(BIN)/python bench/move_throughput.py
+	$(BIN)/python bench/reduce.py
 
 clean:
 	rm -rf var/demo var/up .pytest_cache .mypy_cache
