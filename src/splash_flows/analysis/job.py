@@ -118,7 +118,8 @@ def run_scan(root: Path, job: ScanJob, settings: Settings, integrators: Integrat
         return ScanOutcome(job.scan_key, False, error=message, seconds=time.monotonic() - started)
     except SplashFlowsError as exc:
         return ScanOutcome(job.scan_key, False, error=str(exc), seconds=time.monotonic() - started)
-    except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # pyFAI/numpy failures on odd input
+    except (OSError, ValueError, RuntimeError, MemoryError, KeyError, IndexError, TypeError,
+            AssertionError) as exc:  # pyFAI/numpy/h5py failures on odd input: that scan's error, named
         return ScanOutcome(job.scan_key, False, error=f"{type(exc).__name__}: {exc}",
                            seconds=time.monotonic() - started)
 
