@@ -26,14 +26,15 @@ from splash_flows.ledger import Ledger
 from splash_flows.ledger.catalogue import scan_counts
 
 
-def write_demo_config(root: Path) -> Path:
-    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable)."""
+def write_demo_config(root: Path, *, small: bool = False) -> Path:
+    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable), with
+    the analysis on (tiny ``--small`` frames are reduced in-process: starting worker processes would cost more)."""
     data = default_config_data(root)
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
-    data["analysis"] = {"enabled": True, "backend": "local", "workers": 2}
+    data["analysis"] = {"enabled": True, "backend": "local", "workers": 1 if small else 2}
     path = root / "splash-flows.yaml"
     text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
     text += yaml.safe_dump(data, sort_keys=False)
@@ -52,7 +53,7 @@ def demo(
     with fail_cleanly():
         root.mkdir(parents=True, exist_ok=True)
         root = root.resolve()
-        config_path = write_demo_config(root)
+        config_path = write_demo_config(root, small=small)
         config = load_config_file(config_path)
         for tier in config.tiers.values():
             Path(tier.root).mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,8 @@ def demo(
         excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
         table.add_row(f"catalogue ({datasets} datasets{excluded})", f"{scan_states.get('catalogued', 0)} scans",
                       f"{not_catalogued} scans")
-        analysis_bad, analysis_lines = check_demo_analysis(config, paths)
+        analysis_bad, analysis_lines = check_demo_analysis(
+            config, paths, tolerance=AGBH_PEAK_TOLERANCE_SMALL if small else AGBH_PEAK_TOLERANCE)
         bad += analysis_bad
         console.print(table)
         for line in analysis_lines:
@@ -145,8 +147,10 @@ def demo(
 
 #: When the demo's calibration starts: before any simulated acquisition.
 DEMO_CALIBRATION_FROM = datetime(2020, 1, 1, tzinfo=UTC)
-#: Stated tolerance of the AgBh first peak the demo checks (relative).
+#: Stated tolerance of the AgBh first peak the demo checks (relative): 0.5 % on Pilatus 2M frames (two bins of
+#: 2000); 10 % on ``--small`` frames, whose 4 mm pixels each span ~0.1 nm^-1 at this q.
 AGBH_PEAK_TOLERANCE = 0.005
+AGBH_PEAK_TOLERANCE_SMALL = 0.10
 
 
 def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
@@ -169,7 +173,8 @@ def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
         ledger.close()
 
 
-def check_demo_analysis(config: Config, paths: list[str]) -> tuple[int, list[str]]:
+def check_demo_analysis(config: Config, paths: list[str], *,
+                        tolerance: float = AGBH_PEAK_TOLERANCE) -> tuple[int, list[str]]:
     """How many demo scans are not reduced with a derived dataset linked to their raw one, plus lines for people
     (including the AgBh scan's first peak against the calibrant's q)."""
     import math
@@ -209,10 +214,10 @@ def check_demo_analysis(config: Config, paths: list[str]) -> tuple[int, list[str
                 q, intensity, _ = read_dat(dat)
                 expected = 2 * math.pi / 5.838  # AgBh d(001) = 58.38 Å, in nm^-1
                 found = peak_near(q, intensity, expected)
-                ok = abs(found - expected) / expected <= AGBH_PEAK_TOLERANCE
+                ok = abs(found - expected) / expected <= tolerance
                 bad += 0 if ok else 1
                 lines.append(f"AgBh first peak {found:.4f} nm^-1 (calibrant {expected:.4f}, tolerance "
-                             f"{AGBH_PEAK_TOLERANCE:.1%}): {'[green]ok[/]' if ok else '[red]off[/]'}  {dat}")
+                             f"{tolerance:.1%}): {'[green]ok[/]' if ok else '[red]off[/]'}  {dat}")
         results = sorted({f"{config.move.source}/{scan.folder}/{config.analysis.results_folder}/" for scan in scans})
         lines.insert(0, f"analysis: {linked} of {len(scans)} scan(s) reduced, derived datasets linked to their raw "
                      f"ones; results in {', '.join(results)}")
