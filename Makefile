@@ -31,8 +31,9 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool
+bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool, our reduction against bare pyFAI
 	$(BIN)/python bench/move_throughput.py
+	$(BIN)/python bench/reduce.py
 
 bench-archive: $(VENV)/.installed  ## bundle + verify 2 GB to the local tape tier vs tar -cf + xxhsum
 	bash scripts/ensure-xxhash.sh

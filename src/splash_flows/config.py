@@ -242,6 +242,8 @@ class GlobusConfig(_Model):
     @classmethod
     def _client_uuid(cls, value: str) -> str:
         return _uuid_text(value, "client_id")
+
+
 class EmbeddedCatalogueConfig(_Model):
     """The embedded catalogue: a SQLite file of its own (never the ledger's database)."""
 
@@ -390,6 +392,8 @@ class WatcherConfig(_Model):
         if not re.fullmatch(r"[^/\s][^/]*/[^/]*[^/\s]", name):
             raise ValueError(f"deployment {name!r} must be 'flow name/deployment name'")
         return name
+
+
 class RetentionRule(_Model):
     """When a copy on one tier may be deleted (see ``splash_flows.services.prune`` for the whole contract).
 
@@ -462,6 +466,52 @@ class UpConfig(_Model):
         "port). `up --port` overrides it.")
 
 
+class SfapiConfig(_Model):
+    """The ``sfapi`` analysis backend: reduction jobs at NERSC through the Superfacility API (seed flow 3)."""
+
+    client_id: str = Field(default="", description="SFAPI client id (iris.nersc.gov -> Superfacility API clients).")
+    key_path: Path | None = Field(default=None, description="The client's private key (PEM or JWK), mode 600.")
+    api_base_url: str = Field(default="https://api.nersc.gov/api/v1.2", description="SFAPI root URL.")
+    machine: str = Field(default="perlmutter", description="Compute system the job runs on.")
+    hpc_tier: str = Field(default="hpc", description="Tier the frames are copied to before the job (pscratch/CFS).")
+    hpc_root: str = Field(default="", description="Absolute path of the hpc tier's root as the compute nodes see it.")
+    qos: str = Field(default="realtime")
+    account: str = Field(default="als")
+    constraint: str = Field(default="cpu")
+    time_limit: str = Field(default="0:30:00", description="Slurm --time of one batch's job.")
+    image: str | None = Field(default=None, description="Container image run with `podman-hpc run` (none: env_setup).")
+    env_setup: str = Field(default="", description="Shell lines run before srun when no image is given, e.g. "
+                           "`module load python; source /global/common/software/als/splash/bin/activate`.")
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    job_timeout_s: float = Field(default=6 * 3600, gt=0, description="Longest wait for the job to end.")
+
+
+class AnalysisConfig(_Model):
+    """Reduction of 7.3.3 frames to I(q) (and q_ip/q_oop maps for grazing incidence); see splash_flows.analysis."""
+
+    enabled: bool = Field(default=False, description="The dispatcher runs the analysis after each batch's move.")
+    backend: Literal["local", "sfapi"] = "local"
+    workers: int = Field(default=2, ge=1, le=256, description="Processes of the local backend.")
+    npt: int = Field(default=2000, ge=10, le=100_000, description="Points of the 1D integration.")
+    unit: Literal["q_nm^-1", "q_A^-1", "2th_deg", "r_mm"] = "q_nm^-1"
+    method: tuple[str, str, str] = Field(default=("no", "histogram", "cython"),
+                                         description="pyFAI (splitting, algorithm, implementation).")
+    beamstop_radius_mm: float = Field(default=5.0, ge=0, description="Pixels closer to the beam centre are masked.")
+    mask_file: Path | None = Field(default=None, description="Extra mask (EDF or .npy, nonzero = masked).")
+    saturation_counts: int = Field(default=(1 << 20) - 1, ge=1, description="Pilatus counter limit: hi pixels at "
+                                   "or above it are taken from lo in our own hi/lo merge.")
+    monitor_kind: Literal["integrated", "rate"] = Field(
+        default="integrated", description="integrated: the sidecar's monitor is counts over the exposure (7.3.3), "
+        "so it is the divisor; rate: a mean rate, multiplied by the exposure time.")
+    gi_npt: int = Field(default=500, ge=10, le=5000, description="Bins per axis of the q_ip/q_oop map.")
+    gi_sample_orientation: int = Field(default=3, ge=1, le=8, description="pyFAI sample_orientation (EXIF 1-8). "
+                                       "3 with pyFAI's Pilatus (origin bottom-right): q_oop > 0 for pixels above "
+                                       "the beam as the frame is displayed (row 0 at the top), q_ip ~ 0 above it.")
+    results_folder: str = Field(default="reduced", pattern=r"^[A-Za-z0-9_.-]+$",
+                                description="Sub-folder of a scan's folder that receives its results.")
+    sfapi: SfapiConfig = Field(default_factory=SfapiConfig)
+
+
 class Config(_Model):
     """The whole configuration of one beamline deployment."""
 
@@ -478,6 +528,7 @@ class Config(_Model):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     up: UpConfig = Field(default_factory=UpConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -571,6 +622,7 @@ class Config(_Model):
         if self.watcher.flow_config_path:
             return self.watcher.flow_config_path
         return str(self.source_path) if self.source_path else None
+
     @model_validator(mode="after")
     def _archive_tiers(self) -> Config:
         explicit = "archive" in self.model_fields_set
@@ -589,6 +641,13 @@ class Config(_Model):
     def archive_enabled(self) -> bool:
         """Whether the tape archive is configured (its tier and source tier both exist)."""
         return self.archive.tier in self.tiers and self.archive.source in self.tiers
+
+    @model_validator(mode="after")
+    def _analysis_tiers_exist(self) -> Config:
+        if self.analysis.backend == "sfapi" and self.analysis.sfapi.hpc_tier not in self.tiers:
+            raise ValueError(f"analysis.sfapi.hpc_tier {self.analysis.sfapi.hpc_tier!r} is not in tiers "
+                             f"({', '.join(self.tiers)})")
+        return self
 
     def tier(self, name: str) -> TierConfig:
         try:
@@ -659,7 +718,22 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
             ledger["url"] = prefix + str(base / url[len(prefix):])
     _resolve_catalogue_path(data, base)
+    _resolve_analysis_paths(data, base)
     return data
+
+
+def _resolve_analysis_paths(data: dict[str, Any], base: Path) -> None:
+    """Make a relative analysis mask file or SFAPI key path absolute, relative to the config file's folder."""
+    analysis = data.get("analysis")
+    if not isinstance(analysis, dict):
+        return
+    holders = [(analysis, "mask_file")]
+    if isinstance(analysis.get("sfapi"), dict):
+        holders.append((analysis["sfapi"], "key_path"))
+    for holder, key in holders:
+        if isinstance(holder.get(key), str):
+            path = Path(holder[key]).expanduser()
+            holder[key] = str(path if path.is_absolute() else (base / path))
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -146,9 +146,13 @@ class GlobusTaskError(TransferError):
 
 class FlightCheckFailed(SplashFlowsError):
     """The Globus flight check found something that does not work (each failed check is in the message)."""
+
+
 class TriggerRejected(OrchestrationError):
     """Prefect answered but refused a trigger for good (e.g. invalid parameters): sending the same request again
     cannot succeed, so the watcher marks its outbox entry failed instead of replaying it forever."""
+
+
 class ExportControlledError(TierError):
     """A file matches an export-control pattern in the configuration; it must not leave its tier."""
 
@@ -164,6 +168,8 @@ class NotAFileToMove(TierError):
 
 class WalkIncomplete(TierError):
     """A walk of a tier could not read part of the tree (a folder that cannot be listed); the rest was walked."""
+
+
 class ArchiveJobError(TransferError):
     """An archive job at NERSC (htar / hsi in a Slurm job submitted through SFAPI) did not do its job: it ended in
     a state other than COMPLETED, its log shows a failed command (htar exit 70 leaves paths out while saying
@@ -189,3 +195,25 @@ class SfapiAuthError(TierError):
 
 class SfapiUnavailable(TransferError):
     """The Superfacility API or the machine could not be reached or answered 5xx after retries (transient)."""
+
+
+class AnalysisError(SplashFlowsError):
+    """A scan could not be reduced (unreadable frame, missing monitor, bad calibration, failed job). Carries the
+    scan key (or file) it is about; the other scans of the batch are reduced regardless."""
+
+    def __init__(self, message: str, *, scan: str | None = None) -> None:
+        self.scan = scan
+        self.bare_message = message
+        super().__init__(f"{scan}: {message}" if scan is not None else message)
+
+
+class HpcJobError(AnalysisError):
+    """An HPC (Slurm) job ended in a state other than COMPLETED, or COMPLETED without its results. Carries the
+    job id, its final state and the tail of its log."""
+
+    def __init__(self, message: str, *, job_id: str | None = None, state: str | None = None,
+                 log: str = "", scan: str | None = None) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.log = log
+        super().__init__(message, scan=scan)

@@ -94,9 +94,12 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
     first = cli("demo", "--root", str(root), "--scans", "3", "--small")
     assert "demo summary" in first.stdout
     cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new
-    rows = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
+    every = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
+    rows = [r for r in every if "/reduced/" not in r["path"]]
     assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)
-    for row in rows:
+    results = [r for r in every if "/reduced/" in r["path"]]  # the analysis outputs, moved onward like any file
+    assert len(results) >= 3 * 4
+    for row in every:
         for tier in ("lamarr", "cfs"):
             copy = row["copies"][tier]
             assert copy["state"] == "verified" and copy["checksum"] == row["checksum"]
@@ -105,8 +108,12 @@ def test_demo_end_to_end_twice(tmp_path: Path) -> None:
 
     # the catalogue: one dataset per demo scan (re-running added none), with proposal, files, checksums, locations
     config = str(root / "splash-flows.yaml")
-    datasets = json.loads(cli("--config", config, "catalog", "search", "--json").stdout)
-    assert len(datasets) == 3
+    found = json.loads(cli("--config", config, "catalog", "search", "--json").stdout)
+    datasets = [d for d in found if d["dataset_type"] == "raw"]
+    derived = [d for d in found if d["dataset_type"] == "derived"]
+    assert len(datasets) == 3 and len(derived) == 3  # one reduced (derived) dataset per scan, linked to it
+    assert sorted(d["input_datasets"][0] for d in derived) == sorted(d["pid"] for d in datasets)
+    assert all(r["catalogue"]["state"] is None for r in results)  # never catalogued as raw data
     by_path = {r["path"]: r for r in rows}
     for ds in datasets:
         assert ds["proposal_id"] == "ALS-00000" and ds["checksum_algorithm"] == "xxh3_128"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from splash_flows.catalogue.base import Catalogue, CatalogueEntry
+from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DataFileDoc, DatasetDoc
 from splash_flows.catalogue.embedded import EmbeddedCatalogue
 from splash_flows.catalogue.scicat import RetryPolicy, SciCatCatalogue
 from splash_flows.errors import CatalogueError
@@ -269,3 +269,43 @@ def test_search_by_proposal_and_text(three_scans: Harness) -> None:
 
 def test_search_without_criteria_lists_everything(three_scans: Harness) -> None:
     assert _scans(three_scans.catalogue.search()) == ["agbh_0002", "lab6_0001", "p3ht_0003"]
+
+
+def _derived(raw_pid: str, *, checksum: str = "d4" * 16, npt: int = 2000) -> DatasetDoc:
+    when = datetime(2024, 5, 1, 14, 0, 0, tzinfo=UTC)
+    return sample_doc("reduced/lab6_0001", name="lab6_0001 reduced", dataset_type="derived",
+                      input_datasets=[raw_pid], used_software=["pyFAI 2026.9.0", "splash-flows 0.1.0"],
+                      job_parameters={"method": "pyFAI integrate1d", "npt": npt, "poni": "Distance: 2.0\n"},
+                      scientific_metadata={"method": "pyFAI integrate1d", "npt": npt},
+                      files=[DataFileDoc(path="lab6_0001.h5", size=100, time=when, chk=checksum),
+                             DataFileDoc(path="lab6_0001.dat", size=50, time=when, chk="e5" * 16)])
+
+
+def test_derived_dataset_links_its_raw_dataset_and_reads_back(harness: Harness) -> None:
+    raw = harness.catalogue.upsert(sample_doc())
+    pid = harness.catalogue.upsert_derived(_derived(raw))
+    entry = harness.catalogue.get(pid)
+    assert entry.doc.dataset_type == "derived" and entry.doc.input_datasets == [raw]
+    assert entry.doc.used_software == ["pyFAI 2026.9.0", "splash-flows 0.1.0"]
+    assert entry.doc.job_parameters["npt"] == 2000 and entry.doc.job_parameters["poni"] == "Distance: 2.0\n"
+    assert harness.catalogue.get(raw).doc.dataset_type == "raw"
+    harness.catalogue.attach_thumbnail(pid, PNG_1X1, "I(q)")
+    assert harness.catalogue.thumbnail(pid, "I(q)") == PNG_1X1
+
+
+def test_rerunning_an_analysis_updates_its_derived_dataset_never_adds_one(harness: Harness) -> None:
+    raw = harness.catalogue.upsert(sample_doc())
+    pid = harness.catalogue.upsert_derived(_derived(raw))
+    harness.catalogue.add_location(pid, location("nersc-cfs", "verified"))
+    again = harness.catalogue.upsert_derived(_derived(raw, checksum="f6" * 16, npt=1000))
+    assert again == pid
+    assert harness.stored_datasets() == 2 and harness.stored_file_lists() == 2
+    doc = harness.catalogue.get(pid).doc
+    assert doc.job_parameters["npt"] == 1000 and doc.scientific_metadata["npt"] == 1000
+    assert {f.path: f.chk for f in doc.files}["lab6_0001.h5"] == "f6" * 16
+    assert [loc.tier for loc in doc.locations] == ["nersc-cfs"]  # locations survive the update
+
+
+def test_upsert_derived_refuses_a_raw_document(harness: Harness) -> None:
+    with pytest.raises(CatalogueError, match="derived"):
+        harness.catalogue.upsert_derived(sample_doc())

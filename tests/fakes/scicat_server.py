@@ -798,19 +798,21 @@ class FakeSciCat:
         dataset["numberOfFiles"] = sum(len(b["dataFileList"]) for b in mine)
         return 201, copy.deepcopy(block)
 
-    def _patch_origdatablock(
-        self, *, params: dict[str, str], body: dict[str, Any], user: str, **_: Any
-    ) -> tuple[int, Any]:
+    def _patch_origdatablock(self, *, params: dict[str, str], body: dict[str, Any], user: str,
+                             **_: Any) -> tuple[int, Any]:
+        """PATCH replaces the fields given (a new dataFileList replaces the old) and recomputes the dataset's
+        size and file count, as the real server does."""
         for block in self.origdatablocks:
             if block["_id"] == params["id"]:
                 block.update({k: v for k, v in copy.deepcopy(body).items() if v is not None})
-                for entry in block["dataFileList"]:
+                for entry in block.get("dataFileList") or []:
                     entry["time"] = _iso(_parse_instant(entry["time"]).timestamp())
                 block["updatedBy"], block["updatedAt"] = user, self._stamp()
-                dataset = self.datasets[block["datasetId"]]
-                mine = self.blocks_of(dataset["pid"])
-                dataset["size"] = sum(b["size"] for b in mine)
-                dataset["numberOfFiles"] = sum(len(b["dataFileList"]) for b in mine)
+                dataset = self.datasets.get(block["datasetId"])
+                if dataset is not None:
+                    mine = self.blocks_of(dataset["pid"])
+                    dataset["size"] = sum(b["size"] for b in mine)
+                    dataset["numberOfFiles"] = sum(len(b["dataFileList"]) for b in mine)
                 return 200, copy.deepcopy(block)
         raise _Reply(404, f"OrigDatablock {params['id']} not found", "Not Found")
 

@@ -27,7 +27,7 @@ def test_prefect_yaml_declares_the_seed_deployments_on_their_pools() -> None:
     assert {n: s.pool for n, s in specs.items()} == {
         "run_733_dispatcher": "dispatcher_733_pool", "new_file_733": "new_file_733_pool",
         "prune_733": "prune_733_pool", "flight_check_733": "dispatcher_733_pool",
-        "catalogue_retry_733": "dispatcher_733_pool",
+        "catalogue_retry_733": "dispatcher_733_pool", "analysis_733": "analysis_733_pool",
         "archive_733": "archive_733_pool", "restore_drill_733": "archive_733_pool"}
     assert specs["run_733_dispatcher"].entrypoint == "splash_flows.flows.bl733.dispatcher.dispatcher"
     assert specs["new_file_733"].entrypoint == "splash_flows.flows.bl733.move.new_file_733"
@@ -35,6 +35,8 @@ def test_prefect_yaml_declares_the_seed_deployments_on_their_pools() -> None:
         assert spec.module.startswith("splash_flows.flows.bl733.")
     assert specs["run_733_dispatcher"].unavailable_reason() is None
     assert specs["new_file_733"].unavailable_reason() is None
+    assert specs["analysis_733"].entrypoint == "splash_flows.flows.bl733.analysis.analysis_733"
+    assert specs["analysis_733"].unavailable_reason() is None
 
 
 def test_prefect_yaml_is_honest_about_version_code_location_and_schedules() -> None:

@@ -7,7 +7,7 @@ them as they are. The move flow only ever sees this module.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,14 @@ class DatasetDoc(BaseModel):
     files: list[DataFileDoc]
     locations: list[LocationDoc] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list, description="What could not be read from the raw files.")
+    dataset_type: Literal["raw", "derived"] = Field(
+        default="raw", description="raw: files as acquired; derived: results computed from raw datasets.")
+    input_datasets: list[str] = Field(default_factory=list, description="Derived only: pids of the datasets it "
+                                      "was computed from.")
+    used_software: list[str] = Field(default_factory=list, description="Derived only: 'name version' of each "
+                                     "program that computed it.")
+    job_parameters: dict[str, Any] = Field(default_factory=dict, description="Derived only: how it was computed "
+                                           "(method, settings, calibration PONI).")
 
     @property
     def size(self) -> int:
@@ -125,6 +133,12 @@ class Catalogue(Protocol):
 
         ``text`` is a case-insensitive substring of the name, description, a keyword, the source folder, the
         scan key or a file path (the embedded catalogue also searches scientific-metadata values)."""
+        ...
+
+    def upsert_derived(self, doc: DatasetDoc) -> str:
+        """Create the derived dataset ``doc`` (``dataset_type`` derived) or, when one with its ``scan_key`` exists,
+        replace its document and file list in place; return its pid. Re-running an analysis updates its
+        dataset, never adds a second one."""
         ...
 
     def thumbnail(self, pid: str, caption: str | None = None) -> bytes | None:

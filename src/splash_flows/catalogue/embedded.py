@@ -179,6 +179,26 @@ class EmbeddedCatalogue:
             conn.execute(update(_Dataset).where(_Dataset.pid == pid)
                          .values(doc=doc.model_dump(mode="json", exclude={"locations"}),
                                  search_text=_search_text(doc)))
+    def upsert_derived(self, doc: DatasetDoc) -> str:
+        """Create the derived dataset of ``doc.scan_key``, or replace the stored document of the existing one
+        (files, metadata, parameters; its pid, locations and thumbnails stay). Returns the pid."""
+        if doc.dataset_type != "derived":
+            raise CatalogueError(f"scan {doc.scan_key}: upsert_derived needs a derived dataset document")
+        pid = f"{PID_PREFIX}{uuid.uuid4()}"
+        body = doc.model_dump(mode="json", exclude={"locations"})
+        with self._db(f"upsert derived dataset {doc.scan_key}") as conn:
+            conn.execute(
+                sqlite_insert(_Dataset)
+                .values(pid=pid, scan_key=doc.scan_key, proposal_id=doc.proposal_id, doc=body,
+                        search_text=_search_text(doc), created_at=datetime.now(UTC))
+                .on_conflict_do_update(index_elements=["scan_key"],
+                                       set_={"doc": body, "search_text": _search_text(doc),
+                                             "proposal_id": doc.proposal_id})
+            )
+            stored = conn.execute(select(_Dataset.pid).where(_Dataset.scan_key == doc.scan_key)).scalar_one()
+            for location in doc.locations:
+                self._put_location(conn, stored, location)
+        return str(stored)
 
     def add_location(self, pid: str, location: LocationDoc) -> None:
         """Add or replace the location of ``location.tier``."""

@@ -230,6 +230,15 @@ class SciCatCatalogue:
         payload = self._dataset_payload(doc)  # refuses bad documents before any request
         return self._retrying(f"upsert scan {doc.scan_key}", lambda: self._upsert_step(doc, payload))
 
+    def upsert_derived(self, doc: DatasetDoc) -> str:
+        """Create the derived dataset of ``doc.scan_key`` (``type: derived`` with inputDatasets, usedSoftware and
+        jobParameters) and its OrigDatablock, or update the existing one in place: PATCH the dataset (its
+        locations kept) and PATCH its OrigDatablock's file list. Returns the pid; never creates a second one."""
+        if doc.dataset_type != "derived":
+            raise CatalogueError(f"scan {doc.scan_key}: upsert_derived needs a derived dataset document")
+        payload = self._dataset_payload(doc)
+        return self._retrying(f"upsert derived scan {doc.scan_key}", lambda: self._derived_step(doc, payload))
+
     def add_location(self, pid: str, location: LocationDoc) -> None:
         """Set the entry of ``location.tier`` in ``splash_locations`` (added if new, replaced if not)."""
         self._retrying(
@@ -419,6 +428,40 @@ class SciCatCatalogue:
             raise CatalogueError(f"{context}: cannot build the SciCat OrigDatablock update: {exc}") from exc
         self._request("PATCH", f"{ORIGDATABLOCKS_ROUTE}/{block_id}", context, body=_dump(dto, context))
         log.info("Replaced the file list of SciCat dataset %s (%d files)", pid, len(files))
+    def _derived_step(self, doc: DatasetDoc, payload: dict[str, Any]) -> str:
+        context = f"derived scan {doc.scan_key}"
+        row = self._find_row(doc.scan_key)
+        if row is None:
+            return self._upsert_step(doc, payload)
+        pid = _require_str(row, "pid", context)
+        metadata = dict(payload["scientificMetadata"])
+        old_metadata = row.get("scientificMetadata") or {}
+        if isinstance(old_metadata, dict) and isinstance(old_metadata.get(LOCATIONS), list):
+            metadata[LOCATIONS] = old_metadata[LOCATIONS]  # locations change only through add_location
+        try:
+            update = PartialUpdateDatasetDto(
+                datasetName=doc.name, description=doc.description, keywords=list(doc.keywords),
+                scientificMetadata=metadata, inputDatasets=list(doc.input_datasets),
+                usedSoftware=list(doc.used_software), jobParameters=dict(doc.job_parameters))
+        except ValidationError as exc:
+            raise CatalogueError(f"{context}: cannot build the SciCat update: {exc}") from exc
+        self._request("PATCH", f"{DATASETS_ROUTE}/{quote(pid, safe='')}", context, body=_dump(update, context))
+        flt = {"where": {"datasetId": {"$in": [pid]}}, "limits": {"limit": 10, "skip": 0, "sort": {"_id": "asc"}}}
+        blocks = self._query(ORIGDATABLOCKS_ROUTE, flt, context=context)
+        if not blocks:
+            self._request("POST", ORIGDATABLOCKS_ROUTE, context, body=self._origdatablock_payload(doc, pid))
+        else:
+            block_id = _require_str(blocks[0], "_id", context)
+            try:
+                files = PartialUpdateOrigDatablockDto(
+                    size=doc.size, chkAlg=doc.checksum_algorithm,
+                    dataFileList=[DataFile(path=f.path, size=f.size, time=f.time, chk=f.chk) for f in doc.files])
+            except ValidationError as exc:
+                raise CatalogueError(f"{context}: cannot build the SciCat OrigDatablock update: {exc}") from exc
+            self._request("PATCH", f"{ORIGDATABLOCKS_ROUTE}/{quote(block_id, safe='')}", context,
+                          body=_dump(files, context))
+        log.info("Updated SciCat derived dataset %s of scan %s", pid, doc.scan_key)
+        return pid
 
     def _location_step(self, pid: str, location: LocationDoc) -> None:
         context = f"dataset {pid}"
@@ -627,8 +670,13 @@ class SciCatCatalogue:
         }
         folder = doc.source_folder.rstrip("/") or "/"  # the server strips trailing slashes itself
         try:
+            derived: dict[str, Any] = {}
+            if doc.dataset_type == "derived":
+                derived = {"inputDatasets": list(doc.input_datasets), "usedSoftware": list(doc.used_software),
+                           "jobParameters": dict(doc.job_parameters)}
             dto = CreateDatasetDto(
-                type="raw",
+                type=doc.dataset_type,
+                **derived,
                 datasetName=doc.name,
                 owner=doc.owner,
                 ownerGroup=doc.owner_group,
@@ -836,6 +884,10 @@ def _doc_from_scicat(row: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]
             "files": files,
             "locations": locations,
             "errors": errors,
+            "dataset_type": "derived" if row.get("type") == "derived" else "raw",
+            "input_datasets": list(row.get("inputDatasets") or []),
+            "used_software": list(row.get("usedSoftware") or []),
+            "job_parameters": dict(row.get("jobParameters") or {}),
         }
     )
 

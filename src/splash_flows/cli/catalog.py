@@ -82,11 +82,14 @@ def show(
         context = _context(ctx)
         try:
             entry, files = service.dataset_files(context, pid)
+            from splash_flows.analysis.service import reduction_info, reduction_line
+
+            reduction = reduction_info(context, entry)
         finally:
             context.close()
     copies = {f.name: ({t: c.state for t, c in f.ledger.copies.items()} if f.ledger else None) for f in files}
     if as_json:
-        print_json({**service.entry_json(entry), "ledger_copies": copies})
+        print_json({**service.entry_json(entry), "ledger_copies": copies, "analysis": reduction})
         return
     d = entry.doc
     console.print(f"[bold]{d.name}[/]  {entry.pid}", highlight=False)
@@ -95,7 +98,8 @@ def show(
              ("created", _created(entry)), ("location", d.creation_location),
              ("source folder", f"{d.source_folder_host + ':' if d.source_folder_host else ''}{d.source_folder}"),
              ("keywords", ", ".join(d.keywords) or "-"), ("size", f"{human_size(d.size)} in {len(d.files)} file(s)"),
-             ("preview", "attached" if entry.has_thumbnail else "none")]
+             ("preview", "attached" if entry.has_thumbnail else "none"),
+             ("reduction", reduction_line(reduction))]
     for key, value in facts:
         console.print(f"  {key:>14}: {value}", highlight=False, markup=False)
     for err in d.errors:

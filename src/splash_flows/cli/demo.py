@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,16 @@ def site_catalogue_sections(path: Path) -> dict[str, Any]:
     return sections
 
 
-def write_demo_config(root: Path, catalogue_from: Path | None = None) -> Path:
-    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable); with
-    ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) in place of the embedded one."""
+def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: bool = False) -> Path:
+    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable), with
+    the analysis on (tiny ``--small`` frames are reduced in-process: starting worker processes would cost more);
+    with ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) in place of the embedded one."""
     data = default_config_data(root)
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
+    data["analysis"] = {"enabled": True, "backend": "local", "workers": 1 if small else 2}
     text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
     if catalogue_from is not None:
         data.update(site_catalogue_sections(catalogue_from))
@@ -116,7 +119,7 @@ def demo(
     with fail_cleanly():
         root.mkdir(parents=True, exist_ok=True)
         root = root.resolve()
-        config_path = write_demo_config(root, catalogue_from)
+        config_path = write_demo_config(root, catalogue_from, small=small)
         try:
             config = load_config_file(config_path)
         except ConfigError as err:
@@ -138,12 +141,13 @@ def demo(
         else:
             with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
                 simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
-                                      hi_lo_every=3 if scans >= 3 else 0)
+                                      hi_lo_every=3 if scans >= 3 else 0, first_sample="AgBh_cal")
         files = list(source.walk())
         paths = [st.path for st in files]
         total_bytes = sum(st.size for st in files)
         console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/")
 
+        calibrate_demo(root, config, small=small)
         prepare_prefect_env(root / ".prefect", quiet=not verbose)
         from splash_flows.flows.bl733.dispatcher import dispatcher
 
@@ -196,6 +200,13 @@ def demo(
         label = f"{datasets} datasets" if datasets.isdigit() else datasets
         table.add_row(f"catalogue ({label}{excluded})", f"{scan_states.get('catalogued', 0)} scans",
                       f"{not_catalogued} scans")
+        try:
+            analysis_bad, analysis_lines = check_demo_analysis(
+                config, paths, tolerance=AGBH_PEAK_TOLERANCE_SMALL if small else AGBH_PEAK_TOLERANCE)
+        except CatalogueError as err:  # the derived datasets cannot be confirmed while the catalogue is down
+            analysis_bad, analysis_lines = 0, [f"analysis: derived datasets not confirmed: {escape(str(err))}"]
+            catalogue_problem = catalogue_problem or str(err)
+        bad += analysis_bad
         console.print(table)
         if catalogue_problem is not None:
             err_console.print(f"[bold yellow]catalogue:[/] {escape(catalogue_problem)}", soft_wrap=True,
@@ -204,14 +215,98 @@ def demo(
             console.print(f"{scan_states['pending_catalogue']} scan(s) wait for the catalogue (pending_catalogue); "
                           f"once it is back: splash-flows --config {config_path} catalog retry", soft_wrap=True,
                           highlight=False)
+        for line in analysis_lines:
+            console.print(line, highlight=False, soft_wrap=True)
         console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
                       f"(or: catalog search)", soft_wrap=True, highlight=False)
         if outcome["error"] is not None or bad or catalogue_problem is not None:
             if outcome["error"] is not None:
                 msg = str(outcome["error"])
             elif bad:
-                msg = f"{unverified} copies not verified, {not_catalogued} scans not catalogued"
+                msg = (f"{unverified} copies not verified, {not_catalogued} scans not catalogued, "
+                       f"{analysis_bad} scans not reduced")
             else:
                 msg = "the catalogue could not be read, so its datasets are not confirmed"
             err_console.print(f"[bold red]demo failed:[/] {escape(msg)}", soft_wrap=True)
             raise typer.Exit(1)
+
+
+#: When the demo's calibration starts: before any simulated acquisition.
+DEMO_CALIBRATION_FROM = datetime(2020, 1, 1, tzinfo=UTC)
+#: Stated tolerance of the AgBh first peak the demo checks (relative): 0.5 % on Pilatus 2M frames (two bins of
+#: 2000); 10 % on ``--small`` frames, whose 4 mm pixels each span ~0.1 nm^-1 at this q.
+AGBH_PEAK_TOLERANCE = 0.005
+AGBH_PEAK_TOLERANCE_SMALL = 0.10
+
+
+def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
+    """Write the simulated beamline's AgBh calibration (PONI) into ``root`` and record it, as
+    ``splash-flows calibration add calibration/agbh.poni --from 2020-01-01T00:00Z`` would (idempotent)."""
+    from splash_flows.beamlines.bl733.simulator import simulated_poni
+    from splash_flows.ledger import analysis as ledger_an
+
+    folder = root / "calibration"
+    folder.mkdir(exist_ok=True)
+    path = folder / ("agbh-small.poni" if small else "agbh.poni")
+    if not path.exists():
+        path.write_text(simulated_poni(small), encoding="utf-8")
+    ledger = Ledger.open(config.ledger.url_value())
+    try:
+        if not any(c.valid_from == DEMO_CALIBRATION_FROM for c in ledger_an.calibrations(ledger)):
+            ledger_an.add_calibration(ledger, path.read_text(encoding="utf-8"), DEMO_CALIBRATION_FROM,
+                                      source=str(path))
+    finally:
+        ledger.close()
+
+
+def check_demo_analysis(config: Config, paths: list[str], *,
+                        tolerance: float = AGBH_PEAK_TOLERANCE) -> tuple[int, list[str]]:
+    """How many demo scans are not reduced with a derived dataset linked to their raw one, plus lines for people
+    (including the AgBh scan's first peak against the calibrant's q)."""
+    import math
+
+    from splash_flows.analysis.outputs import peak_near, read_dat
+    from splash_flows.analysis.service import select_scans
+    from splash_flows.context import build_context
+    from splash_flows.ledger import analysis as ledger_an
+
+    context = build_context(config)
+    try:
+        from splash_flows.analysis.service import AnalysisReport
+
+        scans = select_scans(context, paths, AnalysisReport())
+        bad = 0
+        lines: list[str] = []
+        root = Path(config.tiers[config.move.source].root)
+        linked = 0
+        for scan in scans:
+            record = ledger_an.get_analysis(context.ledger, config.move.source, scan.key)
+            if record is None or record.state != "reduced":
+                bad += 1
+                lines.append(f"[red]not reduced:[/] {scan.key}: {record.error if record else 'never analysed'}")
+                continue
+            if record.pid is None:
+                bad += 1
+                lines.append(f"[red]no derived dataset:[/] {scan.key}: {record.catalogue_error}")
+                continue
+            entry = context.catalogue().get(record.pid)
+            if not entry.doc.input_datasets:
+                bad += 1
+                lines.append(f"[red]derived dataset not linked:[/] {record.pid}")
+                continue
+            linked += 1
+            if scan.stem.startswith("AgBh"):
+                dat = next(root / o["path"] for o in record.outputs if str(o["path"]).endswith(".dat"))
+                q, intensity, _ = read_dat(dat)
+                expected = 2 * math.pi / 5.838  # AgBh d(001) = 58.38 Å, in nm^-1
+                found = peak_near(q, intensity, expected)
+                ok = abs(found - expected) / expected <= tolerance
+                bad += 0 if ok else 1
+                lines.append(f"AgBh first peak {found:.4f} nm^-1 (calibrant {expected:.4f}, tolerance "
+                             f"{tolerance:.1%}): {'[green]ok[/]' if ok else '[red]off[/]'}  {dat}")
+        results = sorted({f"{config.move.source}/{scan.folder}/{config.analysis.results_folder}/" for scan in scans})
+        lines.insert(0, f"analysis: {linked} of {len(scans)} scan(s) reduced, derived datasets linked to their raw "
+                     f"ones; results in {', '.join(results)}")
+        return bad, lines
+    finally:
+        context.close()

@@ -144,6 +144,15 @@ def _register_archive_commands() -> None:
 
 
 _register_archive_commands()
+def _register_analysis_commands() -> None:
+    """``analyse`` and ``calibration`` (issue 11). pyFAI is imported only when a command runs."""
+    from splash_flows.cli.analysis import analyse, calibration_app
+
+    app.command("analyse")(analyse)
+    app.add_typer(calibration_app, name="calibration")
+
+
+_register_analysis_commands()
 
 
 def _register_orchestration_commands() -> None:

@@ -81,6 +81,8 @@ def status(
     prefix: str = typer.Option("", "--prefix", help="Only files whose path starts with this."),
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
+    analysis: bool = typer.Option(False, "--analysis", help="Show the scans instead: reduced or not, where the "
+                                  "results are, their derived dataset."),
 ) -> None:
     """Show every file the ledger knows: size, checksum, the state of its copy on each tier and its catalogue
     state (catalogued / pending / excluded / failed)."""
@@ -90,6 +92,11 @@ def status(
             from splash_flows.cli.transfers import show_transfers
 
             show_transfers(config.ledger.url_value(), as_json=as_json)
+            return
+        if analysis:
+            from splash_flows.cli.analysis import show_analysis
+
+            show_analysis(config, as_json=as_json, prefix=prefix or None)
             return
         ledger = Ledger.open(config.ledger.url_value())
         try:
@@ -106,6 +113,12 @@ def status(
     console.print(status_table(rows, tiers, catalogue))
     if drill is not None:
         console.print(drill_line(drill.at, drill.path, drill.detail), highlight=False)
+    from splash_flows.cli.analysis import analysis_summary
+
+    with fail_cleanly():
+        line = analysis_summary(config)
+    if line:
+        console.print(line, highlight=False)
 
 
 def drill_line(at: datetime, path: str | None, detail: Mapping[str, Any]) -> str:

@@ -77,6 +77,9 @@ class EventKind(StrEnum):
     PRUNED = "pruned"                    # a copy was deleted; ``detail`` holds the evidence that allowed it
     PRUNE_REFUSED = "prune_refused"      # a due copy was not deleted because a check failed; ``detail`` says why
     AT_RISK = "at_risk"                  # a copy the ledger held verified failed its re-check
+    ANALYSED = "analysed"                # a scan was reduced (detail: outputs, calibration, backend)
+    ANALYSIS_PENDING = "analysis_pending"  # a scan waits for a calibration (detail: reason)
+    ANALYSIS_FAILED = "analysis_failed"    # a scan's reduction failed (detail: reason)
 
 
 class Base(DeclarativeBase):
@@ -322,3 +325,49 @@ class ArchiveMember(Base):
     member: Mapped[str] = mapped_column(String(4096))
     size: Mapped[int] = mapped_column(BigInteger)
     checksum: Mapped[str] = mapped_column(String(128))
+class Calibration(Base):
+    """A detector calibration (pyFAI PONI) valid from ``valid_from`` until the next one starts (issue 11)."""
+
+    __tablename__ = "calibrations"
+    __table_args__ = (UniqueConstraint("valid_from", name="uq_calibrations_valid_from"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    poni: Mapped[str] = mapped_column(Text)
+    poni_sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(4096))  # the file it was read from, for people
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AnalysisState(StrEnum):
+    """Where a scan stands with the reduction."""
+
+    REDUCED = "reduced"                          # outputs written and delivered; ``outputs`` lists them
+    PENDING_CALIBRATION = "pending_calibration"  # no calibration covers its acquisition time: reported, waiting
+    FAILED = "failed"                            # the reduction (or its job) failed; ``error`` says why
+
+
+class AnalysisScan(Base):
+    """One scan's reduction: state, the calibration and backend used, its outputs and derived dataset."""
+
+    __tablename__ = "analysis_scans"
+    __table_args__ = (UniqueConstraint("source_tier", "scan_key", name="uq_analysis_scans_key"),
+                      Index("ix_analysis_scans_state", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_tier: Mapped[str] = mapped_column(String(64))
+    scan_key: Mapped[str] = mapped_column(String(4096))
+    state: Mapped[str] = mapped_column(String(32))
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    calibration_id: Mapped[int | None] = mapped_column(ForeignKey("calibrations.id"), nullable=True)
+    backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    merge: Mapped[str | None] = mapped_column(String(16), nullable=True)  # single | gb | own
+    results_folder: Mapped[str | None] = mapped_column(String(4096), nullable=True)
+    outputs: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pid: Mapped[str | None] = mapped_column(String(256), nullable=True)  # the derived dataset
+    catalogue_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -59,7 +59,7 @@ from pydantic import ValidationError
 from splash_flows.beamlines.bl733.dataset import dataset_for_scan
 from splash_flows.beamlines.bl733.edf import beamline_zone
 from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
-from splash_flows.beamlines.bl733.scans import Role, Scan, group_scans
+from splash_flows.beamlines.bl733.scans import Role, Scan, group_scans, is_results_path
 from splash_flows.beamlines.bl733.thumbnail import thumbnail_png
 from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
 from splash_flows.config import Config
@@ -563,6 +563,8 @@ def catalogue_batch(ctx: Context, paths: Sequence[str]) -> CatalogueReport:
             clean.append(normalize_relpath(raw, tier=source))
         except PathEscapeError:
             continue  # refused and recorded by the move step; never catalogued
+    results = ctx.config.analysis.results_folder
+    clean = [p for p in clean if not is_results_path(p, results)]  # analysis outputs: a derived dataset, not raw
     known = ledger_cat.files_by_path(ctx.ledger, source, clean)
     keys = [s.key for s in group_scans(sorted(known), exclude=ctx.config.dataset.exclude_stems)]
     ingest = _Ingest(ctx)

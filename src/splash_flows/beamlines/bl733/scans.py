@@ -199,3 +199,13 @@ def group_scans(
             catalogue=not any(s in stem.lower() for s in lowered),
         ))
     return scans
+
+
+#: Default sub-folder of a scan's folder where its reduced results are written (``analysis.results_folder``).
+RESULTS_FOLDER = "reduced"
+
+
+def is_results_path(path: str, results_folder: str = RESULTS_FOLDER) -> bool:
+    """Whether a tier-relative path lies in a results folder (``<scan folder>/reduced/...``): such files are
+    outputs of the analysis, moved like any file but never analysed again and never catalogued as raw data."""
+    return results_folder in PurePosixPath(path).parts[:-1]

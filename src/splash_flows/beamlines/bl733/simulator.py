@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,11 +60,11 @@ class _Frame:
     gaps: npt.NDArray[np.bool_]
 
 
-@functools.cache
-def _agbh_frame(small: bool) -> _Frame:
-    """Synthesise the AgBh pattern once per process (about 0.5 s for the full 2M) and cache it read-only."""
+def simulated_integrator(small: bool = False) -> Any:
+    """The pyFAI ``AzimuthalIntegrator`` of the simulated beamline: a Pilatus 2M (``small``: 64 x 64 coarse
+    pixels over the same area) at 2 m, 10 keV, beam a little below the centre. Its PONI is the calibration that
+    reduces simulated frames (``simulated_poni``); the demo records it with ``calibration add``."""
     import pyFAI  # imported here: pyFAI is slow to import and only the simulator needs it
-    from pyFAI.calibrant import get_calibrant
     from pyFAI.detectors import Detector
 
     try:
@@ -77,17 +78,41 @@ def _agbh_frame(small: bool) -> _Frame:
         p1 = _PIXEL_M * PILATUS2M_SHAPE[0] / shape[0]
         p2 = _PIXEL_M * PILATUS2M_SHAPE[1] / shape[1]
         detector = Detector(pixel1=p1, pixel2=p2, max_shape=shape)
-        gaps = np.zeros(shape, dtype=bool)
-        resolution = 0.3  # broader rings: thin ones alias on 4 mm pixels
     else:
         detector = pyFAI.detector_factory("Pilatus2M")
         p1 = p2 = _PIXEL_M
-        mask = detector.mask
+    poni1, poni2 = _BEAM_FRACTION[0] * shape[0] * p1, _BEAM_FRACTION[1] * shape[1] * p2
+    return AzimuthalIntegrator(dist=_DIST_M, poni1=poni1, poni2=poni2, detector=detector,
+                               wavelength=_WAVELENGTH_M)
+
+
+def simulated_poni(small: bool = False) -> str:
+    """The PONI file text of the simulated beamline's geometry (see ``simulated_integrator``)."""
+    import io
+
+    from pyFAI.io.ponifile import PoniFile
+
+    out = io.StringIO()
+    PoniFile(simulated_integrator(small)).write(out)
+    return out.getvalue()
+
+
+@functools.cache
+def _agbh_frame(small: bool) -> _Frame:
+    """Synthesise the AgBh pattern once per process (about 0.5 s for the full 2M) and cache it read-only."""
+    from pyFAI.calibrant import get_calibrant
+
+    shape = SMALL_SHAPE if small else PILATUS2M_SHAPE
+    ai = simulated_integrator(small)
+    p1, p2 = ai.detector.pixel1, ai.detector.pixel2
+    poni1, poni2 = ai.poni1, ai.poni2
+    if small:
+        gaps = np.zeros(shape, dtype=bool)
+        resolution = 0.3  # broader rings: thin ones alias on 4 mm pixels
+    else:
+        mask = ai.detector.mask
         gaps = np.zeros(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         resolution = 0.1
-    poni1, poni2 = _BEAM_FRACTION[0] * shape[0] * p1, _BEAM_FRACTION[1] * shape[1] * p2
-    ai = AzimuthalIntegrator(dist=_DIST_M, poni1=poni1, poni2=poni2, detector=detector,
-                             wavelength=_WAVELENGTH_M)
     calibrant = get_calibrant("AgBh")
     calibrant.wavelength = _WAVELENGTH_M
     rings = np.asarray(calibrant.fake_calibration_image(ai, resolution=resolution), dtype=np.float64)
@@ -157,6 +182,7 @@ def simulate_acquisitions(
     small: bool = False,
     autoexpose_every: int = 0,
     zone: str = DEFAULT_ZONE,
+    first_sample: str | None = None,
 ) -> list[Path]:
     """Write ``n_scans`` scans under ``data_root/<proposal>/<YYYYMMDD>/`` and return the written paths in
     write order (EDF, then its sidecar; for hi/lo sets hi, lo, then the ``.gb``).
@@ -164,7 +190,7 @@ def simulate_acquisitions(
     ``when`` is the start of the first exposure (naive = beamline local time; default now); the following
     scans start after the previous exposure plus a few seconds. ``hi_lo_every=k`` makes every k-th scan a
     hi/lo set (0 = never); ``autoexpose_every=k`` makes every k-th scan an alignment frame (0 = never; wins
-    over hi/lo).
+    over hi/lo). ``first_sample`` names the first scan's sample (the demo makes it ``AgBh_cal``).
     """
     if n_scans < 0:
         raise ValueError(f"n_scans must be >= 0, got {n_scans}")
@@ -179,6 +205,8 @@ def simulate_acquisitions(
     t_utc = start.astimezone(UTC)  # advance in UTC so a DST change between scans is handled
     for i in range(1, n_scans + 1):
         sample = _SAMPLES[int(rng.integers(len(_SAMPLES)))]
+        if i == 1 and first_sample is not None:
+            sample = first_sample  # drawn anyway, so the rest of the sequence does not change
         autoexpose = autoexpose_every > 0 and i % autoexpose_every == 0
         hilo = not autoexpose and hi_lo_every > 0 and i % hi_lo_every == 0
         base = f"{'autoexpose' if autoexpose else sample}_{start:%H%M%S}_{i:04d}"

@@ -38,6 +38,25 @@ def validate_task(ctx: Context, paths: list[str]) -> ValidationReport:
     return validate_batch(ctx, paths)
 
 
+def _analysis_step(ctx: Context, paths: list[str], *, moved_ok: bool) -> dict[str, Any]:
+    """Analyse the batch after its raw files are verified. Never raises: an analysis failure is logged and
+    reported in the summary (its task run is Failed), and never fails the dispatch whose raw files are safe."""
+    from splash_flows.beamlines.bl733.scans import is_results_path
+    from splash_flows.flows.bl733.analysis import run_analysis
+
+    logger = get_run_logger()
+    frames = [p for p in paths if not is_results_path(p, ctx.config.analysis.results_folder)]
+    if not frames:
+        return {"skipped": "no raw frames in this batch"}
+    if not moved_ok:
+        return {"skipped": "not every file of the batch verified; analysed when the move is re-run"}
+    try:
+        return run_analysis(ctx, frames)
+    except SplashFlowsError as err:
+        logger.warning("analysis of this batch failed (the raw files are verified and safe): %s", err)
+        return {"failed": str(err)}
+
+
 @flow(name="dispatcher", flow_run_name=_run_name, validate_parameters=True)
 def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, Any] | State[Any]:
     """Validate a batch of data733 paths and move the valid ones; Failed if any was refused or not moved.
@@ -64,6 +83,8 @@ def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, An
                 failures.update(err.failures)
                 total += err.total
         # Downstream steps (analysis, ...) that later capabilities add run here, on the files moved above.
+        if ctx.config.analysis.enabled:
+            summary["analysis"] = _analysis_step(ctx, report.valid, moved_ok=not failures)
     finally:
         ctx.close()
     if failures:

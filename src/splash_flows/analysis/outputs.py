@@ -1,0 +1,241 @@
+"""Write what a person and a program read after a reduction: NXcanSAS HDF5, a ``.dat`` and PNG plots.
+
+- ``<stem>.h5``: NXcanSAS written by pyFAI's own ``save_NXcansas`` (SASentry / SASdata with ``I``, ``Q``,
+  ``Idev``; the detector geometry; the PONI and integration parameters in the pyFAI NXprocess), to which we add
+  a ``splash_reduction`` NXnote (monitor, exposure, merge, calibration, software versions, sources) and, at
+  grazing incidence, an ``qmap`` NXdata with the q_ip / q_oop map. No external links: everything is in the file.
+- ``<stem>.dat``: three columns q, I, sigma with a ``#`` header saying what they are and how they were made.
+- ``<stem>_iq.png``: log-log I(q) with its error band (matplotlib, Agg); ``<stem>_frame.png``: the frame on a
+  log scale with the mask (red) and the calibrant's rings (white) overlaid (numpy + Pillow);
+  ``<stem>_qmap.png``: the q_ip / q_oop map (grazing incidence only).
+
+Every file is written under a temporary name in the same folder and renamed when complete, so a reader (or
+the file watcher) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from splash_flows.analysis.reduce import Reduction, Settings
+from splash_flows.errors import AnalysisError
+
+#: Software whose version goes into every output and the catalogue's usedSoftware.
+SOFTWARE = ("splash-flows", "pyFAI", "numpy", "h5py", "matplotlib", "fabio")
+
+
+def software_versions() -> dict[str, str]:
+    """Installed versions of the software that produced a reduction."""
+    out: dict[str, str] = {}
+    for name in SOFTWARE:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def output_names(stem: str, grazing: bool) -> list[str]:
+    """File names a reduction of scan ``stem`` writes (in its results folder)."""
+    names = [f"{stem}.h5", f"{stem}.dat", f"{stem}_iq.png", f"{stem}_frame.png"]
+    if grazing:
+        names.append(f"{stem}_qmap.png")
+    return names
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; on success fsync it and rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_all(reduction: Reduction, folder: Path, stem: str, *, settings: Settings, info: dict[str, Any]) -> list[Path]:
+    """Write every output of one scan's reduction into ``folder`` (created if needed); return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = output_names(stem, reduction.gi is not None)
+    writers: list[Callable[[Path], None]] = [
+        lambda p: write_nxcansas(p, reduction, stem=stem, settings=settings, info=info),
+        lambda p: write_dat(p, reduction, stem=stem, settings=settings, info=info),
+        lambda p: plot_iq(p, reduction, title=stem),
+        lambda p: plot_frame(p, reduction, title=stem),
+    ]
+    if reduction.gi is not None:
+        writers.append(lambda p: plot_qmap(p, reduction, title=stem))
+    out: list[Path] = []
+    for name, write in zip(names, writers, strict=True):
+        path = folder / name
+        try:
+            with _atomic(path) as tmp:
+                write(tmp)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise AnalysisError(f"cannot write {name}: {type(exc).__name__}: {exc}", scan=stem) from exc
+        out.append(path)
+    return out
+
+
+def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Settings, info: dict[str, Any]) -> None:
+    """NXcanSAS file of one I(q) (pyFAI's writer) plus our provenance note and, at grazing incidence, the map."""
+    import h5py
+    from pyFAI.io.nexus import save_NXcansas
+
+    frame = reduction.frame
+    save_NXcansas(str(path), reduction.result, title=f"7.3.3 {stem}", run=stem, instrument="ALS 7.3.3",
+                  source_name="Advanced Light Source", sample=_h5_name(stem),
+                  extra={"monitor": frame.monitor_name, "monitor_value": frame.monitor})
+    note = {
+        "scan": stem,
+        "merge": frame.merge,
+        "sources": frame.sources,
+        "exposure_s": frame.exposure_s,
+        "monitor": frame.monitor_name,
+        "monitor_value": frame.monitor,
+        "normalization_factor": frame.normalization,
+        "incident_angle_deg": frame.alpha_deg,
+        "notes": frame.notes,
+        "settings": settings.as_dict(),
+        "software": software_versions(),
+        **info,
+    }
+    with h5py.File(path, "a") as h5:
+        entry = h5["entry"]
+        grp = entry.create_group("splash_reduction")
+        grp.attrs["NX_class"] = "NXnote"
+        grp.create_dataset("type", data="application/json")
+        grp.create_dataset("data", data=json.dumps(note, indent=1, default=str))
+        grp.create_dataset("poni", data=reduction.poni_text)
+        entry["sasdata"].attrs["Q_indices"] = 0
+        if reduction.gi is not None:
+            gi = reduction.gi
+            qmap = entry.create_group("qmap")
+            qmap.attrs["NX_class"] = "NXdata"
+            qmap.attrs["signal"] = "I"
+            qmap.attrs["axes"] = ["q_oop", "q_ip"]
+            qmap.attrs["incident_angle_deg"] = gi.incident_angle_deg
+            qmap.attrs["sample_orientation"] = gi.sample_orientation
+            qmap.create_dataset("I", data=gi.intensity, compression="gzip")
+            qmap.create_dataset("q_ip", data=gi.q_ip).attrs["units"] = "1/nm"
+            qmap.create_dataset("q_oop", data=gi.q_oop).attrs["units"] = "1/nm"
+
+
+def _h5_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text) or "sample"
+
+
+def write_dat(path: Path, reduction: Reduction, *, stem: str, settings: Settings, info: dict[str, Any]) -> None:
+    """Three columns q, I, sigma with a commented header."""
+    frame = reduction.frame
+    header = [
+        f"{stem}: azimuthal integration of ALS 7.3.3 frame(s) {', '.join(frame.sources)}",
+        f"merge: {frame.merge}; exposure {frame.exposure_s:g} s; normalised by {frame.normalization:g} (monitor "
+        f"{frame.monitor_name} {frame.monitor:g}, {frame.monitor_kind})",
+        f"method: pyFAI integrate1d {list(settings.method)}, npt {settings.npt}, Poisson errors",
+        f"calibration: {info.get('calibration', '?')}",
+        "software: " + ", ".join(f"{k} {v}" for k, v in software_versions().items()),
+        f"columns: q [{reduction.unit}]  I [arb. units]  sigma [arb. units]",
+    ]
+    data = np.column_stack([reduction.radial, reduction.intensity, reduction.sigma])
+    np.savetxt(path, data, fmt="%.8e", header="\n".join(header), comments="# ")
+
+
+def plot_iq(path: Path, reduction: Reduction, *, title: str) -> None:
+    """Log-log I(q) with a one-sigma band (matplotlib's object API on Agg: no pyplot state, safe in threads).
+    Kept cheap on purpose (measured in bench/reduce.py): no minor ticks, no mathtext, fast PNG compression."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogFormatter
+
+    good = (reduction.intensity > 0) & (reduction.radial > 0)
+    q, i, s = reduction.radial[good], reduction.intensity[good], reduction.sigma[good]
+    fig = Figure(figsize=(6, 4.2), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.13, 0.12, 0.83, 0.8))
+    ax.fill_between(q, np.clip(i - s, i * 1e-3, None), i + s, alpha=0.3, lw=0)
+    ax.plot(q, i, lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.minorticks_off()
+    ax.xaxis.set_major_formatter(LogFormatter())
+    ax.yaxis.set_major_formatter(LogFormatter())
+    ax.set_xlabel(_UNIT_LABELS.get(reduction.unit, reduction.unit))
+    ax.set_ylabel("I (arb. units)")
+    ax.set_title(f"{title} ({reduction.frame.merge})", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+
+
+_UNIT_LABELS = {"q_nm^-1": "q (1/nm)", "q_A^-1": "q (1/Å)", "2th_deg": "2θ (deg)", "r_mm": "r (mm)"}
+
+
+def plot_frame(path: Path, reduction: Reduction, *, title: str, max_size: int = 600) -> None:
+    """The frame on a log scale (block-mean downsampled to at most ``max_size`` pixels a side), masked pixels in
+    red, the calibrant's rings (``Reduction.rings``) in white. Drawn with numpy and Pillow: a 2M frame costs a few
+    ms here, where a matplotlib contour of the q map cost seconds per frame."""
+    from PIL import Image
+
+    from splash_flows.beamlines.bl733.thumbnail import _viridis_lut, block_mean, scale_to_bytes
+
+    image = np.where(reduction.mask, 0.0, reduction.frame.image)
+    small = block_mean(image, max_size)
+    factor = max(1, -(-max(image.shape) // max_size))
+    rows, cols = small.shape
+    rgb = _viridis_lut()[scale_to_bytes(small, low_pct=1.0, high_pct=99.8)].astype(np.float64)
+    masked = block_mean(reduction.mask.astype(np.float64), max_size) > 0.5
+    rgb[masked] = 0.6 * rgb[masked] + 0.4 * np.array([255.0, 0.0, 0.0])
+    if reduction.rings is not None:
+        rings = reduction.rings[::factor, ::factor][:rows, :cols]
+        rgb[rings] = 255.0
+    Image.fromarray(np.round(rgb).astype(np.uint8)).save(path, format="PNG", compress_level=1)
+
+
+def plot_qmap(path: Path, reduction: Reduction, *, title: str) -> None:
+    """The q_ip / q_oop map of a grazing-incidence frame, log colour scale, q_oop up."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    gi = reduction.gi
+    assert gi is not None
+    data = np.where(gi.intensity > 0, gi.intensity, np.nan)
+    finite = data[np.isfinite(data)]
+    vmin, vmax = (np.percentile(finite, [1, 99.8]) if finite.size else (1e-6, 1.0))
+    fig = Figure(figsize=(6, 5), dpi=80)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.12, 0.11, 0.7, 0.8))
+    extent = (float(gi.q_ip[0]), float(gi.q_ip[-1]), float(gi.q_oop[0]), float(gi.q_oop[-1]))
+    im = ax.imshow(data, origin="lower", extent=extent, aspect="auto", cmap="viridis",
+                   norm=LogNorm(max(vmin, 1e-12), max(vmax, vmin * 10)))
+    fig.colorbar(im, cax=fig.add_axes((0.85, 0.11, 0.03, 0.8)), label="I (arb. units)")
+    ax.set_xlabel("q$_{ip}$ (nm$^{-1}$)")
+    ax.set_ylabel("q$_{oop}$ (nm$^{-1}$)")
+    ax.set_title(f"{title}: α$_i$ = {gi.incident_angle_deg:.3f}°", fontsize=9)
+    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+
+
+def read_dat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q, I, sigma of a ``.dat`` written by ``write_dat``."""
+    data = np.loadtxt(path, comments="#", ndmin=2)
+    return data[:, 0], data[:, 1], data[:, 2]
+
+
+def peak_near(q: np.ndarray, intensity: np.ndarray, expected: float, window: float = 0.15) -> float:
+    """The q of the highest point of ``intensity`` within ``expected +- window`` (the peak of a calibrant ring)."""
+    sel = (q > expected - window) & (q < expected + window) & np.isfinite(intensity)
+    if not sel.any():
+        raise ValueError(f"no point of the curve within {expected} +- {window}")
+    return float(q[sel][np.argmax(intensity[sel])])
