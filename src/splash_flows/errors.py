@@ -150,3 +150,8 @@ class ExportControlledError(TierError):
 
 class ServerUnavailableError(OrchestrationError):
     """The Prefect server did not answer its health check in time. The message names the URL."""
+
+
+class CredentialError(SplashFlowsError):
+    """A credential (SFAPI key, catalogue account ...) is missing, unreadable, malformed, expired or refused; the
+    message says which and why. Retrying cannot help: an operator must act."""
