@@ -196,10 +196,6 @@ def check_alerts(ledger: Ledger, config: Config, notify: Notifier, *, expiries: 
     """Look for trouble, send at most one message, and record what was sent (see the module's docstring)."""
     at = now()
     state = _load_state(ledger)
-    last = state.get("last_message", {}).get("at")
-    if last and at - datetime.fromisoformat(last) < timedelta(minutes=config.alerts.min_interval_minutes):
-        return AlertOutcome([], False, "rate-limited: a message went out less than "
-                            f"{config.alerts.min_interval_minutes:g} min ago")
     limit = config.alerts.max_examples
     with ledger.session() as sess:
         top = int(sess.scalar(select(func.max(Event.id))) or 0)
@@ -217,6 +213,10 @@ def check_alerts(ledger: Ledger, config: Config, notify: Notifier, *, expiries: 
     if not findings:
         _save(ledger, at, top if top > after else None, conditions, cleared, sent=False)
         return AlertOutcome([], False, "nothing new")
+    last = state.get("last_message", {}).get("at")
+    if last and at - datetime.fromisoformat(last) < timedelta(minutes=config.alerts.min_interval_minutes):
+        return AlertOutcome(findings, False, "rate-limited: a message went out less than "
+                            f"{config.alerts.min_interval_minutes:g} min ago; this waits for the next one")
     title, body = compose(config, findings)
     errors = notify(title, body) if config.alerts.urls else ["no alerts.urls configured"]
     delivered = len(errors) < max(len(config.alerts.urls), 1)
