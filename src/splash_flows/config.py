@@ -416,6 +416,7 @@ class SfapiConfig(_Model):
     expires: str | None = Field(default=None, description="The client's expiry date as Iris shows it "
                                 "(YYYY-MM-DD or an ISO date-time, UTC).")
     api_base_url: str | None = Field(default=None, description="Override the API URL (tests, staging).")
+    token_url: str | None = Field(default=None, description="Override the token URL (tests, staging).")
 
 
 class Config(_Model):

@@ -107,7 +107,8 @@ def sfapi_token(cfg: SfapiConfig) -> str:
     kwargs: dict[str, Any] = {"key": cfg.key_file}
     if cfg.api_base_url:
         kwargs["api_base_url"] = cfg.api_base_url.rstrip("/")
-        kwargs["token_url"] = cfg.api_base_url.rstrip("/") + "/token"
+    if cfg.token_url:
+        kwargs["token_url"] = cfg.token_url
     try:
         with Client(**kwargs) as client:
             token = client.token
@@ -227,7 +228,7 @@ def check_scicat(config: Config, report: FlightReport, *, clock: Callable[[], fl
 
 def check_globus(config: Config, report: FlightReport, *, probe: bool = False) -> None:
     """The Globus lines (credentials, consents per collection, and the probe transfer when asked)."""
-    if not any(isinstance(t, GlobusTierConfig) for t in config.tiers.values()):
+    if not uses_globus(config):
         return
     from splash_flows.context import build_context
     from splash_flows.services.flight_check import run_flight_check
@@ -239,15 +240,29 @@ def check_globus(config: Config, report: FlightReport, *, probe: bool = False) -
         ctx.close()
 
 
+def uses_globus(config: Config) -> bool:
+    return any(isinstance(t, GlobusTierConfig) for t in config.tiers.values())
+
+
+def nothing_to_check() -> CheckResult:
+    return CheckResult("credentials", True, "nothing to check: no Globus tier, no sfapi section and no SciCat "
+                       "catalogue are configured")
+
+
+def check_other_services(config: Config, report: FlightReport, *,
+                         sfapi_token_fn: Callable[[SfapiConfig], str] = sfapi_token) -> None:
+    """The checks beyond Globus (SFAPI, SciCat), appended to ``report`` (the flight_check_733 flow's second task)."""
+    check_sfapi(config, report, now=report.started_at, token=sfapi_token_fn)
+    check_scicat(config, report)
+
+
 def preflight(config: Config, *, probe: bool = False, now: Callable[[], datetime] = _utcnow,
               sfapi_token_fn: Callable[[SfapiConfig], str] = sfapi_token) -> FlightReport:
     """Every credential check that applies to this configuration, in order: Globus, SFAPI, SciCat."""
     report = FlightReport(started_at=now())
     check_globus(config, report, probe=probe)
-    check_sfapi(config, report, now=report.started_at, token=sfapi_token_fn)
-    check_scicat(config, report)
+    check_other_services(config, report, sfapi_token_fn=sfapi_token_fn)
     if not report.checks:
-        report.checks.append(CheckResult("credentials", True, "nothing to check: no Globus tier, no sfapi section "
-                                         "and no SciCat catalogue are configured"))
+        report.checks.append(nothing_to_check())
     return report
 
