@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench clean install screenshots
+.PHONY: demo test lint typecheck bench clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to la
 test: $(VENV)/.installed  ## lint, type-check and run the whole test suite (starts PostgreSQL itself)
 	bash scripts/ensure-postgres.sh
 	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-ansible.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	SPLASH_TEST_REQUIRE_POSTGRES=$${SPLASH_TEST_REQUIRE_POSTGRES:-1} \
@@ -37,6 +38,9 @@ typecheck: $(VENV)/.installed
 
 bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool
 	$(BIN)/python bench/move_throughput.py
+
+wheel: $(VENV)/.installed  ## dist/splash_flows-<version>-py3-none-any.whl, what the Ansible playbook installs
+	$(BIN)/pip wheel -q --no-deps -w dist .
 
 screenshots: $(VENV)/.installed  ## the data-safety page of the demo, in headless Chromium, into docs/
 	bash scripts/ensure-chromium.sh
