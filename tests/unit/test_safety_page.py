@@ -178,3 +178,15 @@ def test_api_serves_overview_groups_files_and_history(ledger: Ledger, config: Co
     page = client.get("/")
     assert page.status_code == 200 and "data safety" in page.text
     assert client.post("/api/overview").status_code == 405  # read-only: nothing accepts a write
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 100])
+def test_unsafe_files_are_found_below_the_newest_chunk(ledger: Ledger, config: Config, chunk: int,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """scan_4 lacks its cfs row but is not the newest file: the search goes down chunk by chunk until the whole
+    deficit is found, whatever the chunk size."""
+    monkeypatch.setattr(safety, "SCAN_CHUNK", chunk)
+    with ledger.session() as sess:
+        ids = safety.unsafe_file_ids(sess, config)
+    paths = {r.path.rsplit("/", 1)[1] for r in safety.list_files(ledger, config) if r.id in ids}
+    assert paths == {"scan_3.edf", "scan_4.edf", "scan_5.edf"}

@@ -40,7 +40,7 @@ from splash_flows.ledger.models import (
     OutboxState,
     SourceFile,
 )
-from splash_flows.ledger.store import Ledger
+from splash_flows.ledger.store import Ledger, in_chunks
 
 FileRow = SourceFile
 #: Copy states that mean "this copy was verified, and anything since happened by policy".
@@ -233,10 +233,63 @@ def _dialect(ledger: Ledger) -> str:
     return ledger.engine.dialect.name
 
 
+#: Target copy states that leave a file not safe (every other state is in REACHED_SAFETY).
+NOT_SAFE_STATES = (CopyState.PENDING, CopyState.FAILED, CopyState.STALE, CopyState.AT_RISK)
+SCAN_CHUNK = 20_000
+UNSAFE_IN_LIMIT = 30_000  # above this, list_files filters with the flag's expression alone
+
+
+def unsafe_file_ids(sess: Session, config: Config) -> set[int]:
+    """The ids of the files not safe, found without probing every file.
+
+    Two kinds: (a) a target copy in a state of ``NOT_SAFE_STATES`` (a range of ``ix_copies_tier_state``), and
+    (b) a target with no copy row at all (the move has not reached the file yet). For (b) the deficit is known
+    from two index-only counts (files x targets - target copy rows, unique per file and tier); the files are then
+    looked for from the newest id down, in chunks probed through ``uq_copies_file_tier``, until the whole deficit
+    is found -- in flight files are the newest, so this usually reads one chunk."""
+    targets = list(config.move.targets)
+    source = config.move.source
+    bad = sorted(_ids_in_states(sess, targets, NOT_SAFE_STATES))
+    out: set[int] = set()
+    for chunk in in_chunks(bad):  # (no join above: it would make the planner walk every file of the source)
+        out.update(sess.scalars(select(FileRow.id).where(FileRow.id.in_(chunk), FileRow.source_tier == source)))
+    if not targets:
+        return out
+    files = int(sess.scalar(select(func.count()).select_from(FileRow)) or 0)
+    rows = int(sess.scalar(select(func.count()).select_from(Copy).where(Copy.tier.in_(targets))) or 0)
+    deficit = files * len(targets) - rows
+    top = int(sess.scalar(select(func.max(FileRow.id))) or 0)
+    while deficit > 0 and top > 0:
+        low = max(0, top - SCAN_CHUNK)
+        present = (select(Copy.file_id, func.count().label("n")).where(
+            Copy.file_id > low, Copy.file_id <= top, Copy.tier.in_(targets)).group_by(Copy.file_id).subquery())
+        q = (select(FileRow.id, FileRow.source_tier, func.coalesce(present.c.n, 0))
+             .outerjoin(present, present.c.file_id == FileRow.id)
+             .where(FileRow.id > low, FileRow.id <= top, func.coalesce(present.c.n, 0) < len(targets)))
+        for fid, tier, n in sess.execute(q):
+            deficit -= len(targets) - int(n)
+            if tier == source:
+                out.add(int(fid))
+        top = low
+    return out
+
+
+def _unsafe_summary(sess: Session, ids: set[int], late_before: datetime) -> tuple[int, datetime | None]:
+    """How many of ``ids`` are late, and the oldest detection among them."""
+    late, oldest = 0, None
+    for chunk in in_chunks(sorted(ids)):
+        n, first = sess.execute(select(func.sum(case((FileRow.detected_at < late_before, 1), else_=0)),
+                                       func.min(FileRow.detected_at)).where(FileRow.id.in_(chunk))).one()
+        late += int(n or 0)
+        first = aware_utc(first)
+        if first is not None and (oldest is None or first < oldest):
+            oldest = first
+    return late, oldest
+
+
 def overview(ledger: Ledger, config: Config, *, now: datetime | None = None) -> Overview:
     """Totals over the whole ledger, each from one index-friendly query."""
     scope = Scope(config, now or _utcnow())
-    source = config.move.source
     with ledger.session() as sess:
         files, total_bytes = sess.execute(
             select(func.count(), func.coalesce(func.sum(FileRow.size), 0)).select_from(FileRow)).one()
@@ -247,12 +300,12 @@ def overview(ledger: Ledger, config: Config, *, now: datetime | None = None) -> 
         for tier, st, n, b in rows:
             copies.setdefault(tier, {})[st] = int(n)
             copy_bytes.setdefault(tier, {})[st] = int(b or 0)
-        not_safe_q = select(func.count(), func.min(FileRow.detected_at)).where(
-            FileRow.source_tier == source, ~safe_expr(scope))
-        not_safe, oldest = sess.execute(not_safe_q).one()
-        late = sess.scalar(select(func.count()).where(FileRow.source_tier == source, late_expr(scope))) or 0
-        at_risk = _files_with_state(sess, CopyState.AT_RISK)
-        failed = _files_with_state(sess, CopyState.FAILED)
+        unsafe = unsafe_file_ids(sess, config)
+        late, oldest = _unsafe_summary(sess, unsafe, scope.late_before)
+        not_safe = len(unsafe)
+        tiers = list(config.tiers)
+        at_risk = _files_with_state(sess, tiers, CopyState.AT_RISK)
+        failed = _files_with_state(sess, tiers, CopyState.FAILED)
         pending_cat = _files_in_scans(sess, CatalogueState.PENDING)
         cat_failed = _files_in_scans(sess, CatalogueState.FAILED)
         due = sess.scalar(select(func.count(func.distinct(Copy.file_id))).where(
@@ -262,8 +315,8 @@ def overview(ledger: Ledger, config: Config, *, now: datetime | None = None) -> 
             select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state))}
         oldest_outbox = sess.scalar(select(func.min(OutboxEntry.created_at))
                                     .where(OutboxEntry.state == OutboxState.PENDING))
-    return Overview(scope.now, int(files), int(total_bytes), copies, copy_bytes, int(not_safe or 0), int(late),
-                    aware_utc(oldest), at_risk, failed, pending_cat, cat_failed, int(due), outbox,
+    return Overview(scope.now, int(files), int(total_bytes), copies, copy_bytes, not_safe, late, oldest, at_risk,
+                    failed, pending_cat, cat_failed, int(due), outbox,
                     aware_utc(oldest_outbox))
 
 
@@ -277,8 +330,20 @@ def aware_utc(value: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _files_with_state(sess: Session, state: str) -> int:
-    return int(sess.scalar(select(func.count(func.distinct(Copy.file_id))).where(Copy.state == state)) or 0)
+def _ids_in_states(sess: Session, tiers: Sequence[str], states: Sequence[str]) -> set[int]:
+    """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one equality lookup of
+    ``ix_copies_tier_state`` per (tier, state), which planners take even when their statistics say the average
+    state is common (verified is; at_risk is not)."""
+    out: set[int] = set()
+    for tier in tiers:
+        for state in states:
+            out.update(sess.scalars(select(Copy.file_id).where(Copy.tier == tier, Copy.state == state)))
+    return out
+
+
+def _files_with_state(sess: Session, tiers: Sequence[str], state: str) -> int:
+    """How many files have a copy in ``state``."""
+    return len(_ids_in_states(sess, tiers, [state]))
 
 
 def _files_in_scans(sess: Session, state: str) -> int:
@@ -337,6 +402,11 @@ def list_files(ledger: Ledger, config: Config, *, proposal: str | None = None, d
     if after:
         where.append(FileRow.path > after)
     with ledger.session() as sess:
+        if (flag == "late" and not negate) or (flag == "safe" and negate):
+            # few files are not safe: start from them rather than probing every file for it
+            unsafe = unsafe_file_ids(sess, config)
+            if len(unsafe) <= UNSAFE_IN_LIMIT:
+                where.append(FileRow.id.in_(sorted(unsafe)) if unsafe else false())
         files = list(sess.scalars(select(FileRow).where(*where).order_by(FileRow.path).limit(limit)))
         return _file_views(sess, files)
 
