@@ -51,6 +51,7 @@ def test_drill_into_a_file_shows_the_states_of_status_json(browser: Any, config_
         page.wait_for_selector("body[data-loaded='1']")
         assert "listening on 127.0.0.1:" in page.inner_text("#where")
         assert page.inner_text("[data-card='files'] .n") == str(len(paths))
+        assert "off: no alerts.urls" in page.inner_text("#alerts-note")
         # the group row of the demo proposal: every file verified on both targets
         row = page.locator("tr[data-group^='ALS-00000/']")
         assert row.locator("td[data-col='on:lamarr']").inner_text() == str(len(paths))

@@ -175,6 +175,7 @@ def test_api_serves_overview_groups_files_and_history(ledger: Ledger, config: Co
     assert client.get("/api/files", params={"flag": "nonsense"}).status_code == 400
     assert client.get("/api/files", params={"day": "yesterday"}).status_code == 400
     assert client.get("/api/files/999999").status_code == 404
+    assert client.get("/api/alerts").json() == {"configured": 0, "messages": []}
     page = client.get("/")
     assert page.status_code == 200 and "data safety" in page.text
     assert client.post("/api/overview").status_code == 405  # read-only: nothing accepts a write

@@ -9,6 +9,7 @@ Routes (all GET; nothing here writes):
 - ``/api/files?proposal=&day=&flag=&not=&after=&limit=``: a page of files (keyset by path).
 - ``/api/files/{id}``: one file's copies and whole event log. ``/api/scans/{id}``: one scan with its files;
   ``/api/scans/{id}/thumbnail.png``: its preview from the catalogue (the only read outside the ledger).
+- ``/api/alerts``: the latest alert messages and whether they were delivered.
 - ``/metrics``: Prometheus (``monitoring.metrics``). ``/healthz``: the ledger answers.
 """
 
@@ -74,6 +75,13 @@ def create_app(config: Config, ledger: Ledger, *, bind: str = "127.0.0.1:8733",
                 "refresh_seconds": config.monitoring.refresh_seconds,
                 "objective_minutes": config.monitoring.safe_within_minutes,
                 "window_days": config.monitoring.window_days}
+
+    @app.get("/api/alerts")
+    def api_alerts(limit: int = Query(10, ge=1, le=200)) -> dict[str, Any]:
+        from splash_flows.monitoring.alerts import recent_messages
+
+        rows = ledger_call(lambda: recent_messages(ledger, limit))
+        return {"configured": len(config.alerts.urls), "messages": rows}
 
     @app.get("/api/groups")
     def api_groups(days: int = Query(config.monitoring.window_days, ge=1, le=36600),
