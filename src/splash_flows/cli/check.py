@@ -15,9 +15,9 @@ def check(
     probe: bool = typer.Option(False, "--probe/--no-probe", help="Also move a Globus probe file end to end "
                                "(see `globus check`)."),
 ) -> None:
-    """Check every credential the configuration uses, each said plainly with what to do: the Globus client
-    secret and consents, the SFAPI key (file, mode, token, expiry date), the SciCat account.
+    """Check every credential the configuration uses, and say what to do about each.
 
+    The Globus client secret and consents, the SFAPI key (file, mode, token, expiry date), the SciCat account.
     Exits 0 only when every check passed."""
     from rich.markup import escape
     from rich.table import Table

@@ -104,8 +104,10 @@ def alerts(
     as_json: bool = typer.Option(False, "--json", help="Print what the check found and did as JSON."),
     history: bool = typer.Option(False, "--history", help="List the latest messages sent instead."),
 ) -> None:
-    """Notify operators (Apprise: e-mail, Slack, webhooks ...) of late files, copies at risk, refused prunes,
-    failed transfers, a long outbox and expiring credentials: one summarised message per check, never twice."""
+    """Notify operators of trouble through Apprise: one summarised message per check, never twice.
+
+    Late files, copies at risk, refused prunes, failed transfers, a long outbox and expiring credentials go to
+    every URL of alerts.urls (e-mail, Slack, webhooks ...)."""
     with fail_cleanly():
         config = state(ctx).load()
         from splash_flows.ledger import Ledger
