@@ -137,3 +137,41 @@ def test_a_corrupted_copy_found_by_the_prune_recheck_is_one_alert_at_each_receiv
     posted = hook.bodies[0]
     assert "1 at risk" in posted["title"] and "1 prune refused" in posted["title"]
     assert f"cfs:{paths[1]}" in posted["message"] and "data733:" + paths[1] in posted["message"]
+
+
+def test_alerts_once_from_the_command_line(tmp_path: Path) -> None:
+    """``splash-flows alerts --once`` as an operator's timer runs it: sends once, then has nothing new; a URL
+    Apprise does not know is one config error line."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from splash_flows.config import default_config_data, load_config_file
+
+    with WebhookReceiver() as hook:
+        data = default_config_data(tmp_path / "site")
+        data["alerts"] = {"urls": [f"json://127.0.0.1:{hook.port}/alerts"]}
+        cfg = tmp_path / "splash.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        ledger = Ledger.open(load_config_file(cfg).ledger.url_value())
+        try:
+            ledger.record_failed("ALS-00622/x.edf", "cfs", "cfs: No space left on device")
+        finally:
+            ledger.close()
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "splash_flows", "--config", str(cfg), "alerts", *args],
+                                  capture_output=True, text=True, timeout=120, check=False)
+
+        first = run("--once", "--json")
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["sent"] is True and len(hook.bodies) == 1
+        second = run("--once", "--json")
+        assert json.loads(second.stdout)["reason"] == "nothing new" and len(hook.bodies) == 1
+        history = run("--history")
+        assert "sent" in history.stdout and "1 transfer failed" in history.stdout
+    data["alerts"] = {"urls": ["nosuchscheme://x"]}
+    cfg.write_text(yaml.safe_dump(data))
+    bad = run("--once")
+    assert bad.returncode == 2 and "alerts.urls" in bad.stderr and "nosuchscheme" not in bad.stderr

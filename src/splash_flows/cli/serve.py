@@ -12,12 +12,15 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
 from splash_flows.config import Config
+
+if TYPE_CHECKING:
+    from splash_flows.monitoring.alerts import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +35,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _alert_loop(config: Config, stop: threading.Event) -> None:
+def notifier(config: Config) -> Notifier:
+    """The Apprise notifier of ``alerts.urls``; a URL Apprise does not understand is a ConfigError."""
+    from splash_flows.errors import ConfigError
+    from splash_flows.monitoring.alerts import apprise_notifier
+
+    try:
+        return apprise_notifier([u.get_secret_value() for u in config.alerts.urls])
+    except ValueError as err:
+        raise ConfigError(f"alerts.urls: {err}") from None
+
+
+def _alert_loop(config: Config, stop: threading.Event, notify: Notifier) -> None:
     """Check for alerts every ``alerts.interval_seconds`` until ``stop`` is set (runs in a daemon thread)."""
     from splash_flows.errors import SplashFlowsError
     from splash_flows.ledger import Ledger
-    from splash_flows.monitoring.alerts import apprise_notifier, check_alerts
+    from splash_flows.monitoring.alerts import check_alerts
     from splash_flows.monitoring.credentials import expiries
 
-    notify = apprise_notifier([u.get_secret_value() for u in config.alerts.urls])
     ledger = Ledger.open(config.ledger.url_value(), upgrade=False)
     try:
         while not stop.is_set():
@@ -71,6 +84,7 @@ def serve(
         from splash_flows.ledger import Ledger
 
         ledger = Ledger.open(config.ledger.url_value())
+        notify = notifier(config) if alerts and config.alerts.urls else None
     bind_host = host or config.monitoring.host
     bind_port = port or config.monitoring.port
     import uvicorn
@@ -86,8 +100,8 @@ def serve(
                   f"/metrics\nbound to {bind_host}:{bind_port}, {where}; read-only (the ledger "
                   f"{ledger.describe()})", highlight=False, soft_wrap=True)
     stop = threading.Event()
-    if alerts and config.alerts.urls:
-        threading.Thread(target=_alert_loop, args=(config, stop), name="alerts", daemon=True).start()
+    if notify is not None:
+        threading.Thread(target=_alert_loop, args=(config, stop, notify), name="alerts", daemon=True).start()
         console.print(f"alerts: checked every {config.alerts.interval_seconds:g} s, sent to "
                       f"{len(config.alerts.urls)} target(s)", highlight=False)
     try:
@@ -111,7 +125,7 @@ def alerts(
     with fail_cleanly():
         config = state(ctx).load()
         from splash_flows.ledger import Ledger
-        from splash_flows.monitoring.alerts import apprise_notifier, check_alerts, recent_messages
+        from splash_flows.monitoring.alerts import check_alerts, recent_messages
         from splash_flows.monitoring.credentials import expiries
 
         ledger = Ledger.open(config.ledger.url_value())
@@ -127,17 +141,12 @@ def alerts(
                 return
             if not config.alerts.urls:
                 err_console.print("alerts are off: alerts.urls is empty in the configuration", highlight=False)
-            try:
-                notify = apprise_notifier([u.get_secret_value() for u in config.alerts.urls])
-            except ValueError as err:
-                from splash_flows.errors import ConfigError
-
-                raise ConfigError(f"alerts.urls: {err}") from None
+            notify = notifier(config)
             if not once:
                 stop = threading.Event()
                 console.print(f"checking for alerts every {config.alerts.interval_seconds:g} s (Ctrl-C to stop)")
                 try:
-                    _alert_loop(config, stop)
+                    _alert_loop(config, stop, notify)
                 except KeyboardInterrupt:
                     stop.set()
                 return
