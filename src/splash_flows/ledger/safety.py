@@ -194,7 +194,7 @@ class Overview:
     failed: int
     pending_catalogue: int
     catalogue_failed: int
-    due: int
+    due: int  # copies (not files) verified and past their prune date, on the tiers with a retention rule
     outbox: dict[str, int]
     oldest_outbox: datetime | None
 
@@ -308,9 +308,9 @@ def overview(ledger: Ledger, config: Config, *, now: datetime | None = None) -> 
         failed = _files_with_state(sess, tiers, CopyState.FAILED)
         pending_cat = _files_in_scans(sess, CatalogueState.PENDING)
         cat_failed = _files_in_scans(sess, CatalogueState.FAILED)
-        due = sess.scalar(select(func.count(func.distinct(Copy.file_id))).where(
-            Copy.tier.in_(list(config.tiers)), Copy.prune_due_at <= scope.now,
-            Copy.state == CopyState.VERIFIED)) or 0
+        due = sum(int(sess.scalar(select(func.count()).select_from(Copy).where(  # copies, not files: no DISTINCT
+            Copy.tier == tier, Copy.prune_due_at <= scope.now, Copy.state == CopyState.VERIFIED)) or 0)
+            for tier in config.retention.rules)
         outbox = {st: int(n) for st, n in sess.execute(
             select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state))}
         oldest_outbox = sess.scalar(select(func.min(OutboxEntry.created_at))

@@ -9,7 +9,8 @@ since the last one, through the primary key).
 |---|---|
 | ``splash_files`` | source files in the ledger |
 | ``splash_copies{tier,state}`` / ``splash_copy_bytes{tier,state}`` | copies and their bytes per tier and state |
-| ``splash_files_state{state}`` | files not_safe, late, at_risk, failed, pending_catalogue, catalogue_failed, due |
+| ``splash_files_state{state}`` | files not_safe, late, at_risk, failed, pending_catalogue, catalogue_failed (and
+  due: the copies due for pruning) |
 | ``splash_backlog_age_seconds`` | age of the oldest file detected but not yet safe (0 when none) |
 | ``splash_outbox_batches{state}`` / ``splash_outbox_oldest_pending_age_seconds`` | the watcher's outbox |
 | ``splash_events_total{kind,tier}`` | every event of the log: copied, verified, failed, pruned, prune_refused ... |
