@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench bench-archive clean install
+.PHONY: demo test lint typecheck bench bench-archive clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to la
 
 test: $(VENV)/.installed  ## lint, type-check and run the whole test suite (starts PostgreSQL itself)
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-ansible.sh
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	SPLASH_TEST_REQUIRE_POSTGRES=$${SPLASH_TEST_REQUIRE_POSTGRES:-1} $(BIN)/python -m pytest -q -p no:cacheprovider
+	SPLASH_TEST_REQUIRE_POSTGRES=$${SPLASH_TEST_REQUIRE_POSTGRES:-1} \
+	SPLASH_TEST_REQUIRE_BROWSER=$${SPLASH_TEST_REQUIRE_BROWSER:-1} \
+	SPLASH_TEST_REQUIRE_ANSIBLE=$${SPLASH_TEST_REQUIRE_ANSIBLE:-1} \
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench
@@ -38,6 +43,14 @@ bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum 
 bench-archive: $(VENV)/.installed  ## bundle + verify 2 GB to the local tape tier vs tar -cf + xxhsum
 	bash scripts/ensure-xxhash.sh
 	$(BIN)/python bench/archive.py
+
+wheel: $(VENV)/.installed  ## dist/splash_flows-<version>-py3-none-any.whl, what the Ansible playbook installs
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+screenshots: $(VENV)/.installed  ## the data-safety page of the demo, in headless Chromium, into docs/
+	bash scripts/ensure-chromium.sh
+	$(BIN)/splash-flows demo --root var/demo --small
+	$(BIN)/python scripts/screenshot_page.py --config var/demo/splash-flows.yaml --out docs
 
 clean:
 	rm -rf var/demo var/up .pytest_cache .mypy_cache

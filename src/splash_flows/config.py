@@ -510,6 +510,64 @@ class AnalysisConfig(_Model):
     results_folder: str = Field(default="reduced", pattern=r"^[A-Za-z0-9_.-]+$",
                                 description="Sub-folder of a scan's folder that receives its results.")
     sfapi: SfapiConfig = Field(default_factory=SfapiConfig)
+class MonitoringConfig(_Model):
+    """The data-safety page and metrics (``splash-flows serve``) and the objective files are judged against."""
+
+    safe_within_minutes: float = Field(
+        default=60.0, gt=0, description="Objective: a file is late when it is not verified on every move target "
+        "this many minutes after it was detected.")
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds to (loopback only by default; "
+                      "use 0.0.0.0 only behind a firewall or a proxy that authenticates).")
+    port: int = Field(default=8733, ge=1, le=65535, description="TCP port of the page and /metrics.")
+    page_url: str | None = Field(
+        default=None, description="How operators reach the page (put in alerts), e.g. http://flow-733:8733/; "
+        "default http://<host>:<port>/.")
+    refresh_seconds: float = Field(default=5.0, ge=1, le=3600, description="How often the page updates itself.")
+    window_days: int = Field(default=14, ge=1, le=3660, description="Days shown per proposal on the page by "
+                             "default (older days one click away).")
+
+    def url(self) -> str:
+        """The page's address for links in alerts."""
+        return self.page_url or f"http://{self.host}:{self.port}/"
+
+
+class AlertsConfig(_Model):
+    """Notifications through Apprise (one library for e-mail, Slack, Teams, ntfy, webhooks ...).
+
+    One run of the alert check (``splash-flows alerts --once``, or every ``interval_seconds`` inside ``serve``)
+    sends at most ONE message summarising everything new since the last message; what was sent is kept in the
+    ledger, so a restart never sends it again."""
+
+    urls: list[SecretStr] = Field(
+        default_factory=list, description="Apprise URLs (mailto://, json://, slack://, ntfy:// ...); they often "
+        "hold tokens, so give them as ${VAR}. Empty: alerts are off.")
+    interval_seconds: float = Field(default=60.0, ge=1, description="How often `serve` checks for alerts.")
+    min_interval_minutes: float = Field(
+        default=15.0, ge=0, description="At most one message per this many minutes; what happens meanwhile is "
+        "summarised in the next one.")
+    repeat_minutes: float = Field(
+        default=360.0, gt=0, description="A condition still true (late files, a long outbox, an expiring "
+        "credential) is reported again after this long.")
+    outbox_limit: int = Field(default=500, ge=1, description="Alert when the watcher's outbox holds more "
+                              "unsent batches than this.")
+    credential_warn_days: float = Field(default=14.0, ge=0, description="Alert when a credential expires "
+                                        "within this many days.")
+    max_examples: int = Field(default=10, ge=1, le=1000, description="Paths listed per kind in one message.")
+
+
+class SfapiCredentialsConfig(_Model):
+    """NERSC Superfacility API credentials: a client made in Iris (client id + private key file, mode 600).
+
+    The key's expiry date is given by Iris when the client is made and is not inside the key: put it in
+    ``expires`` (or keep it in a first-line comment of a PEM key file as ``# expires: YYYY-MM-DD``) so the
+    preflight and the alerts warn before it lapses."""
+
+    client_id: str | None = Field(default=None, description="The client id (default: read from the key file).")
+    key_file: Path = Field(description="The private key (PEM or JWK JSON) Iris gave; must be mode 600.")
+    expires: str | None = Field(default=None, description="The client's expiry date as Iris shows it "
+                                "(YYYY-MM-DD or an ISO date-time, UTC).")
+    api_base_url: str | None = Field(default=None, description="Override the API URL (tests, staging).")
+    token_url: str | None = Field(default=None, description="Override the token URL (tests, staging).")
 
 
 class Config(_Model):
@@ -529,6 +587,10 @@ class Config(_Model):
     up: UpConfig = Field(default_factory=UpConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    sfapi: SfapiCredentialsConfig | None = Field(default=None,
+                                                 description="NERSC SFAPI credentials (HPSS archive, HPC).")
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -719,6 +781,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             ledger["url"] = prefix + str(base / url[len(prefix):])
     _resolve_catalogue_path(data, base)
     _resolve_analysis_paths(data, base)
+    sfapi = data.get("sfapi")
+    if isinstance(sfapi, dict) and isinstance(sfapi.get("key_file"), str):
+        key = Path(sfapi["key_file"]).expanduser()
+        sfapi["key_file"] = str(key if key.is_absolute() else (base / key))
     return data
 
 

@@ -217,3 +217,6 @@ class HpcJobError(AnalysisError):
         self.state = state
         self.log = log
         super().__init__(message, scan=scan)
+class CredentialError(SplashFlowsError):
+    """A credential (SFAPI key, catalogue account ...) is missing, unreadable, malformed, expired or refused; the
+    message says which and why. Retrying cannot help: an operator must act."""

@@ -50,3 +50,28 @@ def test_flight_check_flow(prefect_harness: None, fake: FakeGlobus, config_file:
     assert failed.is_failed()
     with pytest.raises(Exception, match=r"list cfs: FAILED: .*GCDisconnected"):
         failed.result()
+
+
+def test_flight_check_flow_checks_the_sfapi_key_too(prefect_harness: None, tmp_path: Path) -> None:
+    """Without Globus tiers the flow still checks the other credentials: an SFAPI client past its expiry date
+    fails the run, naming the check and what to do."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from splash_flows.config import default_config_data
+    from splash_flows.flows.bl733.flight_check import flight_check_733
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    key = tmp_path / "key.pem"
+    key.write_text(f"abcdefghijklm\n{pem}")
+    key.chmod(0o600)
+    data = default_config_data(tmp_path / "local")
+    data["sfapi"] = {"key_file": str(key), "expires": "2020-01-01", "token_url": "http://127.0.0.1:9/token"}
+    path = tmp_path / "splash.yaml"
+    path.write_text(yaml.safe_dump(data))
+    state = flight_check_733(config_path=str(path), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"sfapi expiry: FAILED: the client expired on 2020-01-01") as exc:
+        state.result()
+    assert "sfapi token: FAILED" in str(exc.value)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-NAMES = ["prefect-server.service", "splash-worker@.service", "splash-runner.service", "splash-watcher.service"]
+NAMES = ["prefect-server.service", "splash-worker@.service", "splash-runner.service", "splash-watcher.service",
+         "splash-status.service"]
 
 
 def _read(name: str) -> configparser.RawConfigParser:

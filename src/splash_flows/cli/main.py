@@ -170,3 +170,16 @@ def _register_orchestration_commands() -> None:
 
 
 _register_orchestration_commands()
+
+
+def _register_operations_commands() -> None:
+    """Commands for running it unattended: the data-safety page, alerts, the credential preflight."""
+    from splash_flows.cli.check import check
+    from splash_flows.cli.serve import alerts, serve
+
+    app.command("serve")(serve)
+    app.command("alerts")(alerts)
+    app.command("check")(check)
+
+
+_register_operations_commands()

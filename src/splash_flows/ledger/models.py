@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -90,7 +91,8 @@ class SourceFile(Base):
     """A file as it was acquired on its source tier: identity, size, mtime and checksum."""
 
     __tablename__ = "files"
-    __table_args__ = (UniqueConstraint("source_tier", "path", name="uq_files_source_path"),)
+    __table_args__ = (UniqueConstraint("source_tier", "path", name="uq_files_source_path"),
+                      Index("ix_files_detected_at", "detected_at"))  # migration 0003_monitoring
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_tier: Mapped[str] = mapped_column(String(64))
@@ -133,7 +135,8 @@ class Event(Base):
     """Append-only history: every step that happened to a file, with its reason or evidence in ``detail``."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_file", "file_id"),)
+    __table_args__ = (Index("ix_events_file", "file_id"),
+                      Index("ix_events_kind_id", "kind", "id"))  # migration 0003_monitoring
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -371,3 +374,30 @@ class AnalysisScan(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+class AlertState(Base):
+    """What the alert check has already reported (migration 0003_monitoring): one JSON value per key.
+
+    ``events`` holds the id of the last event summarised; ``condition:<name>`` when a condition (late files, a
+    long outbox, an expiring credential) was last reported and what it was; ``last_message`` when the last
+    message went out (the rate limit). Kept in the ledger so a restarted process never sends the same again."""
+
+    __tablename__ = "alert_state"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AlertMessage(Base):
+    """One notification as sent (or attempted): the record of what operators were told, and when."""
+
+    __tablename__ = "alert_messages"
+    __table_args__ = (Index("ix_alert_messages_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    title: Mapped[str] = mapped_column(String(256))
+    body: Mapped[str] = mapped_column(Text)
+    kinds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # kind -> count summarised
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -84,7 +84,7 @@ class FlightReport:
         n_ok = sum(1 for c in self.checks if c.ok)
         n_failed = sum(1 for c in self.checks if c.ok is False)
         n_skipped = sum(1 for c in self.checks if c.ok is None)
-        lines = [f"Globus flight check: {n_ok} ok, {n_failed} failed, {n_skipped} not run"]
+        lines = [f"Flight check: {n_ok} ok, {n_failed} failed, {n_skipped} not run"]
         for c in self.failed():
             lines.append(f"  - {c.name}: {c.result}: {c.detail}" + (f" -> {c.hint}" if c.hint else ""))
         return "\n".join(lines)
