@@ -1,4 +1,9 @@
-"""Helpers shared by CLI commands: loading config, printing errors, JSON output."""
+"""Helpers shared by CLI commands: loading config, printing errors, JSON output.
+
+Light on purpose: every command module imports this at start-up (see ``cli/main.py``), so it imports only the
+standard library, typer, rich's console and ``splash_flows.errors``. The configuration (pydantic) is imported
+when a command loads it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from splash_flows.config import Config, load_config
 from splash_flows.errors import ConfigError, SplashFlowsError
+
+if TYPE_CHECKING:
+    from splash_flows.config import Config
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,6 +36,9 @@ class State:
     verbose: bool = False
 
     def load(self) -> Config:
+        """The configuration (``--config``, else ``$SPLASH_FLOWS_CONFIG``, else the embedded default)."""
+        from splash_flows.config import load_config
+
         return load_config(self.config_path)
 
 

@@ -14,26 +14,25 @@ import time
 from pathlib import Path
 
 import typer
-import yaml
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import default_config_data, load_config_file
-from splash_flows.ledger import Ledger
-from splash_flows.ledger.catalogue import scan_counts
 
 
-def write_demo_config(root: Path) -> Path:
-    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable)."""
+def write_demo_config(root: Path, *, by: str = "demo") -> Path:
+    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable).
+    ``by`` names the command that wrote it (``demo`` or ``up``) in the file's first line."""
+    import yaml
+
+    from splash_flows.config import default_config_data
+
     data = default_config_data(root)
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
     path = root / "splash-flows.yaml"
-    text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
+    text = f"# Written by `splash-flows {by}`: the embedded default, rooted at this folder.\n"
     text += yaml.safe_dump(data, sort_keys=False)
     path.write_text(text, encoding="utf-8")
     return path
@@ -47,6 +46,13 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
 ) -> None:
     """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from splash_flows.config import load_config_file
+    from splash_flows.ledger import Ledger
+    from splash_flows.ledger.catalogue import scan_counts
+
     with fail_cleanly():
         root.mkdir(parents=True, exist_ok=True)
         root = root.resolve()

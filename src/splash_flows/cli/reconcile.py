@@ -10,8 +10,6 @@ import typer
 
 from splash_flows.cli.common import console, fail_cleanly, print_json, state
 from splash_flows.cli.init import API_URL_HELP, resolve_api_url
-from splash_flows.context import build_context
-from splash_flows.services.reconcile import plan_reconcile
 
 
 def reconcile(
@@ -25,6 +23,9 @@ def reconcile(
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and run ids) as JSON."),
 ) -> None:
     """Find files not verified on every target (ledger vs. the source tier) and send them through the dispatcher."""
+    from splash_flows.context import build_context
+    from splash_flows.services.reconcile import plan_reconcile
+
     with fail_cleanly():
         st = state(ctx)
         config = st.load()

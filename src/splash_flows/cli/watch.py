@@ -15,7 +15,6 @@ import typer
 
 from splash_flows.cli.common import State, console, fail_cleanly, state
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import redact_url
 
 
 def configure_logging(verbose: bool) -> None:
@@ -38,6 +37,7 @@ def watch(
     with fail_cleanly():
         cfg = State(config_path=config or st.config_path).load()
         prepare_prefect_env(Path(os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect"))), quiet=True)
+        from splash_flows.config import redact_url
         from splash_flows.flows.trigger import PrefectDeploymentTrigger
         from splash_flows.ledger import Ledger
         from splash_flows.watcher import Watcher, run_until_signalled

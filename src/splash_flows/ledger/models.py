@@ -130,7 +130,7 @@ class Event(Base):
     """Append-only history: every step that happened to a file, with its reason or evidence in ``detail``."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_file", "file_id"),)
+    __table_args__ = (Index("ix_events_file", "file_id"), Index("ix_events_kind_id", "kind", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
