@@ -78,10 +78,10 @@ def search(
         print_json([service.entry_json(e) for e in entries])
         return
     short = short_pids([e.pid for e in entries])
-    table = Table(title=f"{len(entries)} dataset(s)", title_justify="left", box=None, pad_edge=False,
-                  header_style="bold")
+    table = Table(title=f"{len(entries)} dataset(s)", title_justify="left", box=None, padding=(0, 1, 0, 0),
+                  pad_edge=False, header_style="bold")
     table.add_column("pid", no_wrap=True)
-    table.add_column("name", overflow="fold", ratio=1)
+    table.add_column("name", overflow="fold")
     table.add_column("proposal", no_wrap=True)
     table.add_column("files", justify="right", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
