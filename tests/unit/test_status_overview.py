@@ -199,3 +199,19 @@ def test_status_command_on_a_ledger(config_file: Path) -> None:
     assert len(rows) == 5
     out = runner.invoke(app, ["--config", str(config_file), "status", "--state", "nonsense"])
     assert out.exit_code == 2
+
+
+def test_long_running_commands_log_prefect_polling_only_when_verbose() -> None:
+    import logging
+
+    from splash_flows.cli.common import configure_logging
+
+    httpx_logger = logging.getLogger("httpx")
+    before = httpx_logger.level
+    try:
+        configure_logging(verbose=False)
+        assert not httpx_logger.isEnabledFor(logging.INFO)  # "HTTP Request: POST .../flow_runs/filter" x2/s
+        configure_logging(verbose=True)
+        assert httpx_logger.isEnabledFor(logging.INFO)
+    finally:
+        httpx_logger.setLevel(before)

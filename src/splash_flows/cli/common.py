@@ -8,6 +8,7 @@ when a command loads it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,3 +79,17 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+#: Libraries whose INFO lines are per request or per event (httpx logs every Prefect API call: two lines a second
+#: from an idle runner's polling). Shown only with ``--verbose``.
+NOISY_LOGGERS = ("httpx", "httpcore", "watchdog", "sqlalchemy", "alembic")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Timestamped lines on stderr (journald keeps them) for long-running commands (runner, watch): INFO, with
+    the noisy libraries at WARNING; ``--verbose``: DEBUG, with the libraries' INFO lines (Prefect's polling)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

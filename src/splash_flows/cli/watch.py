@@ -7,22 +7,13 @@ dispatcher deployment. Exit codes: 0 after a signal, 1 when the watcher failed, 
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import typer
 
-from splash_flows.cli.common import State, console, fail_cleanly, state
+from splash_flows.cli.common import State, configure_logging, console, fail_cleanly, state
 from splash_flows.cli.prefect_env import prepare_prefect_env
-
-
-def configure_logging(verbose: bool) -> None:
-    """INFO lines with a timestamp on stderr (journald keeps them); DEBUG with ``--verbose``."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("watchdog", "httpx", "httpcore", "sqlalchemy", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def watch(
