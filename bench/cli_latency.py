@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,7 +45,7 @@ def build_ledger(root: Path, files: int) -> Path:
     from splash_flows.ledger.models import CatalogueFile, CatalogueScan, Copy, Event, SourceFile
 
     root.mkdir(parents=True, exist_ok=True)
-    cfg = {
+    cfg: dict[str, Any] = {
         "ledger": {"url": f"sqlite:///{root / 'ledger.db'}"},
         "tiers": {t: {"root": str(root / t)} for t in ("data733", *TARGETS)},
         "move": {"source": "data733", "targets": list(TARGETS)},
