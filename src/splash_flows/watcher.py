@@ -212,6 +212,8 @@ class Watcher:
         self._claims: dict[str, _Claim] = {}
         self._batches: dict[str, _Batch] = {}
         self._refused: set[tuple[str, str]] = set()
+        self._known_refusals = _recorded_refusals(ledger, self.tier)
+        self._still_refused = 0
         self._recently_dropped: dict[str, float] = {}
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
@@ -344,13 +346,21 @@ class Watcher:
         return self._ignore.match(name) is not None
 
     def _refuse(self, rel: str, reason: str, *, record: bool = True) -> None:
-        """One WARNING line (and one ``refused`` ledger event) per path and reason for the life of the process."""
+        """One WARNING line (and one ``refused`` ledger event) per path and reason for the life of the process;
+        a refusal the ledger already holds from before this start is only counted (``_known_refusals``) and
+        summarised in one line after the backfill, not warned again at every restart."""
         key = (rel, reason)
         with self._lock:
             if key in self._refused:
                 return
             self._refused.add(key)
             self._candidates.pop(rel, None)
+            known = key in self._known_refusals
+            self._still_refused += known
+        if known:
+            log.debug("still refused %s:%s: %s", self.tier, rel, reason)
+            self._emit("refused", (rel,), reason=reason)
+            return
         log.warning("refused %s:%s: %s", self.tier, rel, reason)
         if record:
             try:
@@ -811,6 +821,9 @@ class Watcher:
         first_full = not prefix and not self._backfilled
         if not prefix:
             self._backfilled = True
+        if first_full and self._still_refused:
+            log.info("%d path(s) still refused, as before this start (`splash-flows status --all` lists them)",
+                     self._still_refused)
         if found and not prefix:  # a full scan that finds files means events were missed (or the watcher was down)
             log.info("%s found %d file(s) to send in %.1f s", "backfill" if first_full else "rescan", found, seconds)
         else:  # scans of new folders routinely find the files written before their watch was in place
@@ -953,3 +966,14 @@ def run_until_signalled(watcher: Watcher) -> int:
             signal.signal(sig, old)
     watcher.stop()
     return 1 if watcher.fatal is not None else 0
+
+
+def _recorded_refusals(ledger: Ledger, tier: str) -> set[tuple[str, str]]:
+    """(path, reason) of the refusals on ``tier`` the ledger holds (latest reason per path never registered)."""
+    from splash_flows.ledger.overview import refusals
+
+    try:
+        return {(r.path, r.reason) for r in refusals(ledger) if r.tier == tier}
+    except LedgerError as err:
+        log.error("cannot read earlier refusals from the ledger (each is warned again): %s", err)
+        return set()
