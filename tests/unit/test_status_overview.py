@@ -215,3 +215,10 @@ def test_long_running_commands_log_prefect_polling_only_when_verbose() -> None:
         assert httpx_logger.isEnabledFor(logging.INFO)
     finally:
         httpx_logger.setLevel(before)
+
+
+def test_the_config_up_writes_says_up(tmp_path: Path) -> None:
+    from splash_flows.cli.demo import write_demo_config
+
+    assert "`splash-flows up`" in write_demo_config(tmp_path, by="up").read_text().splitlines()[0]
+    assert "`splash-flows demo`" in write_demo_config(tmp_path).read_text().splitlines()[0]
