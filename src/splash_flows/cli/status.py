@@ -204,8 +204,10 @@ def status(
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
 ) -> None:
-    """Where every file is: totals per tier and state, then one row per file with the state of its copy on
-    each tier and its catalogue state (catalogued / pending / excluded / failed)."""
+    """Where every file is: totals per tier and state, then one row per file.
+
+    Each row gives the state of the file's copy on each tier and its catalogue state (catalogued / pending /
+    excluded / failed); late and refused files are counted above the rows."""
     parsed = [parse_state(s) for s in states]
     with fail_cleanly():
         config = state(ctx).load()
