@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, union
 from sqlalchemy.orm import aliased
 
 from splash_flows.ledger.catalogue import FileCatalogueState
@@ -51,11 +51,16 @@ class StatusFilter:
         if self.prefix:
             # substr, not LIKE: LIKE is case-insensitive on SQLite, and a prefix of a path is exact
             out.append(func.substr(SourceFile.path, 1, len(self.prefix)) == self.prefix)
-        if self.states:
-            out.append(or_(*(_has_copy(tier, (state,)) for tier, state in self.states)))
+        if self.states:  # one IN over the copies (the (tier, state) index when a tier is named), not a probe per file
+            out.append(SourceFile.id.in_(union(*(_files_with(tier, state) for tier, state in self.states))))
         if self.late_before is not None:
             out.append(late_condition(self.late_before, self.targets))
         return out
+
+
+def _files_with(tier: str | None, state: str) -> Any:
+    q = select(Copy.file_id).where(Copy.state == state)
+    return q.where(Copy.tier == tier) if tier is not None else q
 
 
 def _has_copy(tier: str | None, states: Sequence[str]) -> ColumnElement[bool]:
