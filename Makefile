@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench bench-archive clean install screenshots wheel
+.PHONY: demo test lint typecheck bench bench-archive bench-cli bench-demo clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,5 +52,12 @@ screenshots: $(VENV)/.installed  ## the data-safety page of the demo, in headles
 	$(BIN)/splash-flows demo --root var/demo --small
 	$(BIN)/python scripts/screenshot_page.py --config var/demo/splash-flows.yaml --out docs
 
-clean:
+bench-cli: $(VENV)/.installed  ## how fast --help and status answer (9 and 100,000 files) vs python -c pass, sqlite3
+	$(BIN)/python bench/cli_latency.py
+
+bench-demo: $(VENV)/.installed  ## the installed `make demo`: first run, re-runs, and where the time goes
+	$(BIN)/python bench/demo_time.py
+
+clean:  ## also stops the demo's kept Prefect server
+	-test -x $(BIN)/splash-flows && $(BIN)/splash-flows demo --root var/demo --stop-server
 	rm -rf var/demo var/up .pytest_cache .mypy_cache

@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
+from splash_flows import CONFIG_ENV_VAR
 from splash_flows.errors import ConfigError
 
-CONFIG_ENV_VAR = "SPLASH_FLOWS_CONFIG"
 DEFAULT_ROOT = Path("var/default")
 DEFAULT_TIERS = ("data733", "lamarr", "cfs", "hpss", "hpc")
 

@@ -64,9 +64,26 @@ class BatchError(SplashFlowsError):
     def __init__(self, what: str, failures: dict[str, SplashFlowsError], total: int) -> None:
         self.failures = failures
         self.total = total
+        self.what = what
         lines = [f"{len(failures)} of {total} {what} failed:"]
         lines += [f"  - {err}" for err in failures.values()]
         super().__init__("\n".join(lines))
+
+    def headline(self) -> str:
+        """One line for a log or a run state: how many failed and the first cause (the message lists all)."""
+        first = next(iter(self.failures.values()), None)
+        more = len(self.failures) - 1
+        cause = str(first).splitlines()[0] if first is not None else "no cause recorded"
+        return (f"{len(self.failures)} of {self.total} {self.what} failed: {cause}"
+                + (f" (and {more} more)" if more > 0 else ""))
+
+
+def headline(err: BaseException) -> str:
+    """One line saying what failed and why: a BatchError's headline, else the first line of the message."""
+    if isinstance(err, BatchError):
+        return err.headline()
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class MetadataError(SplashFlowsError):

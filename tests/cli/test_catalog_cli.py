@@ -68,8 +68,13 @@ def test_search_lists_one_row_per_dataset_and_filters(site: Site) -> None:
     found = json.loads(run(site, "catalog", "search", "--json"))
     assert len(found) == 3  # 4 scans, one an autoexpose frame
     assert {d["proposal_id"] for d in found} == {"ALS-00622"}
-    table = run(site, "catalog", "search")
-    assert "3 dataset(s)" in table and all(d["pid"] in table for d in found)
+    table = runner.invoke(app, ["--config", str(site.config), "catalog", "search"], env={"COLUMNS": "80"}).output
+    assert "3 dataset(s)" in table and max(len(line) for line in table.splitlines()) <= 80
+    shorts = [line.split()[0] for line in table.splitlines()[2:] if line.strip()]
+    assert len(shorts) == 3 and all(any(d["pid"].endswith("/" + s) or s in d["pid"] for d in found) for s in shorts)
+    for d in found:  # the short pid the table shows names the dataset for show (and download)
+        short = next(s for s in shorts if d["pid"].rsplit("/", 1)[-1].startswith(s))
+        assert json.loads(run(site, "catalog", "show", short, "--json"))["pid"] == d["pid"]
     assert json.loads(run(site, "catalog", "search", "--proposal", "ALS-99999", "--json")) == []
     hilo = [d for d in found if len(d["files"]) == 5]
     by_text = json.loads(run(site, "catalog", "search", "--text", hilo[0]["name"].upper(), "--json"))

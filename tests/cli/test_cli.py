@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,12 +89,27 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and "bad.yaml" in lines[0] and "move" in lines[0], proc.stderr
 
 
-@pytest.mark.prefect
-def test_demo_end_to_end_twice(tmp_path: Path) -> None:
+@pytest.fixture
+def demo_root(tmp_path: Path) -> Iterator[Path]:
+    """A demo folder whose kept Prefect server is stopped at the end (and must then be gone)."""
     root = tmp_path / "demo"
+    yield root
+    info = root / ".prefect" / "splash-server.json"
+    pid = json.loads(info.read_text())["pid"] if info.exists() else None
+    out = cli("demo", "--root", str(root), "--stop-server")
+    if pid is not None:
+        assert "stopped" in out.stdout
+        assert not Path(f"/proc/{pid}").exists() or b"local_server" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+@pytest.mark.prefect
+def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
+    root = demo_root
     first = cli("demo", "--root", str(root), "--scans", "3", "--small")
     assert "demo summary" in first.stdout
-    cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new
+    assert "started, kept for the next run" in " ".join(first.stdout.split())
+    again = cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new, the server reused
+    assert "reused, kept for the next run" in " ".join(again.stdout.split())
     every = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
     rows = [r for r in every if "/reduced/" not in r["path"]]
     assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)

@@ -73,6 +73,13 @@ def test_init_creates_pools_and_deployments_and_a_second_run_changes_nothing(
                if before["deployments"].get(k) != v}
     assert changed == {}
     assert after == before
+    # --preview against the same server says what exists, and changes nothing either
+    from splash_flows.flows.deploy import preview
+
+    seen = preview(api_url=prefect_server.api_url, names=installed_deployments())
+    assert all(p["on_server"].startswith("exists") for p in seen["work_pools"])
+    assert all(d["on_server"].startswith("exists") for d in seen["deployments"])
+    assert _snapshot(prefect_server.api_url) == before
 
 
 def test_prefect_deploy_by_name_from_the_flows_folder(prefect_server: PrefectServer,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from splash_flows.cli.watch import configure_logging
+from splash_flows.cli.common import configure_logging
 from splash_flows.config import load_config_file
 from splash_flows.ledger import Ledger
 from splash_flows.watcher import Watcher, run_until_signalled

@@ -135,6 +135,17 @@ def test_symlinks_are_never_sent_and_out_of_root_ones_are_refused(
     refused_events = h.ledger.events(kind=EventKind.REFUSED)
     assert sorted(e.path or "" for e in refused_events) == ["scan_links/evil.edf", "scan_links/evil_dir"]
 
+    # a restart meets the same links: one summary line, no new WARNING, no new ledger event (issue 12.6)
+    h.watcher.stop()
+    caplog.clear()
+    again = make_harness(watch_config)
+    again.barrier()
+    wait_for(lambda: any("still refused" in r.getMessage() for r in caplog.records), "the summary line")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "evil" in r.getMessage()]
+    summary = [r for r in caplog.records if "still refused" in r.getMessage()]
+    assert len(summary) == 1 and summary[0].getMessage().startswith("2 path(s) still refused")
+    assert len(again.ledger.events(kind=EventKind.REFUSED)) == 2
+
 
 def test_temporary_hidden_and_renamed_files(watch_config: Config, make_harness: MakeHarness) -> None:
     """Ignored names are never sent; the write-then-rename pattern sends the final name once."""

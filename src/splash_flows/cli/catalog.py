@@ -6,24 +6,17 @@ Thin over ``services.catalogue``; works with whichever catalogue the configurati
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from splash_flows.catalogue.base import CatalogueEntry
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size, print_json, state
-from splash_flows.context import Context, build_context
-from splash_flows.services import catalogue as service
+
+if TYPE_CHECKING:
+    from splash_flows.catalogue.base import CatalogueEntry
+    from splash_flows.context import Context
 
 #: How ``catalog show`` styles a location's state (pruned copies are history, as in ``status``).
 LOCATION_STYLE = {"verified": "green", "pruned": "dim", "at_risk": "bold red", "archived": "cyan"}
@@ -33,11 +26,30 @@ catalog_app = typer.Typer(help="The catalogue: search datasets, show one, downlo
 
 
 def _context(ctx: typer.Context) -> Context:
+    from splash_flows.context import build_context
+
     return build_context(state(ctx).load())
 
 
 def _created(entry: CatalogueEntry) -> str:
     return entry.doc.creation_time.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+#: Fewest characters of a pid's last part shown by ``catalog search`` (more when needed to tell two apart).
+SHORT_PID_MIN = 8
+
+
+def short_pids(pids: Sequence[str], minimum: int = SHORT_PID_MIN) -> dict[str, str]:
+    """Each pid's shortest form that ``catalog show/download`` accept unambiguously among ``pids``: the first
+    ``minimum`` (or more, until unique) characters of what follows its last ``/``."""
+    ids = {pid: pid.rsplit("/", 1)[-1] for pid in pids}
+    out: dict[str, str] = {}
+    for pid, tail in ids.items():
+        n = min(minimum, len(tail))
+        while n < len(tail) and any(o != pid and t.startswith(tail[:n]) for o, t in ids.items()):
+            n += 1
+        out[pid] = tail[:n]
+    return out
 
 
 @catalog_app.command("search")
@@ -48,7 +60,14 @@ def search(
                                     "keywords, folder or a file name."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list (keys documented in the README)."),
 ) -> None:
-    """List the datasets matching every given criterion (none: all), oldest first."""
+    """List the datasets matching every given criterion (none: all), oldest first.
+
+    The pid column shows the first characters of each pid's last part; `catalog show` and `catalog download`
+    accept them (full pids are in --json)."""
+    from rich.table import Table
+
+    from splash_flows.services import catalogue as service
+
     with fail_cleanly():
         context = _context(ctx)
         try:
@@ -58,26 +77,32 @@ def search(
     if as_json:
         print_json([service.entry_json(e) for e in entries])
         return
-    table = Table(title=f"{len(entries)} dataset(s)", title_justify="left")
-    table.add_column("pid", no_wrap=True, min_width=max((len(e.pid) for e in entries), default=3))
+    short = short_pids([e.pid for e in entries])
+    table = Table(title=f"{len(entries)} dataset(s)", title_justify="left", box=None, padding=(0, 1, 0, 0),
+                  pad_edge=False, header_style="bold")
+    table.add_column("pid", no_wrap=True)
     table.add_column("name", overflow="fold")
-    table.add_column("proposal")
-    table.add_column("files", justify="right")
-    table.add_column("size", justify="right")
-    table.add_column("created")
+    table.add_column("proposal", no_wrap=True)
+    table.add_column("files", justify="right", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
     for e in entries:
-        table.add_row(e.pid, e.doc.name, e.doc.proposal_id or "-", str(len(e.doc.files)),
-                      human_size(e.doc.size), _created(e))
+        table.add_row(short[e.pid], e.doc.name, e.doc.proposal_id or "-", str(len(e.doc.files)),
+                      human_size(e.doc.size), e.doc.creation_time.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
 
 @catalog_app.command("show")
 def show(
     ctx: typer.Context,
-    pid: str = typer.Argument(..., help="The dataset's pid (see `catalog search`)."),
+    pid: str = typer.Argument(..., help="The dataset's pid, or its short form from `catalog search`."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: the dataset plus the ledger's copy states."),
 ) -> None:
     """Show one dataset: its metadata, its files (size, checksum, where verified) and every location."""
+    from rich.table import Table
+
+    from splash_flows.services import catalogue as service
+
     with fail_cleanly():
         context = _context(ctx)
         try:
@@ -139,12 +164,23 @@ def _text(value: Any) -> str:
 @catalog_app.command("download")
 def download(
     ctx: typer.Context,
-    pid: str = typer.Argument(..., help="The dataset's pid (see `catalog search`)."),
+    pid: str = typer.Argument(..., help="The dataset's pid, or its short form from `catalog search`."),
     to: Path = typer.Option(..., "--to", help="Folder to put the files in (created if missing).", file_okay=False),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: each file with the tier it came from."),
 ) -> None:
     """Copy the dataset's files into DIR from the best tier holding a verified copy, each checked against the
     ledger's checksum. Refuses (exit 1) files of which no verified copy exists."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from splash_flows.services import catalogue as service
+
     with fail_cleanly():
         context = _context(ctx)
         try:
@@ -177,15 +213,19 @@ def retry(
     ctx: typer.Context,
     include_failed: bool = typer.Option(False, "--include-failed", help="Also retry scans the catalogue refused "
                                         "(after fixing the cause)."),
-    limit: int = typer.Option(service.RETRY_LIMIT, "--limit", min=1, help="At most this many scans."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many scans (default: as many "
+                                     "as one catalogue step retries)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON counts and the scans still pending."),
 ) -> None:
     """Ingest again the scans left pending_catalogue (by an outage, or files that were still on their way).
     Exit 1 if the catalogue is still unavailable or refused a scan."""
+    from splash_flows.services import catalogue as service
+
     with fail_cleanly():
         context = _context(ctx)
         try:
-            report = service.retry_pending(context, include_failed=include_failed, limit=limit)
+            report = (service.retry_pending(context, include_failed=include_failed) if limit is None
+                      else service.retry_pending(context, include_failed=include_failed, limit=limit))
         finally:
             context.close()
         if as_json:

@@ -1,21 +1,29 @@
-"""Helpers shared by CLI commands: loading config, printing errors, JSON output."""
+"""Helpers shared by CLI commands: loading config, printing errors, JSON output.
+
+Light on purpose: every command module imports this at start-up (see ``cli/main.py``), so it imports only the
+standard library, typer, rich's console and ``splash_flows.errors``. The configuration (pydantic) is imported
+when a command loads it.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from splash_flows.config import Config, load_config
 from splash_flows.errors import ConfigError, SplashFlowsError
+
+if TYPE_CHECKING:
+    from splash_flows.config import Config
 
 console = Console()
 err_console = Console(stderr=True)
@@ -29,6 +37,9 @@ class State:
     verbose: bool = False
 
     def load(self) -> Config:
+        """The configuration (``--config``, else ``$SPLASH_FLOWS_CONFIG``, else the embedded default)."""
+        from splash_flows.config import load_config
+
         return load_config(self.config_path)
 
 
@@ -68,3 +79,17 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+#: Libraries whose INFO lines are per request or per event (httpx logs every Prefect API call: two lines a second
+#: from an idle runner's polling). Shown only with ``--verbose``.
+NOISY_LOGGERS = ("httpx", "httpcore", "watchdog", "sqlalchemy", "alembic")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Timestamped lines on stderr (journald keeps them) for long-running commands (runner, watch): INFO, with
+    the noisy libraries at WARNING; ``--verbose``: DEBUG, with the libraries' INFO lines (Prefect's polling)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)

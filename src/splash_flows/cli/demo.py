@@ -1,37 +1,43 @@
 """``splash-flows demo``: the main job, end to end, on the embedded default configuration.
 
 Creates DIR with every tier as a folder, writes the configuration it uses, simulates 7.3.3 acquisitions into
-``DIR/data733``, runs the ``dispatcher`` flow on them (Prefect, in-process) with progress, prints a summary and
-exits 0 only if every file is verified on every target tier and every scan is catalogued (in the embedded
+``DIR/data733``, runs the ``dispatcher`` flow on them (Prefect, in this process) with progress, prints a summary
+and exits 0 only if every file is verified on every target tier and every scan is catalogued (in the embedded
 catalogue ``DIR/catalogue.db``: one dataset per scan). Running it again on the same DIR is safe and adds no
 dataset.
 
 ``--catalogue-from FILE`` takes the ``catalogue`` (and ``dataset``) sections of a site's configuration instead, so
 a site tries the demo against its own SciCat while the tiers, ledger and Prefect stay the demo's own. A catalogue
 that is down never costs the summary: the scans wait as ``pending_catalogue`` and the summary says so.
+
+Quick to run again: the Prefect server the flow talks to is kept (``flows/local_server.py``): started by the
+first demo on DIR -- at the very start, so it comes up while the scans are simulated -- with its database in
+``DIR/.prefect``, and reused by every later demo while it answers; it stops after ``--server-idle`` minutes
+without a demo, or with ``--stop-server``. The summary says where the time went.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import yaml
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import Config, default_config_data, load_config_file
 from splash_flows.errors import CatalogueError, CatalogueUnavailable, ConfigError
-from splash_flows.ledger import Ledger
-from splash_flows.ledger.catalogue import scan_counts, scans_in_state
+
+if TYPE_CHECKING:
+    from splash_flows.config import Config
+    from splash_flows.flows.local_server import ServerHandle
+    from splash_flows.ledger import Ledger
+
 
 #: ``dataset`` settings a site's file may bring along: its facts, not its tier names (the demo has its own tiers).
 _SITE_DATASET_KEYS = ("contact_email", "default_owner_group", "beamline_group", "source_folder_host",
@@ -43,6 +49,8 @@ def site_catalogue_sections(path: Path) -> dict[str, Any]:
     """The ``catalogue`` section (and the site facts of ``dataset``) of a site's configuration file, unexpanded:
     ``${VAR}`` references stay references, so the demo's own file never holds a secret. ConfigError naming
     ``path`` when the file has no catalogue or keeps a SciCat password in the file itself."""
+    import yaml
+
     where = f"demo --catalogue-from {path}"
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -67,30 +75,237 @@ def site_catalogue_sections(path: Path) -> dict[str, Any]:
     return sections
 
 
-def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: bool = False) -> Path:
-    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable), with
-    the analysis on (tiny ``--small`` frames are reduced in-process: starting worker processes would cost more);
-    with ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) in place of the embedded one."""
+def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: bool = False,
+                      by: str = "demo") -> Path:
+    """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable).
+    ``by`` names the command that wrote it (``demo`` or ``up``) in the file's first line. The demo turns the
+    analysis on (tiny ``--small`` frames are reduced in-process: starting worker processes would cost more); with
+    ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) replaces the embedded one."""
+    import yaml
+
+    from splash_flows.config import default_config_data
+
     data = default_config_data(root)
     data["ledger"]["url"] = "sqlite:///ledger.db"
     for name, tier in data["tiers"].items():
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
-    data["analysis"] = {"enabled": True, "backend": "local", "workers": 1 if small else 2}
-    text = "# Written by `splash-flows demo`: the embedded default, rooted at this folder.\n"
+    if by == "demo":
+        data["analysis"] = {"enabled": True, "backend": "local", "workers": 1 if small else 2}
+    path = root / "splash-flows.yaml"
+    text = f"# Written by `splash-flows {by}`: the embedded default, rooted at this folder.\n"
     if catalogue_from is not None:
         data.update(site_catalogue_sections(catalogue_from))
         text += f"# The catalogue (and dataset facts) are those of {catalogue_from.resolve()}.\n"
-    path = root / "splash-flows.yaml"
     text += yaml.safe_dump(data, sort_keys=False)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def demo(
+    root: Path = typer.Option(Path("var/demo"), "--root", help="Folder for the demo's tiers, ledger and config."),
+    scans: int = typer.Option(3, "--scans", min=1, max=500, help="How many 7.3.3 acquisitions to simulate."),
+    small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
+    more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
+    server_idle: float = typer.Option(30.0, "--server-idle", min=0, metavar="MINUTES",
+                                      help="Keep the demo's Prefect server this long after the demo for the next "
+                                           "run (0: stop it when the demo ends)."),
+    stop_server: bool = typer.Option(False, "--stop-server", help="Only stop the demo's kept Prefect server."),
+    catalogue_from: Path | None = typer.Option(
+        None, "--catalogue-from", dir_okay=False,
+        help="Use the catalogue (and dataset facts) of this site configuration, e.g. its SciCat, instead of the "
+        "embedded one; the tiers stay the demo's folders. Passwords must be ${VAR} references there."),
+) -> None:
+    """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
+    from splash_flows.flows import local_server
+
+    home = root.resolve() / ".prefect"
+    if stop_server:
+        stopped = local_server.stop_server(home) if home.exists() else False
+        console.print(f"Prefect server of {root}: {'stopped' if stopped else 'not running'}", highlight=False)
+        return
+    with fail_cleanly():
+        _run_demo(root, home, scans=scans, small=small, more=more, verbose=verbose, server_idle=server_idle,
+                  catalogue_from=catalogue_from)
+
+
+def _run_demo(root: Path, home: Path, *, scans: int, small: bool, more: bool, verbose: bool,
+              server_idle: float, catalogue_from: Path | None = None) -> None:
+    """The demo; ``times`` records where the time went (printed under the summary)."""
+    from splash_flows.flows import local_server
+
+    times: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        times[name] = times.get(name, 0.0) + now - mark
+        mark = now
+
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    prepare_prefect_env(home, quiet=not verbose)
+    server: local_server.ServerHandle | None = None
+    if not os.environ.get("PREFECT_API_URL"):  # else: the user's own server
+        # started first, so that it comes up while the configuration is read and the scans are simulated
+        server = local_server.ensure_server(home, idle_minutes=server_idle or local_server.DEFAULT_IDLE_MINUTES)
+        os.environ["PREFECT_API_URL"] = server.api_url
+    lap("start")
+    try:
+        _demo_body(root, server, scans=scans, small=small, more=more, times=times, lap=lap,
+                   catalogue_from=catalogue_from)
+    finally:
+        if server is not None:
+            local_server.touch(home)
+            if server_idle == 0:
+                local_server.stop_server(home)
+
+
+def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bool, more: bool,
+               times: dict[str, float], lap: Callable[[str], None], catalogue_from: Path | None = None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from splash_flows.config import load_config_file
+    from splash_flows.context import build_tier
+    from splash_flows.flows import local_server
+
+    config_path = write_demo_config(root, catalogue_from, small=small)
+    try:
+        config = load_config_file(config_path)
+    except ConfigError as err:
+        if catalogue_from is None:
+            raise
+        raise ConfigError(f"demo --catalogue-from {catalogue_from}: {err}") from None
+    for tier in config.tiers.values():
+        Path(tier.root).mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]Splash Flows demo[/] in {root}  (config: {config_path.name})", highlight=False)
+    source = build_tier(config.move.source, config)
+    existing = [st for st in source.walk() if st.path.endswith(".edf")]
+    lap("start")
+    if existing and not more:
+        console.print(f"{config.move.source}/ already holds {len(existing)} image(s) from an earlier run: "
+                      "moving those again (use --more to acquire new scans)", highlight=False)
+    else:
+        from splash_flows.beamlines.bl733.simulator import simulate_acquisitions
+
+        with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
+            simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
+                                  hi_lo_every=3 if scans >= 3 else 0, first_sample="AgBh_cal")
+        lap("simulate")
+    files = list(source.walk())
+    paths = [st.path for st in files]
+    total_bytes = sum(st.size for st in files)
+    console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/", highlight=False)
+    calibrate_demo(root, config, small=small)
+
+    from splash_flows.flows.bl733.dispatcher import dispatcher
+    from splash_flows.ledger import Ledger
+    from splash_flows.ledger.catalogue import scan_counts
+
+    lap("import Prefect and the flows")
+    if server is not None:
+        how = "started" if server.started else "reused"
+        with console.status(f"waiting for the Prefect server ({how}, {server.api_url}) ..."):
+            local_server.wait_until_healthy(server)
+        lap("wait for the Prefect server")
+
+    ledger = Ledger.open(config.ledger.url_value())
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def run() -> None:
+        try:
+            dispatcher(paths=paths, config_path=str(config_path))
+        except BaseException as err:  # noqa: BLE001 - reported below, after the progress display ends
+            outcome["error"] = err
+
+    worker = threading.Thread(target=run, name="dispatcher", daemon=True)
+    started = time.monotonic()
+    worker.start()
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        bars = {t: progress.add_task(t, total=len(paths)) for t in config.move.targets}
+        while True:
+            alive = worker.is_alive()
+            for t, bar in bars.items():
+                progress.update(bar, completed=ledger.count_verified(t, paths, config.move.source))
+            if not alive:
+                break
+            time.sleep(0.25)
+    elapsed = time.monotonic() - started
+    lap("dispatcher flow")
+
+    rows = ledger.status()
+    scan_states = scan_counts(ledger)
+    table = Table(title="demo summary", title_justify="left")
+    table.add_column("tier")
+    table.add_column("verified", justify="right")
+    table.add_column("not verified", justify="right")
+    bad = 0
+    wanted = set(paths)
+    for t in config.move.targets:
+        ok = sum(1 for r in rows if r.path in wanted and (c := r.copies.get(t)) and c.state == "verified")
+        bad += len(paths) - ok
+        table.add_row(t, str(ok), str(len(paths) - ok))
+    catalogue_problem = None
+    try:
+        datasets = str(count_datasets(config, ledger))
+    except CatalogueError as err:  # an outage (or refusal) must not cost the summary
+        datasets = "unreachable" if isinstance(err, CatalogueUnavailable) else "unreadable"
+        catalogue_problem = str(err)
+    ledger.close()
+    unverified = bad
+    not_catalogued = scan_states.get("pending_catalogue", 0) + scan_states.get("failed", 0)
+    bad += not_catalogued
+    excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
+    label = f"{datasets} datasets" if datasets.isdigit() else datasets
+    table.add_row(f"catalogue ({label}{excluded})", f"{scan_states.get('catalogued', 0)} scans",
+                  f"{not_catalogued} scans")
+    try:
+        analysis_bad, analysis_lines = check_demo_analysis(
+            config, paths, tolerance=AGBH_PEAK_TOLERANCE_SMALL if small else AGBH_PEAK_TOLERANCE)
+    except CatalogueError as err:  # the derived datasets cannot be confirmed while the catalogue is down
+        analysis_bad, analysis_lines = 0, [f"analysis: derived datasets not confirmed: {err}"]
+        catalogue_problem = catalogue_problem or str(err)
+    bad += analysis_bad
+    console.print(table)
+    lap("summary")
+    from rich.markup import escape
+
+    if catalogue_problem is not None:
+        err_console.print(f"[bold yellow]catalogue:[/] {escape(catalogue_problem)}", soft_wrap=True,
+                          highlight=False)
+    if scan_states.get("pending_catalogue"):
+        console.print(f"{scan_states['pending_catalogue']} scan(s) wait for the catalogue (pending_catalogue); "
+                      f"once it is back: splash-flows --config {config_path} catalog retry", soft_wrap=True,
+                      highlight=False)
+    for line in analysis_lines:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
+                  f"(or: catalog search)", soft_wrap=True, highlight=False)
+    console.print("[dim]time: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in times.items())
+                  + (f"; Prefect server {server.api_url} {'started' if server.started else 'reused'}, kept for the "
+                     "next run (--stop-server stops it)" if server is not None else "") + "[/]",
+                  highlight=False)
+    if outcome["error"] is not None or bad or catalogue_problem is not None:
+        if outcome["error"] is not None:
+            msg = str(outcome["error"])
+        elif bad:
+            msg = (f"{unverified} copies not verified, {not_catalogued} scans not catalogued, "
+                   f"{analysis_bad} scans not reduced")
+        else:
+            msg = "the catalogue could not be read, so its datasets are not confirmed"
+        err_console.print(f"[bold red]demo failed:[/] {escape(msg)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def count_datasets(config: Config, ledger: Ledger) -> int:
     """How many of the datasets the ledger holds as catalogued the catalogue shows. Raises CatalogueError (an
     outage: ``CatalogueUnavailable``) when it cannot be asked."""
     from splash_flows.context import build_catalogue
+    from splash_flows.ledger.catalogue import scans_in_state
 
     pids = sorted({r.pid for r in scans_in_state(ledger, ["catalogued"]) if r.pid})
     catalogue = build_catalogue(config)
@@ -102,133 +317,6 @@ def count_datasets(config: Config, ledger: Ledger) -> int:
         close = getattr(catalogue, "close", None)
         if callable(close):
             close()
-
-
-def demo(
-    root: Path = typer.Option(Path("var/demo"), "--root", help="Folder for the demo's tiers, ledger and config."),
-    scans: int = typer.Option(3, "--scans", min=1, max=500, help="How many 7.3.3 acquisitions to simulate."),
-    small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
-    more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
-    catalogue_from: Path | None = typer.Option(
-        None, "--catalogue-from", dir_okay=False,
-        help="Use the catalogue (and dataset facts) of this site configuration, e.g. its SciCat, instead of the "
-        "embedded one; the tiers stay the demo's folders. Passwords must be ${VAR} references there."),
-) -> None:
-    """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
-    with fail_cleanly():
-        root.mkdir(parents=True, exist_ok=True)
-        root = root.resolve()
-        config_path = write_demo_config(root, catalogue_from, small=small)
-        try:
-            config = load_config_file(config_path)
-        except ConfigError as err:
-            if catalogue_from is None:
-                raise
-            raise ConfigError(f"demo --catalogue-from {catalogue_from}: {err}") from None
-        for tier in config.tiers.values():
-            Path(tier.root).mkdir(parents=True, exist_ok=True)
-        console.print(f"[bold]Splash Flows demo[/] in {root}  (config: {config_path.name})")
-
-        from splash_flows.beamlines.bl733.simulator import simulate_acquisitions
-        from splash_flows.context import build_tier
-
-        source = build_tier(config.move.source, config)
-        existing = [st for st in source.walk() if st.path.endswith(".edf")]
-        if existing and not more:
-            console.print(f"{config.move.source}/ already holds {len(existing)} image(s) from an earlier run: "
-                          "moving those again (use --more to acquire new scans)")
-        else:
-            with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
-                simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
-                                      hi_lo_every=3 if scans >= 3 else 0, first_sample="AgBh_cal")
-        files = list(source.walk())
-        paths = [st.path for st in files]
-        total_bytes = sum(st.size for st in files)
-        console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/")
-
-        calibrate_demo(root, config, small=small)
-        prepare_prefect_env(root / ".prefect", quiet=not verbose)
-        from splash_flows.flows.bl733.dispatcher import dispatcher
-
-        ledger = Ledger.open(config.ledger.url_value())
-        outcome: dict[str, BaseException | None] = {"error": None}
-
-        def run() -> None:
-            try:
-                dispatcher(paths=paths, config_path=str(config_path))
-            except BaseException as err:  # noqa: BLE001 - reported below, after the progress display ends
-                outcome["error"] = err
-
-        worker = threading.Thread(target=run, name="dispatcher", daemon=True)
-        started = time.monotonic()
-        worker.start()
-        with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=False) as progress:
-            bars = {t: progress.add_task(t, total=len(paths)) for t in config.move.targets}
-            while True:
-                alive = worker.is_alive()
-                for t, bar in bars.items():
-                    progress.update(bar, completed=ledger.count_verified(t, paths, config.move.source))
-                if not alive:
-                    break
-                time.sleep(0.25)
-        elapsed = time.monotonic() - started
-
-        rows = ledger.status()
-        scan_states = scan_counts(ledger)
-        catalogue_problem = None
-        try:
-            datasets = str(count_datasets(config, ledger))
-        except CatalogueError as err:  # an outage (or refusal) must not cost the summary
-            datasets = "unreachable" if isinstance(err, CatalogueUnavailable) else "unreadable"
-            catalogue_problem = str(err)
-        ledger.close()
-        table = Table(title="demo summary", title_justify="left")
-        table.add_column("tier")
-        table.add_column("verified", justify="right")
-        table.add_column("not verified", justify="right")
-        bad = 0
-        for t in config.move.targets:
-            ok = sum(1 for r in rows if r.path in set(paths) and (c := r.copies.get(t)) and c.state == "verified")
-            bad += len(paths) - ok
-            table.add_row(t, str(ok), str(len(paths) - ok))
-        unverified = bad
-        not_catalogued = scan_states.get("pending_catalogue", 0) + scan_states.get("failed", 0)
-        bad += not_catalogued
-        excluded = f", {scan_states['excluded']} excluded" if scan_states.get("excluded") else ""
-        label = f"{datasets} datasets" if datasets.isdigit() else datasets
-        table.add_row(f"catalogue ({label}{excluded})", f"{scan_states.get('catalogued', 0)} scans",
-                      f"{not_catalogued} scans")
-        try:
-            analysis_bad, analysis_lines = check_demo_analysis(
-                config, paths, tolerance=AGBH_PEAK_TOLERANCE_SMALL if small else AGBH_PEAK_TOLERANCE)
-        except CatalogueError as err:  # the derived datasets cannot be confirmed while the catalogue is down
-            analysis_bad, analysis_lines = 0, [f"analysis: derived datasets not confirmed: {escape(str(err))}"]
-            catalogue_problem = catalogue_problem or str(err)
-        bad += analysis_bad
-        console.print(table)
-        if catalogue_problem is not None:
-            err_console.print(f"[bold yellow]catalogue:[/] {escape(catalogue_problem)}", soft_wrap=True,
-                              highlight=False)
-        if scan_states.get("pending_catalogue"):
-            console.print(f"{scan_states['pending_catalogue']} scan(s) wait for the catalogue (pending_catalogue); "
-                          f"once it is back: splash-flows --config {config_path} catalog retry", soft_wrap=True,
-                          highlight=False)
-        for line in analysis_lines:
-            console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
-                      f"(or: catalog search)", soft_wrap=True, highlight=False)
-        if outcome["error"] is not None or bad or catalogue_problem is not None:
-            if outcome["error"] is not None:
-                msg = str(outcome["error"])
-            elif bad:
-                msg = (f"{unverified} copies not verified, {not_catalogued} scans not catalogued, "
-                       f"{analysis_bad} scans not reduced")
-            else:
-                msg = "the catalogue could not be read, so its datasets are not confirmed"
-            err_console.print(f"[bold red]demo failed:[/] {escape(msg)}", soft_wrap=True)
-            raise typer.Exit(1)
 
 
 #: When the demo's calibration starts: before any simulated acquisition.
@@ -250,6 +338,8 @@ def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
     path = folder / ("agbh-small.poni" if small else "agbh.poni")
     if not path.exists():
         path.write_text(simulated_poni(small), encoding="utf-8")
+    from splash_flows.ledger import Ledger
+
     ledger = Ledger.open(config.ledger.url_value())
     try:
         if not any(c.valid_from == DEMO_CALIBRATION_FROM for c in ledger_an.calibrations(ledger)):

@@ -34,9 +34,15 @@ def init_work_pools(
                                     help="Concurrency limit of each pool created or left without one "
                                          "(prune_733_pool: 1)."),
     name: list[str] = typer.Option([], "--name", help="Deploy only this deployment (repeatable; default: all)."),
+    preview: bool = typer.Option(False, "--preview", help="Print the work pools and deployments this would "
+                                 "create, resolved, as YAML, and change nothing (with --api-url or "
+                                 "$PREFECT_API_URL: also what exists there already)."),
 ) -> None:
     """Wait for the Prefect server, create missing work pools (and set the limits existing ones need), deploy
-    prefect.yaml. Running it twice changes nothing."""
+    prefect.yaml. Running it twice changes nothing. ``--preview`` prints what it would do and changes nothing."""
+    if preview:
+        _preview(api_url, name, concurrency)
+        return
     with fail_cleanly():
         url = resolve_api_url(api_url)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -50,3 +56,23 @@ def init_work_pools(
         if report.unavailable:
             raise OrchestrationError(f"{len(report.unavailable)} deployment(s) not deployed: "
                                      f"{', '.join(report.unavailable)}")
+
+
+def _preview(api_url: str | None, names: list[str], concurrency: int) -> None:
+    """``--preview``: the resolved pools and deployments as YAML on stdout (what Prefect 3.9's ``prefect
+    deploy`` cannot print: it has no ``--output yaml``). Reads the server only when one is given."""
+    import sys
+
+    import yaml
+
+    with fail_cleanly():
+        url = api_url or os.environ.get("PREFECT_API_URL") or None
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("DO_NOT_TRACK", "1")
+        from splash_flows.flows.deploy import preview
+
+        data = preview(names=names or None, concurrency=concurrency, api_url=url.rstrip("/") if url else None)
+    where = f"the server at {url}" if url else "any server (none was contacted)"
+    sys.stdout.write(f"# splash-flows init-work-pools --preview: what would be set up on {where}.\n"
+                     "# Nothing was changed. Run without --preview to create the pools and deploy.\n")
+    sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=10_000))

@@ -1,24 +1,35 @@
 """``splash-flows``: move, verify, catalogue and prune ALS Beamline 7.3.3 data.
 
 Each command is a thin layer over the services; run ``splash-flows COMMAND --help`` for details.
+
+The CLI must answer at once (``--help`` and ``status`` well under half a second), so **importing this module
+imports no heavy library**: no SQLAlchemy, Alembic, pydantic, numpy, Pillow, httpx or Prefect. Typer needs
+each command's *signature* (options, defaults, docstring) to build ``--help``, not its body, so the pattern is:
+
+* One module per command or command group under ``splash_flows/cli/``. At module level it imports only the
+  standard library, ``typer``, ``splash_flows.cli.common`` and ``splash_flows.errors`` (``rich`` parts are
+  fine). Everything else -- the ledger, the services, Prefect, the configuration model -- is imported INSIDE
+  the command function (or the helper it calls); type-only imports go under ``if TYPE_CHECKING:``.
+* Option defaults are literals (or constants of light modules), never attributes of a heavy module.
+* Register the command below, in ``_register_commands``: ``app.command("name")(function)`` for a command,
+  ``app.add_typer(group_app, name="name")`` for a group (``catalog``, ``globus``).
+* ``tests/cli/test_lazy_imports.py`` fails when ``import splash_flows.cli.main`` pulls a heavy module in, and
+  ``bench/cli_latency.py`` measures the result against ``python -c pass`` and ``sqlite3``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
-from splash_flows import __version__
-from splash_flows.cli.catalog import catalog_app
+from splash_flows import CONFIG_ENV_VAR, __version__
 from splash_flows.cli.common import State, console, err_console, fail_cleanly, print_json, state
-from splash_flows.cli.demo import demo
-from splash_flows.cli.globus import globus_app
-from splash_flows.cli.prune import prune
-from splash_flows.cli.status import status
-from splash_flows.cli.watch import watch
-from splash_flows.config import CONFIG_ENV_VAR, Config, redacted_dict
+
+if TYPE_CHECKING:
+    from splash_flows.config import Config
 
 app = typer.Typer(
     name="splash-flows",
@@ -29,9 +40,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
 ledger_app = typer.Typer(help="The ledger (system of record): schema upgrades.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-app.add_typer(ledger_app, name="ledger")
-app.add_typer(globus_app, name="globus")
 
 
 def _version(value: bool) -> None:
@@ -65,7 +73,7 @@ def config_check(
     Also checks that each local tier root exists and is a folder this user can write to, and with a SciCat
     catalogue logs in and asks the server whether the account may create datasets and attach their files
     (exit 1 when anything fails)."""
-
+    from splash_flows.config import redacted_dict
     from splash_flows.services.catalogue_check import check_catalogue
 
     st = state(ctx)
@@ -128,58 +136,46 @@ def ledger_upgrade(ctx: typer.Context) -> None:
         ledger.close()
 
 
-app.command("status")(status)
-app.command("demo")(demo)
-app.add_typer(catalog_app, name="catalog")
-app.command("watch")(watch)
-app.command("prune")(prune)
-
-
-def _register_archive_commands() -> None:
-    """``archive`` and ``restore`` (the tape archive)."""
-    from splash_flows.cli.archive import archive, restore
-
-    app.command("archive")(archive)
-    app.command("restore")(restore)
-
-
-_register_archive_commands()
-def _register_analysis_commands() -> None:
-    """``analyse`` and ``calibration`` (issue 11). pyFAI is imported only when a command runs."""
+def _register_commands() -> None:
+    """Every command and group, in the order ``--help`` lists them. The modules imported here are light (see
+    the module docstring); each command imports what it needs when it runs."""
     from splash_flows.cli.analysis import analyse, calibration_app
-
-    app.command("analyse")(analyse)
-    app.add_typer(calibration_app, name="calibration")
-
-
-_register_analysis_commands()
-
-
-def _register_orchestration_commands() -> None:
-    """Commands that set up and run the Prefect side (init, runner, up, reconcile). Imports are light: each
-    command imports Prefect only when it runs."""
+    from splash_flows.cli.archive import archive, restore
+    from splash_flows.cli.catalog import catalog_app
+    from splash_flows.cli.check import check
+    from splash_flows.cli.demo import demo
+    from splash_flows.cli.globus import globus_app
     from splash_flows.cli.init import init_work_pools
+    from splash_flows.cli.prune import prune
     from splash_flows.cli.reconcile import reconcile
     from splash_flows.cli.runner import runner
+    from splash_flows.cli.serve import alerts, serve
+    from splash_flows.cli.status import status
     from splash_flows.cli.up import up
+    from splash_flows.cli.watch import watch
 
+    app.add_typer(config_app, name="config")
+    app.add_typer(ledger_app, name="ledger")
+    app.add_typer(globus_app, name="globus")
+    app.command("status")(status)
+    app.command("demo")(demo)
+    app.add_typer(catalog_app, name="catalog")
+    app.command("watch")(watch)
+    app.command("prune")(prune)
+    # the Prefect side: set up a server, execute flow runs, the whole local stack, recovery
     app.command("init-work-pools")(init_work_pools)
     app.command("runner")(runner)
     app.command("up")(up)
     app.command("reconcile")(reconcile)
-
-
-_register_orchestration_commands()
-
-
-def _register_operations_commands() -> None:
-    """Commands for running it unattended: the data-safety page, alerts, the credential preflight."""
-    from splash_flows.cli.check import check
-    from splash_flows.cli.serve import alerts, serve
-
+    # the tape archive, the reduction
+    app.command("archive")(archive)
+    app.command("restore")(restore)
+    app.command("analyse")(analyse)
+    app.add_typer(calibration_app, name="calibration")
+    # running it unattended: the data-safety page, alerts, the credential preflight
     app.command("serve")(serve)
     app.command("alerts")(alerts)
     app.command("check")(check)
 
 
-_register_operations_commands()
+_register_commands()

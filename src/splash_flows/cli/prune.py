@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size, print_json, state
-from splash_flows.config import Config
-from splash_flows.context import build_context
 from splash_flows.errors import ConfigError
-from splash_flows.ledger import prune as ledger_prune
-from splash_flows.services import prune as svc
+
+if TYPE_CHECKING:  # imported when a command runs (cli/main.py: the CLI starts without them)
+    from splash_flows.config import Config
+    from splash_flows.services import prune as svc
 
 _RELATIVE = re.compile(r"\+(\d+(?:\.\d+)?)([dh])")
 
@@ -100,6 +99,11 @@ def plan_tables(plan: svc.PrunePlan, tz: ZoneInfo, max_rows: int) -> list[Table]
 
 
 def _do_plan(config: Config, tier: str | None, until_text: str | None, as_json: bool, max_rows: int) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from splash_flows.context import build_context
+    from splash_flows.services import prune as svc
+
     tz = zone(config)
     now = svc.system_clock()
     until = parse_until(until_text, tz, now) if until_text else now
@@ -122,6 +126,12 @@ def _do_plan(config: Config, tier: str | None, until_text: str | None, as_json: 
 
 
 def _do_execute(config: Config, tier: str | None, limit: int, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from splash_flows.context import build_context
+    from splash_flows.ledger import prune as ledger_prune
+    from splash_flows.services import prune as svc
+
     context = build_context(config)
     try:
         tiers = svc.rule_tiers(config, tier)
@@ -190,6 +200,9 @@ def prune(
         elif execute:
             _do_execute(config, tier, limit, as_json)
         else:
+            from splash_flows.context import build_context
+            from splash_flows.services import prune as svc
+
             context = build_context(config)
             try:
                 report = svc.schedule_all(context)

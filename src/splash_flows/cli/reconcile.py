@@ -14,13 +14,15 @@ file to move is refused with one line; a folder that cannot be listed is named a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
 from splash_flows.cli.init import API_URL_HELP, resolve_api_url
-from splash_flows.context import build_context
-from splash_flows.selection import record_refusals
-from splash_flows.services.reconcile import HealReport, heal, plan_reconcile, unfinished
+
+if TYPE_CHECKING:
+    from splash_flows.services.reconcile import HealReport
 
 
 def reconcile(
@@ -34,6 +36,10 @@ def reconcile(
     as_json: bool = typer.Option(False, "--json", help="Print the plan (and run ids) as JSON."),
 ) -> None:
     """Find files not verified on every target (ledger vs. the source tier) and send them through the dispatcher."""
+    from splash_flows.context import build_context
+    from splash_flows.selection import record_refusals
+    from splash_flows.services.reconcile import heal, plan_reconcile, unfinished
+
     with fail_cleanly():
         st = state(ctx)
         config = st.load()

@@ -6,17 +6,17 @@ workers. It serves the deployments ``splash-flows init-work-pools`` created; it 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import typer
 
-from splash_flows.cli.common import err_console, fail_cleanly
+from splash_flows.cli.common import configure_logging, err_console, fail_cleanly, state
 from splash_flows.cli.init import API_URL_HELP, resolve_api_url
 
 
 def runner(
+    ctx: typer.Context,
     api_url: str | None = typer.Option(None, "--api-url", help=API_URL_HELP),
     deployment: list[str] = typer.Option([], "--deployment", "-d",
                                          help="Serve only this deployment of prefect.yaml (repeatable; default: "
@@ -31,8 +31,7 @@ def runner(
         os.environ.setdefault("PREFECT_API_URL", url)
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         os.environ.setdefault("DO_NOT_TRACK", "1")
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(state(ctx).verbose)  # Prefect's polling (httpx) only with --verbose
         from splash_flows.flows.runner import build_runner
 
         served, missing = build_runner(url, deployment or None, limit=limit, poll_seconds=poll)

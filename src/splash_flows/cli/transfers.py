@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from splash_flows.cli.common import console, human_size, print_json
-from splash_flows.ledger import Ledger
-from splash_flows.ledger.transfers import BatchRecord, TransferBatches
+
+if TYPE_CHECKING:
+    from splash_flows.ledger.transfers import BatchRecord
 
 STATUS_STYLE = {"succeeded": "green", "pending": "yellow", "submitted": "yellow", "failed": "bold red",
                 "abandoned": "bold red", "refused": "bold red"}
@@ -49,6 +50,9 @@ def transfers_table(rows: list[BatchRecord]) -> Table:
 
 def show_transfers(ledger_url: str, *, as_json: bool, limit: int = 50) -> None:
     """Print the newest ``limit`` Globus tasks from the ledger at ``ledger_url``."""
+    from splash_flows.ledger import Ledger
+    from splash_flows.ledger.transfers import TransferBatches
+
     ledger = Ledger.open(ledger_url)
     try:
         rows = TransferBatches(ledger).recent(limit)

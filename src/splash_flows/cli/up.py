@@ -42,7 +42,6 @@ import typer
 
 from splash_flows.cli.common import console, err_console, fail_cleanly
 from splash_flows.cli.demo import write_demo_config
-from splash_flows.config import load_config_file
 from splash_flows.errors import OrchestrationError
 from splash_flows.processes import (
     Child,
@@ -115,7 +114,9 @@ class LocalStack:
         self._lock = lock
         self.config_path = self.root / "splash-flows.yaml"
         if not self.config_path.exists():
-            write_demo_config(self.root)
+            write_demo_config(self.root, by="up")
+        from splash_flows.config import load_config_file
+
         config = load_config_file(self.config_path)
         for tier in config.tiers.values():
             Path(tier.root).mkdir(parents=True, exist_ok=True)

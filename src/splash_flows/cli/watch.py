@@ -7,23 +7,13 @@ dispatcher deployment. Exit codes: 0 after a signal, 1 when the watcher failed, 
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import typer
 
-from splash_flows.cli.common import State, console, fail_cleanly, state
+from splash_flows.cli.common import State, configure_logging, console, fail_cleanly, state
 from splash_flows.cli.prefect_env import prepare_prefect_env
-from splash_flows.config import redact_url
-
-
-def configure_logging(verbose: bool) -> None:
-    """INFO lines with a timestamp on stderr (journald keeps them); DEBUG with ``--verbose``."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("watchdog", "httpx", "httpcore", "sqlalchemy", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def watch(
@@ -38,6 +28,7 @@ def watch(
     with fail_cleanly():
         cfg = State(config_path=config or st.config_path).load()
         prepare_prefect_env(Path(os.environ.get("PREFECT_HOME", str(Path.home() / ".prefect"))), quiet=True)
+        from splash_flows.config import redact_url
         from splash_flows.flows.trigger import PrefectDeploymentTrigger
         from splash_flows.ledger import Ledger
         from splash_flows.watcher import Watcher, run_until_signalled

@@ -9,6 +9,7 @@ flows need (``limit_to_set``), deployments are updated in place (same ids, same 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import subprocess
 import time
@@ -235,6 +236,89 @@ def init_work_pools(api_url: str, *, names: Sequence[str] | None = None,
     everything = names is None and not report.unavailable
     report.deployed = deploy(api_url, None if everything else ready, folder=project_file.parent)
     return report
+
+
+def preview(*, project_file: Path = PREFECT_YAML, names: Sequence[str] | None = None,
+            concurrency: int = DEFAULT_POOL_CONCURRENCY, api_url: str | None = None) -> dict[str, Any]:
+    """What ``init_work_pools`` would create and deploy, resolved, changing nothing (Prefect 3.9 has no
+    ``prefect deploy --output yaml``): each work pool with its type and concurrency limit, and each deployment
+    with its flow (imported from the entrypoint, as ``prefect deploy`` does), description, tags, parameters
+    (the flow's defaults overridden by ``prefect.yaml``), work pool and queue, schedules and pull steps.
+
+    With ``api_url`` (a server that answers), each pool and deployment also says whether it exists there
+    already (read-only requests); without one, nothing is contacted.
+    """
+    try:
+        data = yaml.safe_load(project_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{project_file}: cannot read the Prefect project file: {err}") from None
+    specs = read_deployment_specs(project_file)
+    known = {s.name for s in specs}
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise ConfigError(f"{project_file}: no deployment named {', '.join(unknown)} (known: {', '.join(known)})")
+    raw = {str(d["name"]): d for d in data.get("deployments") or []}
+    wanted = [s for s in specs if names is None or s.name in names]
+    limits = pool_limits([s.pool for s in specs], concurrency)
+    pools: list[dict[str, Any]] = [{"name": p, "type": "process", "concurrency_limit": limits[p]}
+                                   for p in dict.fromkeys(s.pool for s in wanted)]
+    deployments: list[dict[str, Any]] = []
+    for spec in wanted:
+        dep = raw[spec.name]
+        out: dict[str, Any] = {"name": spec.name, "entrypoint": spec.entrypoint}
+        params = dict(dep.get("parameters") or {})
+        reason = spec.unavailable_reason()
+        if reason is None:
+            from prefect.flows import load_flow_from_entrypoint
+
+            flow: Any = load_flow_from_entrypoint(spec.entrypoint, use_placeholder_flow=False)
+            defaults = {k: v.get("default") for k, v in flow.parameters.properties.items() if "default" in v}
+            out["flow"] = flow.name
+            out["full_name"] = f"{flow.name}/{spec.name}"
+            params = {**defaults, **params}
+        else:
+            out["available"] = f"no: {reason} (init-work-pools leaves it out)"
+        pool = dep.get("work_pool") or {}
+        out.update({
+            "description": dep.get("description"),
+            "tags": list(dep.get("tags") or []),
+            "parameters": params,
+            "work_pool": {"name": spec.pool, "work_queue_name": pool.get("work_queue_name"),
+                          "job_variables": pool.get("job_variables") or {}},
+            "schedules": list(dep.get("schedules") or []),
+            "pull": copy.deepcopy(dep.get("pull", data.get("pull")) or []),
+        })
+        deployments.append(out)
+    if api_url is not None:
+        _annotate_from_server(api_url, pools, deployments)
+    return {"prefect_version": data.get("prefect-version"), "project_file": str(project_file),
+            "work_pools": pools, "deployments": deployments}
+
+
+def _annotate_from_server(api_url: str, pools: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
+    """Add ``on_server`` to each pool and deployment: what exists at ``api_url`` (read-only)."""
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    wait_for_server(api_url, timeout=10)
+    try:
+        with sync_client(api_url) as client:
+            for pool in pools:
+                try:
+                    found = client.read_work_pool(pool["name"])
+                    pool["on_server"] = (f"exists (type {found.type}, concurrency limit {found.concurrency_limit}); "
+                                         "left as it is")
+                except ObjectNotFound:
+                    pool["on_server"] = "missing: would be created"
+            for dep in deployments:
+                if "full_name" not in dep:
+                    continue
+                try:
+                    client.read_deployment_by_name(dep["full_name"])
+                    dep["on_server"] = "exists: would be updated in place"
+                except ObjectNotFound:
+                    dep["on_server"] = "missing: would be created"
+    except (httpx.HTTPError, PrefectHTTPStatusError) as err:
+        raise OrchestrationError(f"reading work pools and deployments on {api_url} failed: {err}") from None
 
 
 DISPATCHER_DEPLOYMENT = "dispatcher/run_733_dispatcher"

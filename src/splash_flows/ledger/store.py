@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, create_engine, event, func, select, text
+from sqlalchemy import Engine, Select, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +24,12 @@ from splash_flows.config import redact_url
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile, utcnow
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
 T = TypeVar("T")
 
 
@@ -114,6 +116,26 @@ def _event(kind: str, source: SourceRecord | SourceFile | None, tier: str | None
                  tier=tier, kind=kind, detail=detail)
 
 
+def migration_head(versions: Path = MIGRATIONS / "versions") -> str | None:
+    """The single head of the migrations in ``versions``, read from each file's ``revision`` and
+    ``down_revision`` lines without importing Alembic; None when that is not certain (a file without a
+    readable ``revision``, several heads), and the caller then asks Alembic. A test checks it agrees with
+    Alembic's ``ScriptDirectory``."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted(versions.glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        source = path.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(source), _DOWN_REVISION.search(source)
+        if rev is None or down is None:
+            return None
+        revisions.add(rev.group(1))
+        parents.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # isolation_level=None hands transaction control to us, so writers can BEGIN IMMEDIATE (below) and wait
     # on the busy timeout instead of failing with "database is locked" on a read->write upgrade.
@@ -169,19 +191,31 @@ class Ledger:
         self.engine.dispose()
 
     def _alembic_config(self) -> AlembicConfig:
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         return cfg
 
     def head_revision(self) -> str | None:
+        """The newest migration, as Alembic computes it from ``migrations/versions``."""
+        from alembic.script import ScriptDirectory
+
         return ScriptDirectory.from_config(self._alembic_config()).get_current_head()
 
     def current_revision(self) -> str | None:
+        """The revision the database is at (None: no schema yet). One SELECT; Alembic is not imported."""
         try:
             with self.engine.connect() as conn:
-                return MigrationContext.configure(conn).get_current_revision()
+                if not inspect(conn).has_table("alembic_version"):
+                    return None
+                versions = [str(v) for v in conn.scalars(text("SELECT version_num FROM alembic_version"))]
         except OperationalError as err:
             raise LedgerError(f"cannot reach the ledger at {self.describe()}: {err.orig}") from None
+        if len(versions) > 1:
+            raise LedgerError(f"the ledger at {self.describe()} is at several revisions at once ({versions}); "
+                              "run `splash-flows ledger upgrade`")
+        return versions[0] if versions else None
 
     def describe(self) -> str:
         return redact_url(self.engine.url.render_as_string(hide_password=False))
@@ -209,7 +243,15 @@ class Ledger:
             yield
 
     def upgrade(self) -> str | None:
-        """Bring the schema to the newest migration (a no-op when already there). Returns the revision."""
+        """Bring the schema to the newest migration (a no-op when already there). Returns the revision.
+
+        When the database is at the head already (every start but the first after an upgrade), this costs one
+        SELECT and no Alembic import: the head is read from the migration files' ``revision`` lines
+        (``migration_head``), and only a difference brings Alembic in."""
+        if (fast := migration_head()) is not None and self.current_revision() == fast:
+            return fast
+        from alembic import command
+
         head = self.head_revision()
         if self.current_revision() == head:
             return head

@@ -651,9 +651,36 @@ class DatasetFile:
     ledger: LedgerFile | None
 
 
+def short_id(pid: str) -> str:
+    """The part of a pid that tells datasets apart: what follows its last ``/`` (``embedded/<uuid>`` and SciCat's
+    ``<prefix>/<uuid>`` share everything before it). ``catalog search`` shows its first characters."""
+    return pid.rsplit("/", 1)[-1]
+
+
+def get_entry(catalogue: Catalogue, pid: str) -> CatalogueEntry:
+    """The dataset ``pid`` names: a full pid, or the first characters of its ``short_id`` (as ``catalog search``
+    shows them) when they match exactly one dataset. An outage is raised as it is, never taken for "no such pid"."""
+    try:
+        return catalogue.get(pid)
+    except CatalogueUnavailable:
+        raise
+    except CatalogueError as err:
+        if not pid or "/" in pid:
+            raise
+        matches = [e for e in catalogue.search() if short_id(e.pid).startswith(pid)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise CatalogueError(f"{pid!r} matches {len(matches)} datasets ({', '.join(e.pid for e in matches[:3])}"
+                                 f"{', ...' if len(matches) > 3 else ''}); give more characters") from None
+        raise CatalogueError(f"no dataset has the pid {pid!r} or a pid whose last part starts with it "
+                             f"({err})") from None
+
+
 def dataset_files(ctx: Context, pid: str) -> tuple[CatalogueEntry, list[DatasetFile]]:
-    """The catalogue entry of ``pid`` and its files with the ledger's facts (``ledger`` None: unknown to it)."""
-    entry = ctx.catalogue().get(pid)
+    """The catalogue entry of ``pid`` (a full pid or its short form, see ``get_entry``) and its files with the
+    ledger's facts (``ledger`` None: unknown to it)."""
+    entry = get_entry(ctx.catalogue(), pid)
     folder = _folder_of(entry.doc.scan_key)
     by_path = {posixpath.join(folder, f.path) if folder else f.path: f for f in entry.doc.files}
     # a name the ledger cannot hold (not UTF-8, a NUL byte) is in no ledger: the download refuses it by name

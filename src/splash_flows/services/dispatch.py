@@ -107,8 +107,9 @@ def _check(ctx: Context, raw: str) -> str:
 def validate_batch(ctx: Context, paths: Sequence[str]) -> ValidationReport:
     """Split ``paths`` into those the dispatcher may move and those it refuses.
 
-    Every refusal is recorded in the ledger (event ``refused``, the reason in ``detail.reason``) and logged as
-    one WARNING line; duplicates are collapsed. Never raises for a bad path: the rest of the batch goes on.
+    Every refusal is recorded in the ledger (event ``refused``, the reason in ``detail.reason``) and logged at
+    DEBUG; the caller reports them (the dispatcher flow: one summarised WARNING per run, not one line per path
+    and per layer). Duplicates are collapsed. Never raises for a bad path: the rest of the batch goes on.
     """
     report = ValidationReport()
     seen: set[str] = set()
@@ -119,7 +120,7 @@ def validate_batch(ctx: Context, paths: Sequence[str]) -> ValidationReport:
         except TierError as err:  # PathEscapeError, ExportControlledError, SourceMissingError, not a file
             report.refused[raw] = err
             ctx.ledger.record_failed(display_path(raw), source_name, str(err), kind=EventKind.REFUSED)
-            log.warning("%s", err)
+            log.debug("%s", err)
             continue
         if path not in seen:
             seen.add(path)

@@ -136,6 +136,8 @@ class WatcherBase:
         self._claims: dict[str, _Claim] = {}
         self._batches: dict[str, _Batch] = {}
         self._refused: set[tuple[str, str]] = set()
+        self._known_refusals = _recorded_refusals(ledger, self.tier)
+        self._still_refused = 0
         self._recently_dropped: dict[str, float] = {}
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
@@ -185,13 +187,21 @@ class WatcherBase:
         return self.rule.ignored_name(name)
 
     def _refuse(self, rel: str, reason: str, *, record: bool = True) -> None:
-        """One WARNING line (and one ``refused`` ledger event) per path and reason for the life of the process."""
+        """One WARNING line (and one ``refused`` ledger event) per path and reason for the life of the process;
+        a refusal the ledger already holds from before this start is only counted (``_known_refusals``) and
+        summarised in one line after the backfill, not warned again at every restart."""
         key = (rel, reason)
         with self._lock:
             if key in self._refused:
                 return
             self._refused.add(key)
             self._candidates.pop(rel, None)
+            known = key in self._known_refusals
+            self._still_refused += known
+        if known:
+            log.debug("still refused %s:%s: %s", self.tier, rel, reason)
+            self._emit("refused", (rel,), reason=reason)
+            return
         log.warning("refused %s:%s: %s", self.tier, rel, reason)
         if record:
             try:
@@ -239,3 +249,13 @@ class WatcherBase:
         with self._lock:
             return len(self._candidates) + sum(len(b.paths) for b in self._batches.values())
 
+
+def _recorded_refusals(ledger: Ledger, tier: str) -> set[tuple[str, str]]:
+    """(path, reason) of the refusals on ``tier`` the ledger holds (latest reason per path never registered)."""
+    from splash_flows.ledger.overview import refusals
+
+    try:
+        return {(r.path, r.reason) for r in refusals(ledger) if r.tier == tier}
+    except LedgerError as err:
+        log.error("cannot read earlier refusals from the ledger (each is warned again): %s", err)
+        return set()

@@ -63,6 +63,9 @@ class ScanMixin(WatcherBase):
         first_full = not prefix and not self._backfilled
         if not prefix:
             self._backfilled = True
+        if first_full and self._still_refused:
+            log.info("%d path(s) still refused, as before this start (`splash-flows status --all` lists them)",
+                     self._still_refused)
         if found and not prefix:  # a full scan that finds files means events were missed (or the watcher was down)
             log.info("%s found %d file(s) to send in %.1f s", "backfill" if first_full else "rescan", found, seconds)
         else:  # scans of new folders routinely find the files written before their watch was in place

@@ -22,7 +22,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.states import Completed
 
 from splash_flows.context import Context, context_from_path
-from splash_flows.flows.common import _exception_of
+from splash_flows.flows.common import _exception_of, repeated
 from splash_flows.services import catalogue
 from splash_flows.services.reconcile import heal
 
@@ -46,8 +46,9 @@ def catalogue_task(ctx: Context, paths: list[str]) -> catalogue.CatalogueReport:
     logger.info("%s", report.describe())
     pending = report.all_pending()
     if pending:
-        logger.warning("catalogue PENDING for %d scan(s) (the transfers are verified; the ingest is retried "
-                       "later from the ledger): %s", len(pending), _first(pending))
+        repeated.log(logger, "catalogue pending", frozenset(pending.items()),
+                     "catalogue PENDING for %d scan(s) (the transfers are verified; the ingest is retried later "
+                     "from the ledger): %s", len(pending), _first(pending))
     report.raise_for_failures()
     return report
 

@@ -24,8 +24,11 @@ from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
 from splash_flows.flows.bl733.catalogue import pending_state
 from splash_flows.flows.bl733.move import run_move
-from splash_flows.flows.common import batch_run_name, passthrough
+from splash_flows.flows.common import batch_run_name, failed_state, passthrough, repeated
 from splash_flows.services.dispatch import ValidationReport, validate_batch
+
+#: Refused paths named in the dispatcher's log line (all of them are in the ledger and the run's state data).
+REFUSALS_SHOWN = 3
 
 
 def _run_name() -> str:
@@ -67,8 +70,12 @@ def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, An
     ctx = context_from_path(config_path)
     try:
         report = validate_task(passthrough(ctx), paths)
-        for line in report.refusal_lines():
-            logger.warning("%s", line)
+        if report.refused:
+            lines = report.refusal_lines()
+            shown = "; ".join(lines[:REFUSALS_SHOWN]) + (f"; and {len(lines) - REFUSALS_SHOWN} more"
+                                                          if len(lines) > REFUSALS_SHOWN else "")
+            repeated.log(logger, "dispatcher refused", frozenset(lines), "%d path(s) refused (recorded in the "
+                         "ledger; `splash-flows status --all` lists them): %s", len(lines), shown)
         failures: dict[str, SplashFlowsError] = {f"{p} (refused)": e for p, e in report.refused.items()}
         total = len(report.refused)
         summary: dict[str, Any] = {"requested": len(dict.fromkeys(paths)), "valid": len(report.valid),
@@ -87,6 +94,6 @@ def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, An
             summary["analysis"] = _analysis_step(ctx, report.valid, moved_ok=not failures)
     finally:
         ctx.close()
-    if failures:
-        raise BatchError("steps of this dispatch", failures, total=max(total, len(failures)))
+    if failures:  # expected failures: one line in the log and the run state, not a traceback
+        return failed_state(BatchError("steps of this dispatch", failures, total=max(total, len(failures))))
     return pending_state(summary) or summary  # Completed, named CataloguePending, if the catalogue must wait

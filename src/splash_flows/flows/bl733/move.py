@@ -17,7 +17,7 @@ from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
 from splash_flows.flows.bl733.catalogue import catalogue_task, pending_state
 from splash_flows.flows.bl733.prune import schedule_prune_task
-from splash_flows.flows.common import batch_run_name, passthrough, retry_transient
+from splash_flows.flows.common import batch_run_name, failed_state, passthrough, retry_transient
 from splash_flows.ledger import SourceRecord
 from splash_flows.services import move
 
@@ -49,6 +49,8 @@ def new_file_733(paths: list[str], config_path: str | None = None) -> dict[str, 
     ctx = context_from_path(config_path)
     try:
         summary = run_move(ctx, paths)
+    except BatchError as err:  # expected failures: one line in the log and the run state, not a traceback
+        return failed_state(err)
     finally:
         ctx.close()
     return pending_state(summary) or summary  # Completed, named CataloguePending, if the catalogue must wait

@@ -12,10 +12,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from splash_flows.context import Context, context_from_path
-from splash_flows.flows.common import passthrough
+from splash_flows.errors import BatchError
+from splash_flows.flows.common import failed_state, passthrough
 from splash_flows.ledger import SourceRecord
 from splash_flows.services import prune
 
@@ -38,12 +40,15 @@ def _run_name() -> str:
 
 
 @flow(name="prune_733", flow_run_name=_run_name, validate_parameters=True)
-def prune_733(config_path: str | None = None, tier: str | None = None, limit: int = 1000) -> dict[str, Any]:
+def prune_733(config_path: str | None = None, tier: str | None = None,
+              limit: int = 1000) -> dict[str, Any] | State[Any]:
     """Delete what the retention policy says is due now (at most ``limit`` files), re-verifying every copy the
     policy requires first; Failed if any due copy was refused or found at risk."""
     ctx = context_from_path(config_path)
     try:
         return run_prune(ctx, tier=tier, limit=limit)
+    except BatchError as err:  # refused or at-risk copies: one line in the log and the run state
+        return failed_state(err)
     finally:
         ctx.close()
 

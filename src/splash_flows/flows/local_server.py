@@ -1,0 +1,209 @@
+"""A Prefect server kept for one folder (the demo's): started once, reused while it answers, stopped when idle.
+
+Why: a flow called without ``PREFECT_API_URL`` makes Prefect start a *temporary* server for that one process:
+it imports the whole server (about 8 s of CPU here), checks its database migrations and stops again when the
+process exits -- every ``make demo`` paid it, with nothing to copy as well (measured: 22 s of a 40 s demo).
+This module runs the very same server -- Prefect's own ASGI app, in Prefect's ephemeral mode (no UI, only the
+services a temporary server runs), same database under ``PREFECT_HOME`` -- but detached from the demo process,
+so the next demo on the same folder finds it answering and pays nothing. It stops by itself after
+``idle_minutes`` without a demo (``touch``), on ``stop``, or on SIGTERM/SIGINT.
+
+Where things are, under the Prefect home (``DIR/.prefect`` for the demo): ``splash-server.json`` (pid, port,
+API URL of the running server), ``splash-server.log`` (its output), ``splash-server.used`` (touched by every
+use; its age is the idle time) and ``splash-server.lock`` (serialises starting).
+
+Run as ``python -m splash_flows.flows.local_server --home H --port P --idle MINUTES`` (what ``ensure_server``
+starts); nothing else imports Prefect's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from splash_flows.errors import OrchestrationError
+from splash_flows.processes import child_env, free_port, python_argv
+
+INFO_FILE = "splash-server.json"
+LOG_FILE = "splash-server.log"
+USED_FILE = "splash-server.used"
+LOCK_FILE = "splash-server.lock"
+MODULE = "splash_flows.flows.local_server"
+DEFAULT_IDLE_MINUTES = 30.0
+#: What Prefect's own temporary server sets (``prefect.server.api.server.SubprocessASGIServer``).
+EPHEMERAL_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """A kept server: its process id, port and API URL; ``started`` when this call started it."""
+
+    home: Path
+    pid: int
+    port: int
+    started: bool = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+
+def _read_info(home: Path) -> ServerHandle | None:
+    try:
+        data = json.loads((home / INFO_FILE).read_text(encoding="utf-8"))
+        return ServerHandle(home=home, pid=int(data["pid"]), port=int(data["port"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _is_our_server(pid: int) -> bool:
+    """Whether ``pid`` is alive and runs this module (not a process that reused the number)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return MODULE.encode() in cmdline
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """Whether the Prefect API at ``api_url`` answers its health check now."""
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def running_server(home: Path) -> ServerHandle | None:
+    """The kept server of ``home`` if its process is alive (it may still be starting), else None."""
+    info = _read_info(home)
+    return info if info is not None and _is_our_server(info.pid) else None
+
+
+def touch(home: Path) -> None:
+    """Record a use of the server (its idle clock restarts)."""
+    (home / USED_FILE).touch()
+
+
+@contextlib.contextmanager
+def _lock(home: Path) -> Iterator[None]:
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / LOCK_FILE, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_server(home: Path, *, idle_minutes: float = DEFAULT_IDLE_MINUTES) -> ServerHandle:
+    """The kept server of ``home``: the running one, or a new one started now (detached, not waited for: see
+    ``wait_until_healthy``). Two callers at once start one server."""
+    with _lock(home):
+        touch(home)
+        current = running_server(home)
+        if current is not None:
+            return current
+        port = free_port()
+        with open(home / LOG_FILE, "ab") as log:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(
+                python_argv("-m", MODULE, "--home", str(home), "--port", str(port), "--idle", f"{idle_minutes:g}"),
+                env=child_env({"PREFECT_HOME": str(home)}), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True, cwd=home)
+        handle = ServerHandle(home=home, pid=popen.pid, port=port, started=True)
+        (home / INFO_FILE).write_text(json.dumps({"pid": popen.pid, "port": port}), encoding="utf-8")
+        return handle
+
+
+def wait_until_healthy(handle: ServerHandle, timeout: float = 300.0) -> float:
+    """Wait for the server's health check; return the seconds waited. Raises OrchestrationError with the end
+    of its log when the process died or did not answer within ``timeout``."""
+    start = time.monotonic()
+    while not healthy(handle.api_url, timeout=1.0):
+        if not _is_our_server(handle.pid):
+            raise OrchestrationError(f"the demo's Prefect server (pid {handle.pid}) exited; last lines of "
+                                     f"{handle.home / LOG_FILE}:\n{_tail(handle.home / LOG_FILE)}")
+        if time.monotonic() - start > timeout:
+            raise OrchestrationError(f"the demo's Prefect server at {handle.api_url} did not answer in "
+                                     f"{timeout:.0f} s; see {handle.home / LOG_FILE}")
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def stop_server(home: Path, timeout: float = 20.0) -> bool:
+    """Stop the kept server of ``home``; True if one was running."""
+    with _lock(home):
+        handle = running_server(home)
+        if handle is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(handle.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_our_server(handle.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _is_our_server(handle.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            (home / INFO_FILE).unlink()
+        return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cover - runs as its own process
+    """Run Prefect's server app on 127.0.0.1:``port`` until idle for ``idle_minutes`` or signalled."""
+    os.environ.update(EPHEMERAL_ENV)
+    os.environ["PREFECT_HOME"] = str(home)
+    import uvicorn
+
+    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
+                            log_level="error", lifespan="on")
+    server = uvicorn.Server(config)
+
+    def idle_watch() -> None:
+        while not server.should_exit:
+            time.sleep(5)
+            try:
+                idle = time.time() - (home / USED_FILE).stat().st_mtime
+            except OSError:
+                idle = 0.0
+            if idle > idle_minutes * 60:
+                print(f"idle for {idle / 60:.0f} min: stopping", flush=True)
+                server.should_exit = True
+
+    threading.Thread(target=idle_watch, name="idle-watch", daemon=True).start()
+    try:
+        server.run()
+    finally:
+        info = _read_info(home)
+        if info is not None and info.pid == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                (home / INFO_FILE).unlink()
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - runs as its own process
+    ap = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.splitlines()[0])
+    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--idle", type=float, default=DEFAULT_IDLE_MINUTES, help="minutes without use before stopping")
+    args = ap.parse_args(argv)
+    serve(args.home.resolve(), args.port, args.idle)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
