@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
-from splash_flows.config import Config
 from splash_flows.errors import AnalysisError, ConfigError
+
+if TYPE_CHECKING:
+    from splash_flows.config import Config
 
 calibration_app = typer.Typer(help="Detector calibrations (pyFAI PONI files), each valid from a date until the next.",
                               no_args_is_help=True)

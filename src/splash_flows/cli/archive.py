@@ -13,6 +13,7 @@ status 1 naming every file that could not be restored.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -27,8 +28,10 @@ from rich.progress import (
 from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size, print_json, state
-from splash_flows.context import Context, build_context
-from splash_flows.services.archive import service as svc
+
+if TYPE_CHECKING:
+    from splash_flows.context import Context
+    from splash_flows.services.archive import service as svc
 
 
 def plan_table(plan: svc.ArchivePlan) -> Table:
@@ -56,6 +59,9 @@ def archive(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for programs)."),
 ) -> None:
     """Archive files verified on cfs to hpss in verified tar bundles per proposal and beam cycle."""
+    from splash_flows.context import build_context
+    from splash_flows.services.archive import service as svc
+
     if plan == execute:
         err_console.print("[bold red]error:[/] give exactly one of --plan or --execute")
         raise typer.Exit(2)
@@ -82,6 +88,8 @@ def archive(
 
 
 def _execute(context: Context, *, quiet: bool, limit: int | None) -> svc.ArchiveReport:
+    from splash_flows.services.archive import service as svc
+
     if quiet or not console.is_terminal:
         return svc.execute_archive(context, limit=limit)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -107,6 +115,9 @@ def restore(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (for programs)."),
 ) -> None:
     """Restore files from their tape bundles, each verified against the ledger's checksum."""
+    from splash_flows.context import build_context
+    from splash_flows.services.archive import service as svc
+
     with fail_cleanly():
         context = build_context(state(ctx).load())
         try:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
-from splash_flows.config import Config
 
 if TYPE_CHECKING:
+    from splash_flows.config import Config
     from splash_flows.monitoring.alerts import Notifier
 
 log = logging.getLogger(__name__)
