@@ -79,6 +79,11 @@ def status(
     prefix: str = typer.Option("", "--prefix", help="Only files whose path starts with this."),
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
+    limit: int = typer.Option(0, "--limit", min=0, help="At most this many files, in path order (0: all). With "
+                              "--after, pages through millions of files at the cost of one page each."),
+    after: str = typer.Option("", "--after", help="Only files whose path sorts after this one (the last path "
+                              "of the previous page)."),
+    totals: bool = typer.Option(False, "--totals", help="Only the number of copies per tier and state."),
 ) -> None:
     """Show every file the ledger knows: size, checksum, the state of its copy on each tier and its catalogue
     state (catalogued / pending / excluded / failed)."""
@@ -91,13 +96,38 @@ def status(
             return
         ledger = Ledger.open(config.ledger.url_value())
         try:
-            rows = ledger.status(path_prefix=prefix or None)
-            catalogue = file_states(ledger)
+            if totals:
+                counts = ledger.copy_totals()
+            elif limit or after:
+                rows = ledger.status_page(config.move.source, after=after or None, limit=limit or 1_000_000,
+                                          path_prefix=prefix or None)
+                catalogue = file_states(ledger)
+            else:
+                rows = ledger.status(path_prefix=prefix or None)
+                catalogue = file_states(ledger)
         finally:
             ledger.close()
+    if totals:
+        show_totals(counts, as_json=as_json)
+        return
     if as_json:
         print_json(status_json(rows, catalogue))
         return
     tiers = [config.move.source, *config.move.targets]
     tiers += sorted({t for r in rows for t in r.copies} - set(tiers))
     console.print(status_table(rows, tiers, catalogue))
+
+
+def show_totals(counts: dict[str, dict[str, int]], *, as_json: bool) -> None:
+    """``status --totals``: copies per tier and state (``{"tier": {"state": n}}`` with --json)."""
+    if as_json:
+        print_json(counts)
+        return
+    states = sorted({st for per in counts.values() for st in per})
+    table = Table(title="copies per tier and state", title_justify="left")
+    table.add_column("tier")
+    for st in states:
+        table.add_column(f"[{STATE_STYLE.get(st, 'white')}]{st}[/]", justify="right")
+    for tier, per in counts.items():
+        table.add_row(tier, *[f"{per.get(st, 0):,}" for st in states])
+    console.print(table)
