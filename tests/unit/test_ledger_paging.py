@@ -65,7 +65,8 @@ def test_status_cli_pages_and_totals(config_file: Path) -> None:
     finally:
         ledger.close()
     runner = CliRunner()
-    page = runner.invoke(app, ["--config", str(config_file), "status", "--json", "--limit", "2", "--after", "p/f000.edf"])
+    page = runner.invoke(app, ["--config", str(config_file), "status", "--json", "--limit", "2",
+                               "--after", "p/f000.edf"])
     assert page.exit_code == 0, page.output
     assert '"p/f001.edf"' in page.output and '"p/f002.edf"' in page.output and "f003" not in page.output
     totals = runner.invoke(app, ["--config", str(config_file), "status", "--totals", "--json"])
