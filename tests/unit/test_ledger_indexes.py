@@ -35,9 +35,10 @@ EXPECTED: dict[str, list[set[str]]] = {
     "status totals": [{"ix_copies_tier_state_due"}],
     "prune: unscheduled": [{"ix_copies_tier_state_due"}],
     "prune: count due now": [COPIES_BY_TIER],
-    "prune: due page now": [COPIES_BY_TIER | COPIES_BY_FILE],
+    # due pages: an index-only probe (few or many due?), then the page itself, then the files and their copies
+    "prune: due page now": [COPIES_BY_TIER, COPIES_BY_TIER | COPIES_BY_FILE],
     "prune: count due 7 d": [COPIES_BY_TIER],
-    "prune: due page 7 d": [COPIES_BY_TIER | COPIES_BY_FILE, {"files_pkey"}, COPIES_BY_FILE],
+    "prune: due page 7 d": [COPIES_BY_TIER, COPIES_BY_TIER | COPIES_BY_FILE, {"files_pkey"}, COPIES_BY_FILE],
     "reconcile chunk": [FILES_IX, COPIES_BY_FILE | COPIES_BY_TIER],
     # GROUP BY files.id: on 20k rows the planner walks files_pkey in order and filters; at 1M files it probes
     # the path index (docs/PERFORMANCE.md). Either way the copies are reached by file id.
@@ -121,3 +122,24 @@ def test_prefix_match_uses_the_pattern_index_under_a_linguistic_collation(postgr
         assert "ix_files_tier_path_pattern" not in names  # C collation: the unique index serves prefixes already
     finally:
         led.close()
+
+
+def test_due_pages_are_the_same_whichever_way_they_are_read(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``due_files`` reads few due copies through the due-date index, many by walking file ids: same pages."""
+    from datetime import timedelta
+
+    from splash_flows.ledger import prune as ledger_prune
+
+    far = datetime(9999, 1, 1, tzinfo=UTC)
+
+    def pages() -> list[list[int]]:
+        out, after = [], 0
+        while files := ledger_prune.due_files(ledger, tiers=["data733", "lamarr"], until=NOW + timedelta(days=30),
+                                              after_file_id=after, limit=100, claimed_before=far):
+            out.append([f.id for f in files])
+            after = files[-1].id
+        return out
+
+    few = pages()
+    monkeypatch.setattr(ledger_prune, "FEW_DUE", 0)  # every probe now says "many"
+    assert pages() == few and sum(len(p) for p in few) > 100
