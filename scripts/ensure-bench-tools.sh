@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the baselines the benchmarks compare against exist: xxhsum (package xxhash), rclone and rsync.
 # Installs the missing ones with apt-get when we are root; otherwise says which are missing (the benchmarks
-# then skip those baselines and say so). `make test` calls it too: the multi-worker test needs nothing from
-# here, but CI machines then run the bench smoke test with every baseline.
+# then skip those baselines and say so). Called by the `make bench*` targets; no test needs these tools.
 set -euo pipefail
 missing=()
 command -v xxhsum >/dev/null 2>&1 || missing+=(xxhash)
