@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench bench-archive bench-cli bench-demo clean install screenshots wheel
+.PHONY: demo test lint typecheck bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,27 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed  ## measure our verified copy against cp + a checksum tool, our reduction against bare pyFAI
+bench: $(VENV)/.installed  ## our verified copy against cp + xxhsum, rclone and rsync (large and small files); our reduction against bare pyFAI
+	bash scripts/ensure-bench-tools.sh
 	$(BIN)/python bench/move_throughput.py
+	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
 	$(BIN)/python bench/reduce.py
+
+bench-small: $(VENV)/.installed  ## the small-file burst: bare copy and the deployed stack, with every baseline
+	bash scripts/ensure-bench-tools.sh
+	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
+	$(BIN)/python bench/detect_to_safe.py --singles 0
+
+bench-scale: $(VENV)/.installed  ## a million files: the watcher's scans and reconcile --dry-run against find
+	$(BIN)/python bench/scale.py --dir /dev/shm/splash-scale --clean
+
+bench-ledger: $(VENV)/.installed  ## 1M files / 10M copies on PostgreSQL: every status, prune, reconcile query
+	bash scripts/ensure-postgres.sh
+	$(BIN)/python bench/ledger_scale.py --markdown var/ledger_scale.md
+
+bench-workers: $(VENV)/.installed  ## two process workers, one killed mid-burst: the full 2,000 files
+	bash scripts/ensure-postgres.sh
+	SPLASH_BURST_FILES=2000 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/integration/test_multi_worker.py
 
 bench-archive: $(VENV)/.installed  ## bundle + verify 2 GB to the local tape tier vs tar -cf + xxhsum
 	bash scripts/ensure-xxhash.sh

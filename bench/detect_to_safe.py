@@ -9,6 +9,9 @@ Measures, in one run:
   to the last verification, and per-file p50/p99 (ledger ``verified_at`` minus close time).
 - the bare verified copy of the same burst files (``services.move.move_files`` in this process, into fresh
   target folders and a fresh ledger): the floor the stack is compared with. Reported: the ratio.
+- the baselines a user would pick, on the same burst files in the same run (``cp -p`` x2 + ``sync`` +
+  ``xxhsum``, ``rclone copy`` x2 + ``sync``, ``rsync -a`` x2 + ``sync``; see ``move_throughput.py``): every
+  ratio bare/baseline and stack/baseline is printed.
 
 Trigger: ``--trigger deployment`` (default) creates the runs by deployment name, as the watcher does, without
 the watcher's quiet period (add that period -- 2 s by default -- to the single-file figures for the full
@@ -46,6 +49,9 @@ from splash_flows.flows.deploy import trigger_deployment
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
 from splash_flows.services.move import move_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from move_throughput import BASELINES, run_baselines  # the one definition of the baselines
 
 TARGETS = ("lamarr", "cfs")
 
@@ -246,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
             cpu_after = cpu_seconds(procs)
             cpu = {k: round(cpu_after[k] - cpu_before.get(k, 0.0), 2) for k in cpu_after}
             bare = bare_copy(stack.root, paths)
+            base_root = stack.root / "baselines"
+            shutil.rmtree(base_root, ignore_errors=True)
+            base_root.mkdir()
+            os.symlink(data733 / "burst", base_root / "data733")  # the burst's files only
+            baselines = run_baselines(base_root, [p.removeprefix("burst/") for p in paths],
+                                      say=lambda line: print(line, flush=True))
             results["burst"] = {
                 "files": len(paths), "bytes_each": args.burst_size, "runs": len(runs) or None,
                 "batch_size": args.batch_size, "writing_s": last_close - first_close,
@@ -253,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                 "p50_s": statistics.median(lat), "p99_s": percentile(lat, 99),
                 "bare_move_files_s": bare, "ratio_total_vs_bare": total / bare if bare else None,
                 "cpu_s_during_burst": cpu,
+                "baselines_s": baselines,
+                "ratio_bare_vs_baseline": {k: bare / v for k, v in baselines.items()},
+                "ratio_total_vs_baseline": {k: total / v for k, v in baselines.items()},
+                "load": os.getloadavg()[0],
             }
     finally:
         ledger.close()
@@ -271,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  CPU seconds used during the burst: {b['cpu_s_during_burst']}")
         print(f"  bare move_files of the same files: {b['bare_move_files_s']:.2f} s -> ratio "
               f"{b['ratio_total_vs_bare']:.2f}x")
+        for name, secs in b["baselines_s"].items():
+            print(f"  {BASELINES[name][1]}: {secs:.2f} s -> bare/{name} {b['ratio_bare_vs_baseline'][name]:.2f}x, "
+                  f"stack/{name} {b['ratio_total_vs_baseline'][name]:.2f}x")
+        print(f"  load average at the end: {b['load']:.1f} on {os.cpu_count()} cores")
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     name = f"detect_to_safe-{args.executor}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"

@@ -112,8 +112,7 @@ class Copy(Base):
 
     __tablename__ = "copies"
     __table_args__ = (UniqueConstraint("file_id", "tier", name="uq_copies_file_tier"),
-                      Index("ix_copies_tier_state", "tier", "state"),
-                      Index("ix_copies_tier_prune_due", "tier", "prune_due_at"))
+                      Index("ix_copies_tier_state_due", "tier", "state", "prune_due_at"))  # 0003_scale_indexes
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
@@ -213,7 +212,7 @@ class CatalogueScan(Base):
 
     __tablename__ = "catalogue_scans"
     __table_args__ = (UniqueConstraint("source_tier", "scan_key", name="uq_catalogue_scans_key"),
-                      Index("ix_catalogue_scans_state", "state"))
+                      Index("ix_catalogue_scans_state_updated", "state", "updated_at", "id"))  # 0003
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source_tier: Mapped[str] = mapped_column(String(64))

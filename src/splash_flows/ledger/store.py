@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from sqlalchemy import Engine, Select, create_engine, event, func, inspect, select, text
+from sqlalchemy import Engine, Select, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -306,22 +306,49 @@ class Ledger:
     def _register_sources(self, tier: str, sources: Sequence[NewSource]) -> list[SourceRecord]:
         now = utcnow()
         with self.session() as sess:
-            return [self._register_in(sess, tier, s, now) for s in sources]
+            known: dict[str, SourceFile] = {}
+            for chunk in in_chunks(list(dict.fromkeys(s.path for s in sources))):
+                q = select(SourceFile).where(SourceFile.source_tier == tier, SourceFile.path.in_(chunk))
+                known.update({r.path: r for r in sess.scalars(q)})
+            fresh: dict[str, int] = {}  # path -> index of its first occurrence, for paths never seen
+            for i, new in enumerate(sources):
+                if new.path not in known:
+                    fresh.setdefault(new.path, i)
+            if fresh:
+                self._insert_new_sources(sess, tier, [sources[i] for i in fresh.values()], now)
+                q = select(SourceFile).where(SourceFile.source_tier == tier)
+                for chunk in in_chunks(list(fresh)):
+                    known.update({r.path: r for r in sess.scalars(q.where(SourceFile.path.in_(chunk)))})
+            out = []
+            for i, new in enumerate(sources):
+                row = known[new.path]
+                if fresh.get(new.path) == i:
+                    out.append(_record(row))
+                else:
+                    out.append(self._register_in(sess, tier, new, now, row))
+            return out
 
     @staticmethod
-    def _register_in(sess: Session, tier: str, new: NewSource, now: datetime) -> SourceRecord:
-        path, size, mtime, checksum_alg, checksum = new
-        row = sess.scalars(_source_query(tier, path)).first()
-        if row is None:
-            row = SourceFile(source_tier=tier, path=path, size=size, mtime=mtime, checksum_alg=checksum_alg,
-                             checksum=checksum, detected_at=now, updated_at=now)
-            sess.add(row)
-            sess.flush()
-            sess.add(Copy(file_id=row.id, tier=tier, state=CopyState.VERIFIED, size=size, checksum=checksum,
-                          verified_at=now, updated_at=now))
-            detail = {"size": size, "mtime": mtime, "checksum_alg": checksum_alg, "checksum": checksum}
-            sess.add(_event(EventKind.DETECTED, row, tier, detail, at=now))
-            return _record(row)
+    def _insert_new_sources(sess: Session, tier: str, sources: Sequence[NewSource], now: datetime) -> None:
+        """Insert never-seen sources, their verified source-tier copies and ``detected`` events as three
+        multi-row INSERTs (the per-object ORM path cost more than the disk for small files)."""
+        result = sess.execute(
+            insert(SourceFile).returning(SourceFile.path, SourceFile.id, sort_by_parameter_order=True),
+            [{"source_tier": tier, "path": s.path, "size": s.size, "mtime": s.mtime, "checksum_alg": s.checksum_alg,
+              "checksum": s.checksum, "detected_at": now, "updated_at": now} for s in sources])
+        ids = {path: file_id for path, file_id in result}
+        sess.execute(insert(Copy), [
+            {"file_id": ids[s.path], "tier": tier, "state": CopyState.VERIFIED, "size": s.size,
+             "checksum": s.checksum, "verified_at": now, "updated_at": now} for s in sources])
+        sess.execute(insert(Event), [
+            {"at": now, "file_id": ids[s.path], "path": s.path, "tier": tier, "kind": EventKind.DETECTED,
+             "detail": {"size": s.size, "mtime": s.mtime, "checksum_alg": s.checksum_alg, "checksum": s.checksum}}
+            for s in sources])
+
+    @staticmethod
+    def _register_in(sess: Session, tier: str, new: NewSource, now: datetime, row: SourceFile) -> SourceRecord:
+        """A known source seen again: unchanged -> its record; changed -> a new version (see register_source)."""
+        _path, size, mtime, checksum_alg, checksum = new
         if (row.size, row.mtime, row.checksum_alg, row.checksum) == (size, mtime, checksum_alg, checksum):
             return _record(row)
         sess.add(_event(EventKind.SOURCE_CHANGED, row, tier, at=now, detail={
@@ -400,22 +427,30 @@ class Ledger:
     def _record_verified_many(self, tier: str, copies: Sequence[VerifiedCopy]) -> None:
         now = utcnow()
         with self.session() as sess:
-            ids = [c.source.id for c in copies]
-            existing: dict[int, Copy] = {}
-            for chunk in in_chunks(ids):
-                q = select(Copy).where(Copy.tier == tier, Copy.file_id.in_(chunk))
-                existing.update({c.file_id: c for c in sess.scalars(q)})
+            existing: dict[int, int] = {}
+            for chunk in in_chunks([c.source.id for c in copies]):
+                q = select(Copy.file_id, Copy.id).where(Copy.tier == tier, Copy.file_id.in_(chunk))
+                existing.update({file_id: copy_id for file_id, copy_id in sess.execute(q)})
+            values = {"state": CopyState.VERIFIED, "verified_at": now, "error": None, "updated_at": now}
+            updates: dict[int, dict[str, Any]] = {}
+            inserts: dict[int, dict[str, Any]] = {}
+            events: list[dict[str, Any]] = []
             for v in copies:
-                copy = existing.get(v.source.id)
-                if copy is None:
-                    copy = existing[v.source.id] = Copy(file_id=v.source.id, tier=tier, updated_at=now)
-                    sess.add(copy)
-                copy.state, copy.size, copy.checksum, copy.verified_at, copy.error, copy.updated_at = (
-                    CopyState.VERIFIED, v.size, v.checksum, now, None, now)
+                row = {**values, "size": v.size, "checksum": v.checksum}
+                if v.source.id in existing:
+                    updates[v.source.id] = {"id": existing[v.source.id], **row}
+                else:
+                    inserts[v.source.id] = {"file_id": v.source.id, "tier": tier, **row}
                 base = {"checksum_alg": v.source.checksum_alg, "checksum": v.checksum, "size": v.size, **v.detail}
                 kinds = [EventKind.SKIPPED] if v.skipped else [EventKind.COPIED, EventKind.VERIFIED]
-                for kind in kinds:
-                    sess.add(_event(kind, v.source, tier, base, at=now))
+                events += [{"at": now, "file_id": v.source.id, "path": v.source.path, "tier": tier, "kind": kind,
+                            "detail": base} for kind in kinds]
+            # multi-row statements: one UPDATE by primary key, one INSERT each for new copies and for events
+            if updates:
+                sess.execute(update(Copy), list(updates.values()))
+            if inserts:
+                sess.execute(insert(Copy), list(inserts.values()))
+            sess.execute(insert(Event), events)
 
     def record_failed(self, path: str, tier: str, reason: str, *, source: SourceRecord | None = None,
                       kind: EventKind = EventKind.FAILED) -> None:
@@ -451,19 +486,46 @@ class Ledger:
     # ------------------------------------------------------------------------------------------ reading
 
     def status(self, *, source_tier: str | None = None, path_prefix: str | None = None) -> list[FileStatus]:
-        """Every known file with the state of each copy, ordered by path."""
+        """Every known file with the state of each copy, ordered by path (``status_page`` for a page of them)."""
         with self.session() as sess:
             q = select(SourceFile).order_by(SourceFile.path)
             if source_tier:
                 q = q.where(SourceFile.source_tier == source_tier)
             if path_prefix:
                 q = q.where(SourceFile.path.startswith(path_prefix, autoescape=True))
-            files = list(sess.scalars(q))
-            copies: dict[int, dict[str, CopyInfo]] = {}
-            for c in sess.scalars(select(Copy)):
+            return self._with_copies(sess, list(sess.scalars(q)))
+
+    def status_page(self, source_tier: str, *, after: str | None = None, limit: int = 100,
+                    path_prefix: str | None = None) -> list[FileStatus]:
+        """At most ``limit`` files of ``source_tier`` whose path sorts after ``after``, in path order, with their
+        copies: keyset paging on the (source_tier, path) index, so page 10,000 costs what page 1 costs."""
+        with self.session() as sess:
+            q = select(SourceFile).where(SourceFile.source_tier == source_tier)
+            if after is not None:
+                q = q.where(SourceFile.path > after)
+            if path_prefix:
+                q = q.where(SourceFile.path.startswith(path_prefix, autoescape=True))
+            q = q.order_by(SourceFile.path).limit(limit)
+            return self._with_copies(sess, list(sess.scalars(q)))
+
+    @staticmethod
+    def _with_copies(sess: Session, files: list[SourceFile]) -> list[FileStatus]:
+        copies: dict[int, dict[str, CopyInfo]] = {}
+        for chunk in in_chunks([f.id for f in files]):
+            for c in sess.scalars(select(Copy).where(Copy.file_id.in_(chunk))):
                 copies.setdefault(c.file_id, {})[c.tier] = _copy_info(c)
-            return [FileStatus(f.path, f.source_tier, f.size, f.checksum_alg, f.checksum, f.detected_at,
-                               dict(sorted(copies.get(f.id, {}).items()))) for f in files]
+        return [FileStatus(f.path, f.source_tier, f.size, f.checksum_alg, f.checksum, f.detected_at,
+                           dict(sorted(copies.get(f.id, {}).items()))) for f in files]
+
+    def copy_totals(self) -> dict[str, dict[str, int]]:
+        """How many copies each tier holds in each state (``status --totals``): one grouped count over the
+        (tier, state) index, however many rows the ledger has."""
+        with self.session() as sess:
+            out: dict[str, dict[str, int]] = {}
+            for tier, st, n in sess.execute(select(Copy.tier, Copy.state, func.count())
+                                            .group_by(Copy.tier, Copy.state)):
+                out.setdefault(tier, {})[st] = int(n)
+            return {t: dict(sorted(v.items())) for t, v in sorted(out.items())}
 
     def count_verified(self, tier: str, paths: Sequence[str], source_tier: str) -> int:
         """How many of ``paths`` are verified on ``tier`` (for progress display)."""

@@ -40,7 +40,7 @@ from splash_flows.ledger.archive import BundleRecord, MemberRecord
 from splash_flows.ledger.store import Ledger
 from splash_flows.paths import safe_join
 from splash_flows.tiers.archive import ArchiveTierBase, BundleProgress, BundleWritten, ListedMember, compare_listing
-from splash_flows.tiers.base import CopyItem, CopyResult, FileStat, Tier
+from splash_flows.tiers.base import FileStat, Tier
 from splash_flows.tiers.local import PART_MARK, LocalTier, _hostname
 
 MANIFEST_SUFFIX = ".manifest.json"
@@ -196,7 +196,7 @@ class LocalArchiveTier(ArchiveTierBase):
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TransferError(f"bundle {bundle.name}: cannot create folder: {err.strerror}", tier=self.name) from None
-        LocalTier._remove_stale_parts(final)
+        LocalTier._remove_stale_parts(final.parent, {final.name})
         tmp = final.with_name(f".{final.name}{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}.part")
         try:
             self._write_tar(source, bundle, tmp, progress)
@@ -273,16 +273,55 @@ class LocalArchiveTier(ArchiveTierBase):
         except FileNotFoundError:
             raise SourceMissingError("file not found", tier=source.name, path=m.source_path) from None
         try:
-            st = os.fstat(src_fd)
-            LocalTier._remove_stale_parts(final)
-            cb = (lambda _p, n: progress(m.source_path, n)) if progress else None
-            result = self._files._write_verified(src_fd, st, final, CopyItem(bundle.name, m.checksum, m.size),
-                                                 source, cb, True)
+            LocalTier._remove_stale_parts(final.parent, {final.name})
+            size = self._copy_alone(src_fd, final, m.source_path, m.checksum, source, progress)
         finally:
             os.close(src_fd)
-        assert isinstance(result, CopyResult)
-        return BundleWritten(result.size, str(final), {"verified": "copied alone (hsi cput), re-read and "
+        return BundleWritten(size, str(final), {"verified": "copied alone (hsi cput), re-read and "
                                                                    "checksummed"})
+
+    def _copy_alone(self, src_fd: int, final: Path, path: str, checksum: str, source: Tier,
+                    progress: BundleProgress | None) -> int:
+        """A file archived alone: written under a temporary name while hashed, mtime kept, fsynced, dropped from
+        the page cache and re-read from the device, compared with the ledger's checksum, then renamed and its
+        folder fsynced. Returns its size; a changed source or a copy that does not verify raises (no file left)."""
+        st = os.fstat(src_fd)
+        tmp = final.with_name(f".{final.name}{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}.part")
+        hasher = new_hasher(self._files.checksum_alg)
+        try:
+            with open(tmp, "xb") as out:
+                while chunk := os.read(src_fd, CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    if progress:
+                        progress(path, len(chunk))
+                out.flush()
+                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(out.fileno())
+            if hasher.hexdigest() != checksum:
+                raise SourceChangedError(f"source checksum {hasher.hexdigest()} differs from the ledger's {checksum}",
+                                         tier=source.name, path=path)
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                again = new_hasher(self._files.checksum_alg)
+                while chunk := os.read(fd, CHUNK):
+                    again.update(chunk)
+            finally:
+                os.close(fd)
+            if again.hexdigest() != checksum:
+                raise VerificationError(f"copy checksum {again.hexdigest()} != {checksum}; copy discarded",
+                                        tier=self.name, path=path)
+            os.rename(tmp, final)
+            LocalTier._fsync_dir(final.parent)
+        except OSError as err:
+            raise TransferError(f"cannot archive {path} alone: {err.strerror or err}", tier=self.name,
+                                path=path) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return st.st_size
 
     def restore(self, bundle: BundleRecord, members: Sequence[MemberRecord], dest: Path) -> list[Path]:
         out: list[Path] = []

@@ -15,15 +15,18 @@ symlinks. A folder that cannot be listed and an entry that cannot be stat'ed are
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
 import stat as stat_mod
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from splash_flows.checksum import CHUNK, new_hasher
 from splash_flows.errors import (
@@ -47,6 +50,55 @@ from splash_flows.tiers.base import (
 )
 
 PART_MARK = ".splash-part-"
+# fsyncs in flight at once in the durability phase: threads wait on the disk, not the CPU, and the file system
+# commits concurrent fsyncs together (measured: docs/PERFORMANCE.md)
+SYNC_THREADS = 32
+SMALL_BUFFER = 256 * 1024
+_T = TypeVar("_T")
+_buffers = threading.local()
+
+
+def _buffer(size: int) -> bytearray:
+    """A read buffer for a file of ``size`` bytes, reused by the calling thread: small files do not pay for
+    allocating (and zeroing) a 4 MiB buffer each time they are read."""
+    attr = "small" if size < SMALL_BUFFER else "large"
+    buf: bytearray | None = getattr(_buffers, attr, None)
+    if buf is None:
+        buf = bytearray(SMALL_BUFFER if attr == "small" else CHUNK)
+        setattr(_buffers, attr, buf)
+    return buf
+
+
+def _folder_of(tier: LocalTier, folder: str, cache: dict[str, Path | TierError]) -> Path:
+    """``tier``'s absolute path of the tier-relative ``folder`` ("" = the root), checked once per batch to
+    resolve inside the root (``safe_join``: a symlinked folder pointing outside is refused)."""
+    if folder not in cache:
+        try:
+            cache[folder] = safe_join(tier.root, folder, tier=tier.name) if folder else tier.root
+        except TierError as err:
+            cache[folder] = err
+    found = cache[folder]
+    if isinstance(found, TierError):
+        raise type(found)(found.bare_message, tier=found.tier)
+    return found
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@dataclass
+class _Staged:
+    """A file written under its temporary name, not yet durable nor verified, and the result it will have."""
+
+    tmp: Path
+    dst: Path
+    result: CopyResult
 
 
 def _hostname() -> str:
@@ -244,62 +296,141 @@ class LocalTier:
             raise TierError(f"a local tier cannot copy from a {source.kind} tier ({source.name})", tier=self.name)
         source.check_root()
         self.check_root()
+        return self._copy_batch(source, items, progress)
 
-        def one(item: CopyItem) -> CopyOutcome:
-            return self.copy_one(source, item, progress, sync_folder=False)
+    def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None) -> CopyOutcome:
+        """Copy and verify one file (a batch of one); return its result or the typed error (never raises
+        TierError)."""
+        return self._copy_batch(source, [item], progress)[0]
 
-        if len(items) <= 1 or self.concurrency == 1:
-            outcomes = [one(item) for item in items]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
-                                    thread_name_prefix=f"copy-{self.name}") as pool:
-                outcomes = list(pool.map(one, items))
-        return self._sync_folders(outcomes)
+    def _copy_batch(self, source: LocalTier, items: Sequence[CopyItem],
+                    progress: ProgressCallback | None) -> list[CopyOutcome]:
+        """The verified copy of a batch, in phases, so that what is paid per batch is paid once per batch:
 
-    def _sync_folders(self, outcomes: list[CopyOutcome]) -> list[CopyOutcome]:
-        """fsync each folder that received a renamed copy, once per batch rather than once per file, before any
-        result is returned (and so before the ledger calls a copy verified). A folder that cannot be synced
-        turns its files' results into errors."""
-        folders: dict[Path, OSError | None] = {}
-        for out in outcomes:
-            if isinstance(out, CopyResult) and not out.skipped:
-                folders.setdefault(self.path(out.path).parent, None)
-        for folder in folders:
-            try:
-                self._fsync_dir(folder)
-            except OSError as err:
-                folders[folder] = err
-        failed = {f: e for f, e in folders.items() if e is not None}
-        if not failed:
-            return outcomes
-        result: list[CopyOutcome] = []
-        for out in outcomes:
-            cause = failed.get(self.path(out.path).parent) if isinstance(out, CopyResult) and not out.skipped else None
-            result.append(out if cause is None or not isinstance(out, CopyResult) else TransferError(
-                f"folder fsync failed after rename: {_reason(cause)}", tier=self.name, path=out.path))
-        return result
+        1. stage (``concurrency`` threads): copy each source to a temporary ``.part`` name while hashing it,
+           check the source did not change; folders are created and stale parts removed once per folder;
+        2. durable: fsync every staged file, in many threads at once (the file system commits concurrent
+           fsyncs together, so a batch costs a few journal commits instead of one per file);
+        3. verify (``concurrency`` threads): drop each file's now-clean pages and re-read it from the device;
+        4. rename the verified files to their final names, then fsync each folder once (and the parent of
+           every folder this batch created).
 
-    def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None, *,
-                 sync_folder: bool = True) -> CopyOutcome:
-        """Copy and verify one file; return its result or the typed error (never raises TierError).
-        ``sync_folder=False`` leaves the folder fsync to the caller (``copy_from`` does it once per folder)."""
+        No final name is written before its bytes are durable and verified; a failure at any phase turns that
+        item into its typed error and removes its temporary file; ``kill -9`` leaves only ``.part`` files
+        (removed by the next copy of the same name). Outcomes are returned only after phase 4, so the ledger
+        never records a copy whose name is not durable.
+        """
+        outcomes: list[CopyOutcome | None] = [None] * len(items)
+        resolved: dict[int, tuple[Path, Path]] = {}
+        staged: dict[int, _Staged] = {}
+        created: set[Path] = set()
         try:
-            return self._copy_one(source, item, progress, sync_folder)
+            folders = self._prepare_folders(source, items, outcomes, resolved, created)
+
+            def stage(i: int) -> tuple[int, CopyOutcome | _Staged]:
+                return i, self._stage_one(source, items[i], *resolved[i], folders, progress)
+
+            todo = [i for i, out in enumerate(outcomes) if out is None]
+            for i, res in self._map(stage, todo, self.concurrency, "copy"):
+                if isinstance(res, _Staged):
+                    staged[i] = res
+                else:
+                    outcomes[i] = res
+            self._sync_staged(staged, outcomes)
+            self._verify_staged(staged, outcomes)
+            renamed: list[int] = []
+            for i in sorted(staged):
+                st_item = staged.pop(i)
+                try:
+                    os.rename(st_item.tmp, st_item.dst)
+                except OSError as err:
+                    _unlink_quietly(st_item.tmp)
+                    outcomes[i] = TransferError(f"rename failed: {_reason(err)}", tier=self.name,
+                                                path=st_item.result.path)
+                    continue
+                outcomes[i] = st_item.result
+                renamed.append(i)
+            self._sync_folders(outcomes, {i: resolved[i][1].parent for i in renamed}, created)
+        finally:
+            for left in staged.values():  # an unexpected error or interrupt: no temporary file outlives us
+                _unlink_quietly(left.tmp)
+        return [out if out is not None else TransferError("not attempted", tier=self.name, path=item.path)
+                for out, item in zip(outcomes, items, strict=True)]
+
+    @staticmethod
+    def _map(fn: Callable[[int], _T], todo: list[int], threads: int, prefix: str) -> list[_T]:
+        if len(todo) <= 1 or threads <= 1:
+            return [fn(i) for i in todo]
+        with ThreadPoolExecutor(max_workers=min(threads, len(todo)), thread_name_prefix=prefix) as pool:
+            return list(pool.map(fn, todo))
+
+    def _prepare_folders(self, source: LocalTier, items: Sequence[CopyItem], outcomes: list[CopyOutcome | None],
+                         resolved: dict[int, tuple[Path, Path]], created: set[Path]) -> dict[Path, TierError | None]:
+        """Resolve every source and destination path once (into ``resolved``), then once per destination folder:
+        create it (remembering which folders this batch created, for their parents' fsync) and remove ``.part``
+        files of this batch's names left by dead processes on this host. Items that cannot be resolved get
+        their error in ``outcomes``."""
+        by_folder: dict[Path, set[str]] = {}
+        src_folders: dict[str, Path | TierError] = {}
+        dst_folders: dict[str, Path | TierError] = {}
+        for i, item in enumerate(items):
+            try:
+                clean = normalize_relpath(item.path, tier=source.name)
+                parent, _, name = clean.rpartition("/")
+                src = _folder_of(source, parent, src_folders) / name
+                dst = _folder_of(self, parent, dst_folders) / name
+            except TierError as err:
+                outcomes[i] = err
+                continue
+            resolved[i] = (src, dst)
+            by_folder.setdefault(dst.parent, set()).add(dst.name)
+        folders: dict[Path, TierError | None] = {}
+        for folder, names in by_folder.items():
+            try:
+                self._make_folder(folder, created)
+            except OSError as err:
+                folders[folder] = TransferError(f"cannot create folder: {_reason(err)}", tier=self.name)
+                continue
+            folders[folder] = None
+            self._remove_stale_parts(folder, names)
+        return folders
+
+    def _make_folder(self, folder: Path, created: set[Path]) -> None:
+        missing: list[Path] = []
+        current = folder
+        while not current.is_dir():
+            missing.append(current)
+            if current.parent == current:
+                break
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue  # a concurrent copy made it: not ours to sync (its own batch does)
+            created.add(path)
+
+    def _stage_one(self, source: LocalTier, item: CopyItem, src_path: Path, dst_path: Path,
+                   folders: dict[Path, TierError | None], progress: ProgressCallback | None) -> CopyOutcome | _Staged:
+        try:
+            return self._stage(source, item, src_path, dst_path, folders, progress)
         except TierError as err:
             return err
         except OSError as err:
             return TransferError(f"{_reason(err)} (copying from {source.name})", tier=self.name, path=item.path)
 
-    def _copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None,
-                  sync_folder: bool) -> CopyResult:
-        src_path = source.path(item.path)
-        dst_path = self.path(item.path)
+    def _stage(self, source: LocalTier, item: CopyItem, src_path: Path, dst_path: Path,
+               folders: dict[Path, TierError | None], progress: ProgressCallback | None) -> CopyOutcome | _Staged:
         try:
-            src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC)
+            # the folder was checked to lie inside the root; a symlink as the last component is checked here
+            src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SourceMissingError("file not found", tier=source.name, path=item.path) from None
         except OSError as err:
-            raise TransferError(f"cannot open source: {_reason(err)}", tier=source.name, path=item.path) from None
+            if err.errno != errno.ELOOP:
+                raise TransferError(f"cannot open source: {_reason(err)}", tier=source.name,
+                                    path=item.path) from None
+            src_fd = self._open_symlinked_source(source, item)
         try:
             st = os.fstat(src_fd)
             if not stat_mod.S_ISREG(st.st_mode):
@@ -309,23 +440,36 @@ class LocalTier:
                 if progress:
                     progress(item.path, st.st_size)
                 return existing
-            self._remove_stale_parts(dst_path)
-            return self._write_verified(src_fd, st, dst_path, item, source, progress, sync_folder)
+            folder_err = folders.get(dst_path.parent)
+            if folder_err is not None:
+                raise TransferError(folder_err.bare_message, tier=self.name, path=item.path)
+            return self._write_part(src_fd, st, dst_path, item, source, progress)
         finally:
             os.close(src_fd)
+
+    @staticmethod
+    def _open_symlinked_source(source: LocalTier, item: CopyItem) -> int:
+        """Open a source that is a symlink, after checking it resolves inside the source root."""
+        target = source.path(item.path)  # PathEscapeError when it points outside
+        try:
+            return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SourceMissingError("file not found (dangling symlink)", tier=source.name, path=item.path) from None
+        except OSError as err:
+            raise TransferError(f"cannot open source: {_reason(err)}", tier=source.name, path=item.path) from None
 
     def _matching_destination(self, dst_path: Path, size: int, item: CopyItem, source: LocalTier,
                               src_fd: int) -> CopyResult | None:
         """If the destination already holds these bytes, the verified result without writing anything."""
         try:
-            dst_st = os.stat(dst_path)
+            dst_st = os.lstat(dst_path)  # a symlink is never taken for a copy: it is replaced by the real file
         except FileNotFoundError:
             return None
         if not stat_mod.S_ISREG(dst_st.st_mode) or dst_st.st_size != size:
             return None
         src_sum = item.checksum or self._hash_fd(src_fd)
         try:
-            with open(dst_path, "rb", buffering=0) as fh:
+            with open(dst_path, "rb", buffering=0, opener=_nofollow) as fh:
                 dst_sum = self._hash_fd(fh.fileno())
         except OSError as err:
             raise TransferError(f"cannot read existing copy: {_reason(err)}", tier=self.name, path=item.path) from None
@@ -341,15 +485,13 @@ class LocalTier:
                                         path=item.path) from None
         return CopyResult(item.path, size, dst_st.st_mtime, dst_sum, skipped=True, source_checksum=src_sum)
 
-    def _write_verified(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem,
-                        source: LocalTier, progress: ProgressCallback | None, sync_folder: bool) -> CopyResult:
-        try:
-            dst_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TransferError(f"cannot create folder: {_reason(err)}", tier=self.name, path=item.path) from None
+    def _write_part(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem, source: LocalTier,
+                    progress: ProgressCallback | None) -> _Staged:
+        """Phase 1 for one file: the source's bytes under a temporary name, hashed as read, mtime kept. Not yet
+        durable nor verified; the caller owns the temporary file from here (and removes it on any failure)."""
         tmp = dst_path.with_name(f".{dst_path.name}{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}.part")
         hasher = new_hasher(self.checksum_alg)
-        buf = bytearray(CHUNK)
+        buf = _buffer(st.st_size)
         view = memoryview(buf)
         try:
             dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -357,10 +499,9 @@ class LocalTier:
             raise TransferError(f"cannot create {tmp.name}: {_reason(err)}", tier=self.name, path=item.path) from None
         try:
             try:
-                os.lseek(src_fd, 0, os.SEEK_SET)
                 total = 0
                 while True:
-                    n = os.readv(src_fd, [buf])
+                    n = os.preadv(src_fd, [buf], total)
                     if n == 0:
                         break
                     chunk = view[:n]
@@ -377,9 +518,8 @@ class LocalTier:
                         f"source changed while copying (size {st.st_size} -> {after.st_size}, read {total})",
                         tier=source.name, path=item.path)
                 os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.fsync(dst_fd)
-                if self.verify_from_disk and hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(dst_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                if self.preserve_mode:  # the source's permission bits, as `cp -p` (made durable with the data)
+                    os.fchmod(dst_fd, stat_mod.S_IMODE(st.st_mode))
             except OSError as err:
                 raise TransferError(f"write failed: {_reason(err)}", tier=self.name, path=item.path) from None
             finally:
@@ -389,36 +529,94 @@ class LocalTier:
                 raise SourceChangedError(
                     f"source checksum {src_sum} differs from the ledger's {item.checksum}: the source changed "
                     f"after it was registered", tier=source.name, path=item.path)
-            try:
-                with open(tmp, "rb", buffering=0) as fh:
-                    dst_sum = self._hash_fd(fh.fileno())
-            except OSError as err:
-                raise TransferError(f"cannot re-read the copy: {_reason(err)}", tier=self.name,
-                                    path=item.path) from None
-            if dst_sum != src_sum:
-                raise VerificationError(f"copy checksum {dst_sum} != source {src_sum}; copy discarded",
-                                        tier=self.name, path=item.path)
-            try:
-                if self.preserve_mode:
-                    os.chmod(tmp, stat_mod.S_IMODE(st.st_mode))
-                os.rename(tmp, dst_path)
-                if sync_folder:
-                    self._fsync_dir(dst_path.parent)
-            except OSError as err:
-                raise TransferError(f"rename failed: {_reason(err)}", tier=self.name, path=item.path) from None
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _unlink_quietly(tmp)
             raise
-        return CopyResult(item.path, st.st_size, st.st_mtime, dst_sum, skipped=False, source_checksum=src_sum)
+        return _Staged(tmp, dst_path, CopyResult(item.path, st.st_size, st.st_mtime, src_sum, skipped=False,
+                                                 source_checksum=src_sum))
+
+    def _sync_staged(self, staged: dict[int, _Staged], outcomes: list[CopyOutcome | None]) -> None:
+        """Phase 2: fsync every staged file, many at once. A file that cannot be made durable is dropped."""
+
+        def sync(i: int) -> tuple[int, OSError | None]:
+            try:
+                fd = os.open(staged[i].tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                return i, err
+            return i, None
+
+        for i, err in self._map(sync, sorted(staged), SYNC_THREADS, "fsync"):
+            if err is not None:
+                bad = staged.pop(i)
+                _unlink_quietly(bad.tmp)
+                outcomes[i] = TransferError(f"fsync failed: {_reason(err)}", tier=self.name, path=bad.result.path)
+
+    def _verify_staged(self, staged: dict[int, _Staged], outcomes: list[CopyOutcome | None]) -> None:
+        """Phase 3: re-read every durable staged file (from the device when ``verify_from_disk``: its pages are
+        clean now, so dropping them works) and compare with the hash taken while reading the source."""
+
+        def verify(i: int) -> tuple[int, TierError | None]:
+            st_item = staged[i]
+            path = st_item.result.path
+            try:
+                fd = os.open(st_item.tmp, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if self.verify_from_disk and hasattr(os, "posix_fadvise"):
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    dst_sum = self._hash_fd(fd)
+                finally:
+                    os.close(fd)
+            except OSError as err:
+                return i, TransferError(f"cannot re-read the copy: {_reason(err)}", tier=self.name, path=path)
+            if dst_sum != st_item.result.source_checksum:
+                return i, VerificationError(f"copy checksum {dst_sum} != source {st_item.result.source_checksum};"
+                                            f" copy discarded", tier=self.name, path=path)
+            return i, None
+
+        for i, err in self._map(verify, sorted(staged), self.concurrency, "verify"):
+            if err is not None:
+                bad = staged.pop(i)
+                _unlink_quietly(bad.tmp)
+                outcomes[i] = err
+
+    def _sync_folders(self, outcomes: list[CopyOutcome | None], renamed: dict[int, Path], created: set[Path]) -> None:
+        """Phase 4b: fsync each folder that received a renamed copy, once per batch, and the parent of every
+        folder this batch created (so the new folder's own name is durable), before any result is returned
+        (and so before the ledger calls a copy verified). A folder that cannot be synced turns the results
+        of the files under it into errors."""
+        folders: dict[Path, OSError | None] = dict.fromkeys(renamed.values())
+        parents = {p.parent for p in created}
+        for folder in sorted(set(folders) | parents, key=lambda p: len(p.parts), reverse=True):
+            try:
+                self._fsync_dir(folder)
+            except OSError as err:
+                folders[folder] = err
+        failed = {f: e for f, e in folders.items() if e is not None}
+        if not failed:
+            return
+        for i, folder in renamed.items():
+            out = outcomes[i]
+            assert isinstance(out, CopyResult)
+            cause = failed.get(folder) or next(
+                (failed[p.parent] for p in created if p.parent in failed and (p == folder or p in folder.parents)),
+                None)
+            if cause is not None:
+                outcomes[i] = TransferError(f"folder fsync failed after rename: {_reason(cause)}", tier=self.name,
+                                            path=out.path)
 
     def _hash_fd(self, fd: int) -> str:
         hasher = new_hasher(self.checksum_alg)
-        buf = bytearray(CHUNK)
+        size = os.fstat(fd).st_size
+        buf = _buffer(size)
         view = memoryview(buf)
-        os.lseek(fd, 0, os.SEEK_SET)
-        while n := os.readv(fd, [buf]):
+        offset = 0
+        while n := os.preadv(fd, [buf], offset):
             hasher.update(view[:n])
+            offset += n
         return hasher.hexdigest()
 
     @staticmethod
@@ -430,17 +628,21 @@ class LocalTier:
             os.close(fd)
 
     @staticmethod
-    def _remove_stale_parts(dst_path: Path) -> None:
-        """Remove ``.part`` files of this name left by a dead process on this host (after a kill -9)."""
-        prefix = f".{dst_path.name}{PART_MARK}{_hostname()}-"
+    def _remove_stale_parts(folder: Path, names: set[str]) -> None:
+        """Remove ``.part`` files of ``names`` in ``folder`` left by a dead process on this host (after a
+        kill -9). One listing per folder and batch."""
+        mark = f"{PART_MARK}{_hostname()}-"
         try:
-            names = os.listdir(dst_path.parent)
+            entries = os.listdir(folder)
         except FileNotFoundError:
             return
-        for name in names:
-            if not (name.startswith(prefix) and name.endswith(".part")):
+        for entry in entries:
+            if not (entry.startswith(".") and mark in entry and entry.endswith(".part")):
                 continue
-            pid_text = name[len(prefix):].split("-", 1)[0]
+            name, _, rest = entry[1:].partition(mark)
+            if name not in names:
+                continue
+            pid_text = rest.split("-", 1)[0]
             if not pid_text.isdigit():
                 continue
             try:
@@ -450,8 +652,7 @@ class LocalTier:
                 pass
             except PermissionError:
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(dst_path.parent / name)
+            _unlink_quietly(folder / entry)
 
     # ------------------------------------------------------------------------------------------ delete
 

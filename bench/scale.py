@@ -1,0 +1,223 @@
+"""Benchmark: a million files -- the watcher's scans and ``reconcile --dry-run`` against ``find`` on one tree.
+
+Builds a nested tree of ``--files`` files (default 1,000,000: proposal / day / scan folders of 100 files), then
+measures, each in a fresh process (wall time and peak resident memory):
+
+* ``find``           -- ``find ROOT -type f -printf '%s %T@ %P\\n'``: names, sizes and mtimes, what our scans read;
+* backfill scan      -- the watcher's startup scan (``Watcher.rescan("")``) with an empty ledger: every file is new
+                        and becomes a candidate (kept in memory until its batch is written to the outbox);
+* periodic rescan    -- the same scan with the ledger holding every file verified on both targets (the steady
+                        state: nothing to send; memory should not grow with the tree);
+* reconcile dry run  -- ``splash-flows reconcile --dry-run --json --min-age 0`` on the same ledger.
+
+The ledger (SQLite, the default) is filled directly with one row per file and its three verified copies, as
+the move would have left them. File contents never matter to a scan (it reads names and ``stat``), so files are
+empty unless ``--size`` says otherwise. Aims: scans <= 2x ``find``; memory not growing with the tree beyond
+the ledger's index. Prints a table and a JSON line; ``--dir`` on tmpfs (``/dev/shm``) measures the scan's own
+cost when the disk is shared and busy (file creation on a loaded disk costs milliseconds per file).
+
+    python bench/scale.py --dir /dev/shm/splash-scale            # 1,000,000 files
+    python bench/scale.py --files 100000 --dir /tmp/scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PER_FOLDER = 100
+MTIME0 = 1_767_225_600  # 2026-01-01
+
+
+def rel_of(i: int) -> str:
+    return (f"ALS-{i // 100_000:05d}/day_{(i // 10_000) % 10:02d}/scan_{(i // PER_FOLDER) % 100:03d}/"
+            f"frame_{i:07d}.edf")
+
+
+def build_tree(root: Path, files: int, size: int) -> float:
+    start = time.monotonic()
+    payload = b"\0" * size
+    made: set[str] = set()
+    for i in range(files):
+        rel = rel_of(i)
+        folder = rel.rsplit("/", 1)[0]
+        if folder not in made:
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        path = f"{root}/{rel}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if payload:
+                os.write(fd, payload)
+        finally:
+            os.close(fd)
+        os.utime(path, (MTIME0 + i, MTIME0 + i))
+        if i and i % 100_000 == 0:
+            print(f"  {i:,} files ...", flush=True)
+    (root / ".complete").write_text(str(files))
+    return time.monotonic() - start
+
+
+def write_config(work: Path, tree: Path) -> Path:
+    from splash_flows.config import default_config_data
+
+    data = default_config_data(work / "site")
+    data["tiers"]["data733"]["root"] = str(tree)
+    data["ledger"]["url"] = f"sqlite:///{work / 'ledger.db'}"
+    for name, tier in data["tiers"].items():
+        if name != "data733":
+            Path(tier["root"]).mkdir(parents=True, exist_ok=True)
+    path = work / "splash-flows.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def fill_ledger(db: Path, files: int, size: int) -> float:
+    """Every file registered and verified on data733, lamarr and cfs (what a completed move leaves)."""
+    start = time.monotonic()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    now = "2026-01-02 00:00:00.000000"
+    with conn:
+        conn.execute("DELETE FROM copies")
+        conn.execute("DELETE FROM files")
+        conn.executemany(
+            "INSERT INTO files (id, source_tier, path, size, mtime, checksum_alg, checksum, detected_at, updated_at) "
+            "VALUES (?, 'data733', ?, ?, ?, 'xxh3_128', ?, ?, ?)",
+            ((i + 1, rel_of(i), size, float(MTIME0 + i), f"{i:032x}", now, now) for i in range(files)))
+        conn.executemany(
+            "INSERT INTO copies (file_id, tier, state, size, checksum, verified_at, updated_at) "
+            "VALUES (?, ?, 'verified', ?, ?, ?, ?)",
+            ((i + 1, tier, size, f"{i:032x}", now, now) for i in range(files) for tier in ("data733", "lamarr", "cfs")))
+    conn.close()
+    return time.monotonic() - start
+
+
+def measure(argv: list[str], *, stdout: Any = subprocess.DEVNULL) -> dict[str, Any]:
+    """Run ``argv`` in a fresh child; its wall time and peak RSS (through a tiny wrapper that reports both)."""
+    wrapper = ("import json,resource,subprocess,sys,time;t=time.monotonic();"
+               "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
+               "print(json.dumps({'rc':r.returncode,'s':time.monotonic()-t,"
+               "'maxrss_kb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    out = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"{argv[:3]} exited {result['rc']}: {out.stderr[-2000:]}")
+    return result
+
+
+SCAN = """
+import json, sys, time, resource
+from pathlib import Path
+from splash_flows.config import load_config_file
+from splash_flows.ledger import Ledger
+from splash_flows.watcher import Watcher
+
+class Nothing:
+    def trigger(self, paths, idempotency_key):
+        raise AssertionError("the scan alone never triggers")
+
+config = load_config_file(Path(sys.argv[1]))
+ledger = Ledger.open(config.ledger.url_value())
+watcher = Watcher(config, ledger, Nothing())
+start = time.monotonic()
+found = watcher.rescan("")
+print(json.dumps({"found": found, "scan_s": time.monotonic() - start,
+                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
+"""
+
+
+def run_scan(config: Path) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", SCAN, str(config)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"scan failed: {proc.stderr[-3000:]}")
+    line = [x for x in proc.stderr.strip().splitlines() if x.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(line)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=1_000_000)
+    ap.add_argument("--size", type=int, default=0, help="bytes per file (default 0: scans never read contents)")
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/splash-scale"), help="scratch folder (kept for reuse)")
+    ap.add_argument("--clean", action="store_true", help="remove the scratch folder at the end")
+    args = ap.parse_args(argv)
+
+    work = args.dir.resolve()
+    tree = work / f"tree-{args.files}"
+    results: dict[str, Any] = {"files": args.files, "dir": str(work), "cores": os.cpu_count()}
+    marker = tree / ".complete"
+    if not (marker.exists() and marker.read_text() == str(args.files)):
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        print(f"building {args.files:,} files under {tree} ...", flush=True)
+        results["build_s"] = build_tree(tree, args.files, args.size)
+    marker.unlink()  # not a data file: the scans must see exactly the tree
+    try:
+        config = write_config(work, tree)
+        db = work / "ledger.db"
+        for leftover in work.glob("ledger.db*"):
+            leftover.unlink()
+
+        load0 = os.getloadavg()[0]
+        find = measure(["find", str(tree), "-type", "f", "-printf", "%s %T@ %P\n"])
+        print(f"find: {find['s']:.2f} s, {find['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+
+        from splash_flows.ledger import Ledger
+
+        Ledger.open(f"sqlite:///{db}").close()  # schema
+        backfill = run_scan(config)
+        print(f"backfill scan (empty ledger): {backfill['scan_s']:.2f} s, found {backfill['found']:,}, "
+              f"{backfill['self_maxrss_kb'] / 1024:.0f} MiB", flush=True)
+
+        results["ledger_fill_s"] = fill_ledger(db, args.files, args.size)
+        rescan = run_scan(config)
+        print(f"periodic rescan (all verified): {rescan['scan_s']:.2f} s, found {rescan['found']:,}, "
+              f"{rescan['self_maxrss_kb'] / 1024:.0f} MiB", flush=True)
+        find2 = measure(["find", str(tree), "-type", "f", "-printf", "%s %T@ %P\n"])
+        reconcile = measure([sys.executable, "-m", "splash_flows", "--config", str(config), "reconcile",
+                             "--dry-run", "--json", "--min-age", "0"])
+        print(f"reconcile --dry-run: {reconcile['s']:.2f} s, {reconcile['maxrss_kb'] / 1024:.0f} MiB", flush=True)
+        baseline = min(find["s"], find2["s"])
+        results.update({
+            "find_s": baseline, "find_maxrss_mib": find["maxrss_kb"] / 1024,
+            "backfill_s": backfill["scan_s"], "backfill_found": backfill["found"],
+            "backfill_maxrss_mib": backfill["self_maxrss_kb"] / 1024,
+            "rescan_s": rescan["scan_s"], "rescan_found": rescan["found"],
+            "rescan_maxrss_mib": rescan["self_maxrss_kb"] / 1024,
+            "reconcile_dry_run_s": reconcile["s"], "reconcile_maxrss_mib": reconcile["maxrss_kb"] / 1024,
+            "ledger_db_mib": db.stat().st_size / 2**20,
+            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+        })
+        print(f"\n{args.files:,} files ({work}); load {load0:.1f} -> {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} cores")
+        print(f"| work | time | vs find | peak memory |\n|---|---|---|---|\n"
+              f"| find -type f -printf size,mtime,path | {baseline:.2f} s | 1.00 | "
+              f"{find['maxrss_kb'] / 1024:.0f} MiB |")
+        for name, key, mem in (("backfill scan (empty ledger)", "backfill_s", "backfill_maxrss_mib"),
+                               ("periodic rescan (all verified)", "rescan_s", "rescan_maxrss_mib"),
+                               ("reconcile --dry-run (whole CLI)", "reconcile_dry_run_s", "reconcile_maxrss_mib")):
+            print(f"| {name} | {results[key]:.2f} s | {results[key] / baseline:.2f} | {results[mem]:.0f} MiB |")
+        print(json.dumps({"bench": "scale", **{k: round(v, 2) if isinstance(v, float) else v
+                                               for k, v in results.items()}}))
+    finally:
+        marker.write_text(str(args.files))
+        if args.clean:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
