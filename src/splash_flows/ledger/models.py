@@ -77,6 +77,8 @@ class EventKind(StrEnum):
     PRUNED = "pruned"                    # a copy was deleted; ``detail`` holds the evidence that allowed it
     PRUNE_REFUSED = "prune_refused"      # a due copy was not deleted because a check failed; ``detail`` says why
     AT_RISK = "at_risk"                  # a copy the ledger held verified failed its re-check
+    REPAIRED = "repaired"                # an at_risk copy re-copied from a verified copy and verified again
+    VERIFY_RUN = "verify_run"            # one ``reconcile --verify`` pass: what it checked and found (counts)
 
 
 class Base(DeclarativeBase):
