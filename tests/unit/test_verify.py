@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -172,3 +173,34 @@ def test_cli_reconcile_verify_reports_repairs_and_exits_one_when_a_copy_stays_at
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 1
     assert "at risk lamarr:" in result.stdout and "stay at_risk" in result.stderr
+
+
+def test_named_lock_serialises_find_then_create_across_processes(ctx: Context) -> None:
+    """Two processes hold one name at once: the second waits for the first (the fix for the race the fault
+    matrix found: two concurrent catalogue steps each creating a dataset for one scan)."""
+    import multiprocessing
+
+    url = ctx.config.ledger.url_value()
+    mp = multiprocessing.get_context("fork")
+    q: Any = mp.Queue()
+    procs = [mp.Process(target=_hold, args=(url, "catalogue:data733:ALS-1/scan_0001", q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    spans = sorted(q.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    assert spans[0][1] <= spans[1][0]  # the second got the lock only after the first let go
+
+
+def _hold(url: str, name: str, q: Any) -> None:
+    import time
+
+    from splash_flows.ledger import Ledger
+
+    ledger = Ledger.open(url)
+    with ledger.named_lock(name):
+        start = time.monotonic()
+        time.sleep(0.5)
+        end = time.monotonic()
+    q.put((start, end))
+    ledger.close()
