@@ -303,7 +303,8 @@ def prefix_filter(prefix: str) -> Any:
 
 
 def complete(ctx: Context, work: Workload) -> tuple[bool, str]:
-    """Every written file verified on every target and every scan catalogued or excluded (the ledger says)."""
+    """Every written file verified on every target, every scan catalogued or excluded, every verified copy on a
+    tier with a retention rule given its due date (the ledger's invariant, as the ledger says)."""
     with ctx.ledger.session() as sess:
         verified = dict(sess.execute(
             select(Copy.tier, func.count()).join(SourceFile, SourceFile.id == Copy.file_id)
@@ -311,10 +312,13 @@ def complete(ctx: Context, work: Workload) -> tuple[bool, str]:
             .group_by(Copy.tier)).all())
         scans = Counter(sess.scalars(select(CatalogueScan.state).where(
             CatalogueScan.scan_key.startswith(work.prefix + "/"))))
+        undated = sess.scalar(select(func.count()).select_from(Copy).join(SourceFile, SourceFile.id == Copy.file_id)
+                              .where(prefix_filter(work.prefix), Copy.state == CopyState.VERIFIED,
+                                     Copy.tier.in_(list(ctx.config.retention.rules)), Copy.prune_due_at.is_(None)))
     n = len(work.files)
     cat_open = sum(v for k, v in scans.items() if k not in ("catalogued", "excluded"))
-    ok = all(verified.get(t, 0) == n for t in TARGETS) and cat_open == 0 and bool(scans)
-    return ok, f"verified {verified} of {n}; scans {dict(scans)}"
+    ok = all(verified.get(t, 0) == n for t in TARGETS) and cat_open == 0 and bool(scans) and not undated
+    return ok, f"verified {verified} of {n}; scans {dict(scans)}; {undated} copies without a due date"
 
 
 def audit(ctx: Context, site: Site, work: Workload, out: Outcome, *, pruned_ok: Callable[[Event], bool]) -> None:
@@ -493,7 +497,8 @@ def _bit_flip(site: Site, rng: random.Random, work: Workload, out: Outcome) -> N
         if found != sorted([("lamarr", a), ("cfs", b)]):
             out.problems.append(f"reconcile --verify repaired {found}, expected lamarr:{a} and cfs:{b}")
         execute_prune(ctx, tier="data733", clock=lambda: later)
-    out.said = f"prune refused data733:{a} (lamarr at_risk); verify repaired lamarr:{a}, cfs:{b}"
+    out.said = (f"prune refused data733:{Path(a).name} (lamarr at_risk); verify repaired lamarr:{Path(a).name}, "
+                f"cfs:{Path(b).name}")
 
 
 def _clock_jump(site: Site, rng: random.Random, work: Workload, out: Outcome) -> None:
@@ -625,19 +630,19 @@ def _global_event(site: Site, kind: str) -> bool:
 def _pruned_ok(ctx: Context, e: Event, fault: str) -> bool:
     """A deletion is allowed only in the bit-flip run (prune at a time the policy makes due), and only when no
     copy of that file was at risk before it (no at_risk event for the file earlier than the deletion without
-    a repair in between)."""
+    a repair of that copy in between)."""
     if fault != "bit_flip" or e.tier != "data733":
         return False
     with ctx.ledger.session() as sess:
-        kinds = [k for (k,) in sess.execute(select(Event.kind).where(Event.path == e.path, Event.id < e.id)
-                                            .order_by(Event.id))]
-    open_risk = 0
-    for k in kinds:
+        kinds = [(k, t) for k, t in sess.execute(select(Event.kind, Event.tier).where(
+            Event.path == e.path, Event.id < e.id).order_by(Event.id))]
+    risk: dict[str | None, bool] = {}
+    for k, tier in kinds:
         if k == EventKind.AT_RISK:
-            open_risk += 1
+            risk[tier] = True
         elif k == EventKind.REPAIRED:
-            open_risk = max(0, open_risk - 1)
-    return open_risk == 0
+            risk[tier] = False
+    return not any(risk.values())
 
 
 # ---------------------------------------------------------------------------------------------- the table
