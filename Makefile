@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
+.PHONY: demo test lint typecheck faults bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
+
+faults: $(VENV)/.installed  ## the full fault matrix (several seeds per fault, ~270 files each); table in bench/results/faults-full.md
+	bash scripts/ensure-postgres.sh
+	SPLASH_FAULTS=full SPLASH_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 bench: $(VENV)/.installed  ## our verified copy against cp + xxhsum, rclone and rsync (large and small files); our reduction against bare pyFAI
 	bash scripts/ensure-bench-tools.sh

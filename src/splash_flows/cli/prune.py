@@ -143,7 +143,7 @@ def _do_execute(config: Config, tier: str | None, limit: int, as_json: bool) -> 
             def tick(kind: str, tier_name: str, path: str) -> None:
                 progress.update(bar, advance=1, last=f"{kind} {tier_name}:{path}")
 
-            report = svc.execute_prune(context, tier=tier, limit=limit, progress=tick)
+            report = svc.execute_prune(context, tier=tier, limit=limit, progress=tick, check_clock=True)
     finally:
         context.close()
     if as_json:

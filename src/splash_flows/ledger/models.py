@@ -81,6 +81,8 @@ class EventKind(StrEnum):
     ANALYSED = "analysed"                # a scan was reduced (detail: outputs, calibration, backend)
     ANALYSIS_PENDING = "analysis_pending"  # a scan waits for a calibration (detail: reason)
     ANALYSIS_FAILED = "analysis_failed"    # a scan's reduction failed (detail: reason)
+    REPAIRED = "repaired"                # an at_risk copy re-copied from a verified copy and verified again
+    VERIFY_RUN = "verify_run"            # one ``reconcile --verify`` pass: what it checked and found (counts)
 
 
 class Base(DeclarativeBase):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -238,6 +239,37 @@ class Ledger:
                     yield
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(733733)"))
+                    conn.commit()
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def named_lock(self, name: str) -> Iterator[None]:
+        """Serialise one piece of work across every process using this ledger (e.g. find-then-create of one
+        scan's dataset, which two concurrent runs must not both do): a PostgreSQL advisory lock on a hash of
+        ``name`` (two-key form, so it never collides with the migration lock), a byte-range lock in one
+        file next to a SQLite file."""
+        digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=4).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        if self.engine.dialect.name == "sqlite":
+            db = self.engine.url.database
+            if not db or db == ":memory:":
+                yield
+                return
+            with open(f"{db}.locks", "a") as lock:  # one byte-range lock per name (65536 stripes) in one file
+                fcntl.lockf(lock, fcntl.LOCK_EX, 1, key & 0xFFFF)
+                try:
+                    yield
+                finally:
+                    fcntl.lockf(lock, fcntl.LOCK_UN, 1, key & 0xFFFF)
+        elif self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(7330, :k)"), {"k": key})
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(7330, :k)"), {"k": key})
                     conn.commit()
         else:
             yield

@@ -450,11 +450,12 @@ class _Ingest:
         png = self._preview(scan, meta, root) if root is not None else None
         doc = self._document(scan, meta, files, locations)
         cat = self.catalogue
-        entry = cat.find(scan.key)
-        if entry is None or not entry.doc.files:
-            pid = cat.upsert(doc)
-        else:
-            pid = entry.pid
+        # Two runs may catalogue one scan at once (a move and the retry clock, a re-sent batch): the find and
+        # the create happen under a lock per scan held in the ledger, so the second finds the first's dataset.
+        with self.ctx.ledger.named_lock(f"catalogue:{source_tier}:{scan.key}"):
+            entry = cat.find(scan.key)
+            pid = cat.upsert(doc) if entry is None or not entry.doc.files else entry.pid
+        if entry is not None and entry.doc.files:
             listed = {f.path: f for f in entry.doc.files}
             added = sorted(f.path for f in doc.files if f.path not in listed)
             changed = sorted(f.path for f in doc.files if f.path in listed and listed[f.path].chk != f.chk)

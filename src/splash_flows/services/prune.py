@@ -68,7 +68,7 @@ from typing import Any
 from splash_flows.config import Config, RetentionRule
 from splash_flows.context import Context
 from splash_flows.errors import BatchError, ConfigError, PruneRefused, SourceMissingError, SplashFlowsError, TierError
-from splash_flows.ledger import CopyState, SourceRecord
+from splash_flows.ledger import CopyState, EventKind, SourceRecord
 from splash_flows.ledger import catalogue as ledger_cat
 from splash_flows.ledger import prune as lp
 from splash_flows.ledger.prune import Claim, CopySnap, FileSnap
@@ -935,12 +935,24 @@ def update_catalogue(ctx: Context, report: PruneReport) -> None:
 
 def execute_prune(ctx: Context, *, tier: str | None = None, limit: int = 1000, clock: Clock = system_clock,
                   progress: PruneProgress | None = None, owner: str | None = None,
-                  run_batch: Callable[[str, int, int], tuple[PruneReport, int | None]] | None = None) -> PruneReport:
+                  run_batch: Callable[[str, int, int], tuple[PruneReport, int | None]] | None = None,
+                  check_clock: bool = False) -> PruneReport:
     """Prune everything due now (at most ``limit`` files), batch by batch. Does not raise for refusals: call
     ``raise_for_failures`` on the report (it lists every refused copy and every copy found at risk).
 
+    ``check_clock`` (the flow and the CLI, which use the host's clock): first compare "now" with the ledger's
+    clocks (``services.clock_check``) and raise ``PruneRefused`` before any claim when they disagree.
+
     ``run_batch(owner, after_file_id, batch_size)`` replaces the direct ``prune_batch`` call (the Prefect flow
     passes its task here, so each batch is one task run)."""
+    if check_clock:
+        from splash_flows.services.clock_check import check_clock as check
+
+        try:
+            check(ctx.ledger, clock())
+        except PruneRefused as err:
+            ctx.ledger.record_event(EventKind.PRUNE_REFUSED, detail={"reason": str(err), "clock": "refused"})
+            raise
     owner = owner or new_owner()
     total = PruneReport(owner)
     after = 0

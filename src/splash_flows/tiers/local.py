@@ -260,6 +260,29 @@ class LocalTier:
     def url(self, path: str) -> str:
         return str(self.root / normalize_relpath(path, tier=self.name))
 
+    def rehash(self, path: str, on_chunk: Callable[[int], None] | None = None) -> str:
+        """The checksum of the copy as stored on the device: its cached pages are dropped first (when
+        ``verify_from_disk``), so a flipped bit on the disk is not hidden by a clean page cache. ``on_chunk`` is
+        called with each chunk's size (progress, rate limit). Raises ``SourceMissingError`` / ``TierError``."""
+        full = self.path(path)
+        try:
+            with open(full, "rb", buffering=0) as fh:
+                fd = fh.fileno()
+                if self.verify_from_disk and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                hasher = new_hasher(self.checksum_alg)
+                buf = bytearray(CHUNK)
+                view = memoryview(buf)
+                while n := os.readv(fd, [buf]):
+                    hasher.update(view[:n])
+                    if on_chunk is not None:
+                        on_chunk(n)
+                return hasher.hexdigest()
+        except FileNotFoundError:
+            raise SourceMissingError("file not found", tier=self.name, path=path) from None
+        except OSError as err:
+            raise TierError(f"cannot read: {_reason(err)}", tier=self.name, path=path) from None
+
     def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
              problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
         """See ``Tier.walk``. Symlinks are not files of the tier and are left out silently."""

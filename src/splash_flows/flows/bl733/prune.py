@@ -60,7 +60,7 @@ def run_prune(ctx: Context, *, tier: str | None = None, limit: int = 1000) -> di
     def run_batch(owner: str, after_file_id: int, batch_size: int) -> tuple[prune.PruneReport, int | None]:
         return prune_batch_task(passthrough(ctx), owner, tier, after_file_id, batch_size)
 
-    report = prune.execute_prune(ctx, tier=tier, limit=limit, run_batch=run_batch)
+    report = prune.execute_prune(ctx, tier=tier, limit=limit, run_batch=run_batch, check_clock=True)
     logger.info("%s", report.summary())
     report.raise_for_failures()
     return report.as_dict()

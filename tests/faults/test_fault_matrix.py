@@ -1,0 +1,36 @@
+"""The fault matrix: for each fault, a burst of simulated 7.3.3 files (EDF + sidecars, hi/lo sets) written the
+way the detector writes them into a site run by ``splash-flows up``'s processes; the fault at a random point
+drawn from a printed seed; the operator's recovery (``reconcile``); then the audit: nothing lost, duplicated,
+partial or wrongly deleted, and the ledger's event log says what happened. The table is printed at the end.
+
+Replay one row: ``SPLASH_FAULT_SEED=<seed> SPLASH_FAULTS_ONLY=<fault> pytest tests/faults``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import FULL, RESULTS, SCANS, seeds, selected
+from tests.faults.harness import Site, faults, run_fault
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(3600 if FULL else 900)]
+
+CASES = [(name, seed) for name in selected() for seed in seeds()]
+DEADLINE_S = float(os.environ.get("SPLASH_FAULT_DEADLINE", 900.0 if FULL else 300.0))
+
+
+@pytest.mark.parametrize(("name", "seed"), CASES, ids=[f"{n}-{s}" for n, s in CASES])
+def test_fault(name: str, seed: int, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    fault = faults()[name]
+    site: Site = request.getfixturevalue("worker_site" if fault.workers else "runner_site")
+    index = len(RESULTS) + (500 if fault.workers else 0)
+    out = run_fault(site, fault, seed, SCANS, tmp_path / "staging", index, DEADLINE_S)
+    RESULTS.append(out)
+    if out.skipped:
+        pytest.skip(f"{name}: {out.skipped} ({'; '.join(site.notes)})")
+    assert out.clean, (f"{name} (replay: SPLASH_FAULT_SEED={seed} SPLASH_FAULTS_ONLY={name}): lost {out.lost}, "
+                       f"duplicated {out.duplicated}, partial {out.partial}, wrongly deleted {out.wrongly_deleted}; "
+                       + "; ".join(out.problems[:10]) + f"\nsupervision: {site.supervision[-10:]}")
