@@ -15,6 +15,7 @@ the file watcher) never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -33,7 +34,14 @@ SOFTWARE = ("splash-flows", "pyFAI", "numpy", "h5py", "matplotlib", "fabio")
 
 
 def software_versions() -> dict[str, str]:
-    """Installed versions of the software that produced a reduction."""
+    """Installed versions of the software that produced a reduction (a copy; looked up once per process:
+    ``importlib.metadata.version`` parses each package's METADATA, ~10 ms a package, and was called three times
+    per frame)."""
+    return dict(_software_versions())
+
+
+@functools.cache
+def _software_versions() -> dict[str, str]:
     out: dict[str, str] = {}
     for name in SOFTWARE:
         try:
