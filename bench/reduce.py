@@ -112,7 +112,7 @@ def main() -> int:
 
         # ours, the local backend's pool (warmed: each worker builds its integrator on its first frame)
         backend = LocalBackend(scratch, args.workers)
-        backend.run([warm] * args.workers, settings)
+        backend.run([warm] * (args.workers * 3), settings)  # several, so that every worker likely gets one
         started = time.perf_counter()
         pooled = backend.run(timed, settings)
         pool_s = time.perf_counter() - started

@@ -92,3 +92,16 @@ def test_write_all_fsyncs_every_file_before_any_rename(tmp_path: Path, monkeypat
     assert [p.name for p in paths] == outputs.output_names("x", grazing=False)
     assert events == ["fsync"] * 4 + ["rename"] * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outputs.output_names("x", grazing=False))
+
+
+def test_pool_workers_share_the_cores_between_their_openmp_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splash_flows.analysis import worker_init
+
+    assert worker_init.threads_per_worker(2, cores=2) == 1
+    assert worker_init.threads_per_worker(2, cores=8) == 4
+    assert worker_init.threads_per_worker(16, cores=2) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the operator's choice is kept
+    monkeypatch.setattr(worker_init.os, "cpu_count", lambda: 4)
+    worker_init.init_worker(2)
+    assert worker_init.os.environ["OMP_NUM_THREADS"] == "2" and worker_init.os.environ["OPENBLAS_NUM_THREADS"] == "3"
