@@ -125,9 +125,9 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
 
     The layout is pyFAI's ``save_NXcansas`` (same groups, names, attributes and values: SASentry, the pyFAI
     NXprocess with the PONI, SASinstrument / SASdetector / SASsource, SASdata with ``Q``, ``I``, ``Idev`` and
-    pyFAI's sums), written here with h5py in ONE open of an in-memory file (``driver="core"``) flushed to disk
-    once at close: pyFAI's writer plus our second open cost ~190 ms a frame (bench/reduce.py), one small HDF5
-    write per dataset and attribute."""
+    pyFAI's sums; pyFAI's ``integrate`` collection of 12 fields is one JSON NXnote here), written with h5py in
+    ONE open of an in-memory file (``driver="core"``) flushed to disk once at close: pyFAI's writer plus our
+    second open cost ~190 ms a frame (bench/reduce.py), one small HDF5 write per dataset and attribute."""
     import h5py
 
     frame, result = reduction.frame, reduction.result
@@ -172,24 +172,24 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
         poni.attrs["NX_class"] = "NXnote"
         poni["data"] = json.dumps(result.poni.as_dict(), indent=2, default=str)
         poni["format"] = "text/json"
-        integrate = process.create_group("integrate")
-        integrate.attrs["NX_class"] = "NXcollection"
+        integrate = process.create_group("integrate")  # pyFAI's NXcollection of 12 fields, as one JSON note
+        integrate.attrs["NX_class"] = "NXnote"
         method = result.method.method._asdict() if result.method is not None else {}
-        for name, value in (
-            ("polarization_factor", _or_none(result.polarization_factor)),
-            ("normalization_factor", _or_none(result.normalization_factor)),
-            ("has_mask_applied", bool(result.has_mask_applied)),
-            ("has_dark_correction", bool(result.has_dark_correction)),
-            ("has_flat_correction", bool(result.has_flat_correction)),
-            ("has_solidangle_correction", bool(result.has_solidangle_correction)),
-            ("metadata", json.dumps(result.metadata, default=str)),
-            ("method_called", str(result.method_called)),
-            ("compute_engine", str(result.compute_engine)),
-            ("error_model", result.error_model.as_str() if result.error_model is not None else "None"),
-            ("weighted_average", bool(result.weighted_average)),
-            ("integration_method", json.dumps(method, default=str)),
-        ):
-            integrate[name] = value
+        integrate["format"] = "text/json"
+        integrate["data"] = json.dumps({
+            "polarization_factor": _or_none(result.polarization_factor),
+            "normalization_factor": _or_none(result.normalization_factor),
+            "has_mask_applied": bool(result.has_mask_applied),
+            "has_dark_correction": bool(result.has_dark_correction),
+            "has_flat_correction": bool(result.has_flat_correction),
+            "has_solidangle_correction": bool(result.has_solidangle_correction),
+            "metadata": result.metadata,
+            "method_called": str(result.method_called),
+            "compute_engine": str(result.compute_engine),
+            "error_model": result.error_model.as_str() if result.error_model is not None else "None",
+            "weighted_average": bool(result.weighted_average),
+            "integration_method": method,
+        }, indent=1, default=str)
 
         sample = entry.create_group(_h5_name(stem))
         sample.attrs.update({"NX_class": "NXsample", "canSAS_class": "SASsample"})
@@ -367,9 +367,8 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
             draw.text((left - 6, y), _tick_label(value), fill=_INK, font=small, anchor="rm")
         xs = px(lq)
         band = np.concatenate([np.column_stack([xs, py(hi_band)]), np.column_stack([xs, py(lo_band)])[::-1]])
-        draw.polygon([tuple(p) for p in band.tolist()], fill=_BAND)
-        draw.line([tuple(p) for p in np.column_stack([xs, py(np.log10(i))]).tolist()], fill=_LINE,
-                  width=1)
+        draw.polygon(band.ravel().tolist(), fill=_BAND)  # flat x, y list: no per-point tuples
+        draw.line(np.column_stack([xs, py(np.log10(i))]).ravel().tolist(), fill=_LINE, width=1)
     else:
         draw.text(((left + right) / 2, (top + bottom) / 2), "no positive intensity to plot", fill=_INK,
                   font=font, anchor="mm")
