@@ -2,7 +2,9 @@
 
 The pool lives as long as the process that made it (a runner or CLI), so each worker builds the integrator of a
 geometry once and keeps it across batches. Workers are started with ``spawn`` (the calling process may run
-threads, which ``fork`` would copy in an unknown state). One worker, or one scan, runs in this process instead.
+threads, which ``fork`` would copy in an unknown state) and capped to ``cores // workers`` OpenMP threads each
+(``worker_init``: pyFAI's OpenMP would otherwise oversubscribe the cores). One worker, or one scan, runs in this
+process instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from splash_flows.analysis.backends.base import ProgressFn
 from splash_flows.analysis.job import ScanJob, ScanOutcome, run_scan
 from splash_flows.analysis.reduce import Settings
+from splash_flows.analysis.worker_init import init_worker
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,8 @@ def _pool(workers: int) -> ProcessPoolExecutor:
         pool = _POOLS.get(workers)
         if pool is None:
             pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers,
-                                                         mp_context=multiprocessing.get_context("spawn"))
+                                                         mp_context=multiprocessing.get_context("spawn"),
+                                                         initializer=init_worker, initargs=(workers,))
         return pool
 
 

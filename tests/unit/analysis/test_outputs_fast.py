@@ -1,0 +1,107 @@
+"""Outputs without pyFAI: the Pillow I(q) plot and frame picture, the .dat format, and write_all's all-or-nothing
+durability (nothing under a final name unless every file of the scan was written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from splash_flows.analysis import outputs
+from splash_flows.analysis.reduce import Frame, Reduction, Settings
+from splash_flows.errors import AnalysisError
+
+
+def _reduction(n: int = 500, shape: tuple[int, int] = (64, 80)) -> Reduction:
+    rng = np.random.default_rng(0)
+    q = np.linspace(0.05, 5.0, n)
+    i = 1.0 / q**2 + rng.random(n) * 0.01
+    i[:3] = [0.0, -1.0, np.nan]  # not drawable on log axes: left out
+    image = rng.poisson(100, shape).astype(np.float64)
+    mask = np.zeros(shape, dtype=bool)
+    mask[10:12, :] = True
+    frame = Frame(image=image, exposure_s=1.0, monitor_name="Izero", monitor=1.0, alpha_deg=None, merge="single",
+                  sources=["x.edf", "x.txt"])
+    rings = np.zeros(shape, dtype=bool)
+    rings[30, :] = True
+    return Reduction(radial=q, intensity=i, sigma=np.sqrt(np.abs(np.nan_to_num(i))) * 0.01, unit="q_nm^-1",
+                     frame=frame, poni_text="", result=None, mask=mask, rings=rings)
+
+
+def test_iq_plot_is_a_png_of_the_stated_size(tmp_path: Path) -> None:
+    path = tmp_path / "iq.png"
+    outputs.plot_iq(path, _reduction(), title="x")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (480, 336)
+        assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 3  # something was drawn
+
+
+def test_iq_plot_of_a_curve_without_positive_points_still_writes(tmp_path: Path) -> None:
+    red = _reduction()
+    red.intensity[:] = 0.0
+    outputs.plot_iq(tmp_path / "iq.png", red, title="x")
+    assert (tmp_path / "iq.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_log_ticks_are_decades_or_1_2_5() -> None:
+    assert outputs._log_ticks(-2.0, 1.0) == [0.01, 0.1, 1.0, 10.0]
+    assert outputs._log_ticks(-0.5, 0.5) == pytest.approx([0.5, 1.0, 2.0])
+
+
+def test_frame_picture_downsamples_and_marks_mask_and_rings(tmp_path: Path) -> None:
+    path = tmp_path / "frame.png"
+    outputs.plot_frame(path, _reduction(shape=(100, 160)), title="x", max_size=80)
+    with Image.open(path) as img:
+        assert img.size == (80, 50) and img.mode == "P"
+        rgb = np.asarray(img.convert("RGB"))
+    assert (rgb == [255, 255, 255]).all(axis=2).any() and (rgb == [178, 24, 43]).all(axis=2).any()
+
+
+def test_dat_matches_numpy_savetxt(tmp_path: Path) -> None:
+    red = _reduction(n=20)
+    outputs.write_dat(tmp_path / "a.dat", red, stem="x", settings=Settings(), info={"calibration": "c"})
+    text = (tmp_path / "a.dat").read_text()
+    reference = tmp_path / "b.dat"
+    np.savetxt(reference, np.column_stack([red.radial, red.intensity, red.sigma]), fmt="%.8e",
+               header="\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")), comments="# ")
+    assert text == reference.read_text()
+
+
+def test_write_all_leaves_no_file_when_one_output_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outputs, "write_nxcansas", lambda path, *a, **k: Path(path).write_bytes(b"h5"))
+
+    def broken(path: Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "plot_frame", broken)
+    with pytest.raises(AnalysisError, match=r"x_frame\.png"):
+        outputs.write_all(_reduction(), tmp_path / "out", "x", settings=Settings(), info={})
+    assert list((tmp_path / "out").iterdir()) == []  # the .h5, .dat, _iq.png written first are not final either
+
+
+def test_write_all_fsyncs_every_file_before_any_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outputs, "write_nxcansas", lambda path, *a, **k: Path(path).write_bytes(b"h5"))
+    events: list[str] = []
+    real_fsync, real_replace = outputs._fsync, outputs.os.replace
+    monkeypatch.setattr(outputs, "_fsync", lambda p: (events.append("fsync"), real_fsync(p)))
+    monkeypatch.setattr(outputs.os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b)))
+    paths = outputs.write_all(_reduction(), tmp_path, "x", settings=Settings(), info={})
+    assert [p.name for p in paths] == outputs.output_names("x", grazing=False)
+    assert events == ["fsync"] * 4 + ["rename"] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outputs.output_names("x", grazing=False))
+
+
+def test_pool_workers_share_the_cores_between_their_openmp_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from splash_flows.analysis import worker_init
+
+    assert worker_init.threads_per_worker(2, cores=2) == 1
+    assert worker_init.threads_per_worker(2, cores=8) == 4
+    assert worker_init.threads_per_worker(16, cores=2) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")  # the operator's choice is kept
+    monkeypatch.setattr(worker_init.os, "cpu_count", lambda: 4)
+    worker_init.init_worker(2)
+    assert worker_init.os.environ["OMP_NUM_THREADS"] == "2" and worker_init.os.environ["OPENBLAS_NUM_THREADS"] == "3"
