@@ -6,6 +6,7 @@ them as they are. The move flow only ever sees this module.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -115,4 +116,16 @@ class Catalogue(Protocol):
         """The PNG attached to the dataset with this caption (any caption: the latest one), or None.
 
         Lets an operator tool show, and a test check, what ``attach_thumbnail`` stored."""
+        ...
+
+
+@runtime_checkable
+class BatchingCatalogue(Protocol):
+    """A catalogue that can make many calls one transaction (the embedded catalogue: one commit per batch of
+    scans instead of several per scan). Optional: the catalogue step uses it when the catalogue has it."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Every call made in this thread inside the block is one transaction, committed when the block ends
+        (``CatalogueUnavailable``/``CatalogueError`` if the commit fails: then none of it happened) and rolled
+        back if the block raises."""
         ...
