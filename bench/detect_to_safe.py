@@ -113,9 +113,13 @@ def wait_runs_final(api_url: str, run_ids: list[str], timeout: float = 600) -> N
             time.sleep(0.1)
 
 
-def wait_verified(ledger: Ledger, paths: list[str], timeout: float) -> dict[str, float]:
+def wait_verified(ledger: Ledger, paths: list[str], timeout: float,
+                  triggers: list[Future[list[str]]] | None = None) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
+        for fut in triggers or []:
+            if fut.done() and fut.exception() is not None:  # a lost trigger: say so now, not after the timeout
+                raise SystemExit(f"a trigger failed: {fut.exception()!r}")
         times = verified_times(ledger, paths)
         if len(times) == len(paths):
             return times
@@ -236,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch = []
                 if batch:
                     pending.append(triggers.submit(send, batch))
-                done_at = wait_verified(ledger, paths, 1800)
+                done_at = wait_verified(ledger, paths, 1800, pending)
                 runs = [r for fut in pending for r in fut.result()]
             lat = [done_at[p] - closes[p] for p in paths]
             first_close, last_close = min(closes.values()), max(closes.values())
