@@ -42,6 +42,7 @@ from sqlalchemy import select
 from splash_flows.cli.up import LocalStack
 from splash_flows.config import default_config_data, load_config_file, parse_config
 from splash_flows.context import Context
+from splash_flows.errors import OrchestrationError
 from splash_flows.flows.deploy import trigger_deployment
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
@@ -194,7 +195,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.trigger != "deployment":
                 return []
             start = time.monotonic()
-            ids = trigger_deployment(stack.api_url, [paths])
+            for attempt in range(5):  # a SQLite-backed server on a loaded machine answers 503 now and then
+                try:
+                    ids = trigger_deployment(stack.api_url, [paths])
+                    break
+                except OrchestrationError as err:
+                    if attempt == 4 or "503" not in str(err):
+                        raise
+                    print(f"  trigger answered 503, retrying: {err}", flush=True)
+                    time.sleep(1)
             if args.verbose:
                 print(f"  triggered {len(paths)} file(s) in {time.monotonic() - start:.2f} s", flush=True)
             return ids
