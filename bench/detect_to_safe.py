@@ -45,6 +45,7 @@ from sqlalchemy import select
 from splash_flows.cli.up import LocalStack
 from splash_flows.config import default_config_data, load_config_file, parse_config
 from splash_flows.context import Context
+from splash_flows.errors import OrchestrationError
 from splash_flows.flows.deploy import trigger_deployment
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
@@ -119,9 +120,13 @@ def wait_runs_final(api_url: str, run_ids: list[str], timeout: float = 600) -> N
             time.sleep(0.1)
 
 
-def wait_verified(ledger: Ledger, paths: list[str], timeout: float) -> dict[str, float]:
+def wait_verified(ledger: Ledger, paths: list[str], timeout: float,
+                  triggers: list[Future[list[str]]] | None = None) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
+        for fut in triggers or []:
+            if fut.done() and fut.exception() is not None:  # a lost trigger: say so now, not after the timeout
+                raise SystemExit(f"a trigger failed: {fut.exception()!r}")
         times = verified_times(ledger, paths)
         if len(times) == len(paths):
             return times
@@ -196,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.trigger != "deployment":
                 return []
             start = time.monotonic()
-            ids = trigger_deployment(stack.api_url, [paths])
+            for attempt in range(5):  # a SQLite-backed server on a loaded machine answers 503 now and then
+                try:
+                    ids = trigger_deployment(stack.api_url, [paths])
+                    break
+                except OrchestrationError as err:
+                    if attempt == 4 or "503" not in str(err):
+                        raise
+                    print(f"  trigger answered 503, retrying: {err}", flush=True)
+                    time.sleep(1)
             if args.verbose:
                 print(f"  triggered {len(paths)} file(s) in {time.monotonic() - start:.2f} s", flush=True)
             return ids
@@ -242,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch = []
                 if batch:
                     pending.append(triggers.submit(send, batch))
-                done_at = wait_verified(ledger, paths, 1800)
+                done_at = wait_verified(ledger, paths, 1800, pending)
                 runs = [r for fut in pending for r in fut.result()]
             lat = [done_at[p] - closes[p] for p in paths]
             first_close, last_close = min(closes.values()), max(closes.values())

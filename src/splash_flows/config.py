@@ -318,6 +318,10 @@ class DatasetConfig(_Model):
         default=300.0, ge=0,
         description="A scan missing an expected file (sidecar, lo frame, .gb) waits this long after its newest "
         "file before it is catalogued without it (the file may still be on its way).")
+    wait_recheck_seconds: float = Field(
+        default=30.0, ge=0, le=86_400,
+        description="A scan waiting for its own files is re-checked by other batches' catalogue steps at most this "
+        "often (the batch that brings the missing file re-checks it at once; catalogue_retry_733 every minute).")
     thumbnail_size: int = Field(default=256, ge=16, le=2048, description="Longer side of previews, pixels.")
     proposal_folder_pattern: str = Field(
         default=r"(?P<proposal>(?:ALS[-_ ]?)?\d{5})(?:_.*)?",
@@ -367,7 +371,16 @@ class WatcherConfig(_Model):
     batch_window_s: float = Field(
         default=1.0, ge=0, le=3600,
         description="Ready files of one folder are collected this long after the first one, then sent as one batch.")
+    batch_idle_s: float = Field(
+        default=0.1, ge=0, le=3600,
+        description="A batch is also sent once no file joined it for this long (0: wait for the window): a lone "
+        "file goes at once, a burst still fills its batch. Smaller means more, smaller dispatcher runs.")
     max_batch_files: int = Field(default=200, ge=1, le=100_000, description="A batch is sent once it has this many.")
+    ready_on_close: bool = Field(
+        default=True,
+        description="inotify mode: a file closed after writing (IN_CLOSE_WRITE) is ready at once, without the "
+        "quiet period. A file written again after its close (or after it was sent) still waits the quiet period "
+        "after its next close; one sent half-written anyway is re-sent when it changes (its copies go stale).")
     rescan_interval_s: float = Field(
         default=600.0, gt=0, le=86_400,
         description="Seconds between full rescans of the tree, which catch events inotify dropped.")

@@ -18,8 +18,10 @@ from splash_flows.watcher import Watcher, WatchEvent
 from tests.fakes.trigger import FakeTrigger
 from tests.support.watching import wait_for
 
+# batch_idle_s 0: a folder's files make one batch however slowly a loaded machine writes them (the idle rule has
+# its own tests in tests/unit/watcher/test_ready_on_close.py)
 FAST = {"quiet_period_s": 0.2, "batch_window_s": 0.2, "poll_interval_s": 0.1, "outbox_replay_interval_s": 0.1,
-        "rescan_interval_s": 600.0}
+        "rescan_interval_s": 600.0, "batch_idle_s": 0.0}
 
 
 def with_watcher(config: Config, **settings: Any) -> Config:

@@ -6,6 +6,7 @@ them as they are. The move flow only ever sees this module.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -153,4 +154,15 @@ class Catalogue(Protocol):
 
     def datablocks(self, pid: str) -> list[DatablockDoc]:
         """The dataset's datablocks (archived bundles), oldest first."""
+        ...
+
+@runtime_checkable
+class BatchingCatalogue(Protocol):
+    """A catalogue that can make many calls one transaction (the embedded catalogue: one commit per batch of
+    scans instead of several per scan). Optional: the catalogue step uses it when the catalogue has it."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Every call made in this thread inside the block is one transaction, committed when the block ends
+        (``CatalogueUnavailable``/``CatalogueError`` if the commit fails: then none of it happened) and rolled
+        back if the block raises."""
         ...

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -112,6 +113,7 @@ class EmbeddedCatalogue:
 
     def __init__(self, path_or_url: str | os.PathLike[str]) -> None:
         self._engine = _make_engine(path_or_url)
+        self._local = threading.local()  # .conn: the connection of this thread's open batch(), if any
         with self._db("create the catalogue tables"):
             _Base.metadata.create_all(self._engine)
 
@@ -127,6 +129,33 @@ class EmbeddedCatalogue:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every call of this thread inside the block is ONE write transaction (``BEGIN IMMEDIATE``: the write
+        lock is taken at the start, so the reads inside it and the writes after them see one state, and a
+        concurrent writer waits up to the busy timeout instead of failing), committed at the end. A block
+        inside a block joins the outer one. If the block raises, nothing of it is kept."""
+        if getattr(self._local, "conn", None) is not None:
+            yield
+            return
+        what = "write a batch of scans"
+        try:
+            with self._engine.connect() as conn:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                self._local.conn = conn
+                try:
+                    yield
+                except BaseException:
+                    conn.rollback()
+                    raise
+                finally:
+                    self._local.conn = None
+                conn.commit()
+        except OperationalError as exc:
+            raise CatalogueUnavailable(f"embedded catalogue {self._engine.url.database}: {what}: {exc}") from exc
+        except SQLAlchemyError as exc:
+            raise CatalogueError(f"embedded catalogue {self._engine.url.database}: {what}: {exc}") from exc
 
     # ------------------------------------------------------------------ the Catalogue protocol
 
@@ -293,8 +322,12 @@ class EmbeddedCatalogue:
     @contextmanager
     def _db(self, what: str) -> Iterator[Connection]:
         """One transaction; database failures become ``CatalogueError`` (``CatalogueUnavailable`` when the
-        database is locked or cannot be opened, which passes)."""
+        database is locked or cannot be opened, which passes). Inside ``batch()``: the batch's transaction."""
+        batch_conn: Connection | None = getattr(self._local, "conn", None)
         try:
+            if batch_conn is not None:
+                yield batch_conn
+                return
             with self._engine.begin() as conn:
                 yield conn
         except OperationalError as exc:

@@ -122,12 +122,25 @@ def _with_copies(sess: Session, rows: list[SourceFile]) -> list[LedgerFile]:
 
 
 def _scan_record(sess: Session, row: CatalogueScan) -> ScanRecord:
-    files = sess.execute(
-        select(SourceFile.id, SourceFile.path).join(CatalogueFile, CatalogueFile.file_id == SourceFile.id)
-        .where(CatalogueFile.scan_id == row.id).order_by(SourceFile.path)).all()
-    return ScanRecord(row.id, row.source_tier, row.scan_key, row.state, row.pid, row.error, dict(row.locations or {}),
-                      row.files_digest, row.attempts, row.updated_at, frozenset(f.id for f in files),
-                      tuple(f.path for f in files))
+    return _scan_records(sess, [row])[0]
+
+
+def _scan_records(sess: Session, rows: Sequence[CatalogueScan]) -> list[ScanRecord]:
+    """The records of ``rows`` with their files, in one query per chunk of scans (not one per scan)."""
+    files: dict[int, list[tuple[int, str]]] = {}
+    for chunk in in_chunks([r.id for r in rows]):
+        for scan_id, file_id, path in sess.execute(
+                select(CatalogueFile.scan_id, SourceFile.id, SourceFile.path)
+                .join(CatalogueFile, CatalogueFile.file_id == SourceFile.id)
+                .where(CatalogueFile.scan_id.in_(chunk))):
+            files.setdefault(scan_id, []).append((file_id, path))
+    out = []
+    for row in rows:
+        mine = sorted(files.get(row.id, []), key=lambda f: f[1])
+        out.append(ScanRecord(row.id, row.source_tier, row.scan_key, row.state, row.pid, row.error,
+                              dict(row.locations or {}), row.files_digest, row.attempts, row.updated_at,
+                              frozenset(f[0] for f in mine), tuple(f[1] for f in mine)))
+    return out
 
 
 def files_digest(files: Iterable[LedgerFile]) -> str:
@@ -146,14 +159,52 @@ def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | No
         return None if row is None else _scan_record(sess, row)
 
 
-def scans_in_state(ledger: Ledger, states: Sequence[str], *, limit: int | None = None) -> list[ScanRecord]:
-    """Scans in any of ``states``, least recently tried first (so one stubborn scan cannot starve the rest)."""
+def get_scans(ledger: Ledger, source_tier: str, scan_keys: Sequence[str]) -> dict[str, ScanRecord]:
+    """The catalogue rows of ``scan_keys`` (those the catalogue step has seen), by key: one read per batch."""
+    out: dict[str, ScanRecord] = {}
+    with ledger.session() as sess:
+        for chunk in in_chunks(sorted(set(scan_keys))):
+            rows = list(sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
+                                                                 CatalogueScan.scan_key.in_(chunk))))
+            out.update({r.scan_key: r for r in _scan_records(sess, rows)})
+    return out
+
+
+#: How the reason of a scan that waits for its own files starts (``services.catalogue``): such a scan is not
+#: re-checked by every batch, see ``scans_in_state(waiting_checked_before=...)``.
+WAITING_PREFIX = "waiting "
+
+
+def scans_in_state(ledger: Ledger, states: Sequence[str], *, limit: int | None = None,
+                   waiting_checked_before: datetime | None = None) -> list[ScanRecord]:
+    """Scans in any of ``states``, least recently tried first (so one stubborn scan cannot starve the rest).
+
+    ``waiting_checked_before``: leave out the pending scans that wait for their own files (reason starting with
+    ``WAITING_PREFIX``) and were last checked at or after that time -- the back-off of waiting scans."""
     with ledger.session() as sess:
         q = (select(CatalogueScan).where(CatalogueScan.state.in_(list(states)))
              .order_by(CatalogueScan.updated_at, CatalogueScan.id))
+        if waiting_checked_before is not None:
+            waiting = (CatalogueScan.state == CatalogueState.PENDING) & CatalogueScan.pid.is_(None) & \
+                func.coalesce(CatalogueScan.error, "").startswith(WAITING_PREFIX, autoescape=True)
+            q = q.where(~(waiting & (CatalogueScan.updated_at >= waiting_checked_before)))
         if limit is not None:
             q = q.limit(limit)
-        return [_scan_record(sess, r) for r in sess.scalars(q)]
+        return _scan_records(sess, list(sess.scalars(q)))
+
+
+@dataclass(frozen=True)
+class ScanWrite:
+    """One scan's new state, as ``record_scans`` writes it (the arguments of ``record_scan``)."""
+
+    source_tier: str
+    scan_key: str
+    state: CatalogueState
+    files: Sequence[LedgerFile]
+    pid: str | None = None
+    error: str | None = None
+    locations: dict[str, Any] | None = None
+    attempted: bool = True
 
 
 def record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: CatalogueState, *,
@@ -161,45 +212,77 @@ def record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: Catalogu
                 locations: dict[str, Any] | None = None, attempted: bool = True) -> None:
     """Set a scan's state, link ``files`` to it, and log one event per file when the state, pid or error
     changed (a scan retried through a long outage does not flood the event log)."""
-    ledger._retry_on_conflict(_record_scan, ledger, source_tier, scan_key, state, files, pid, error,
-                              locations, attempted)
+    record_scans(ledger, [ScanWrite(source_tier, scan_key, state, files, pid, error, locations, attempted)])
 
 
-def _record_scan(ledger: Ledger, source_tier: str, scan_key: str, state: CatalogueState,
-                 files: Sequence[LedgerFile], pid: str | None, error: str | None,
-                 locations: dict[str, Any] | None, attempted: bool) -> None:
+def record_scans(ledger: Ledger, writes: Sequence[ScanWrite]) -> None:
+    """``record_scan`` for every write of a catalogue step, in order, in ONE transaction (one commit: on SQLite
+    one fsync per batch of scans instead of one per scan). Writes of the same scan apply one after the other."""
+    if writes:
+        ledger._retry_on_conflict(_record_scans, ledger, list(writes))
+
+
+def _record_scans(ledger: Ledger, writes: list[ScanWrite]) -> None:
     now = utcnow()
     with ledger.session() as sess:
-        row = sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
-                                                       CatalogueScan.scan_key == scan_key)).first()
-        changed = row is None or (row.state, row.pid, row.error) != (str(state), pid, error)
-        if row is None:
-            row = CatalogueScan(source_tier=source_tier, scan_key=scan_key, state=state, pid=pid, error=error,
-                                locations=locations or {}, attempts=0, updated_at=now)
-            sess.add(row)
-            sess.flush()
-        row.state, row.pid, row.error, row.updated_at = state, pid, error, now
-        if locations is not None:
-            row.locations = dict(locations)
-        row.files_digest = files_digest(files) if state == CatalogueState.CATALOGUED else None
-        if attempted:
-            row.attempts = (row.attempts or 0) + 1
-        ids = [f.id for f in files]
-        linked = set(sess.scalars(select(CatalogueFile.file_id).where(CatalogueFile.scan_id == row.id)))
-        new_ids = [i for i in ids if i not in linked]
-        if new_ids:
-            # a file belongs to one scan: moving it here (a renamed scan key) drops its old link
-            sess.execute(delete(CatalogueFile).where(CatalogueFile.file_id.in_(new_ids)))
-            sess.add_all([CatalogueFile(file_id=i, scan_id=row.id) for i in new_ids])
-        if changed or new_ids:
-            detail: dict[str, Any] = {"scan": scan_key, "state": str(state)}
-            if pid is not None:
-                detail["pid"] = pid
-            if error is not None:
-                detail["reason"] = error
-            for f in files if changed else [f for f in files if f.id in new_ids]:
-                sess.add(Event(at=now, file_id=f.id, path=f.path, tier=None, kind=_EVENT_OF_STATE[state],
-                               detail=detail))
+        rows: dict[tuple[str, str], CatalogueScan] = {}
+        for tier in sorted({w.source_tier for w in writes}):
+            keys = sorted({w.scan_key for w in writes if w.source_tier == tier})
+            for key_chunk in in_chunks(keys):
+                for row in sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == tier,
+                                                                    CatalogueScan.scan_key.in_(key_chunk))):
+                    rows[(tier, row.scan_key)] = row
+        linked: dict[int, set[int]] = {}     # scan id -> its file ids (of the scans written here)
+        owner: dict[int, int] = {}           # file id -> scan id, for those files
+        for chunk in in_chunks([r.id for r in rows.values()]):
+            for scan_id, file_id in sess.execute(select(CatalogueFile.scan_id, CatalogueFile.file_id)
+                                                 .where(CatalogueFile.scan_id.in_(chunk))):
+                linked.setdefault(scan_id, set()).add(file_id)
+                owner[file_id] = scan_id
+        for w in writes:
+            _apply_write(sess, rows, linked, owner, w, now)
+
+
+def _apply_write(sess: Session, rows: dict[tuple[str, str], CatalogueScan], linked: dict[int, set[int]],
+                 owner: dict[int, int], w: ScanWrite, now: datetime) -> None:
+    row = rows.get((w.source_tier, w.scan_key))
+    changed = row is None or (row.state, row.pid, row.error) != (str(w.state), w.pid, w.error)
+    if row is None:
+        row = CatalogueScan(source_tier=w.source_tier, scan_key=w.scan_key, state=w.state, pid=w.pid, error=w.error,
+                            locations=w.locations or {}, attempts=0, updated_at=now)
+        sess.add(row)
+        sess.flush()
+        rows[(w.source_tier, w.scan_key)] = row
+    row.state, row.pid, row.error, row.updated_at = w.state, w.pid, w.error, now
+    if w.locations is not None:
+        row.locations = dict(w.locations)
+    row.files_digest = files_digest(w.files) if w.state == CatalogueState.CATALOGUED else None
+    if w.attempted:
+        row.attempts = (row.attempts or 0) + 1
+    mine = linked.setdefault(row.id, set())
+    new_ids = [f.id for f in w.files if f.id not in mine]
+    if new_ids:
+        # a file belongs to one scan: moving it here (a renamed scan key) drops its old link
+        for chunk in in_chunks(new_ids):
+            sess.execute(delete(CatalogueFile).where(CatalogueFile.file_id.in_(chunk)))
+        for i in new_ids:
+            before = owner.get(i)
+            if before is not None and before in linked:
+                linked[before].discard(i)
+            owner[i] = row.id
+            mine.add(i)
+        sess.add_all([CatalogueFile(file_id=i, scan_id=row.id) for i in new_ids])
+        sess.flush()
+    if changed or new_ids:
+        detail: dict[str, Any] = {"scan": w.scan_key, "state": str(w.state)}
+        if w.pid is not None:
+            detail["pid"] = w.pid
+        if w.error is not None:
+            detail["reason"] = w.error
+        fresh = set(new_ids)
+        for f in w.files if changed else [f for f in w.files if f.id in fresh]:
+            sess.add(Event(at=now, file_id=f.id, path=f.path, tier=None, kind=_EVENT_OF_STATE[w.state],
+                           detail=detail))
 
 
 def file_states(ledger: Ledger, *, source_tier: str | None = None) -> dict[tuple[str, str], FileCatalogueState]:
@@ -264,7 +347,7 @@ def queued_location_updates(ledger: Ledger, file_ids: Sequence[int]) -> list[Sca
                                                         CatalogueScan.state == CatalogueState.PENDING,
                                                         CatalogueScan.pid.is_not(None))
                             .order_by(CatalogueScan.id))
-        return [_scan_record(sess, r) for r in rows]
+        return _scan_records(sess, list(rows))
 
 
 def pruned_since(ledger: Ledger, file_ids: Sequence[int], tier: str) -> datetime | None:

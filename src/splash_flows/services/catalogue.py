@@ -49,8 +49,9 @@ import os
 import posixpath
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ from splash_flows.beamlines.bl733.edf import beamline_zone
 from splash_flows.beamlines.bl733.metadata import ScanMetadata, read_scan
 from splash_flows.beamlines.bl733.scans import Role, Scan, group_scans, is_results_path
 from splash_flows.beamlines.bl733.thumbnail import thumbnail_png
-from splash_flows.catalogue.base import Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
+from splash_flows.catalogue.base import BatchingCatalogue, Catalogue, CatalogueEntry, DatasetDoc, LocationDoc
 from splash_flows.config import Config
 from splash_flows.context import Context
 from splash_flows.errors import (
@@ -77,7 +78,7 @@ from splash_flows.errors import (
 )
 from splash_flows.ledger import EventKind
 from splash_flows.ledger import catalogue as ledger_cat
-from splash_flows.ledger.catalogue import LedgerFile, ScanRecord
+from splash_flows.ledger.catalogue import WAITING_PREFIX, LedgerFile, ScanRecord, ScanWrite
 from splash_flows.ledger.models import CatalogueState
 from splash_flows.paths import display_path, normalize_relpath, safe_join
 from splash_flows.selection import MoveRule
@@ -220,7 +221,9 @@ class _FolderView:
 
 
 class _Ingest:
-    """One catalogue step's working state: the catalogue, folder caches and the outage breaker."""
+    """One catalogue step's working state: the catalogue, folder caches, the outage breaker, and the step's
+    writes -- to the catalogue (one ``batch()`` transaction when the catalogue can) and to the ledger (one
+    transaction of scan records) -- which ``finish`` commits in that order."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -229,12 +232,65 @@ class _Ingest:
         self.location_tiers = location_tiers(ctx.config)
         self.unavailable: str | None = None
         self._folders: dict[tuple[str, str], _FolderView] = {}
+        self._records: dict[tuple[str, str], ScanRecord | None] = {}
+        self._writes: list[ScanWrite] = []
+        self._created: set[tuple[str, str]] = set()   # scans whose dataset this step made (pid new to the ledger)
+        self._cat: Catalogue | None = None
+        self._batch = ExitStack()
 
     @property
     def catalogue(self) -> Catalogue:
         """Built on first use, inside a scan's ingest: a catalogue that cannot even be opened is an outage
-        like any other (CatalogueUnavailable -> pending), not a failure of the step."""
-        return self.ctx.catalogue()
+        like any other (CatalogueUnavailable -> pending), not a failure of the step. A catalogue that can
+        (``BatchingCatalogue``) makes all of this step's calls one transaction, committed by ``finish``."""
+        if self._cat is None:
+            cat = self.ctx.catalogue()
+            if isinstance(cat, BatchingCatalogue):
+                self._batch.enter_context(cat.batch())
+            self._cat = cat
+        return self._cat
+
+    def _record(self, source_tier: str, scan_key: str, state: CatalogueState, *, files: Sequence[LedgerFile],
+                pid: str | None = None, error: str | None = None, locations: dict[str, Any] | None = None,
+                attempted: bool = True) -> None:
+        """Queue a scan's ledger record for ``finish`` (``ledger.catalogue.record_scan``'s arguments)."""
+        self._writes.append(ScanWrite(source_tier, scan_key, state, files, pid, error, locations, attempted))
+
+    def prefetch(self, source_tier: str, keys: Sequence[str]) -> None:
+        """Read the ledger records of ``keys`` in one query (instead of one per scan)."""
+        wanted = [k for k in keys if (source_tier, k) not in self._records]
+        found = ledger_cat.get_scans(self.ctx.ledger, source_tier, wanted)
+        self._records.update({(source_tier, k): found.get(k) for k in wanted})
+
+    def record_of(self, source_tier: str, key: str) -> ScanRecord | None:
+        if (source_tier, key) not in self._records:
+            self._records[(source_tier, key)] = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
+        return self._records[(source_tier, key)]
+
+    def finish(self, report: CatalogueReport) -> None:
+        """Commit the step: the catalogue's transaction first, then the scan records in one ledger transaction.
+        If the catalogue's commit fails, the scans this step catalogued are recorded ``pending_catalogue`` (the
+        ledger never says catalogued for what the catalogue does not hold); a ledger failure raises LedgerError
+        (the catalogue's writes are idempotent: the next step finds them and records the scans)."""
+        try:
+            self._batch.close()
+        except CatalogueError as err:
+            log.warning("catalogue: the batch of this step was not committed; its scans are queued: %s", err)
+            reason = f"catalogue batch not committed: {err}"
+            if isinstance(err, CatalogueUnavailable):
+                self.unavailable = self.unavailable or str(err)
+                report.unavailable = report.unavailable or str(err)
+            for i, w in enumerate(self._writes):
+                if w.state == CatalogueState.CATALOGUED:
+                    pid = None if (w.source_tier, w.scan_key) in self._created else w.pid
+                    self._writes[i] = ScanWrite(w.source_tier, w.scan_key, CatalogueState.PENDING, w.files, pid,
+                                                reason, None, True)
+                    for rep in (report, report.retried):
+                        if rep is not None and w.scan_key in rep.catalogued:
+                            del rep.catalogued[w.scan_key]
+                            rep.pending[w.scan_key] = reason
+        writes, self._writes = self._writes, []
+        ledger_cat.record_scans(self.ctx.ledger, writes)
 
     # ------------------------------------------------------------------ finding a scan's files
 
@@ -279,7 +335,7 @@ class _Ingest:
             scan = view.scans.get(key)
             if scan is None:
                 err = CatalogueError(f"scan {key}: no file of it is known to the ledger or on {source_tier}")
-                ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.FAILED, files=[],
+                self._record(source_tier, key, CatalogueState.FAILED, files=[],
                                        error=str(err))
                 report.failed[key] = err
                 return
@@ -291,7 +347,7 @@ class _Ingest:
         key = scan.key
         files = [view.ledger_files[p] for p in scan.paths if p in view.ledger_files]
         if not scan.catalogue or not scan.is_data:
-            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
+            self._record(source_tier, key, CatalogueState.EXCLUDED, files=files,
                                    attempted=False)
             if not scan.is_data:
                 log.info("scan %s: moved and kept, not catalogued (no 7.3.3 image, sidecar or .gb merge)", key)
@@ -300,11 +356,11 @@ class _Ingest:
         waiting = [p for p in scan.paths if p not in view.ledger_files or not view.ledger_files[p].verified_on(
             self.archive)]
         if waiting:
-            self._pending(source_tier, key, files, f"waiting for {len(waiting)} file(s) to be verified on "
+            self._pending(source_tier, key, files, f"{WAITING_PREFIX}for {len(waiting)} file(s) to be verified on "
                           f"{self.archive}: {', '.join(waiting[:5])}", report, attempted=False)
             return
         if files and all(f.size == 0 for f in files):
-            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.EXCLUDED, files=files,
+            self._record(source_tier, key, CatalogueState.EXCLUDED, files=files,
                                    attempted=False)
             log.info("scan %s: moved and kept, not catalogued (only 0-byte files: a marker, not data)", key)
             report.excluded.append(key)
@@ -313,10 +369,10 @@ class _Ingest:
         settle = self.config.dataset.settle_seconds
         newest = max(f.mtime for f in files)
         if missing and time.time() - newest < settle:
-            self._pending(source_tier, key, files, f"waiting up to {settle:.0f} s after the newest file for "
+            self._pending(source_tier, key, files, f"{WAITING_PREFIX}up to {settle:.0f} s after the newest file for "
                           f"{', '.join(missing)}", report, attempted=False)
             return
-        record = ledger_cat.get_scan(self.ctx.ledger, source_tier, key)
+        record = self.record_of(source_tier, key)
         locations = self._locations(files, record.locations if record is not None else {})
         locations_json = {t: loc.model_dump(mode="json") for t, loc in locations.items()}
         ids = frozenset(f.id for f in files)
@@ -338,12 +394,14 @@ class _Ingest:
             log.warning("catalogue unavailable; scan %s and the rest of this step are queued: %s", key, err)
             return
         except CatalogueError as err:
-            ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.FAILED, files=files,
+            self._record(source_tier, key, CatalogueState.FAILED, files=files,
                                    error=str(err))
             report.failed[key] = err
             log.error("scan %s not catalogued: %s", key, err)
             return
-        ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.CATALOGUED, files=files, pid=pid,
+        if record is None or record.pid != pid:
+            self._created.add((source_tier, key))
+        self._record(source_tier, key, CatalogueState.CATALOGUED, files=files, pid=pid,
                                locations=locations_json)
         report.catalogued[key] = pid
 
@@ -360,7 +418,7 @@ class _Ingest:
 
     def _pending(self, source_tier: str, key: str, files: Sequence[LedgerFile], reason: str,
                  report: CatalogueReport, *, attempted: bool = True) -> None:
-        ledger_cat.record_scan(self.ctx.ledger, source_tier, key, CatalogueState.PENDING, files=files, error=reason,
+        self._record(source_tier, key, CatalogueState.PENDING, files=files, error=reason,
                                attempted=attempted)
         report.pending[key] = reason
 
@@ -409,7 +467,7 @@ class _Ingest:
             return
         pid = record.pid
         if self.unavailable is not None:
-            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.PENDING, files=files,
+            self._record(record.source_tier, key, CatalogueState.PENDING, files=files,
                                    pid=pid, error=record.error, attempted=False)
             report.pending[key] = f"catalogue unavailable: {self.unavailable}"
             return
@@ -423,18 +481,18 @@ class _Ingest:
             self.unavailable = str(err)
             report.unavailable = report.unavailable or str(err)
             reason = f"location update waits: {err}"
-            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.PENDING, files=files,
+            self._record(record.source_tier, key, CatalogueState.PENDING, files=files,
                                    pid=pid, error=reason)
             report.pending[key] = reason
             log.warning("catalogue unavailable; the location update of scan %s (%s) is queued: %s", key, pid, err)
             return
         except CatalogueError as err:
-            ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.FAILED, files=files,
+            self._record(record.source_tier, key, CatalogueState.FAILED, files=files,
                                    pid=pid, error=f"location update refused: {err}")
             report.failed[key] = err
             log.error("scan %s (%s): location update refused: %s", key, pid, err)
             return
-        ledger_cat.record_scan(self.ctx.ledger, record.source_tier, key, CatalogueState.CATALOGUED, files=files,
+        self._record(record.source_tier, key, CatalogueState.CATALOGUED, files=files,
                                pid=pid, locations=locations_json)
         if changed:
             report.catalogued[key] = pid
@@ -554,7 +612,15 @@ def _not_run(ctx: Context, files: int) -> CatalogueReport:
 def catalogue_batch(ctx: Context, paths: Sequence[str]) -> CatalogueReport:
     """Catalogue the scans of a moved batch (tier-relative paths on the source tier); first retry the scans
     an earlier step left pending. Never raises for one scan's trouble: see ``CatalogueReport`` and
-    ``raise_for_failures``. Raises LedgerError/ConfigError when the step as a whole cannot run."""
+    ``raise_for_failures``. Raises LedgerError/ConfigError when the step as a whole cannot run.
+
+    Paid per batch, not per scan: the ledger records of the batch's scans are read in one query and written in
+    one transaction, and the embedded catalogue writes the batch in one transaction (``_Ingest.finish``).
+    Scans that wait for their own files (sidecar not arrived, not yet on the archive tier) are not re-checked
+    by every batch: the batch that brings the missing file re-checks its scan at once (the file is in the
+    batch, so its scan is one of the batch's scans), other batches re-check them at most every
+    ``dataset.wait_recheck_seconds``, and ``catalogue_retry_733`` (the clock) catalogues those whose wait
+    ended."""
     if not ctx.catalogue_enabled:
         return _not_run(ctx, len(paths))
     source = ctx.config.move.source
@@ -570,9 +636,15 @@ def catalogue_batch(ctx: Context, paths: Sequence[str]) -> CatalogueReport:
     keys = [s.key for s in group_scans(sorted(known), exclude=ctx.config.dataset.exclude_stems)]
     ingest = _Ingest(ctx)
     report = CatalogueReport()
-    report.retried = _retry(ctx, ingest, include_failed=False, limit=RETRY_LIMIT, skip=set(keys))
-    for key in keys:
-        ingest.scan(source, key, report)
+    ingest.prefetch(source, keys)
+    recheck = datetime.now(UTC) - timedelta(seconds=ctx.config.dataset.wait_recheck_seconds)
+    try:
+        report.retried = _retry(ctx, ingest, include_failed=False, limit=RETRY_LIMIT, skip=set(keys),
+                                waiting_checked_before=recheck)
+        for key in keys:
+            ingest.scan(source, key, report)
+    finally:
+        ingest.finish(report)
     if report.unavailable is None and report.retried.unavailable is not None:
         report.unavailable = report.retried.unavailable
     return report
@@ -580,10 +652,17 @@ def catalogue_batch(ctx: Context, paths: Sequence[str]) -> CatalogueReport:
 
 def retry_pending(ctx: Context, *, include_failed: bool = False, limit: int = RETRY_LIMIT) -> CatalogueReport:
     """Ingest again the scans the ledger holds as ``pending_catalogue`` (and ``failed`` with
-    ``include_failed``), least recently tried first, at most ``limit``. Stops trying at the first outage."""
+    ``include_failed``), least recently tried first, at most ``limit``. Stops trying at the first outage.
+    Waiting scans are all re-checked (this is the clock, ``catalogue_retry_733``, and ``catalog retry``)."""
     if not ctx.catalogue_enabled:
         return _not_run(ctx, 0)
-    return _retry(ctx, _Ingest(ctx), include_failed=include_failed, limit=limit, skip=set())
+    ingest = _Ingest(ctx)
+    report = CatalogueReport()
+    try:
+        report = _retry(ctx, ingest, include_failed=include_failed, limit=limit, skip=set())
+    finally:
+        ingest.finish(report)
+    return report
 
 
 def uncatalogued_scans(ctx: Context, *, limit: int = RETRY_LIMIT, now: float | None = None) -> list[str]:
@@ -596,9 +675,11 @@ def uncatalogued_scans(ctx: Context, *, limit: int = RETRY_LIMIT, now: float | N
     return [s.key for s in group_scans(paths, exclude=ctx.config.dataset.exclude_stems)]
 
 
-def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, skip: set[str]) -> CatalogueReport:
+def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, skip: set[str],
+           waiting_checked_before: datetime | None = None) -> CatalogueReport:
     """Scans pending (and failed, with ``include_failed``) in the ledger, then scans the catalogue step never
-    saw although their files are verified (``uncatalogued_scans``)."""
+    saw although their files are verified (``uncatalogued_scans``). ``waiting_checked_before``: the back-off
+    of scans waiting for their own files (see ``ledger.catalogue.scans_in_state``)."""
     report = CatalogueReport()
     states = [CatalogueState.PENDING] + ([CatalogueState.FAILED] if include_failed else [])
     source = ctx.config.move.source
@@ -611,9 +692,11 @@ def _retry(ctx: Context, ingest: _Ingest, *, include_failed: bool, limit: int, s
             continue
         ingest.scan(source, key, report)
         skip.add(key)
-    for record in ledger_cat.scans_in_state(ctx.ledger, states, limit=limit):
+    records = ledger_cat.scans_in_state(ctx.ledger, states, limit=limit, waiting_checked_before=waiting_checked_before)
+    for record in records:
         if record.scan_key in skip and record.source_tier == ctx.config.move.source:
             continue  # in the current batch: handled there
+        ingest._records[(record.source_tier, record.scan_key)] = record
         if ingest.unavailable is not None:
             report.pending[record.scan_key] = f"catalogue unavailable: {ingest.unavailable}"
             continue  # left as it is in the ledger; tried again by the next step
@@ -632,8 +715,11 @@ def update_locations(ctx: Context, records: Sequence[ScanRecord]) -> CatalogueRe
     if not records or not ctx.catalogue_enabled:
         return report
     ingest = _Ingest(ctx)
-    for record in records:
-        ingest.update_locations(record, report)
+    try:
+        for record in records:
+            ingest.update_locations(record, report)
+    finally:
+        ingest.finish(report)
     return report
 
 

@@ -71,6 +71,7 @@ class _Candidate:
     next_check: float
     closed_at: float | None = None
     close_seen: bool = False  # closed by a close/rename event (not merely found by a scan)
+    reopened: bool = False  # written again after a close (or after it was sent): waits the quiet period
     stat_key: tuple[int, int] | None = None  # (size, mtime_ns) at the start of the current quiet period
     generation: int = 0
 
@@ -90,6 +91,7 @@ class _Batch:
     opened: float
     paths: list[str] = field(default_factory=list)
     closed_at: list[float | None] = field(default_factory=list)
+    last_added: float = 0.0  # monotonic time the latest file joined (the batch closes when it stays idle)
 
 
 class _OverflowSpotter(logging.Handler):
@@ -156,6 +158,8 @@ class WatcherBase:
         tick_basis = [0.1, self.settings.quiet_period_s / 4]
         if self.settings.batch_window_s > 0:
             tick_basis.append(self.settings.batch_window_s / 4)
+        if self.settings.batch_idle_s > 0:
+            tick_basis.append(self.settings.batch_idle_s / 2)
         self._tick = max(0.01, min(tick_basis))
 
     def _emit(self, kind: str, paths: tuple[str, ...], **detail: Any) -> None:

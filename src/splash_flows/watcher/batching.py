@@ -14,16 +14,19 @@ class BatchingMixin(WatcherBase):
     """Ready files grouped per folder, written to the outbox when due."""
 
     def flush_batches(self, now: float, *, force: bool = False, notify: bool = True) -> int:
-        """Write due batches (full, or older than the window; all with ``force``) to the outbox. Returns how many."""
+        """Write due batches (full, older than the window, or idle -- no file joined for ``batch_idle_s``; all
+        with ``force``) to the outbox. Returns how many."""
         if now < self._flush_retry_at and not force:
             return 0
         window, limit = self.settings.batch_window_s, self.settings.max_batch_files
+        idle = self.settings.batch_idle_s
         with self._lock:
             due: list[_Batch] = []
             for folder, batch in list(self._batches.items()):
                 if not batch.paths:
                     del self._batches[folder]
-                elif force or len(batch.paths) >= limit or now - batch.opened >= window:
+                elif (force or len(batch.paths) >= limit or now - batch.opened >= window
+                      or (idle > 0 and now - max(batch.last_added, batch.opened) >= idle)):
                     del self._batches[folder]
                     due.append(batch)
         written = 0

@@ -82,15 +82,19 @@ class ReadinessMixin(WatcherBase):
         now = time.monotonic()
         with self._lock:
             cand = self._candidates.get(rel)
+            # a write after a close, or to a file already sent: the writer reopened it; its next close alone does
+            # not say it is finished (it may reopen it again), so it waits the quiet period after that close
+            reopened = written and (rel in self._claims or (cand is not None and (cand.close_seen or cand.reopened)))
             if cand is not None and created:
                 # watchdog also reports files already inside a new folder as "created"; a scan of that folder
                 # may have been first. A create says nothing about writing: keep what is known.
                 return
             if cand is None:
                 cand = _Candidate(closed=closed, written=written, stable_since=now, last_event=now, next_check=now,
-                                  close_seen=closed)
+                                  close_seen=closed, reopened=reopened)
                 self._candidates[rel] = cand
             else:
+                cand.reopened = cand.reopened or reopened
                 cand.close_seen = closed
                 cand.closed = closed
                 cand.written = written or (cand.written and not closed)
@@ -136,9 +140,17 @@ class ReadinessMixin(WatcherBase):
 
     # ------------------------------------------------------------------------------------------ readiness
 
+    def _quiet_for(self, cand: _Candidate) -> float:
+        """The quiet period this candidate waits: none for a file closed after writing in inotify mode (with
+        ``ready_on_close``: the close is the detector's "finished"), the configured one otherwise (polling mode,
+        files found by a scan, files reopened for writing after a close or after they were sent)."""
+        if (self.settings.mode == "inotify" and self.settings.ready_on_close and cand.close_seen
+                and not cand.reopened):
+            return 0.0
+        return self.settings.quiet_period_s
+
     def check_candidates(self, now: float) -> int:
         """Stat the candidates due a check; move the ready ones into batches. Returns how many became ready."""
-        quiet = self.settings.quiet_period_s
         with self._lock:
             due = [(rel, c.generation) for rel, c in self._candidates.items() if c.closed and c.next_check <= now]
         if not due:
@@ -172,6 +184,7 @@ class ReadinessMixin(WatcherBase):
                     self._candidates.pop(rel)
                     odd.append((rel, "symlink" if stat_mod.S_ISLNK(st.st_mode) else "not a regular file"))
                     continue
+                quiet = self._quiet_for(cand)
                 key = (st.st_size, st.st_mtime_ns)
                 if cand.stat_key != key:
                     if cand.stat_key is not None:
@@ -267,6 +280,7 @@ class ReadinessMixin(WatcherBase):
                     continue
                 batch.paths.append(rel)
                 batch.closed_at.append(closed_at)
+                batch.last_added = now
                 accepted.append((rel, closed_at))
                 sizes[rel] = st.st_size
                 if not os.access(self.root / rel, os.R_OK):

@@ -1,0 +1,129 @@
+"""Readiness and batching rules driven by hand (no observer thread, no clock): a close after writing is the
+signal a file is complete (issue 14 item 2), the quiet period stays for polling mode and reopened files, and a
+batch closes once idle."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
+
+from splash_flows.config import Config
+from splash_flows.ledger import Ledger
+from splash_flows.watcher import Watcher
+from splash_flows.watcher.base import _Claim
+from tests.fakes.trigger import FakeTrigger
+
+QUIET = 3600.0  # so long that a file ready "now" cannot have waited for it
+
+
+@pytest.fixture
+def make_watcher(sqlite_config: Config) -> Iterator[Callable[..., Watcher]]:
+    ledgers: list[Ledger] = []
+
+    def make(**settings: Any) -> Watcher:
+        config = sqlite_config.model_copy(update={"watcher": sqlite_config.watcher.model_copy(
+            update={"quiet_period_s": QUIET, "batch_window_s": QUIET, **settings})})
+        ledger = Ledger.open(config.ledger.url_value())
+        ledgers.append(ledger)
+        return Watcher(config, ledger, FakeTrigger())  # not started: events are fed by hand
+
+    yield make
+    for ledger in ledgers:
+        ledger.close()
+
+
+def _write(w: Watcher, rel: str, data: bytes, *, append: bool = False) -> str:
+    path = w.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab" if append else "wb") as fh:
+        fh.write(data)
+    return str(path)
+
+
+def _written_and_closed(w: Watcher, path: str, *, created: bool = True) -> None:
+    if created:
+        w._on_fs_event(FileCreatedEvent(path))
+    w._on_fs_event(FileModifiedEvent(path))
+    w._on_fs_event(FileClosedEvent(path))
+
+
+def _batched(w: Watcher) -> list[str]:
+    return sorted(p for b in w._batches.values() for p in b.paths)
+
+
+def test_a_file_closed_after_writing_is_ready_at_once(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher()
+    path = _write(w, "scan/a.edf", os.urandom(100))
+    _written_and_closed(w, path)
+    assert w.check_candidates(time.monotonic()) == 1  # no quiet period of QUIET seconds was waited
+    assert _batched(w) == ["scan/a.edf"]
+
+
+def test_without_ready_on_close_the_quiet_period_follows_the_close(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher(ready_on_close=False)
+    path = _write(w, "scan/a.edf", os.urandom(100))
+    _written_and_closed(w, path)
+    now = w._candidates["scan/a.edf"].stable_since
+    assert w.check_candidates(now) == 0
+    assert w.check_candidates(now + QUIET + 1) == 1
+
+
+def test_polling_mode_keeps_the_quiet_period(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher(mode="polling")
+    path = _write(w, "scan/a.edf", os.urandom(100))
+    w._on_fs_event(FileModifiedEvent(path))
+    now = w._candidates["scan/a.edf"].stable_since
+    assert w.check_candidates(now) == 0
+    assert w.check_candidates(now + QUIET + 1) == 1
+
+
+def test_a_file_written_again_after_its_close_waits_the_quiet_period(make_watcher: Callable[..., Watcher]) -> None:
+    """Closed, then reopened for more writes before the watcher looked: the second close alone is not trusted."""
+    w = make_watcher()
+    path = _write(w, "scan/a.edf", b"header")
+    _written_and_closed(w, path)
+    _write(w, "scan/a.edf", os.urandom(100), append=True)
+    _written_and_closed(w, path, created=False)
+    now = w._candidates["scan/a.edf"].stable_since
+    assert w.check_candidates(now) == 0
+    assert w.check_candidates(now + QUIET / 2) == 0
+    assert w.check_candidates(now + QUIET + 1) == 1
+    assert _batched(w) == ["scan/a.edf"]
+
+
+def test_a_file_written_again_after_it_was_sent_waits_the_quiet_period(
+        make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher()
+    path = _write(w, "scan/a.edf", b"first part")
+    st = os.stat(path)
+    w._claims["scan/a.edf"] = _Claim((st.st_size, st.st_mtime), until=1e12)  # sent, in flight
+    _write(w, "scan/a.edf", os.urandom(100), append=True)
+    _written_and_closed(w, path, created=False)
+    now = w._candidates["scan/a.edf"].stable_since
+    assert w.check_candidates(now) == 0
+    assert w.check_candidates(now + QUIET + 1) == 1
+
+
+def test_a_batch_closes_once_no_file_joined_it_for_batch_idle_s(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher(batch_idle_s=0.1)
+    for name in ("a", "b"):
+        _written_and_closed(w, _write(w, f"scan/{name}.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 2
+    assert w.flush_batches(now + 0.05) == 0  # still collecting
+    assert w.flush_batches(now + 0.2) == 1
+    assert [e.paths for e in w.outbox.entries()] == [("scan/a.edf", "scan/b.edf")]
+
+
+def test_with_batch_idle_zero_a_batch_waits_for_its_window(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher(batch_idle_s=0, batch_window_s=5.0)
+    _written_and_closed(w, _write(w, "scan/a.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 1
+    assert w.flush_batches(now + 4.0) == 0
+    assert w.flush_batches(now + 5.5) == 1
