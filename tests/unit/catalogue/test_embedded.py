@@ -75,7 +75,8 @@ def test_keeps_to_its_own_tables(tmp_path: Path) -> None:
     EmbeddedCatalogue(path).upsert(sample_doc())
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"ledger_files", "catalogue_datasets", "catalogue_locations", "catalogue_thumbnails"}
+    assert tables == {"ledger_files", "catalogue_datasets", "catalogue_locations", "catalogue_thumbnails",
+                      "catalogue_datablocks"}
 
 
 @pytest.mark.parametrize(
