@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck faults bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
+.PHONY: demo test lint typecheck faults faults-bounded bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy
+
+faults-bounded: $(VENV)/.installed  ## the bounded fault matrix: one seed per fault, 13 files each
+	bash scripts/ensure-postgres.sh
+	SPLASH_FAULTS=bounded SPLASH_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 faults: $(VENV)/.installed  ## the full fault matrix (several seeds per fault, ~270 files each); table in bench/results/faults-full.md
 	bash scripts/ensure-postgres.sh
