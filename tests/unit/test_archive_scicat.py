@@ -35,6 +35,7 @@ def test_datablocks_in_scicat_and_an_outage_leaves_them_pending(tmp_path: Path) 
         config = base.model_copy(update={
             "catalogue": SciCatCatalogueConfig(kind="scicat", url=fake.url, username="ingestor",
                                                password=SecretStr(fake.users["ingestor"]),
+                                               admin_groups=["ingestor"],
                                                retry=CatalogueRetryConfig(max_attempts=2, backoff_base=0.0)),
             "dataset": DatasetConfig(contact_email="bl733@example.org")})
         ctx = build_context(config)

@@ -126,11 +126,12 @@ def test_expired_client_fails_without_asking_nersc_for_the_date(sqlite_config: C
 def test_scicat_login_is_checked(sqlite_config: Config) -> None:
     with FakeSciCat() as fake:
         good = sqlite_config.model_copy(update={"catalogue": SciCatCatalogueConfig(
-            kind="scicat", url=fake.url, username="ingestor", password=fake.users["ingestor"])})
+            kind="scicat", url=fake.url, username="ingestor", password=fake.users["ingestor"],
+            admin_groups=["ingestor"])})
         ok = preflight(good)
         assert ok.ok and ok.checks[0].name == "scicat login", ok.summary()
         bad = good.model_copy(update={"catalogue": SciCatCatalogueConfig(
-            kind="scicat", url=fake.url, username="ingestor", password="wrong")})
+            kind="scicat", url=fake.url, username="ingestor", password="wrong", admin_groups=["ingestor"])})
         refused = preflight(bad)
         assert not refused.ok and refused.checks[0].ok is False
         assert "SCICAT_PASSWORD" in (refused.checks[0].hint or "")
