@@ -158,7 +158,9 @@ def test_metrics_equal_status_json(ledger: Ledger, config: Config) -> None:
     again = _metrics(client)
     assert again["splash_events_total"][(("kind", "failed"), ("tier", "cfs"))] == 3
     assert again["splash_events_total"][(("kind", "verified"), ("tier", "cfs"))] == 5
-    assert "splash_last_restore_drill_timestamp_seconds" not in again  # no drill table yet: not exposed
+    # no restore drill has run yet: its time is 0 and its outcome is not exposed
+    assert again["splash_last_restore_drill_timestamp_seconds"] == {(): 0.0}
+    assert "splash_last_restore_drill_ok" not in again
 
 
 def test_api_serves_overview_groups_files_and_history(ledger: Ledger, config: Config) -> None:
