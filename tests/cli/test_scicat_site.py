@@ -146,6 +146,7 @@ def test_demo_against_a_site_scicat_that_is_down_then_back(tmp_path: Path, fake:
     assert len(raw(fake)) == 2
 
     fake.clear_faults()
+    cli("demo", "--root", str(root), "--stop-server", password=password)  # the demo keeps its Prefect server
     config = str(root / "splash-flows.yaml")
     retried = json.loads(cli("--config", config, "catalog", "retry", "--json", password=password).stdout)
     assert retried["catalogued"] == 1
