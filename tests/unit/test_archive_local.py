@@ -10,7 +10,7 @@ import multiprocessing
 import os
 import signal
 import tarfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,11 @@ from tests.fakes.clock import FakeClock
 
 
 def acquired(ctx: Context, clock: FakeClock, scans: int = 4, proposal: str = "ALS-00622",
-             catalogue: bool = True) -> list[str]:
+             catalogue: bool = True, when: datetime | None = None) -> list[str]:
     """Simulated scans moved to lamarr and cfs, pruning scheduled, catalogued (what the demo does)."""
     root = Path(ctx.config.tiers["data733"].root)
     written = simulate_acquisitions(root, scans, small=True, hi_lo_every=3, autoexpose_every=0, proposal=proposal,
-                                    seed=5)
+                                    seed=5, when=when)
     paths = sorted(p.relative_to(root).as_posix() for p in written)
     report = move_files(ctx, paths)
     report.raise_for_failures()
@@ -84,7 +84,9 @@ def test_archive_bundles_verifies_records_and_is_idempotent(actx: Context, clock
     assert again.planned == 0 and again.verified == [] and len(la.bundles(actx.ledger, "hpss")) == 1
     assert actx.ledger.counts()["copies"] == counts["copies"]
     # more files of the same proposal and cycle later: a new part, never a second bundle for the old files
-    acquired(actx, clock, scans=1, proposal="ALS-00622")
+    later = datetime.now(UTC) + timedelta(minutes=30)  # new names, never the first scans' names rewritten
+    new = acquired(actx, clock, scans=1, proposal="ALS-00622", when=later)
+    assert not set(new) & set(paths)
     svc.execute_archive(actx).raise_for_failures()
     names = [b.name for b in la.bundles(actx.ledger, "hpss")]
     assert len(names) == 2 and names[1].endswith("_part002.tar")
