@@ -39,7 +39,7 @@ def init_work_pools(
                                  "$PREFECT_API_URL: also what exists there already)."),
 ) -> None:
     """Wait for the Prefect server, create missing work pools (and set the limits existing ones need), deploy
-    prefect.yaml. Running it twice changes nothing. ``--preview`` prints what it would do and changes nothing."""
+    prefect.yaml. Running it twice changes nothing. --preview prints what it would do and changes nothing."""
     if preview:
         _preview(api_url, name, concurrency)
         return
