@@ -104,15 +104,14 @@ class SfapiTierConfig(_Model):
     """The HPSS tape archive at NERSC reached through the Superfacility API (``sfapi-client``): bundles are
     written by ``htar`` in a Slurm job (QOS ``xfer``) that reads the members from the source tier's folder on
     the NERSC file systems. HPSS refuses collaboration accounts: ``account`` is a person's or a service's own
-    NERSC user, and ``account_type`` says which (see README, "Tape archive")."""
+    NERSC user, and ``account_type`` says which (see README, "Tape archive"). The client's credentials are the
+    top-level ``sfapi:`` section, shared with the analysis backend and the preflight."""
 
     kind: Literal["sfapi"] = "sfapi"
     root: str = Field(description="Absolute HPSS folder the bundles go under, e.g. /home/a/alsuser/bl733.")
     account: str = Field(min_length=1, description="The NERSC user the SFAPI client acts as (owns the tape files).")
     account_type: Literal["personal", "service"] = Field(
         description="personal: a person's own account; service: a NERSC service (collaboration-free) account.")
-    client_id: str = Field(min_length=1, description="SFAPI client id (Iris -> Superfacility API clients).")
-    key_path: Path = Field(description="The client's private key (PEM or JWK), mode 600.")
     source_root: str = Field(description="Where the source tier's files are on the NERSC file system, e.g. "
                              "/global/cfs/cdirs/als/data_mover/7.3.3 (the job runs `cd` there).")
     log_dir: str = Field(description="NERSC folder for the jobs' Slurm logs (read back after each job).")
@@ -120,7 +119,6 @@ class SfapiTierConfig(_Model):
     qos: str = "xfer"
     constraint: str = "cron"
     time_limit: str = Field(default="12:00:00", pattern=r"^\d{1,2}:\d{2}:\d{2}$")
-    api_base_url: str = "https://api.nersc.gov/api/v1.2"
     poll_initial_s: float = Field(default=10.0, gt=0)
     poll_max_s: float = Field(default=300.0, gt=0)
     poll_backoff: float = Field(default=1.5, ge=1.0)
@@ -480,11 +478,9 @@ class UpConfig(_Model):
 
 
 class SfapiConfig(_Model):
-    """The ``sfapi`` analysis backend: reduction jobs at NERSC through the Superfacility API (seed flow 3)."""
+    """The ``sfapi`` analysis backend: reduction jobs at NERSC through the Superfacility API (seed flow 3). The
+    client's credentials are the top-level ``sfapi:`` section, shared with the archive tier and the preflight."""
 
-    client_id: str = Field(default="", description="SFAPI client id (iris.nersc.gov -> Superfacility API clients).")
-    key_path: Path | None = Field(default=None, description="The client's private key (PEM or JWK), mode 600.")
-    api_base_url: str = Field(default="https://api.nersc.gov/api/v1.2", description="SFAPI root URL.")
     machine: str = Field(default="perlmutter", description="Compute system the job runs on.")
     hpc_tier: str = Field(default="hpc", description="Tier the frames are copied to before the job (pscratch/CFS).")
     hpc_root: str = Field(default="", description="Absolute path of the hpc tier's root as the compute nodes see it.")
@@ -570,6 +566,8 @@ class AlertsConfig(_Model):
 
 class SfapiCredentialsConfig(_Model):
     """NERSC Superfacility API credentials: a client made in Iris (client id + private key file, mode 600).
+    The one SFAPI client of the deployment: the HPSS archive tier, the ``sfapi`` analysis backend and the
+    credential preflight all use it (``splash_flows.sfapi.build_client``).
 
     The key's expiry date is given by Iris when the client is made and is not inside the key: put it in
     ``expires`` (or keep it in a first-line comment of a PEM key file as ``# expires: YYYY-MM-DD``) so the
@@ -602,8 +600,9 @@ class Config(_Model):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    sfapi: SfapiCredentialsConfig | None = Field(default=None,
-                                                 description="NERSC SFAPI credentials (HPSS archive, HPC).")
+    sfapi: SfapiCredentialsConfig | None = Field(
+        default=None, description="NERSC SFAPI credentials, needed by an sfapi tier (HPSS) or the sfapi analysis "
+        "backend, and checked by the preflight.")
     source_path: Path | None = Field(default=None, exclude=True, description="The file this was loaded from.")
 
     @field_validator("tiers")
@@ -718,6 +717,16 @@ class Config(_Model):
         return self.archive.tier in self.tiers and self.archive.source in self.tiers
 
     @model_validator(mode="after")
+    def _sfapi_credentials(self) -> Config:
+        users = [f"tier {n!r}" for n, t in self.tiers.items() if isinstance(t, SfapiTierConfig)]
+        if self.analysis.backend == "sfapi":
+            users.append("analysis.backend sfapi")
+        if users and self.sfapi is None:
+            raise ValueError(f"{' and '.join(users)} need the top-level sfapi: section (key_file: the key Iris "
+                             "gave, mode 600; expires: its expiry date)")
+        return self
+
+    @model_validator(mode="after")
     def _analysis_tiers_exist(self) -> Config:
         if self.analysis.backend == "sfapi" and self.analysis.sfapi.hpc_tier not in self.tiers:
             raise ValueError(f"analysis.sfapi.hpc_tier {self.analysis.sfapi.hpc_tier!r} is not in tiers "
@@ -780,9 +789,6 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             if isinstance(tier, dict) and isinstance(tier.get("root"), str) and tier.get("kind", "local") == "local":
                 root = Path(tier["root"]).expanduser()
                 tier["root"] = str(root if root.is_absolute() else (base / root))
-            if isinstance(tier, dict) and isinstance(tier.get("key_path"), str) and tier.get("kind") == "sfapi":
-                key = Path(tier["key_path"]).expanduser()
-                tier["key_path"] = str(key if key.is_absolute() else (base / key))
             if isinstance(tier, dict) and isinstance(tier.get("local_root"), str) and tier.get("kind") == "globus":
                 local = Path(tier["local_root"]).expanduser()
                 tier["local_root"] = str(local if local.is_absolute() else (base / local))
@@ -802,17 +808,35 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def _resolve_analysis_paths(data: dict[str, Any], base: Path) -> None:
-    """Make a relative analysis mask file or SFAPI key path absolute, relative to the config file's folder."""
+    """Make a relative analysis mask file absolute, relative to the config file's folder."""
     analysis = data.get("analysis")
     if not isinstance(analysis, dict):
         return
-    holders = [(analysis, "mask_file")]
-    if isinstance(analysis.get("sfapi"), dict):
-        holders.append((analysis["sfapi"], "key_path"))
-    for holder, key in holders:
-        if isinstance(holder.get(key), str):
-            path = Path(holder[key]).expanduser()
-            holder[key] = str(path if path.is_absolute() else (base / path))
+    if isinstance(analysis.get("mask_file"), str):
+        path = Path(analysis["mask_file"]).expanduser()
+        analysis["mask_file"] = str(path if path.is_absolute() else (base / path))
+
+
+#: SFAPI credential keys that older configurations repeated per user of the client; now in the top-level sfapi:.
+_MOVED_SFAPI_KEYS = {"key_path": "key_file", "client_id": "client_id", "api_base_url": "api_base_url"}
+
+
+def _refuse_moved_sfapi_keys(data: dict[str, Any], source: str) -> None:
+    """One clear line for a configuration written before the SFAPI credentials became one section."""
+    holders: list[tuple[str, Any]] = []
+    tiers = data.get("tiers")
+    if isinstance(tiers, dict):
+        holders += [(f"tiers.{n}", t) for n, t in tiers.items() if isinstance(t, dict) and t.get("kind") == "sfapi"]
+    analysis = data.get("analysis")
+    if isinstance(analysis, dict):
+        holders.append(("analysis.sfapi", analysis.get("sfapi")))
+    for where, holder in holders:
+        if not isinstance(holder, dict):
+            continue
+        for old, new in _MOVED_SFAPI_KEYS.items():
+            if old in holder:
+                raise ConfigError(f"{source}: {where}.{old}: the SFAPI credentials moved to the top-level sfapi: "
+                                  f"section (sfapi.{new}), shared by the archive tier, the analysis and the check")
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -830,6 +854,7 @@ def parse_config(data: Any, *, source: str, base: Path, environ: Mapping[str, st
         expanded = expand_env(data, environ)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
+    _refuse_moved_sfapi_keys(expanded, source)
     try:
         return Config.model_validate(_resolve_paths(expanded, base))
     except ValidationError as err:

@@ -88,7 +88,7 @@ def build_archive_tier(name: str, config: Config, *, ledger: Ledger | None = Non
     if isinstance(tier_cfg, SfapiTierConfig):
         from splash_flows.tiers.archive_sfapi import SfapiArchiveTier
 
-        return SfapiArchiveTier(name, tier_cfg, config.checksum, ledger=ledger)
+        return SfapiArchiveTier(name, tier_cfg, config.checksum, ledger=ledger, credentials=config.sfapi)
     raise ConfigError(f"archive tier {name!r}: kind {tier_cfg.kind!r} cannot hold bundles (use local or sfapi)")
 
 

@@ -207,7 +207,7 @@ class ArchiveJobPending(ArchiveJobError):
 
 class SfapiAuthError(TierError):
     """NERSC's Superfacility API refused the client's credentials (expired or revoked key, wrong client id, key
-    file unreadable or not mode 600). Retrying cannot help: renew the key in Iris and update ``key_path``."""
+    file unreadable or not mode 600). Retrying cannot help: renew the key in Iris and update ``sfapi.key_file``."""
 
 
 class SfapiUnavailable(TransferError):

@@ -13,9 +13,9 @@ import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from splash_flows.config import Config, SfapiTierConfig, default_config_data, parse_config
+from splash_flows.config import Config, SfapiCredentialsConfig, SfapiTierConfig, default_config_data, parse_config
 from splash_flows.context import Context, build_context
-from splash_flows.errors import ArchiveJobError, SfapiAuthError, TierError
+from splash_flows.errors import ArchiveJobError, ConfigError, SfapiAuthError
 from splash_flows.ledger import archive as la
 from splash_flows.ledger.models import BundleState
 from splash_flows.services.archive import service as svc
@@ -39,9 +39,10 @@ def _key(tmp_path: Path) -> Path:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Context]:
     data = default_config_data(tmp_path / "site")
+    data["sfapi"] = {"client_id": "abcdefghijklm", "key_file": str(_key(tmp_path))}
     data["tiers"]["hpss"] = {"kind": "sfapi", "root": "/home/a/alsuser/bl733", "account": "alsuser",
-                             "account_type": "service", "client_id": "abcdefghijklm", "key_path": str(_key(tmp_path)),
-                             "source_root": "/global/cfs/cdirs/als/733", "log_dir": "/global/homes/a/alsuser/logs",
+                             "account_type": "service", "source_root": "/global/cfs/cdirs/als/733",
+                             "log_dir": "/global/homes/a/alsuser/logs",
                              "poll_initial_s": 0.01, "poll_max_s": 0.05}
     config: Config = parse_config(data, source="t", base=tmp_path, environ={})
     for name, tier in config.tiers.items():
@@ -177,14 +178,27 @@ def test_listing_and_log_parsers() -> None:
 
 def test_config_names_the_account_and_refuses_a_key_readable_by_others(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="account_type"):
-        SfapiTierConfig(root="/h", account="a", client_id="c", key_path=tmp_path / "k", source_root="/s",
-                        log_dir="/l")  # type: ignore[call-arg]
+        SfapiTierConfig(root="/h", account="a", source_root="/s", log_dir="/l")  # type: ignore[call-arg]
     key = _key(tmp_path)
     key.chmod(0o644)
-    cfg = SfapiTierConfig(root="/h", account="a", account_type="personal", client_id="c", key_path=key,
-                          source_root="/s", log_dir="/l")
-    with pytest.raises(TierError, match="chmod 600"):
+    cfg = SfapiTierConfig(root="/h", account="a", account_type="personal", source_root="/s", log_dir="/l")
+    creds = SfapiCredentialsConfig(client_id="abcdefghijklm", key_file=key)
+    with pytest.raises(SfapiAuthError, match="chmod 600"):
+        SfapiArchiveTier("hpss", cfg, "xxh3_128", ledger=None, credentials=creds)._compute()
+    with pytest.raises(SfapiAuthError, match="top-level sfapi"):
         SfapiArchiveTier("hpss", cfg, "xxh3_128", ledger=None)._compute()
+
+
+def test_an_sfapi_tier_needs_the_one_sfapi_section_and_old_keys_say_where_they_went(tmp_path: Path) -> None:
+    data = default_config_data(tmp_path / "site")
+    data["tiers"]["hpss"] = {"kind": "sfapi", "root": "/h", "account": "a", "account_type": "service",
+                             "source_root": "/s", "log_dir": "/l"}
+    with pytest.raises(ConfigError, match="need the top-level sfapi: section"):
+        parse_config(data, source="t.yaml", base=tmp_path, environ={})
+    data["tiers"]["hpss"]["key_path"] = "k.pem"
+    with pytest.raises(ConfigError, match=r"t.yaml: tiers.hpss.key_path: .*moved to the top-level sfapi: section "
+                                          r"\(sfapi.key_file\)"):
+        parse_config(data, source="t.yaml", base=tmp_path, environ={})
 
 
 def test_prune_recheck_and_restore_go_through_listing_and_extraction_jobs(site: Context, tmp_path: Path) -> None:

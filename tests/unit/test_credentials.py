@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from splash_flows.config import Config, SciCatCatalogueConfig, SfapiCredentialsConfig, default_config_data, parse_config
 from splash_flows.errors import CredentialError
-from splash_flows.monitoring.credentials import expiries, preflight, read_sfapi_key, sfapi_token
+from splash_flows.monitoring.credentials import expiries, preflight
+from splash_flows.sfapi import read_key, token
 from tests.fakes.scicat_server import FakeSciCat
 from tests.support.postgres import free_port
 
@@ -52,12 +53,15 @@ def with_sfapi(config: Config, key: Path, expires: str | None) -> Config:
 
 
 def test_a_pem_key_and_a_json_jwk_key_parse(tmp_path: Path, pem: str) -> None:
-    assert read_sfapi_key(pem_key(tmp_path, pem)) == (CLIENT_ID, "PEM")
+    found = read_key(pem_key(tmp_path, pem))
+    assert (found.client_id, found.kind) == (CLIENT_ID, "PEM")
+    assert "BEGIN" not in repr(found)  # the secret is never shown
     jwk = JsonWebKey.import_key(pem, {"kty": "RSA"}).as_dict(is_private=True)
     path = tmp_path / "key.json"
     path.write_text(json.dumps({"client_id": CLIENT_ID, "secret": jwk}))
     path.chmod(0o600)
-    assert read_sfapi_key(path) == (CLIENT_ID, "JWK")
+    found = read_key(path)
+    assert (found.client_id, found.kind) == (CLIENT_ID, "JWK")
 
 
 @pytest.mark.parametrize(("case", "message"), [
@@ -76,7 +80,16 @@ def test_a_bad_key_is_one_clear_line(tmp_path: Path, pem: str, case: str, messag
     else:
         path = pem_key(tmp_path, pem, client_id="short")
     with pytest.raises(CredentialError, match=message.replace("(", r"\(")):
-        read_sfapi_key(path)
+        read_key(path)
+
+
+def test_a_bare_pem_key_takes_its_id_from_the_configuration(tmp_path: Path, pem: str) -> None:
+    path = tmp_path / "bare.pem"
+    path.write_text(pem)
+    path.chmod(0o600)
+    with pytest.raises(CredentialError, match="no client id"):
+        read_key(path)
+    assert read_key(path, CLIENT_ID).client_id == CLIENT_ID
 
 
 @respx.mock
@@ -84,7 +97,7 @@ def test_the_token_is_obtained_with_the_key(tmp_path: Path, pem: str) -> None:
     route = respx.post(TOKEN_URL).mock(return_value=httpx.Response(
         200, json={"access_token": "tok-123", "token_type": "Bearer", "expires_in": 600}))
     cfg = SfapiCredentialsConfig(key_file=pem_key(tmp_path, pem), token_url=TOKEN_URL)
-    assert sfapi_token(cfg) == "tok-123"
+    assert token(cfg) == "tok-123"
     sent = route.calls.last.request.content.decode()
     assert "client_credentials" in sent and "client_assertion=" in sent  # private-key JWT, not a password
 

@@ -20,21 +20,17 @@ Plain functions over a ``Config``; they return ``CheckResult`` lines and never r
 from __future__ import annotations
 
 import importlib
-import json
-import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
+from splash_flows import sfapi
 from splash_flows.config import Config, GlobusTierConfig, SciCatCatalogueConfig, SfapiCredentialsConfig
 from splash_flows.errors import CatalogueError, ConfigError, CredentialError, SplashFlowsError
 from splash_flows.monitoring.alerts import Expiry
 from splash_flows.services.flight_check import CheckResult, FlightReport
 
-SFAPI_RENEW = "make a new client in Iris (iris.nersc.gov -> Profile -> Superfacility API Clients), save its key " \
-              "with mode 600, and set sfapi.key_file and sfapi.expires"
+SFAPI_RENEW = sfapi.RENEW
 
 
 def _utcnow() -> datetime:
@@ -51,77 +47,6 @@ def parse_expiry(text: str) -> datetime:
     except ValueError:
         raise ConfigError(f"sfapi.expires: {text!r} is not a date (YYYY-MM-DD) or an ISO date-time") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def read_sfapi_key(path: Path) -> tuple[str, str]:
-    """The client id and the kind of key ("PEM" or "JWK") in an SFAPI key file, checked as sfapi-client checks
-    it (exists, mode 600, a 13-character client id) and parsed, so a damaged key fails here and not mid-job."""
-    try:
-        st = path.stat()
-    except OSError as err:
-        raise CredentialError(f"SFAPI key {path}: cannot read it: {err.strerror or err}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CredentialError(f"SFAPI key {path}: not a regular file")
-    if stat.S_IMODE(st.st_mode) != 0o600:
-        raise CredentialError(f"SFAPI key {path}: mode is {stat.S_IMODE(st.st_mode):o}, must be 600 "
-                              f"(run: chmod 600 {path})")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CredentialError(f"SFAPI key {path}: cannot read it: {err}") from None
-    from authlib.jose import JsonWebKey
-
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-            client_id = str(data["client_id"]).strip()
-            JsonWebKey.import_key(data["secret"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise CredentialError(f"SFAPI key {path}: not a JSON key with client_id and a JWK secret ({err})") \
-                from None
-        kind = "JWK"
-    else:
-        first, _, rest = text.partition("\n")
-        client_id = first.strip()
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        try:
-            load_pem_private_key(rest.strip().encode(), password=None)
-        except (ValueError, TypeError) as err:
-            raise CredentialError(f"SFAPI key {path}: the private key after the client id line does not parse "
-                                  f"as PEM ({err})") from None
-        kind = "PEM"
-    if len(client_id) != 13:
-        raise CredentialError(f"SFAPI key {path}: no client id (a 13-character id is expected on the first line "
-                              "of a PEM key, or as client_id in a JSON key)")
-    return client_id, kind
-
-
-def sfapi_token(cfg: SfapiCredentialsConfig) -> str:
-    """Obtain an access token with the key (client credentials + private-key JWT): proves NERSC accepts it."""
-    import httpx
-    from authlib.integrations.base_client.errors import OAuthError
-    from sfapi_client import Client
-    from sfapi_client.exceptions import ClientKeyError
-
-    kwargs: dict[str, Any] = {"key": cfg.key_file}
-    if cfg.api_base_url:
-        kwargs["api_base_url"] = cfg.api_base_url.rstrip("/")
-    if cfg.token_url:
-        kwargs["token_url"] = cfg.token_url
-    try:
-        with Client(**kwargs) as client:
-            token = client.token
-    except ClientKeyError as err:
-        raise CredentialError(f"SFAPI key {cfg.key_file}: {err}") from None
-    except OAuthError as err:
-        raise CredentialError(f"NERSC refused the SFAPI client: {err.error}: {err.description or ''}".strip()) \
-            from None
-    except httpx.HTTPError as err:
-        raise CredentialError(f"NERSC's token service could not be reached: {type(err).__name__}: {err}") from None
-    if not token:
-        raise CredentialError("NERSC's token service answered without an access token")
-    return str(token)
 
 
 def sfapi_expiry(config: Config) -> Expiry | None:
@@ -150,7 +75,7 @@ def _run(report: FlightReport, name: str, fn: Callable[[], str], hint: str, cloc
 
 def check_sfapi(config: Config, report: FlightReport, *, now: datetime,
                 clock: Callable[[], float] = time.monotonic,
-                token: Callable[[SfapiCredentialsConfig], str] = sfapi_token) -> None:
+                token: Callable[[SfapiCredentialsConfig], str] = sfapi.token) -> None:
     """The SFAPI lines of the preflight: key file, token, expiry."""
     cfg = config.sfapi
     if cfg is None:
@@ -158,12 +83,9 @@ def check_sfapi(config: Config, report: FlightReport, *, now: datetime,
     parsed: dict[str, str] = {}
 
     def key() -> str:
-        client_id, kind = read_sfapi_key(cfg.key_file)
-        if cfg.client_id and cfg.client_id != client_id:
-            raise CredentialError(f"SFAPI key {cfg.key_file} is for client {client_id}, but sfapi.client_id says "
-                                  f"{cfg.client_id}")
-        parsed["client_id"] = client_id
-        return f"{kind} key of client {client_id} in {cfg.key_file} (mode 600)"
+        found = sfapi.check_key(cfg)
+        parsed["client_id"] = found.client_id
+        return f"{found.kind} key of client {found.client_id} in {cfg.key_file} (mode 600)"
 
     if not _run(report, "sfapi key", key, SFAPI_RENEW, clock):
         report.checks.append(CheckResult("sfapi token", None, "the key file is not usable"))
@@ -250,14 +172,14 @@ def nothing_to_check() -> CheckResult:
 
 
 def check_other_services(config: Config, report: FlightReport, *,
-                         sfapi_token_fn: Callable[[SfapiCredentialsConfig], str] = sfapi_token) -> None:
+                         sfapi_token_fn: Callable[[SfapiCredentialsConfig], str] = sfapi.token) -> None:
     """The checks beyond Globus (SFAPI, SciCat), appended to ``report`` (the flight_check_733 flow's second task)."""
     check_sfapi(config, report, now=report.started_at, token=sfapi_token_fn)
     check_scicat(config, report)
 
 
 def preflight(config: Config, *, probe: bool = False, now: Callable[[], datetime] = _utcnow,
-              sfapi_token_fn: Callable[[SfapiCredentialsConfig], str] = sfapi_token) -> FlightReport:
+              sfapi_token_fn: Callable[[SfapiCredentialsConfig], str] = sfapi.token) -> FlightReport:
     """Every credential check that applies to this configuration, in order: Globus, SFAPI, SciCat."""
     report = FlightReport(started_at=now())
     check_globus(config, report, probe=probe)

@@ -18,8 +18,9 @@ One job per bundle, in QOS ``xfer`` (htar runs only there), rendered by ``render
   restarted run polls the same job instead of submitting a second one. A submission answered 5xx is retried
   only after looking for a job of the same (per-attempt unique) name, so a lost answer never starts a second
   job; the library's own retries are bypassed for that one POST.
-- Credentials: the client id and private key of a person's or service's own NERSC account (HPSS refuses
-  collaboration accounts); the key file must be mode 600. A refused key is ``SfapiAuthError``.
+- Credentials: the top-level ``sfapi:`` section (``splash_flows.sfapi``), the client of a person's or service's
+  own NERSC account (HPSS refuses collaboration accounts); the key file must be mode 600. A refused or unusable
+  key is ``SfapiAuthError``.
 
 The prune step re-checks an hpss copy by the bundle's listing (``htar -tvf -Hnostage``, cached per bundle
 for the life of this object) against the manifest: the member must be listed with the manifest's size; its
@@ -32,7 +33,6 @@ import json
 import logging
 import re
 import shlex
-import stat as stat_mod
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,10 +41,11 @@ from typing import Any
 import httpx
 
 from splash_flows.checksum import new_hasher
-from splash_flows.config import SfapiTierConfig
+from splash_flows.config import SfapiCredentialsConfig, SfapiTierConfig
 from splash_flows.errors import (
     ArchiveJobError,
     ArchiveJobPending,
+    CredentialError,
     SfapiAuthError,
     SfapiUnavailable,
     SourceMissingError,
@@ -107,10 +108,12 @@ class SfapiArchiveTier(ArchiveTierBase):
     kind = "sfapi"
 
     def __init__(self, name: str, cfg: SfapiTierConfig, checksum_alg: str, *, ledger: Ledger | None,
-                 client_factory: Callable[[], Any] | None = None, sleep: Callable[[float], None] = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic, submit_attempts: int = 4) -> None:
+                 credentials: SfapiCredentialsConfig | None = None, client_factory: Callable[[], Any] | None = None,
+                 sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
+                 submit_attempts: int = 4) -> None:
         self.name = name
         self.cfg = cfg
+        self.credentials = credentials
         self.checksum_alg = checksum_alg
         self.ledger = ledger
         self._client_factory = client_factory or self._default_client
@@ -126,17 +129,16 @@ class SfapiArchiveTier(ArchiveTierBase):
     # ------------------------------------------------------------------------------------------ client
 
     def _default_client(self) -> Any:
-        from sfapi_client import Client
+        """The deployment's one SFAPI client (``splash_flows.sfapi``), from the top-level ``sfapi:`` section."""
+        from splash_flows import sfapi
 
-        key = self.cfg.key_path
+        if self.credentials is None:
+            raise SfapiAuthError("no SFAPI credentials: set the top-level sfapi: section (key_file, expires)",
+                                 tier=self.name)
         try:
-            st = key.stat()
-            if stat_mod.S_IMODE(st.st_mode) & 0o077:
-                raise SfapiAuthError(f"key file {key} must be readable by its owner only (chmod 600)", tier=self.name)
-            secret = key.read_text(encoding="utf-8")
-        except OSError as err:
-            raise SfapiAuthError(f"cannot read the SFAPI key {key}: {err.strerror or err}", tier=self.name) from None
-        return Client(client_id=self.cfg.client_id, secret=secret, api_base_url=self.cfg.api_base_url)
+            return sfapi.build_client(self.credentials)
+        except CredentialError as err:
+            raise SfapiAuthError(f"{err}; {sfapi.RENEW}", tier=self.name) from None
 
     def _compute(self) -> Any:
         if self._compute_obj is None:
@@ -152,9 +154,10 @@ class SfapiArchiveTier(ArchiveTierBase):
         try:
             return fn()
         except (OAuthError, ClientKeyError) as err:
-            raise SfapiAuthError(f"SFAPI refused the credentials of client {self.cfg.client_id} (account "
-                                 f"{self.cfg.account}) while trying to {what}: {_text(err)}; renew the key in "
-                                 f"Iris and update key_path", tier=self.name) from None
+            key = self.credentials.key_file if self.credentials else "(none)"
+            raise SfapiAuthError(f"SFAPI refused the credentials in {key} (account {self.cfg.account}) while "
+                                 f"trying to {what}: {_text(err)}; renew the key in Iris and update "
+                                 "sfapi.key_file", tier=self.name) from None
         except httpx.HTTPStatusError as err:
             code = err.response.status_code
             if code in (401, 403):

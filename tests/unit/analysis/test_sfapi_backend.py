@@ -19,7 +19,7 @@ from splash_flows.analysis import service
 from splash_flows.analysis.backends.sfapi import SfapiBackend, build_sfapi_client, job_script
 from splash_flows.analysis.job import run_manifest
 from splash_flows.beamlines.bl733.simulator import simulate_acquisitions, simulated_poni
-from splash_flows.config import Config, SfapiConfig
+from splash_flows.config import Config, SfapiConfig, SfapiCredentialsConfig
 from splash_flows.context import Context, build_context
 from splash_flows.errors import ConfigError
 from splash_flows.ledger import analysis as ledger_an
@@ -65,10 +65,11 @@ class FakeNersc:
 
 @pytest.fixture
 def site(sqlite_config: Config) -> Iterator[tuple[Context, list[str]]]:
-    sfapi = SfapiConfig(client_id="client", api_base_url=API, poll_interval_s=0.01, job_timeout_s=60)
+    sfapi = SfapiConfig(poll_interval_s=0.01, job_timeout_s=60)
     analysis = sqlite_config.analysis.model_copy(update={"backend": "sfapi", "npt": 200, "gi_npt": 32,
                                                          "sfapi": sfapi})
-    config = sqlite_config.model_copy(update={"analysis": analysis})
+    creds = SfapiCredentialsConfig(key_file=Path("/nonexistent/sfapi.pem"), api_base_url=API)
+    config = sqlite_config.model_copy(update={"analysis": analysis, "sfapi": creds})
     root = Path(config.tiers["data733"].root)
     written = simulate_acquisitions(root, 2, small=True, when=datetime(2026, 3, 1, 10, 0, 0), seed=7)
     ctx = build_context(config)
@@ -89,8 +90,9 @@ def _mock(router: respx.MockRouter, fake: FakeNersc) -> None:
 def _backend(ctx: Context) -> SfapiBackend:
     from sfapi_client import Client
 
-    def client(cfg: SfapiConfig) -> Client:
-        return Client(access_token="test-token", api_base_url=cfg.api_base_url, wait_interval=0)
+    def client(creds: SfapiCredentialsConfig | None) -> Client:
+        assert creds is not None and creds.api_base_url  # the backend passes the one sfapi: section
+        return Client(access_token="test-token", api_base_url=creds.api_base_url, wait_interval=0)
 
     return SfapiBackend(ctx, ctx.config.analysis.sfapi, client_factory=client, sleep=lambda _s: None)
 
@@ -186,6 +188,6 @@ def test_client_construction_refuses_a_key_readable_by_others(tmp_path: Path) ->
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     key.chmod(0o644)
     with pytest.raises(ConfigError, match="must be 600"):
-        build_sfapi_client(SfapiConfig(client_id="c", key_path=key))
-    with pytest.raises(ConfigError, match="client_id and key_path"):
-        build_sfapi_client(SfapiConfig())
+        build_sfapi_client(SfapiCredentialsConfig(client_id="abcdefghijklm", key_file=key))
+    with pytest.raises(ConfigError, match="top-level sfapi: section"):
+        build_sfapi_client(None)

@@ -12,8 +12,9 @@
    computed; an output that does not verify is that scan's error.
 
 ``sfapi_client`` polls with its own sleeps and its ``complete()`` waits only for the states it knows (not
-NODE_FAIL, BOOT_FAIL or DEADLINE), so this module polls ``job.update()`` itself, with an injectable sleep. NERSC
-clients are built in one function, ``build_sfapi_client`` (shared with the HPSS tier when the branches meet).
+NODE_FAIL, BOOT_FAIL or DEADLINE), so this module polls ``job.update()`` itself, with an injectable sleep. The
+client is the deployment's one SFAPI client (``splash_flows.sfapi.build_client`` over the top-level ``sfapi:``
+credentials), shared with the HPSS tier and the preflight.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from splash_flows.analysis.backends.base import ProgressFn
 from splash_flows.analysis.job import MANIFEST_VERSION, ScanJob, ScanOutcome
 from splash_flows.analysis.reduce import Settings
-from splash_flows.config import LocalTierConfig, SfapiConfig
-from splash_flows.errors import AnalysisError, ConfigError, HpcJobError, SplashFlowsError
+from splash_flows.config import LocalTierConfig, SfapiConfig, SfapiCredentialsConfig
+from splash_flows.errors import AnalysisError, ConfigError, CredentialError, HpcJobError, SplashFlowsError
 from splash_flows.tiers.base import CopyItem, CopyResult
 
 if TYPE_CHECKING:
@@ -52,21 +53,17 @@ WORK_FOLDER = ".splash-analysis"
 LOG_TAIL = 4000
 
 
-def build_sfapi_client(cfg: SfapiConfig) -> Client:
-    """The NERSC Superfacility API client of a configuration: the one place it is built. The private key file
-    must exist and be readable only by its owner (mode 600), as NERSC requires."""
-    from sfapi_client import Client
+def build_sfapi_client(creds: SfapiCredentialsConfig | None) -> Client:
+    """The deployment's SFAPI client for a reduction job; ConfigError when no credentials are configured or
+    the key is unusable (the analysis of this batch fails, the raw data's move is not affected)."""
+    from splash_flows import sfapi
 
-    if not cfg.client_id or cfg.key_path is None:
-        raise ConfigError("analysis.sfapi needs client_id and key_path (the SFAPI client's private key)")
+    if creds is None:
+        raise ConfigError("analysis.backend sfapi needs the top-level sfapi: section (key_file, expires)")
     try:
-        mode = cfg.key_path.stat().st_mode & 0o777
-        secret = cfg.key_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"analysis.sfapi.key_path {cfg.key_path}: {exc.strerror or exc}") from None
-    if mode & 0o077:
-        raise ConfigError(f"analysis.sfapi.key_path {cfg.key_path} has mode {mode:o}; it must be 600")
-    return Client(client_id=cfg.client_id, secret=secret, api_base_url=cfg.api_base_url)
+        return sfapi.build_client(creds)
+    except CredentialError as err:
+        raise ConfigError(f"{err}; {sfapi.RENEW}") from None
 
 
 def job_script(cfg: SfapiConfig, *, work_dir: str, manifest: dict[str, Any]) -> str:
@@ -108,8 +105,9 @@ class SfapiBackend:
 
     name = "sfapi"
 
-    def __init__(self, ctx: Context, cfg: SfapiConfig, *, client_factory: Callable[[SfapiConfig], Client] =
-                 build_sfapi_client, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, ctx: Context, cfg: SfapiConfig, *,
+                 client_factory: Callable[[SfapiCredentialsConfig | None], Client] = build_sfapi_client,
+                 sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.cfg = cfg
@@ -172,7 +170,7 @@ class SfapiBackend:
         manifest = {"version": MANIFEST_VERSION, "root": root, "settings": settings.as_dict(),
                     "scans": [asdict(j) for j in jobs]}
         script = job_script(self.cfg, work_dir=posixpath.join(root, batch), manifest=manifest)
-        client = self._client_factory(self.cfg)
+        client = self._client_factory(self.ctx.config.sfapi)
         try:
             job_id, state = self._submit_and_wait(client, script)
             if state != COMPLETED:
