@@ -20,9 +20,7 @@ demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to la
 	$(BIN)/splash-flows demo --root var/demo
 
 test: $(VENV)/.installed  ## lint, type-check and run the whole test suite (starts PostgreSQL itself)
-	bash scripts/ensure-postgres.sh
-	bash scripts/ensure-chromium.sh
-	bash scripts/ensure-ansible.sh
+	bash scripts/ensure-packages.sh test
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	SPLASH_TEST_REQUIRE_POSTGRES=$${SPLASH_TEST_REQUIRE_POSTGRES:-1} \
@@ -37,21 +35,21 @@ typecheck: $(VENV)/.installed
 	$(BIN)/mypy
 
 faults-bounded: $(VENV)/.installed  ## the bounded fault matrix: one seed per fault, 13 files each
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-packages.sh postgres
 	SPLASH_FAULTS=bounded SPLASH_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 faults: $(VENV)/.installed  ## the full fault matrix (several seeds per fault, ~270 files each); table in bench/results/faults-full.md
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-packages.sh postgres
 	SPLASH_FAULTS=full SPLASH_TEST_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/faults
 
 bench: $(VENV)/.installed  ## our verified copy against cp + xxhsum, rclone and rsync (large and small files); our reduction against bare pyFAI
-	bash scripts/ensure-bench-tools.sh
+	bash scripts/ensure-packages.sh bench
 	$(BIN)/python bench/move_throughput.py
 	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
 	$(BIN)/python bench/reduce.py
 
 bench-small: $(VENV)/.installed  ## the small-file burst: bare copy and the deployed stack, with every baseline
-	bash scripts/ensure-bench-tools.sh
+	bash scripts/ensure-packages.sh bench
 	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
 	$(BIN)/python bench/detect_to_safe.py --singles 0
 
@@ -59,22 +57,22 @@ bench-scale: $(VENV)/.installed  ## a million files: the watcher's scans and rec
 	$(BIN)/python bench/scale.py --dir /dev/shm/splash-scale --clean
 
 bench-ledger: $(VENV)/.installed  ## 1M files / 10M copies on PostgreSQL: every status, prune, reconcile query
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-packages.sh postgres
 	$(BIN)/python bench/ledger_scale.py --markdown var/ledger_scale.md
 
 bench-workers: $(VENV)/.installed  ## two process workers, one killed mid-burst: the full 2,000 files
-	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-packages.sh postgres
 	SPLASH_BURST_FILES=2000 $(BIN)/python -m pytest -q -p no:cacheprovider -s tests/integration/test_multi_worker.py
 
 bench-archive: $(VENV)/.installed  ## bundle + verify 2 GB to the local tape tier vs tar -cf + xxhsum
-	bash scripts/ensure-xxhash.sh
+	bash scripts/ensure-packages.sh xxhash
 	$(BIN)/python bench/archive.py
 
 wheel: $(VENV)/.installed  ## dist/splash_flows-<version>-py3-none-any.whl, what the Ansible playbook installs
 	$(BIN)/pip wheel -q --no-deps -w dist .
 
 screenshots: $(VENV)/.installed  ## the data-safety page of the demo, in headless Chromium, into docs/
-	bash scripts/ensure-chromium.sh
+	bash scripts/ensure-packages.sh chromium
 	$(BIN)/splash-flows demo --root var/demo --small
 	$(BIN)/python scripts/screenshot_page.py --config var/demo/splash-flows.yaml --out docs
 

@@ -14,7 +14,7 @@ Sends a burst (default 200 files of 10 MB; ``--files 1000 --size-kb 4`` for the 
 None of the baselines fsyncs file by file, re-reads from the device or records anything: they are the least a
 careful person would do by hand. Prints every time, the ratio ours/baseline for each (aim vs cp: <= 1.3 for
 large files, <= 3 for small ones), the load average, and a JSON line for the README table. A baseline whose
-tool is not installed is skipped and named (scripts/ensure-bench-tools.sh installs them).
+tool is not installed is skipped and named (scripts/ensure-packages.sh bench installs them).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_baselines(base_root: Path, paths: list[str], say: Any = print) -> dict[s
     src = base_root / "data733"
     for name, (tool, _label) in BASELINES.items():
         if shutil.which(tool) is None:
-            say(f"  {name}: not installed, skipped (scripts/ensure-bench-tools.sh)")
+            say(f"  {name}: not installed, skipped (scripts/ensure-packages.sh bench)")
             continue
         targets = [base_root / name / t for t in ("lamarr", "cfs")]
         for t in targets:

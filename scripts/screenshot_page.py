@@ -28,7 +28,7 @@ def main() -> int:
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        print("chromium is not installed (bash scripts/ensure-chromium.sh)", file=sys.stderr)
+        print("chromium is not installed (bash scripts/ensure-packages.sh chromium)", file=sys.stderr)
         return 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -30,7 +30,7 @@ def _require() -> None:
         missing.append("ansible-playbook (pip: ansible-core, in the test extras)")
     if shutil.which("apt-get") is None or subprocess.run(["/usr/bin/python3", "-c", "import apt"],
                                                         capture_output=True, check=False).returncode:
-        missing.append("apt with the system Python's python3-apt (scripts/ensure-ansible.sh)")
+        missing.append("apt with the system Python's python3-apt (scripts/ensure-packages.sh python3-apt)")
     if missing:
         if os.environ.get("SPLASH_TEST_REQUIRE_ANSIBLE") == "1":
             pytest.fail(f"missing: {'; '.join(missing)} but SPLASH_TEST_REQUIRE_ANSIBLE=1")
