@@ -31,7 +31,8 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         if os.environ.get("SPLASH_TEST_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is not installed but SPLASH_TEST_REQUIRE_BROWSER=1 (scripts/ensure-packages.sh chromium)")
+            pytest.fail("chromium is not installed but SPLASH_TEST_REQUIRE_BROWSER=1 "
+                        "(scripts/ensure-packages.sh chromium)")
         pytest.skip("chromium is not installed here (scripts/ensure-packages.sh chromium installs it)")
     from playwright.sync_api import sync_playwright
 
