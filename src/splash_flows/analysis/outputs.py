@@ -53,6 +53,18 @@ def _software_versions() -> dict[str, str]:
     return out
 
 
+def prepare() -> None:
+    """Load once what writing outputs needs (h5py, Pillow's PNG encoder, the fonts, the palette, the software
+    versions): a pool worker does it at start-up instead of on its first scan."""
+    import h5py  # noqa: F401
+    from PIL import Image, PngImagePlugin  # noqa: F401
+
+    _font(12)
+    _font(10)
+    _frame_palette()
+    software_versions()
+
+
 def output_names(stem: str, grazing: bool) -> list[str]:
     """File names a reduction of scan ``stem`` writes (in its results folder)."""
     names = [f"{stem}.h5", f"{stem}.dat", f"{stem}_iq.png", f"{stem}_frame.png"]
@@ -126,8 +138,15 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
     The layout is pyFAI's ``save_NXcansas`` (same groups, names, attributes and values: SASentry, the pyFAI
     NXprocess with the PONI, SASinstrument / SASdetector / SASsource, SASdata with ``Q``, ``I``, ``Idev`` and
     pyFAI's sums; pyFAI's ``integrate`` collection of 12 fields is one JSON NXnote here), written with h5py in
-    ONE open of an in-memory file (``driver="core"``) flushed to disk once at close: pyFAI's writer plus our
-    second open cost ~190 ms a frame (bench/reduce.py), one small HDF5 write per dataset and attribute."""
+    memory and to disk in one write: pyFAI's writer plus our second open cost ~190 ms a frame (bench/reduce.py),
+    one small HDF5 write per dataset and attribute. Half of the ~100 objects (the entry's, the process's and
+    the instrument's) are the same for every frame of a geometry: they are made once, as an in-memory file
+    image (``_static_image``), which each frame opens and completes."""
+    path.write_bytes(nxcansas_bytes(reduction, stem=stem, settings=settings, info=info))
+
+
+def nxcansas_bytes(reduction: Reduction, *, stem: str, settings: Settings, info: dict[str, Any]) -> bytes:
+    """The NXcanSAS file of ``write_nxcansas`` as bytes."""
     import h5py
 
     frame, result = reduction.frame, reduction.result
@@ -146,32 +165,17 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
         "software": software_versions(),
         **info,
     }
-    versions = software_versions()
-    with h5py.File(path, "w", driver="core", backing_store=True) as h5:
-        h5.attrs["default"] = "entry"
-        h5.attrs["creator"] = "splash-flows"
-        entry = h5.create_group("entry")
-        entry.attrs.update({"NX_class": "NXentry", "canSAS_class": "SASentry", "version": "1.1",
-                            "default": "sasdata"})
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fapl_core(backing_store=False)
+    fapl.set_file_image(_static_image(result.poni))
+    with h5py.File(h5py.h5f.open(b"nxcansas.h5", h5py.h5f.ACC_RDWR, fapl=fapl)) as h5:
+        entry = h5["entry"]
         entry["title"] = f"7.3.3 {stem}"
-        entry["program_name"] = "pyFAI"
         entry["start_time"] = now
         entry["end_time"] = now
-        entry["definition"] = "NXcanSAS"
-        entry["definition"].attrs["version"] = "1.1"
         entry["run"] = stem
-
-        process = entry.create_group("pyFAI")
-        process.attrs.update({"NX_class": "NXprocess", "canSAS_class": "SASprocess"})
-        process["name"] = "Azimuthal integration"
-        process["sequence_index"] = 1
-        process["program"] = "pyFAI"
-        process["version"] = versions.get("pyFAI", "?")
+        process = entry["pyFAI"]
         process["date"] = now
-        poni = process.create_group("poni")
-        poni.attrs["NX_class"] = "NXnote"
-        poni["data"] = json.dumps(result.poni.as_dict(), indent=2, default=str)
-        poni["format"] = "text/json"
         integrate = process.create_group("integrate")  # pyFAI's NXcollection of 12 fields, as one JSON note
         integrate.attrs["NX_class"] = "NXnote"
         method = result.method.method._asdict() if result.method is not None else {}
@@ -194,32 +198,6 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
         sample = entry.create_group(_h5_name(stem))
         sample.attrs.update({"NX_class": "NXsample", "canSAS_class": "SASsample"})
         sample["name"] = _h5_name(stem)
-
-        instrument = entry.create_group("ALS 7.3.3")
-        instrument.attrs.update({"NX_class": "NXinstrument", "canSAS_class": "SASinstrument"})
-        instrument["name"] = "ALS 7.3.3"
-        geometry = result.poni
-        detector_name = type(geometry.detector).__name__
-        detector = instrument.create_group(detector_name)
-        detector.attrs.update({"NX_class": "NXdetector", "canSAS_class": "SASdetector"})
-        detector["name"] = detector_name
-        detector["config"] = json.dumps(geometry.detector.get_config(), default=str)
-        for name, value, unit in (
-            ("SDD", geometry.dist, "m"), ("x_position", -geometry.poni2, "m"), ("y_position", -geometry.poni1, "m"),
-            ("roll", -geometry.rot3, "rad"), ("pitch", -geometry.rot2, "rad"), ("yaw", -geometry.rot1, "rad"),
-            ("x_pixel_size", geometry.detector.pixel2, "m"), ("y_pixel_size", geometry.detector.pixel1, "m"),
-            ("beam_center_x", geometry.poni2, "m"),  # NX_LENGTH (pyFAI wrote pixels labelled "m")
-            ("beam_center_y", geometry.poni1, "m"),
-        ):
-            detector.create_dataset(name, data=float(value)).attrs["units"] = unit
-        source = instrument.create_group("Advanced Light Source")
-        source.attrs.update({"NX_class": "NXsource", "canSAS_class": "SASsource"})
-        source["type"] = "synchrotron"
-        source["name"] = "Advanced Light Source"
-        source["probe"] = "x-ray"
-        if geometry.wavelength:
-            source.create_dataset("incident_wavelength", data=float(geometry.wavelength * 1e10)).attrs["units"] = \
-                "angstrom"
 
         data = entry.create_group("sasdata")
         data.attrs.update({"NX_class": "NXdata", "canSAS_class": "SASdata", "signal": "I", "I_axes": "Q",
@@ -261,6 +239,77 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
             qmap.create_dataset("I", data=gi.intensity, compression="gzip", compression_opts=1)
             qmap.create_dataset("q_ip", data=gi.q_ip).attrs["units"] = "1/nm"
             qmap.create_dataset("q_oop", data=gi.q_oop).attrs["units"] = "1/nm"
+        h5.flush()
+        image: bytes = h5.id.get_file_image()
+    return image
+
+
+#: In-memory NXcanSAS images holding what every frame of one geometry shares (``_static_image``), per geometry.
+_STATIC_IMAGES: dict[str, bytes] = {}
+
+
+def _static_image(geometry: Any) -> bytes:
+    """The part of the NXcanSAS file that depends only on the geometry ``geometry`` (pyFAI's ``PoniFile`` of the
+    result) and the software: the entry's attributes, the pyFAI process with its PONI, the instrument, detector
+    and source; an HDF5 file image, made once per geometry and process."""
+    import h5py
+
+    poni_json = json.dumps(geometry.as_dict(), indent=2, default=str)
+    cached = _STATIC_IMAGES.get(poni_json)
+    if cached is not None:
+        return cached
+    versions = software_versions()
+    with h5py.File("static.h5", "w", driver="core", backing_store=False) as h5:
+        h5.attrs["default"] = "entry"
+        h5.attrs["creator"] = "splash-flows"
+        entry = h5.create_group("entry")
+        entry.attrs.update({"NX_class": "NXentry", "canSAS_class": "SASentry", "version": "1.1",
+                            "default": "sasdata"})
+        entry["program_name"] = "pyFAI"
+        entry["definition"] = "NXcanSAS"
+        entry["definition"].attrs["version"] = "1.1"
+
+        process = entry.create_group("pyFAI")
+        process.attrs.update({"NX_class": "NXprocess", "canSAS_class": "SASprocess"})
+        process["name"] = "Azimuthal integration"
+        process["sequence_index"] = 1
+        process["program"] = "pyFAI"
+        process["version"] = versions.get("pyFAI", "?")
+        poni = process.create_group("poni")
+        poni.attrs["NX_class"] = "NXnote"
+        poni["data"] = poni_json
+        poni["format"] = "text/json"
+
+        instrument = entry.create_group("ALS 7.3.3")
+        instrument.attrs.update({"NX_class": "NXinstrument", "canSAS_class": "SASinstrument"})
+        instrument["name"] = "ALS 7.3.3"
+        detector_name = type(geometry.detector).__name__
+        detector = instrument.create_group(detector_name)
+        detector.attrs.update({"NX_class": "NXdetector", "canSAS_class": "SASdetector"})
+        detector["name"] = detector_name
+        detector["config"] = json.dumps(geometry.detector.get_config(), default=str)
+        for name, value, unit in (
+            ("SDD", geometry.dist, "m"), ("x_position", -geometry.poni2, "m"), ("y_position", -geometry.poni1, "m"),
+            ("roll", -geometry.rot3, "rad"), ("pitch", -geometry.rot2, "rad"), ("yaw", -geometry.rot1, "rad"),
+            ("x_pixel_size", geometry.detector.pixel2, "m"), ("y_pixel_size", geometry.detector.pixel1, "m"),
+            ("beam_center_x", geometry.poni2, "m"),  # NX_LENGTH (pyFAI wrote pixels labelled "m")
+            ("beam_center_y", geometry.poni1, "m"),
+        ):
+            detector.create_dataset(name, data=float(value)).attrs["units"] = unit
+        source = instrument.create_group("Advanced Light Source")
+        source.attrs.update({"NX_class": "NXsource", "canSAS_class": "SASsource"})
+        source["type"] = "synchrotron"
+        source["name"] = "Advanced Light Source"
+        source["probe"] = "x-ray"
+        if geometry.wavelength:
+            source.create_dataset("incident_wavelength", data=float(geometry.wavelength * 1e10)).attrs["units"] = \
+                "angstrom"
+        h5.flush()
+        image: bytes = h5.id.get_file_image()
+    if len(_STATIC_IMAGES) >= 8:
+        _STATIC_IMAGES.clear()
+    _STATIC_IMAGES[poni_json] = image
+    return image
 
 
 def _or_none(value: Any) -> float | str:
@@ -298,7 +347,9 @@ _GRID = (222, 222, 222)
 _INK = (0, 0, 0)
 
 
+@functools.cache
 def _font(size: int) -> Any:
+    """Pillow's default font at ``size`` (loaded once per process: FreeType parses it on every load)."""
     from PIL import ImageFont
 
     try:
@@ -376,18 +427,27 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
     draw.text(((left + right) / 2, height - 6), _UNIT_LABELS.get(reduction.unit, reduction.unit), fill=_INK,
               font=font, anchor="mb")
     draw.text(((left + right) / 2, 6), f"{title} ({reduction.frame.merge})", fill=_INK, font=font, anchor="mt")
-    label = Image.new("RGB", (bottom - top, 16), "white")
-    ImageDraw.Draw(label).text(((bottom - top) / 2, 8), "I (arb. units)", fill=_INK, font=font, anchor="mm")
-    img.paste(label.rotate(90, expand=True), (4, top))
+    img.paste(_y_label(bottom - top), (4, top))
     img.save(path, format="PNG", compress_level=1)
+
+
+@functools.cache
+def _y_label(length: int) -> Any:
+    """The I(q) plot's vertical axis label (drawn and rotated once per process)."""
+    from PIL import Image, ImageDraw
+
+    label = Image.new("RGB", (length, 16), "white")
+    ImageDraw.Draw(label).text((length / 2, 8), "I (arb. units)", fill=_INK, font=_font(12), anchor="mm")
+    return label.rotate(90, expand=True)
 
 
 _UNIT_LABELS = {"q_nm^-1": "q (1/nm)", "q_A^-1": "q (1/Å)", "2th_deg": "2θ (deg)", "r_mm": "r (mm)"}
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of ``factor x factor`` blocks (edges that fill no whole block dropped), summing along contiguous
-    axes: ~5x faster than ``reshape(r, f, c, f).mean(axis=(1, 3))`` on a 2M frame."""
+    """Mean of ``factor x factor`` blocks as float32 (edges that fill no whole block dropped), summing along
+    contiguous axes (~5x faster than ``reshape(r, f, c, f).mean(axis=(1, 3))`` on a 2M frame) and converting
+    while summing (no float copy of the whole frame)."""
     if factor == 1:
         return image.astype(np.float32)
     rows, cols = image.shape[0] // factor, image.shape[1] // factor
@@ -395,6 +455,26 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     summed = trimmed.reshape(rows, factor, cols * factor).sum(axis=1, dtype=np.float32)
     out: np.ndarray = summed.reshape(rows, cols, factor).sum(axis=2) / np.float32(factor * factor)
     return out
+
+
+#: Block-reduced ring pictures, per (ring mask, block factor): the rings are one array per geometry and process
+#: (``Integrators.rings``), so reducing them for every frame (two passes over 2.5 M pixels) is done once.
+_RING_BLOCKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _ring_blocks(rings: np.ndarray, factor: int, rows: int, cols: int) -> np.ndarray:
+    """Which ``factor x factor`` blocks a ring touches (a ring is a pixel or two wide)."""
+    key = (id(rings), factor)
+    cached = _RING_BLOCKS.get(key)
+    if cached is not None and cached[0] is rings:
+        return cached[1]
+    trimmed = rings[: rows * factor, : cols * factor]
+    blocks = np.asarray(trimmed.reshape(rows, factor, cols * factor).any(axis=1).reshape(rows, cols, factor)
+                        .any(axis=2))
+    if len(_RING_BLOCKS) >= 8:
+        _RING_BLOCKS.clear()
+    _RING_BLOCKS[key] = (rings, blocks)  # the array itself is kept, so its id cannot be reused meanwhile
+    return blocks
 
 
 #: Palette of the frame picture: 254 viridis levels, then the mask colour, then the rings' white.
@@ -417,21 +497,23 @@ def plot_frame(path: Path, reduction: Reduction, *, title: str, max_size: int = 
     388 ms a frame for the full-size RGB picture)."""
     from PIL import Image
 
-    from splash_flows.beamlines.bl733.thumbnail import scale_to_bytes
-
     image, mask = reduction.frame.image, reduction.mask
     factor = max(1, -(-max(image.shape) // max_size))
     factor = max(1, min(factor, *image.shape))  # a side shorter than a block still gives one row/column
-    small = _block_mean(np.where(mask, np.float32(0.0), image.astype(np.float32, copy=False)), factor)
+    small = _block_mean(np.where(mask, 0, image), factor)  # in the frame's own type: one pass, no float copy
     rows, cols = small.shape
-    levels = scale_to_bytes(small, low_pct=1.0, high_pct=99.8).astype(np.uint16)
-    index = ((levels * (_MASK_INDEX - 1) + 127) // 255).astype(np.uint8)
+    # log1p, then a 1 %..99.8 % percentile stretch to the palette's 254 levels (the percentiles from every other
+    # block of every other row: the stretch of a picture, a quarter of the sorting)
+    logged = np.log1p(np.maximum(small, 0.0))
+    lo, hi = (float(v) for v in np.percentile(logged[::2, ::2], [1.0, 99.8]))
+    if not hi > lo:
+        hi = lo + 1.0
+    scaled = (logged - lo) * np.float32((_MASK_INDEX - 1) / (hi - lo))
+    index = np.rint(np.clip(scaled, 0.0, _MASK_INDEX - 1, out=scaled)).astype(np.uint8)
     centre = factor // 2  # the mask sampled at each block's centre
     index[mask[centre::factor, centre::factor][:rows, :cols]] = _MASK_INDEX
     if reduction.rings is not None:  # a ring is a pixel or two wide: kept where it touches a block
-        rings = reduction.rings[: rows * factor, : cols * factor]
-        index[rings.reshape(rows, factor, cols * factor).any(axis=1).reshape(rows, cols, factor).any(axis=2)] = \
-            _RING_INDEX
+        index[_ring_blocks(reduction.rings, factor, rows, cols)] = _RING_INDEX
     picture = Image.frombytes("P", (cols, rows), np.ascontiguousarray(index).tobytes())
     picture.putpalette(_frame_palette())
     picture.save(path, format="PNG", compress_level=1)
