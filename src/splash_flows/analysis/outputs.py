@@ -7,7 +7,7 @@
 - ``<stem>.dat``: three columns q, I, sigma with a ``#`` header saying what they are and how they were made.
 - ``<stem>_iq.png``: log-log I(q) with its error band (numpy + Pillow); ``<stem>_frame.png``: the frame on a
   log scale with the mask (red) and the calibrant's rings (white) overlaid (numpy + Pillow);
-  ``<stem>_qmap.png``: the q_ip / q_oop map (grazing incidence only).
+  ``<stem>_qmap.png``: the q_ip / q_oop map (grazing incidence only; numpy + Pillow).
 
 Every file is written under a temporary name in the same folder, the scan's files are fsynced together, then
 renamed, then the folder is fsynced: a reader (or the file watcher) never sees half a file under a final name.
@@ -32,7 +32,7 @@ from splash_flows.analysis.reduce import Reduction, Settings
 from splash_flows.errors import AnalysisError
 
 #: Software whose version goes into every output and the catalogue's usedSoftware.
-SOFTWARE = ("splash-flows", "pyFAI", "numpy", "h5py", "matplotlib", "fabio")
+SOFTWARE = ("splash-flows", "pyFAI", "numpy", "h5py", "Pillow", "fabio")
 
 
 def software_versions() -> dict[str, str]:
@@ -427,18 +427,8 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
     draw.text(((left + right) / 2, height - 6), _UNIT_LABELS.get(reduction.unit, reduction.unit), fill=_INK,
               font=font, anchor="mb")
     draw.text(((left + right) / 2, 6), f"{title} ({reduction.frame.merge})", fill=_INK, font=font, anchor="mt")
-    img.paste(_y_label(bottom - top), (4, top))
+    img.paste(_rotated_label("I (arb. units)", bottom - top), (4, top))
     img.save(path, format="PNG", compress_level=1)
-
-
-@functools.cache
-def _y_label(length: int) -> Any:
-    """The I(q) plot's vertical axis label (drawn and rotated once per process)."""
-    from PIL import Image, ImageDraw
-
-    label = Image.new("RGB", (length, 16), "white")
-    ImageDraw.Draw(label).text((length / 2, 8), "I (arb. units)", fill=_INK, font=_font(12), anchor="mm")
-    return label.rotate(90, expand=True)
 
 
 _UNIT_LABELS = {"q_nm^-1": "q (1/nm)", "q_A^-1": "q (1/Å)", "2th_deg": "2θ (deg)", "r_mm": "r (mm)"}
@@ -519,28 +509,86 @@ def plot_frame(path: Path, reduction: Reduction, *, title: str, max_size: int = 
     picture.save(path, format="PNG", compress_level=1)
 
 
-def plot_qmap(path: Path, reduction: Reduction, *, title: str) -> None:
-    """The q_ip / q_oop map of a grazing-incidence frame, log colour scale, q_oop up."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
+def _linear_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
+    """Round tick values (1, 2 or 5 x 10^k apart) between ``lo`` and ``hi``, about ``target`` of them."""
+    if not hi > lo:
+        return [lo]
+    raw = (hi - lo) / max(1, target)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1.0, 2.0, 5.0, 10.0) if m * power >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    return [round(k * step, 10) for k in range(first, math.floor(hi / step + 1e-9) + 1)]
+
+
+def plot_qmap(path: Path, reduction: Reduction, *, title: str, size: tuple[int, int] = (480, 400)) -> None:
+    """The q_ip / q_oop map of a grazing-incidence frame: log colour scale (1 %..99.8 % of the positive
+    values, viridis, empty bins white), q_oop up, q axes with round ticks, a colour bar in decades; drawn with
+    numpy + Pillow (matplotlib cost ~285 ms of CPU a map, more than the map's integration)."""
+    from PIL import Image, ImageDraw
 
     gi = reduction.gi
     assert gi is not None
-    data = np.where(gi.intensity > 0, gi.intensity, np.nan)
-    finite = data[np.isfinite(data)]
-    vmin, vmax = (np.percentile(finite, [1, 99.8]) if finite.size else (1e-6, 1.0))
-    fig = Figure(figsize=(6, 5), dpi=80)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.12, 0.11, 0.7, 0.8))
-    extent = (float(gi.q_ip[0]), float(gi.q_ip[-1]), float(gi.q_oop[0]), float(gi.q_oop[-1]))
-    im = ax.imshow(data, origin="lower", extent=extent, aspect="auto", cmap="viridis",
-                   norm=LogNorm(max(vmin, 1e-12), max(vmax, vmin * 10)))
-    fig.colorbar(im, cax=fig.add_axes((0.85, 0.11, 0.03, 0.8)), label="I (arb. units)")
-    ax.set_xlabel("q$_{ip}$ (nm$^{-1}$)")
-    ax.set_ylabel("q$_{oop}$ (nm$^{-1}$)")
-    ax.set_title(f"{title}: α$_i$ = {gi.incident_angle_deg:.3f}°", fontsize=9)
-    fig.savefig(path, format="png", pil_kwargs={"compress_level": 1})
+    width, height = size
+    left, top, right, bottom = 64, 26, width - 92, height - 46
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font, small = _font(12), _font(10)
+    data = np.asarray(gi.intensity, dtype=np.float64)
+    positive = np.isfinite(data) & (data > 0)
+    if positive.any():
+        vmin, vmax = (float(v) for v in np.percentile(data[positive], [1.0, 99.8]))
+    else:
+        vmin, vmax = 1e-6, 1.0
+    vmin = max(vmin, 1e-12)
+    vmax = max(vmax, vmin * 10)
+    lmin, lmax = math.log10(vmin), math.log10(vmax)
+    levels = (np.log10(np.where(positive, data, vmin)) - lmin) * ((_MASK_INDEX - 1) / (lmax - lmin))
+    index = np.rint(np.clip(levels, 0, _MASK_INDEX - 1)).astype(np.uint8)
+    index[~positive] = _RING_INDEX  # white: no pixel fell in that bin
+    picture = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index[::-1]).tobytes())
+    picture.putpalette(_frame_palette())
+    img.paste(picture.convert("RGB").resize((right - left, bottom - top), Image.Resampling.NEAREST), (left, top))
+
+    x0, x1 = float(gi.q_ip[0]), float(gi.q_ip[-1])
+    y0, y1 = float(gi.q_oop[0]), float(gi.q_oop[-1])
+    for value in _linear_ticks(min(x0, x1), max(x0, x1)):
+        x = left + (value - x0) / ((x1 - x0) or 1.0) * (right - left)
+        draw.line([(x, bottom), (x, bottom + 4)], fill=_INK)
+        draw.text((x, bottom + 6), f"{value:g}", fill=_INK, font=small, anchor="mt")
+    for value in _linear_ticks(min(y0, y1), max(y0, y1)):
+        y = bottom - (value - y0) / ((y1 - y0) or 1.0) * (bottom - top)
+        draw.line([(left - 4, y), (left, y)], fill=_INK)
+        draw.text((left - 6, y), f"{value:g}", fill=_INK, font=small, anchor="rm")
+    draw.rectangle([left, top, right, bottom], outline=_INK)
+
+    bar_left, bar_right = right + 14, right + 28  # the colour bar, its decades labelled
+    ramp = np.linspace(_MASK_INDEX - 1, 0, bottom - top).round().astype(np.uint8)[:, None]
+    ramp = ramp.repeat(bar_right - bar_left, axis=1)
+    bar = Image.frombytes("P", (ramp.shape[1], ramp.shape[0]), np.ascontiguousarray(ramp).tobytes())
+    bar.putpalette(_frame_palette())
+    img.paste(bar.convert("RGB"), (bar_left, top))
+    draw.rectangle([bar_left, top, bar_right, bottom], outline=_INK)
+    for value in _log_ticks(lmin, lmax):
+        y = bottom - (math.log10(value) - lmin) / (lmax - lmin) * (bottom - top)
+        draw.line([(bar_right, y), (bar_right + 4, y)], fill=_INK)
+        draw.text((bar_right + 6, y), _tick_label(value), fill=_INK, font=small, anchor="lm")
+
+    draw.text(((left + right) / 2, height - 6), "q_ip (1/nm)", fill=_INK, font=font, anchor="mb")
+    draw.text(((left + right) / 2, 6), f"{title}: incident angle {gi.incident_angle_deg:.3f}°", fill=_INK, font=font,
+              anchor="mt")
+    img.paste(_rotated_label("q_oop (1/nm)", bottom - top), (4, top))
+    img.paste(_rotated_label("I (arb. units)", bottom - top), (width - 20, top))
+    img.save(path, format="PNG", compress_level=1)
+
+
+@functools.cache
+def _rotated_label(text: str, length: int) -> Any:
+    """A vertical axis label (drawn and rotated once per process)."""
+    from PIL import Image, ImageDraw
+
+    label = Image.new("RGB", (length, 16), "white")
+    ImageDraw.Draw(label).text((length / 2, 8), text, fill=_INK, font=_font(12), anchor="mm")
+    return label.rotate(90, expand=True)
 
 
 def read_dat(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
