@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,9 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     first = cli("demo", "--root", str(root), "--scans", "3", "--small")
     assert "demo summary" in first.stdout
     assert "started, kept for the next run" in " ".join(first.stdout.split())
+    said = " ".join(first.stdout.split())  # issue 11's "done when": every scan reduced, linked, AgBh peak in place
+    assert "analysis: 3 of 3 scan(s) reduced, derived datasets linked" in said
+    assert re.search(r"AgBh first peak [\d.]+ nm\^-1 \(calibrant 1\.0763, tolerance [\d.]+%\): ok", said), said
     again = cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new, the server reused
     assert "reused, kept for the next run" in " ".join(again.stdout.split())
     every = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
@@ -115,6 +119,8 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)
     results = [r for r in every if "/reduced/" in r["path"]]  # the analysis outputs, moved onward like any file
     assert len(results) >= 3 * 4
+    for suffix in (".h5", ".dat", "_iq.png", "_frame.png"):  # every scan's results, under reduced/
+        assert sum(r["path"].endswith(suffix) for r in results) == 3, suffix
     for row in every:
         for tier in ("lamarr", "cfs"):
             copy = row["copies"][tier]

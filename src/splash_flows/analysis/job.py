@@ -15,12 +15,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from splash_flows.analysis.outputs import software_versions, write_all
-from splash_flows.analysis.reduce import Integrators, Settings, load_hilo, load_single, reduce_frame
+from splash_flows.analysis.reduce import Integrators, Reduction, Settings, load_hilo, load_single, reduce_frame
 from splash_flows.checksum import hash_file
 from splash_flows.errors import AnalysisError, SplashFlowsError
 
@@ -99,29 +101,90 @@ def run_scan(root: Path, job: ScanJob, settings: Settings, integrators: Integrat
     started = time.monotonic()
     integrators = integrators if integrators is not None else process_integrators()
     try:
-        if job.kind == "hilo":
-            frame = load_hilo(root, job.files, settings)
-        elif "edf" in job.files and "txt" in job.files:
-            frame = load_single(root, job.files["edf"], job.files["txt"], settings)
-        else:
-            raise AnalysisError("needs an EDF image and its sidecar")
-        reduction = reduce_frame(frame, job.poni_text, settings, integrators)
-        info = {"calibration": job.calibration, "scan_key": job.scan_key}
-        paths = write_all(reduction, root / job.out_folder, job.stem, settings=settings, info=info)
-        outputs = [Output(p.relative_to(root).as_posix(), p.stat().st_size, hash_file(p, settings.checksum))
-                   for p in paths]
-        return ScanOutcome(job.scan_key, True, outputs, merge=frame.merge, grazing=reduction.gi is not None,
-                           incident_angle_deg=frame.alpha_deg, monitor=frame.monitor_name,
-                           seconds=time.monotonic() - started, notes=frame.notes, software=software_versions())
-    except AnalysisError as exc:
+        return _write(root, job, settings, _reduce(root, job, settings, integrators), started)
+    except _SCAN_ERRORS as exc:
+        return _failed(job, exc, started)
+
+
+def run_scans(root: Path, jobs: Sequence[ScanJob], settings: Settings, integrators: Integrators | None = None,
+              progress: Callable[[ScanOutcome], None] | None = None) -> list[ScanOutcome]:
+    """``run_scan`` for each job, in order, pipelined: while one scan's outputs are written and made durable (a
+    writer thread: HDF5, PNG encoding and fsync partly run outside the GIL, fsync waits for the disk), the next
+    scan is read and integrated. At most one written scan waits behind the one being integrated, so memory
+    stays at two frames. Each scan's outputs are durable under their final names before its outcome is
+    returned, exactly as with ``run_scan``."""
+    integrators = integrators if integrators is not None else process_integrators()
+    outcomes: list[ScanOutcome] = []
+    pending: Future[ScanOutcome] | None = None
+
+    def collect() -> None:
+        nonlocal pending
+        if pending is not None:
+            outcome = pending.result()
+            pending = None
+            outcomes.append(outcome)
+            if progress is not None:
+                progress(outcome)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reduce-writer") as writer:
+        for job in jobs:
+            started = time.monotonic()
+            try:
+                reduction = _reduce(root, job, settings, integrators)
+            except _SCAN_ERRORS as exc:
+                collect()
+                outcomes.append(_failed(job, exc, started))
+                if progress is not None:
+                    progress(outcomes[-1])
+                continue
+            collect()
+            pending = writer.submit(_write_or_fail, root, job, settings, reduction, started)
+        collect()
+    return outcomes
+
+
+#: What a scan's own trouble raises (pyFAI/numpy/h5py failures on odd input included): that scan's outcome.
+_SCAN_ERRORS = (SplashFlowsError, OSError, ValueError, RuntimeError, MemoryError, KeyError, IndexError, TypeError,
+                AssertionError)
+
+
+def _reduce(root: Path, job: ScanJob, settings: Settings, integrators: Integrators) -> Reduction:
+    if job.kind == "hilo":
+        frame = load_hilo(root, job.files, settings)
+    elif "edf" in job.files and "txt" in job.files:
+        frame = load_single(root, job.files["edf"], job.files["txt"], settings)
+    else:
+        raise AnalysisError("needs an EDF image and its sidecar")
+    return reduce_frame(frame, job.poni_text, settings, integrators)
+
+
+def _write(root: Path, job: ScanJob, settings: Settings, reduction: Reduction, started: float) -> ScanOutcome:
+    frame = reduction.frame
+    info = {"calibration": job.calibration, "scan_key": job.scan_key}
+    paths = write_all(reduction, root / job.out_folder, job.stem, settings=settings, info=info)
+    outputs = [Output(p.relative_to(root).as_posix(), p.stat().st_size, hash_file(p, settings.checksum))
+               for p in paths]
+    return ScanOutcome(job.scan_key, True, outputs, merge=frame.merge, grazing=reduction.gi is not None,
+                       incident_angle_deg=frame.alpha_deg, monitor=frame.monitor_name,
+                       seconds=time.monotonic() - started, notes=frame.notes, software=software_versions())
+
+
+def _write_or_fail(root: Path, job: ScanJob, settings: Settings, reduction: Reduction,
+                   started: float) -> ScanOutcome:
+    try:
+        return _write(root, job, settings, reduction, started)
+    except _SCAN_ERRORS as exc:
+        return _failed(job, exc, started)
+
+
+def _failed(job: ScanJob, exc: BaseException, started: float) -> ScanOutcome:
+    if isinstance(exc, AnalysisError):
         message = exc.bare_message if exc.scan in (None, job.scan_key) else str(exc)
-        return ScanOutcome(job.scan_key, False, error=message, seconds=time.monotonic() - started)
-    except SplashFlowsError as exc:
-        return ScanOutcome(job.scan_key, False, error=str(exc), seconds=time.monotonic() - started)
-    except (OSError, ValueError, RuntimeError, MemoryError, KeyError, IndexError, TypeError,
-            AssertionError) as exc:  # pyFAI/numpy/h5py failures on odd input: that scan's error, named
-        return ScanOutcome(job.scan_key, False, error=f"{type(exc).__name__}: {exc}",
-                           seconds=time.monotonic() - started)
+    elif isinstance(exc, SplashFlowsError):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return ScanOutcome(job.scan_key, False, error=message, seconds=time.monotonic() - started)
 
 
 def write_manifest(path: Path, root: str, jobs: list[ScanJob], settings: Settings) -> None:
@@ -145,8 +208,7 @@ def read_manifest(path: Path) -> tuple[Path, list[ScanJob], Settings]:
 def run_manifest(manifest: Path, results: Path) -> list[ScanOutcome]:
     """Run every scan of ``manifest`` and write ``results`` (atomically): the entry point of a Slurm job."""
     root, jobs, settings = read_manifest(manifest)
-    integrators = Integrators()
-    outcomes = [run_scan(root, job, settings, integrators) for job in jobs]
+    outcomes = run_scans(root, jobs, settings, Integrators())
     tmp = results.with_name(f".{results.name}.part")
     tmp.write_text(json.dumps({"version": MANIFEST_VERSION, "software": software_versions(),
                                "scans": [o.as_dict() for o in outcomes]}, indent=1), encoding="utf-8")

@@ -173,6 +173,17 @@ class Integrators:
         self._masks: dict[tuple[str, float, str | None, tuple[int, int]], npt.NDArray[np.bool_]] = {}  # and rings
         self.built = 0  # integrators built (tests check reuse)
 
+    def prepare(self, poni_text: str, settings: Settings) -> None:
+        """Build everything a geometry needs before its first frame: the integrator, its static mask, the
+        calibrant's rings, and pyFAI's own per-geometry arrays (its first ``integrate1d`` computes the q of
+        every pixel: seconds on a 2M). A pool worker does this at start-up, in parallel with the others."""
+        ai = self.azimuthal(poni_text)
+        shape = tuple(ai.detector.shape)
+        mask = self.static_mask(poni_text, settings, shape)
+        self.rings(poni_text, shape)
+        ai.integrate1d(np.ones(shape, dtype=np.int32), settings.npt, unit=settings.unit, method=settings.method,
+                       mask=np.array(mask), error_model="poisson", normalization_factor=1.0)  # pyFAI wants it writable
+
     def azimuthal(self, poni_text: str) -> AzimuthalIntegrator:
         key = poni_key(poni_text)
         with self._lock:
@@ -261,9 +272,11 @@ def _read_mask_file(path: Path, shape: tuple[int, int]) -> npt.NDArray[np.bool_]
 
 @dataclass
 class Frame:
-    """One frame ready to integrate: pixels (float), what normalises it, and where it came from."""
+    """One frame ready to integrate: pixels (the detector's own integer type for a single exposure -- pyFAI
+    converts while it integrates, so a float copy of 2.5 M pixels per frame is not made; float for a merge),
+    what normalises it, and where it came from."""
 
-    image: FloatArray
+    image: npt.NDArray[Any]
     exposure_s: float
     monitor_name: str
     monitor: float
@@ -324,9 +337,10 @@ def _sidecar(path: Path, label: str) -> Sidecar:
         raise AnalysisError(f"cannot read the sidecar: {exc}", scan=label) from exc
 
 
-def _image(path: Path, label: str) -> FloatArray:
+def _image(path: Path, label: str) -> npt.NDArray[Any]:
+    """The pixels of an EDF in their own type (int32 for the Pilatus)."""
     try:
-        return read_edf_image(path, label=label).astype(np.float64)
+        return read_edf_image(path, label=label)
     except MetadataError as exc:
         raise AnalysisError(str(exc)) from exc
 
@@ -371,8 +385,8 @@ def load_hilo(root: Path, files: dict[str, str], settings: Settings) -> Frame:
     if lo_name != monitor_name:
         raise AnalysisError(f"hi is normalised by {monitor_name!r}, lo by {lo_name!r}: cannot merge them")
     lo_exposure = exposure_of(lo_side, root / files["lo_edf"], files["lo_edf"])
-    hi = _image(root / files["hi_edf"], files["hi_edf"])
-    lo = _image(root / files["lo_edf"], files["lo_edf"])
+    hi = _image(root / files["hi_edf"], files["hi_edf"]).astype(np.float64)
+    lo = _image(root / files["lo_edf"], files["lo_edf"]).astype(np.float64)
     if hi.shape != lo.shape:
         raise AnalysisError(f"hi {hi.shape} and lo {lo.shape} frames differ in shape")
     hi_frame = Frame(image=hi, exposure_s=hi_exposure, monitor_name=monitor_name, monitor=hi_monitor,
@@ -438,11 +452,16 @@ def reduce_frame(frame: Frame, poni_text: str, settings: Settings, integrators: 
     if frame.image.shape != shape:
         raise AnalysisError(f"frame shape {frame.image.shape} does not match the calibration's detector "
                             f"{ai.detector.name} {shape}", scan=frame.sources[0])
-    mask = integrators.static_mask(poni_text, settings, frame.image.shape) | (frame.image < 0) | ~np.isfinite(
-        frame.image)
+    image = frame.image
+    mask = integrators.static_mask(poni_text, settings, image.shape) | (image < 0)
+    if image.dtype.kind == "f":  # a merge may hold NaN / inf; integer pixels cannot
+        bad = ~np.isfinite(image)
+        if bad.any():
+            mask |= bad
+            image = np.where(bad, 0.0, image)
+    # masked pixels are left out by pyFAI (and zeroed by the frame picture), so the frame is passed as read
     kwargs: dict[str, Any] = {"variance": frame.variance} if frame.variance is not None else {
         "error_model": "poisson"}
-    image = np.where(mask, 0.0, frame.image)
     result = ai.integrate1d(image, settings.npt, unit=settings.unit, method=settings.method, mask=mask,
                             normalization_factor=frame.normalization, **kwargs)
     if result.sigma is None:
@@ -457,7 +476,7 @@ def reduce_frame(frame: Frame, poni_text: str, settings: Settings, integrators: 
     return reduction
 
 
-def grazing_map(frame: Frame, image: FloatArray, mask: npt.NDArray[np.bool_], poni_text: str, settings: Settings,
+def grazing_map(frame: Frame, image: npt.NDArray[Any], mask: npt.NDArray[np.bool_], poni_text: str, settings: Settings,
                 integrators: Integrators) -> GIMap:
     """The q_ip / q_oop map of a grazing-incidence frame, with the fibre integrator of THIS frame's angle."""
     assert frame.alpha_deg is not None

@@ -19,6 +19,7 @@ without a demo, or with ``--stop-server``. The summary says where the time went.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import threading
 import time
@@ -349,6 +350,16 @@ def calibrate_demo(root: Path, config: Config, *, small: bool) -> None:
         ledger.close()
 
 
+def missing_outputs(root: Path, stem: str, outputs: list[str]) -> list[str]:
+    """Which of a reduced scan's results (the ``.h5``, the ``.dat``, the I(q) and frame PNGs; ``outputs``: the
+    root-relative paths its analysis record lists) are not regular files under ``root``."""
+    from splash_flows.analysis.outputs import output_names
+
+    names = {posixpath.basename(path): path for path in outputs}
+    wanted = output_names(stem, grazing=False)
+    return [name for name in wanted if name not in names or not (root / names[name]).is_file()]
+
+
 def check_demo_analysis(config: Config, paths: list[str], *,
                         tolerance: float = AGBH_PEAK_TOLERANCE) -> tuple[int, list[str]]:
     """How many demo scans are not reduced with a derived dataset linked to their raw one, plus lines for people
@@ -378,6 +389,11 @@ def check_demo_analysis(config: Config, paths: list[str], *,
             if record.pid is None:
                 bad += 1
                 lines.append(f"[red]no derived dataset:[/] {scan.key}: {record.catalogue_error}")
+                continue
+            missing = missing_outputs(root, scan.stem, [str(o["path"]) for o in record.outputs])
+            if missing:
+                bad += 1
+                lines.append(f"[red]results missing:[/] {scan.key}: {', '.join(missing)}")
                 continue
             entry = context.catalogue().get(record.pid)
             if not entry.doc.input_datasets:

@@ -105,3 +105,31 @@ def test_pool_workers_share_the_cores_between_their_openmp_threads(monkeypatch: 
     monkeypatch.setattr(worker_init.os, "cpu_count", lambda: 4)
     worker_init.init_worker(2)
     assert worker_init.os.environ["OMP_NUM_THREADS"] == "2" and worker_init.os.environ["OPENBLAS_NUM_THREADS"] == "3"
+
+
+def test_qmap_plot_draws_the_map_with_empty_bins_white(tmp_path: Path) -> None:
+    from splash_flows.analysis.reduce import GIMap
+
+    red = _reduction()
+    q_ip, q_oop = np.linspace(-2.0, 2.0, 50), np.linspace(-0.5, 3.0, 40)
+    intensity = np.exp(-np.hypot(*np.meshgrid(q_ip, q_oop)))
+    intensity[:, :10] = 0.0  # no pixel in these bins
+    intensity[0, 20] = np.nan
+    red.gi = GIMap(q_ip=q_ip, q_oop=q_oop, intensity=intensity, incident_angle_deg=0.15, sample_orientation=3,
+                   unit_ip="qip_nm^-1", unit_oop="qoop_nm^-1")
+    path = tmp_path / "qmap.png"
+    outputs.plot_qmap(path, red, title="x")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size == (480, 400)
+        pixels = np.asarray(img.convert("RGB"))
+    left, top, right, bottom = 64, 26, 480 - 92, 400 - 46
+    inside = pixels[top + 5: bottom - 5, left + 2: right - 2]
+    assert (inside[:, :30] == 255).all()  # the empty bins (first fifth of q_ip) are white
+    assert len(np.unique(inside[:, 100:].reshape(-1, 3), axis=0)) > 20  # the rest is coloured by intensity
+
+
+def test_linear_ticks_are_round_and_inside() -> None:
+    assert outputs._linear_ticks(-2.0, 2.0) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert outputs._linear_ticks(-0.5, 3.0) == [0.0, 1.0, 2.0, 3.0]
+    assert outputs._linear_ticks(0.0, 0.037) == [0.0, 0.01, 0.02, 0.03]
+    assert outputs._linear_ticks(1.0, 1.0) == [1.0]
