@@ -140,8 +140,8 @@ def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, C
          lambda: ledger_cat.files_in_folder(ledger, "data733", folder)),
         ("page: totals", "data-safety page and /metrics: the overview (cards, tier table, late, at risk)",
          lambda: [safety.overview(ledger, site, now=now)]),
-        ("page: per day", "data-safety page: per proposal and day, last 2 days, first page",
-         lambda: safety.groups(ledger, site, days=2, now=now)[0]),
+        ("page: per day", "data-safety page: per proposal and day, first page (its default window, 14 days)",
+         lambda: safety.groups(ledger, site, days=site.monitoring.window_days, now=now)[0]),
         ("page: late files", "data-safety page: late files, first 100",
          lambda: safety.list_files(ledger, site, flag="late", now=now)),
     ]

@@ -298,8 +298,10 @@ def status(
         last = page.rows[-1]
         if rows_wanted is not None and shown == rows_wanted and (cursor is not None or shown < totals.files):
             nxt = last.path if last.source_tier == config.move.source else f"{last.source_tier}:{last.path}"
-            console.print(f"[dim]next page: --after {shlex.quote(nxt)}; all: --limit 0; one folder: --prefix; "
-                          f"only problems: --state failed, --late[/]", highlight=False, soft_wrap=True)
+            console.print(f"[dim]next page: --after {shlex.quote(nxt)}[/]", highlight=False,
+                          soft_wrap=True)  # whole, to be copied
+            console.print("[dim]all: --limit 0; one folder: --prefix; only problems: --state failed, --late[/]",
+                          highlight=False)
     if refused:
         console.print()
         console.print(refusals_table(refused, width=width))

@@ -176,6 +176,11 @@ class Ledger:
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            # No JIT: the ledger's queries are short and index-driven, and compiling one took seconds on a busy
+            # machine (the page's per-day table: 0.2 s without, 3.5-9 s with; docs/PERFORMANCE.md section 5).
+            user_options = parsed.query.get("options")
+            kwargs["connect_args"] = {"options": " ".join(filter(None, [str(user_options or ""), "-c jit=off"]))}
         try:
             engine = create_engine(parsed, **kwargs)
         except (ImportError, SQLAlchemyError) as err:
