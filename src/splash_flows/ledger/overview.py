@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, union
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal, or_, select, tuple_, union
 from sqlalchemy.orm import aliased
 
 from splash_flows.ledger import counters
@@ -179,8 +179,9 @@ Cursor = tuple[str, str]  # (source tier, path) of the last file of a page
 def _after(q: Any, after: Cursor | None) -> Any:
     if after is None:
         return q
-    return q.where(or_(SourceFile.source_tier > after[0],
-                       and_(SourceFile.source_tier == after[0], SourceFile.path > after[1])))
+    # a row comparison, which both databases read as a range of the (source_tier, path) index (the equivalent
+    # OR of two conditions made PostgreSQL walk the index from its start: 0.6 s mid-way through 1M files)
+    return q.where(tuple_(SourceFile.source_tier, SourceFile.path) > tuple_(literal(after[0]), literal(after[1])))
 
 
 def status_page(ledger: Ledger, flt: StatusFilter = StatusFilter(), *, limit: int | None = None,
