@@ -353,14 +353,13 @@ def aware_utc(value: Any) -> datetime | None:
 
 
 def _ids_in_states(sess: Session, tiers: Sequence[str], states: Sequence[str]) -> set[int]:
-    """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one equality lookup of
-    ``ix_copies_tier_state`` per (tier, state), which planners take even when their statistics say the average
-    state is common (verified is; at_risk is not)."""
-    out: set[int] = set()
-    for tier in tiers:
-        for state in states:
-            out.update(sess.scalars(select(Copy.file_id).where(Copy.tier == tier, Copy.state == state)))
-    return out
+    """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one range read of
+    ``ix_copies_tier_state_due`` (``tier = ANY(...) AND state = ANY(...)``), one round trip whatever the number
+    of tiers and states (one query per pair cost 30 round trips per overview: most of its time on a busy
+    machine)."""
+    if not tiers or not states:
+        return set()
+    return set(sess.scalars(select(Copy.file_id).where(Copy.tier.in_(list(tiers)), Copy.state.in_(list(states)))))
 
 
 def _files_with_state(sess: Session, tiers: Sequence[str], state: str) -> int:
