@@ -353,13 +353,15 @@ def aware_utc(value: Any) -> datetime | None:
 
 
 def _ids_in_states(sess: Session, tiers: Sequence[str], states: Sequence[str]) -> set[int]:
-    """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one range read of
-    ``ix_copies_tier_state_due`` (``tier = ANY(...) AND state = ANY(...)``), one round trip whatever the number
-    of tiers and states (one query per pair cost 30 round trips per overview: most of its time on a busy
-    machine)."""
-    if not tiers or not states:
-        return set()
-    return set(sess.scalars(select(Copy.file_id).where(Copy.tier.in_(list(tiers)), Copy.state.in_(list(states)))))
+    """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one equality lookup of
+    ``ix_copies_tier_state_due`` per (tier, state), which planners take even when their statistics say the
+    average state is common (verified is; at_risk is not). One query with ``tier IN (...) AND state IN (...)``
+    instead made SQLite read far more of the index (9.3 s instead of 2.5 s for the page's totals at 1M files)."""
+    out: set[int] = set()
+    for tier in tiers:
+        for state in states:
+            out.update(sess.scalars(select(Copy.file_id).where(Copy.tier == tier, Copy.state == state)))
+    return out
 
 
 def _files_with_state(sess: Session, tiers: Sequence[str], state: str) -> int:
