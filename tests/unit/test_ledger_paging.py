@@ -71,3 +71,27 @@ def test_status_cli_pages_and_totals(config_file: Path) -> None:
                                "--after", "p/f000.edf"])
     assert page.exit_code == 0, page.output
     assert '"p/f001.edf"' in page.output and '"p/f002.edf"' in page.output and "f003" not in page.output
+    # the table prints where the next page starts; following it walks the ledger once, in order
+    seen: list[str] = []
+    args = ["--config", str(config_file), "status", "--limit", "2"]
+    for _ in range(5):
+        out = runner.invoke(app, args, env={"COLUMNS": "80"})
+        assert out.exit_code == 0, out.output
+        rows = [line for line in out.output.splitlines() if "after" not in line]  # not the title, not the hint
+        seen += [w for line in rows for w in line.split() if w.startswith("p/f")]
+        hint = [line for line in out.output.splitlines() if line.startswith("next page: --after ")]
+        if not hint:
+            break
+        args = ["--config", str(config_file), "status", "--limit", "2", "--after", hint[0].split("--after ", 1)[1]]
+    assert seen == [f"p/f{i:03d}.edf" for i in range(5)]
+
+
+def test_after_names_a_tier_only_when_it_is_a_known_other_tier() -> None:
+    from splash_flows.cli.status import parse_cursor
+
+    tiers = ["data733", "lamarr", "cfs"]
+    assert parse_cursor("", "data733", tiers) is None
+    assert parse_cursor("a/b.edf", "data733", tiers) == ("data733", "a/b.edf")
+    assert parse_cursor("lamarr:a/b.edf", "data733", tiers) == ("lamarr", "a/b.edf")
+    assert parse_cursor("odd:name.edf", "data733", tiers) == ("data733", "odd:name.edf")
+    assert parse_cursor("data733:x.edf", "data733", tiers) == ("data733", "data733:x.edf")
