@@ -9,6 +9,8 @@ times the queries behind
 * ``prune --plan`` -- unscheduled counts, the due-copy count and one page of due files (now, and 7 days ahead);
 * ``reconcile`` and the watcher's rescan -- one 500-path chunk of ``source_progress`` / ``verified_versions``;
 * the catalogue step -- pending scans (``scans_in_state``) and the files of one folder (``files_in_folder``);
+* the data-safety page -- its totals (``safety.overview``, also /metrics), the per proposal and day table and
+  the late files;
 
 each through the ledger function the command calls (best of 3 after a warm-up), and prints PostgreSQL's
 ``EXPLAIN ANALYZE`` of every statement each one ran. ``--markdown FILE`` writes the section of
@@ -18,6 +20,7 @@ docs/PERFORMANCE.md. The aim is under 1 s per query; the test ``tests/unit/test_
     python bench/ledger_scale.py                          # starts a throw-away PostgreSQL (needs initdb)
     python bench/ledger_scale.py --files 100000           # quicker
     python bench/ledger_scale.py --url postgresql+psycopg://...   # an existing, EMPTY database
+    python bench/ledger_scale.py --url ... --reuse --now ISO  # one filled before (upgraded first, timed)
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--files", type=int, default=1_000_000, help="source files (copies: ten per file)")
     ap.add_argument("--url", default=None, help="an existing empty PostgreSQL database (default: start one)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the results and plans here (markdown)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --url: a database this benchmark filled before (any older schema: it is upgraded, "
+                         "and the upgrade timed); skip the fill")
+    ap.add_argument("--now", default=None, help="with --reuse: the time the fill used (ISO 8601; it prints it)")
     args = ap.parse_args(argv)
 
     server: PostgresServer | None = None
@@ -80,26 +87,35 @@ def main(argv: list[str] | None = None) -> int:
             print("PostgreSQL is not installed (no initdb): pass --url", file=sys.stderr)
             return 2
         url = server.create_database("ledger_scale")
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC).replace(microsecond=0)
     say = print
     try:
-        ledger = Ledger.open(url)
+        t0 = time.monotonic()
+        ledger = Ledger.open(url)  # with --reuse, this upgrades an older fill (migration 0004 counts its rows)
+        upgrade_s = time.monotonic() - t0
         try:
             load = os.getloadavg()
-            say(f"filling {args.files:,} files and {args.files * len(TIERS):,} copies "
-                f"(load {load[0]:.1f} on {os.cpu_count()} cores) ...")
-            t0 = time.monotonic()
-            fill(ledger, args.files, now, say)
-            fill_s = time.monotonic() - t0
+            if args.reuse:
+                fill_s = 0.0
+                say(f"reusing the fill of {now.isoformat()}; opened and upgraded in {upgrade_s:.1f} s "
+                    f"(load {load[0]:.1f})")
+            else:
+                say(f"filling {args.files:,} files and {args.files * len(TIERS):,} copies "
+                    f"(load {load[0]:.1f} on {os.cpu_count()} cores; now = {now.isoformat()}) ...")
+                t0 = time.monotonic()
+                fill(ledger, args.files, now, say)
+                fill_s = time.monotonic() - t0
             with ledger.engine.connect() as conn:
                 version = conn.execute(text("SHOW server_version")).scalar_one()
                 sizes = conn.execute(text(
                     "SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class "
-                    "WHERE relname IN ('files', 'copies', 'catalogue_scans', 'catalogue_files')")).all()
+                    "WHERE relname IN ('files', 'copies', 'catalogue_scans', 'catalogue_files', 'copy_counts')"
+                    )).all()
             results = [timed(ledger, name, what, fn) for name, what, fn in queries(ledger, args.files, now)]
             load = os.getloadavg()
-            lines = [f"PostgreSQL {version}; {args.files:,} files, {args.files * len(TIERS):,} copies; filled in "
-                     f"{fill_s:.0f} s; load average {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores; "
+            filled = f"reused a fill (upgraded in {upgrade_s:.0f} s)" if args.reuse else f"filled in {fill_s:.0f} s"
+            lines = [f"PostgreSQL {version}; {args.files:,} files, {args.files * len(TIERS):,} copies; {filled}; "
+                     f"load average {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores; "
                      f"sizes: {', '.join(f'{n} {s}' for n, s in sizes)}", "",
                      "| query | what | best | median | result |", "|---|---|---|---|---|"]
             for r in results:

@@ -6,15 +6,19 @@ PostgreSQL only (``generate_series``).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
-from splash_flows.ledger import Ledger
+from splash_flows.config import Config, default_config
+from splash_flows.ledger import Ledger, safety
 from splash_flows.ledger import catalogue as ledger_cat
+from splash_flows.ledger import overview as ov
 from splash_flows.ledger import prune as ledger_prune
 from splash_flows.ledger.outbox import verified_versions
 from splash_flows.ledger.progress import source_progress
@@ -96,6 +100,12 @@ def fill(ledger: Ledger, files: int, now: datetime, say: Callable[[str], None] =
         say(f"  VACUUM ANALYZE in {time.monotonic() - start:.0f} s")
 
 
+def page_config() -> Config:
+    """The configuration the page reads the filled ledger with: source data733, targets lamarr and cfs (the 7.3.3
+    layout), late after the default objective. Only tier names matter: no folder is touched."""
+    return default_config(Path(tempfile.gettempdir()) / "ledger-fill-site")
+
+
 def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, Callable[[], Any]]]:
     """(name, what it serves, the call) for every read path ``bench/ledger_scale.py`` times."""
     mid = path_of(files // 2)
@@ -104,10 +114,12 @@ def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, C
     week = now + timedelta(days=7)
     folder = mid.rsplit("/", 1)[0]
     far = datetime(9999, 1, 1, tzinfo=UTC)
+    site = page_config()
     return [
         ("status page", "status --limit 100 --after PATH (keyset page, mid-ledger)",
-         lambda: ledger.status_page("data733", after=mid, limit=100)),
-        ("status totals", "status --totals (copies per tier and state)", ledger.copy_totals),
+         lambda: ov.status_page(ledger, limit=100, after=("data733", mid)).rows),
+        ("status totals", "status: files, bytes, copies per tier and state (the counters)",
+         lambda: ov.totals(ledger).tiers),
         ("prune: unscheduled", "prune --plan: verified copies without a due date",
          lambda: ledger_prune.unscheduled_counts(ledger, prune_tiers)),
         ("prune: count due now", "prune: copies due now (progress total)",
@@ -126,6 +138,12 @@ def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, C
          lambda: ledger_cat.scans_in_state(ledger, ["pending_catalogue"], limit=50)),
         ("catalogue folder", "catalogue step: the known files of one scan folder",
          lambda: ledger_cat.files_in_folder(ledger, "data733", folder)),
+        ("page: totals", "data-safety page and /metrics: the overview (cards, tier table, late, at risk)",
+         lambda: [safety.overview(ledger, site, now=now)]),
+        ("page: per day", "data-safety page: per proposal and day, first page (its default window, 14 days)",
+         lambda: safety.groups(ledger, site, days=site.monitoring.window_days, now=now)[0]),
+        ("page: late files", "data-safety page: late files, first 100",
+         lambda: safety.list_files(ledger, site, flag="late", now=now)),
     ]
 
 

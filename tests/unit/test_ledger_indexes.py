@@ -32,7 +32,8 @@ COPIES_BY_TIER = {"ix_copies_tier_state_due"}
 # (on small data the planner may prefer another index than at 10M rows; docs/PERFORMANCE.md shows the big plans)
 EXPECTED: dict[str, list[set[str]]] = {
     "status page": [FILES_IX, COPIES_BY_FILE],
-    "status totals": [{"ix_copies_tier_state_due"}],
+    # the counters (migration 0004): the fold check, the files, the copies -- a few rows each, by primary key
+    "status totals": [{"pk_copy_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}],
     "prune: unscheduled": [{"ix_copies_tier_state_due"}],
     "prune: count due now": [COPIES_BY_TIER],
     # due pages: an index-only probe (few or many due?), then the page itself, then the files and their copies
@@ -45,6 +46,10 @@ EXPECTED: dict[str, list[set[str]]] = {
     "rescan chunk": [FILES_IX | COPIES_BY_FILE],
     "catalogue pending": [{"ix_catalogue_scans_state_updated"}, {"ix_catalogue_files_scan"}],
     "catalogue folder": [FILES_IX, COPIES_BY_FILE],
+    # the page's totals: the counters, then the unsafe copies by (tier, state), then the files they belong to
+    "page: totals": [{"pk_copy_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}, COPIES_BY_TIER],
+    "page: per day": [{"ix_files_detected_at"}],
+    "page: late files": [COPIES_BY_TIER, COPIES_BY_TIER],  # unsafe copies per (tier, state) first
 }
 
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from splash_flows.cli.main import app
 from splash_flows.config import load_config_file
 from splash_flows.ledger import Ledger, NewSource, VerifiedCopy
+from splash_flows.ledger import overview as ov
 
 
 def _fill(ledger: Ledger, n: int) -> None:
@@ -24,15 +25,16 @@ def test_pages_cover_the_ledger_once_in_path_order(ledger_url: str) -> None:
     try:
         _fill(ledger, 25)
         seen: list[str] = []
-        after: str | None = None
-        while page := ledger.status_page("data733", after=after, limit=7):
-            seen += [r.path for r in page]
-            after = page[-1].path
+        after: tuple[str, str] | None = None
+        while (page := ov.status_page(ledger, limit=7, after=after)).rows:
+            seen += [r.path for r in page.rows]
+            after = ov.next_cursor(page)
         assert seen == [r.path for r in ledger.status()] == sorted(seen) and len(seen) == 25
-        first = ledger.status_page("data733", limit=2)
+        first = ov.status_page(ledger, limit=2).rows
         assert first[0].copies["lamarr"].state == "verified" and first[1].copies["cfs"].state == "failed"
-        assert ledger.status_page("data733", path_prefix="q/") == []
-        assert ledger.copy_totals() == {"cfs": {"failed": 1}, "data733": {"verified": 25}, "lamarr": {"verified": 13}}
+        assert ov.status_page(ledger, ov.StatusFilter(prefix="q/")).rows == []
+        assert ov.totals(ledger).tiers == {"cfs": {"failed": 1}, "data733": {"verified": 25},
+                                           "lamarr": {"verified": 13}}
     finally:
         ledger.close()
 
@@ -61,10 +63,35 @@ def test_status_cli_pages_and_totals(config_file: Path) -> None:
     ledger = Ledger.open(load_config_file(config_file).ledger.url_value())
     try:
         _fill(ledger, 5)
-        assert ledger.copy_totals() == {"cfs": {"failed": 1}, "data733": {"verified": 5}, "lamarr": {"verified": 3}}
+        assert ov.totals(ledger).tiers == {"cfs": {"failed": 1}, "data733": {"verified": 5}, "lamarr": {"verified": 3}}
     finally:
         ledger.close()
     runner = CliRunner()
-    page = runner.invoke(app, ["--config", str(config_file), "status", "--json", "--limit", "2", "--offset", "1"])
+    page = runner.invoke(app, ["--config", str(config_file), "status", "--json", "--limit", "2",
+                               "--after", "p/f000.edf"])
     assert page.exit_code == 0, page.output
     assert '"p/f001.edf"' in page.output and '"p/f002.edf"' in page.output and "f003" not in page.output
+    # the table prints where the next page starts; following it walks the ledger once, in order
+    seen: list[str] = []
+    args = ["--config", str(config_file), "status", "--limit", "2"]
+    for _ in range(5):
+        out = runner.invoke(app, args, env={"COLUMNS": "80"})
+        assert out.exit_code == 0, out.output
+        rows = [line for line in out.output.splitlines() if "after" not in line]  # not the title, not the hint
+        seen += [w for line in rows for w in line.split() if w.startswith("p/f")]
+        hint = [line for line in out.output.splitlines() if line.startswith("next page: --after ")]
+        if not hint:
+            break
+        args = ["--config", str(config_file), "status", "--limit", "2", "--after", hint[0].split("--after ", 1)[1]]
+    assert seen == [f"p/f{i:03d}.edf" for i in range(5)]
+
+
+def test_after_names_a_tier_only_when_it_is_a_known_other_tier() -> None:
+    from splash_flows.cli.status import parse_cursor
+
+    tiers = ["data733", "lamarr", "cfs"]
+    assert parse_cursor("", "data733", tiers) is None
+    assert parse_cursor("a/b.edf", "data733", tiers) == ("data733", "a/b.edf")
+    assert parse_cursor("lamarr:a/b.edf", "data733", tiers) == ("lamarr", "a/b.edf")
+    assert parse_cursor("odd:name.edf", "data733", tiers) == ("data733", "odd:name.edf")
+    assert parse_cursor("data733:x.edf", "data733", tiers) == ("data733", "data733:x.edf")

@@ -18,8 +18,9 @@ from sqlalchemy import update
 from splash_flows.cli.status import status_json
 from splash_flows.config import Config
 from splash_flows.ledger import EventKind, Ledger, NewSource, VerifiedCopy, safety
+from splash_flows.ledger.analysis import record_analysis
 from splash_flows.ledger.catalogue import CatalogueState, file_states, files_by_path, record_scan
-from splash_flows.ledger.models import Copy, CopyState, OutboxEntry, SourceFile
+from splash_flows.ledger.models import AnalysisState, Copy, CopyState, OutboxEntry, SourceFile
 from splash_flows.monitoring.web import create_app
 
 NOW = datetime.now(UTC)
@@ -125,6 +126,22 @@ def test_a_registered_flag_becomes_a_column_and_a_filter(ledger: Ledger, config:
         assert len(safety.list_files(ledger, config, flag="big")) == 2
     finally:
         safety._FLAGS.remove(flag)
+
+
+def test_reduced_is_a_column_when_the_analysis_is_on(ledger: Ledger, config: Config) -> None:
+    """The analysis records reduced scans; the page counts, per proposal and day, the files of those scans."""
+    assert "reduced" not in {f.name for f in safety.flags_for(config)}  # analysis off: no column
+    on = config.model_copy(update={"analysis": config.analysis.model_copy(update={"enabled": True})})
+    assert "reduced" in {f.name for f in safety.flags_for(on)}
+    rows, _ = safety.groups(ledger, on, days=14)
+    assert sum(r.counts["reduced"] for r in rows) == 0
+    record_analysis(ledger, "data733", "ALS-00622/20260105/scan_1", AnalysisState.REDUCED)
+    record_analysis(ledger, "data733", "ALS-00622/20260105/scan_9", AnalysisState.REDUCED)  # no file of ours
+    rows, _ = safety.groups(ledger, on, days=14)
+    assert sum(r.counts["reduced"] for r in rows) == 1
+    assert [f.path for f in safety.list_files(ledger, on, flag="reduced")] == ["ALS-00622/20260105/scan_1.edf"]
+    record_analysis(ledger, "data733", "ALS-00622/20260105/scan_1", AnalysisState.FAILED, error="bad frame")
+    assert safety.list_files(ledger, on, flag="reduced") == []
 
 
 def _metrics(client: TestClient) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

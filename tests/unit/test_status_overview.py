@@ -61,7 +61,7 @@ def test_totals_filters_late_and_refused(ledger_url: str) -> None:
     assert [r.path for r in ov.status_page(ledger, ov.StatusFilter(prefix="b/")).rows] == ["b/5.edf"]
     assert ov.status_page(ledger, ov.StatusFilter(prefix="B/")).rows == []  # exact, even on SQLite
 
-    page = ov.status_page(ledger, limit=2, offset=1)
+    page = ov.status_page(ledger, limit=2, after=("data733", "a/1.edf"))
     assert [r.path for r in page.rows] == ["a/2.edf", "a/3.edf"]
     assert page.rows[1].copies["cfs"].error == "cfs:a/3.edf: disk full"
     assert [r.path for p in ov.iter_status(ledger, chunk=2) for r in p.rows] == [

@@ -9,6 +9,7 @@ answers as fast as one of ten. The ledger, SQLAlchemy and the configuration are 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -184,6 +185,16 @@ def refusals_table(refused: Sequence[Refusal], *, width: int = 80) -> Table:
     return table
 
 
+def parse_cursor(after: str, source: str, tiers: Sequence[str]) -> tuple[str, str] | None:
+    """``--after``: a path of the source tier, or ``TIER:PATH`` for another tier the ledger knows."""
+    if not after:
+        return None
+    tier, sep, rest = after.partition(":")
+    if sep and tier in tiers and tier != source:
+        return tier, rest
+    return source, after
+
+
 def status(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of files (keys documented in the "
@@ -200,7 +211,9 @@ def status(
                                   "export-controlled...) with the reason."),
     limit: int | None = typer.Option(None, "--limit", min=0,
                                      help=f"Files per page (table default {DEFAULT_ROWS}; 0: all)."),
-    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many files (the next page)."),
+    after: str = typer.Option("", "--after", metavar="PATH",
+                              help="Start after this path (the next page: status prints the option to use); "
+                                   "TIER:PATH for a file of another source tier."),
     transfers: bool = typer.Option(False, "--transfers", help="Show the Globus tasks instead: files, bytes, "
                                    "effective rate, task id and status of each (newest first)."),
     analysis: bool = typer.Option(False, "--analysis", help="Show the scans instead: reduced or not, where the "
@@ -230,6 +243,7 @@ def status(
 
         targets = tuple(config.move.targets)
         late_before = datetime.now(UTC) - timedelta(minutes=late_after)
+        cursor = parse_cursor(after, config.move.source, list(config.tiers))
         flt = ov.StatusFilter(prefix=prefix or None, states=tuple(parsed),
                               late_before=late_before if late else None, targets=targets)
         ledger = Ledger.open(config.ledger.url_value())
@@ -239,13 +253,13 @@ def status(
                     rows = [item for page in ov.iter_status(ledger, flt)
                             for item in status_json(page.rows, page.catalogue)]
                 else:
-                    page = ov.status_page(ledger, flt, limit=limit or None, offset=offset)
+                    page = ov.status_page(ledger, flt, limit=limit or None, after=cursor)
                     rows = status_json(page.rows, page.catalogue)
                 print_json(rows)
                 return
             rows_wanted = DEFAULT_ROWS if limit is None else (limit or None)
             totals = ov.totals(ledger, flt)
-            page = ov.status_page(ledger, flt, limit=rows_wanted, offset=offset)
+            page = ov.status_page(ledger, flt, limit=rows_wanted, after=cursor)
             whole = totals if flt == ov.StatusFilter(targets=targets) else ov.totals(ledger)
             n_late = ov.count_late(ledger, late_before, targets, whole=whole)
             n_refused = ov.count_refused(ledger)
@@ -276,14 +290,18 @@ def status(
     for line in lines:
         console.print(line, highlight=False)
     if page.rows:
-        first = offset + 1
-        last = offset + len(page.rows)
-        title = f"files {first:,}-{last:,} of {totals.files:,}"
+        shown = len(page.rows)
+        title = (f"files 1-{shown:,} of {totals.files:,}" if cursor is None
+                 else f"{shown:,} file(s) after {elide_path(after, 40)}, of {totals.files:,}")
         console.print()
         console.print(status_table(page.rows, tiers, page.catalogue, width=width, title=title))
-        if last < totals.files:
-            console.print(f"[dim]next page: --offset {last}; all: --limit 0; one folder: --prefix; only "
-                          f"problems: --state failed, --late[/]", highlight=False)
+        last = page.rows[-1]
+        if rows_wanted is not None and shown == rows_wanted and (cursor is not None or shown < totals.files):
+            nxt = last.path if last.source_tier == config.move.source else f"{last.source_tier}:{last.path}"
+            console.print(f"[dim]next page: --after {shlex.quote(nxt)}[/]", highlight=False,
+                          soft_wrap=True)  # whole, to be copied
+            console.print("[dim]all: --limit 0; one folder: --prefix; only problems: --state failed, --late[/]",
+                          highlight=False)
     if refused:
         console.print()
         console.print(refusals_table(refused, width=width))

@@ -132,6 +132,31 @@ class Copy(Base):
     file: Mapped[SourceFile] = relationship(back_populates="copies")
 
 
+class CopyCount(Base):
+    """How many copies (and bytes) each tier holds in each state: kept by triggers (migration
+    0004_ledger_counters), read by ``ledger.counters``. One row per writing PostgreSQL backend (``shard``), summed
+    on read; SQLite uses shard 0 only."""
+
+    __tablename__ = "copy_counts"
+
+    tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class FileCount(Base):
+    """How many source files (and bytes) each source tier has: kept like ``CopyCount``."""
+
+    __tablename__ = "file_counts"
+
+    source_tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
 class Event(Base):
     """Append-only history: every step that happened to a file, with its reason or evidence in ``detail``."""
 

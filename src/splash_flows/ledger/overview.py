@@ -1,9 +1,10 @@
 """Ledger queries behind ``splash-flows status``: totals, filtered pages of files, late files, refused paths.
 
 Everything is counted, filtered and paged in SQL, so a page of a ledger with 100,000 files (or ten million
-copies) costs about what a page of ten does: the totals are GROUP BY queries over ``copies`` (index
-``ix_copies_tier_state``), a page is ``ORDER BY source_tier, path LIMIT/OFFSET`` over the unique
-``(source_tier, path)`` index, and only the page's copies and catalogue states are read afterwards.
+copies) costs about what a page of ten does: the unfiltered totals are read from the counters the database keeps
+(``ledger.counters``), filtered ones are GROUP BY queries; a page is keyset-paged (``WHERE (source_tier, path) >
+cursor ORDER BY source_tier, path LIMIT n``) over the unique ``(source_tier, path)`` index, and only the page's
+copies and catalogue states are read afterwards. ``status``, the bench and the page's file lists page this way.
 
 The rules live here once: a copy is *safe* on a tier when it is verified there or was deliberately pruned after
 being verified (``SAFE_STATES``); a file is *late* when it was detected before a given time and is not safe on
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, union
+from sqlalchemy import ColumnElement, and_, exists, false, func, literal, or_, select, tuple_, union
 from sqlalchemy.orm import aliased
 
+from splash_flows.ledger import counters
 from splash_flows.ledger.catalogue import FileCatalogueState
 from splash_flows.ledger.models import CatalogueFile, CatalogueScan, Copy, CopyState, Event, EventKind, SourceFile
 from splash_flows.ledger.store import CopyInfo, FileStatus, Ledger, in_chunks
@@ -94,8 +96,15 @@ class StatusTotals:
 
 def totals(ledger: Ledger, flt: StatusFilter = StatusFilter()) -> StatusTotals:
     """Files, bytes and copies per (tier, state) of the files ``flt`` selects, counted by the database. Without
-    a filter the copies are counted from the ``(tier, state)`` index alone."""
+    a filter they are read from the counters the database keeps (``ledger.counters``): a few rows, not millions."""
     conds = flt.conditions()
+    if not conds:
+        counters.fold_if_many(ledger)
+        with ledger.session() as sess:
+            files = counters.all_files(sess)
+            out = StatusTotals(files=files.n, bytes=files.bytes)
+            out.tiers = {t: {s: c.n for s, c in states.items()} for t, states in counters.copy_counts(sess).items()}
+        return out
     with ledger.session() as sess:
         n, size = sess.execute(select(func.count(), func.coalesce(func.sum(SourceFile.size), 0))
                                .select_from(SourceFile).where(*conds)).one()
@@ -164,33 +173,44 @@ def _page(sess: Any, files: Sequence[Any]) -> StatusPage:
     return StatusPage(rows, cat)
 
 
+Cursor = tuple[str, str]  # (source tier, path) of the last file of a page
+
+
+def _after(q: Any, after: Cursor | None) -> Any:
+    if after is None:
+        return q
+    # a row comparison, which both databases read as a range of the (source_tier, path) index (the equivalent
+    # OR of two conditions made PostgreSQL walk the index from its start: 0.6 s mid-way through 1M files)
+    return q.where(tuple_(SourceFile.source_tier, SourceFile.path) > tuple_(literal(after[0]), literal(after[1])))
+
+
 def status_page(ledger: Ledger, flt: StatusFilter = StatusFilter(), *, limit: int | None = None,
-                offset: int = 0) -> StatusPage:
-    """The files ``flt`` selects, ``offset`` rows in, at most ``limit`` of them (None: all)."""
-    q = _files_query(flt).offset(offset)
+                after: Cursor | None = None) -> StatusPage:
+    """The files ``flt`` selects that sort after ``after`` (source tier, path), at most ``limit`` of them (None:
+    all). Keyset paging over the unique ``(source_tier, path)`` index: page 10,000 costs what page 1 costs."""
+    q = _after(_files_query(flt), after)
     if limit is not None:
         q = q.limit(limit)
     with ledger.session() as sess:
         return _page(sess, list(sess.execute(q)))
 
 
+def next_cursor(page: StatusPage) -> Cursor | None:
+    """Where the page after ``page`` starts (None: ``page`` is empty)."""
+    return (page.rows[-1].source_tier, page.rows[-1].path) if page.rows else None
+
+
 def iter_status(ledger: Ledger, flt: StatusFilter = StatusFilter(), *, chunk: int = 5000) -> Iterator[StatusPage]:
-    """Every file ``flt`` selects, ``chunk`` at a time (keyset paging: each chunk is one short query)."""
-    after: tuple[str, str] | None = None
+    """Every file ``flt`` selects, ``chunk`` at a time (``status_page`` after ``status_page``)."""
+    after: Cursor | None = None
     while True:
-        q = _files_query(flt).limit(chunk)
-        if after is not None:
-            q = q.where(or_(SourceFile.source_tier > after[0],
-                            and_(SourceFile.source_tier == after[0], SourceFile.path > after[1])))
-        with ledger.session() as sess:
-            files = list(sess.execute(q))
-            if not files:
-                return
-            page = _page(sess, files)
-        yield page
-        if len(files) < chunk:
+        page = status_page(ledger, flt, limit=chunk, after=after)
+        if not page.rows:
             return
-        after = (files[-1].source_tier, files[-1].path)
+        yield page
+        if len(page.rows) < chunk:
+            return
+        after = next_cursor(page)
 
 
 @dataclass(frozen=True)

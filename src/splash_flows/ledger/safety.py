@@ -29,7 +29,10 @@ from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, 
 from sqlalchemy.orm import Session
 
 from splash_flows.config import Config
+from splash_flows.ledger import counters
 from splash_flows.ledger.models import (
+    AnalysisScan,
+    AnalysisState,
     CatalogueFile,
     CatalogueScan,
     CatalogueState,
@@ -60,6 +63,10 @@ class Scope:
         return list(self.config.move.targets)
 
     @property
+    def tiers(self) -> list[str]:
+        return list(self.config.tiers)
+
+    @property
     def late_before(self) -> datetime:
         return self.now - timedelta(minutes=self.config.monitoring.safe_within_minutes)
 
@@ -81,9 +88,11 @@ def has_copy(tier: str, states: Sequence[str]) -> ColumnElement[bool]:
     return exists().where(Copy.file_id == FileRow.id, Copy.tier == tier, Copy.state.in_(list(states)))
 
 
-def has_copy_state(state: str) -> ColumnElement[bool]:
-    """Some copy of the file is in ``state``."""
-    return exists().where(Copy.file_id == FileRow.id, Copy.state == state)
+def has_copy_state(scope: Scope, state: str) -> ColumnElement[bool]:
+    """Some copy of the file, on a configured tier, is in ``state``. Naming the tiers lets a planner that reads
+    the flag for many files at once (PostgreSQL hashes such a sub-query) find the copies in that state through
+    ``(tier, state, ...)`` instead of reading every copy (measured at 10M copies: docs/PERFORMANCE.md)."""
+    return exists().where(Copy.file_id == FileRow.id, Copy.tier.in_(scope.tiers), Copy.state == state)
 
 
 def safe_expr(scope: Scope) -> ColumnElement[bool]:
@@ -103,7 +112,7 @@ def catalogue_expr(states: Sequence[str]) -> ColumnElement[bool]:
 
 
 def due_expr(scope: Scope) -> ColumnElement[bool]:
-    return exists().where(Copy.file_id == FileRow.id, Copy.state == CopyState.VERIFIED,
+    return exists().where(Copy.file_id == FileRow.id, Copy.tier.in_(scope.tiers), Copy.state == CopyState.VERIFIED,
                           Copy.prune_due_at.is_not(None), Copy.prune_due_at <= scope.now)
 
 
@@ -111,16 +120,29 @@ _FLAGS: list[Flag] = [
     Flag("safe", "safe", "verified on every move target", safe_expr),
     Flag("late", "late", "not safe, detected longer ago than the objective (monitoring.safe_within_minutes)",
          late_expr, alarm=True),
-    Flag("at_risk", "at risk", "a copy held verified failed its re-check", lambda s: has_copy_state(CopyState.AT_RISK),
-         alarm=True),
+    Flag("at_risk", "at risk", "a copy held verified failed its re-check",
+         lambda s: has_copy_state(s, CopyState.AT_RISK), alarm=True),
     Flag("failed", "failed", "the last copy attempt failed, or the catalogue refused the scan",
-         lambda s: or_(has_copy_state(CopyState.FAILED), catalogue_expr([CatalogueState.FAILED])), alarm=True),
+         lambda s: or_(has_copy_state(s, CopyState.FAILED), catalogue_expr([CatalogueState.FAILED])), alarm=True),
     Flag("pending_catalogue", "pending catalogue", "verified but not in the catalogue yet",
          lambda s: catalogue_expr([CatalogueState.PENDING])),
     Flag("due", "due for pruning", "a verified copy whose prune date has passed", due_expr),
     Flag("archived", "archived", f"verified on the tape tier ({ARCHIVE_TIER})",
          lambda s: has_copy(ARCHIVE_TIER, [CopyState.VERIFIED]), applies=lambda c: ARCHIVE_TIER in c.tiers),
 ]
+
+
+def reduced_expr(scope: Scope) -> ColumnElement[bool]:
+    """The file's scan was reduced: its catalogue scan (``catalogue_files``) has an ``analysis_scans`` row of the
+    same key in state reduced (probes of ``catalogue_files``' key and ``uq_analysis_scans_key``)."""
+    return exists().where(CatalogueFile.file_id == FileRow.id, CatalogueScan.id == CatalogueFile.scan_id,
+                          AnalysisScan.source_tier == CatalogueScan.source_tier,
+                          AnalysisScan.scan_key == CatalogueScan.scan_key,
+                          AnalysisScan.state == AnalysisState.REDUCED)
+
+
+_FLAGS.append(Flag("reduced", "reduced", "its scan was reduced (analysis results written and delivered)",
+                   reduced_expr, applies=lambda c: bool(c.analysis.enabled)))
 
 
 def register_flag(flag: Flag) -> None:
@@ -239,14 +261,16 @@ SCAN_CHUNK = 20_000
 UNSAFE_IN_LIMIT = 30_000  # above this, list_files filters with the flag's expression alone
 
 
-def unsafe_file_ids(sess: Session, config: Config) -> set[int]:
+def unsafe_file_ids(sess: Session, config: Config, *, kept: dict[str, dict[str, counters.Count]] | None = None,
+                    files: int | None = None) -> set[int]:
     """The ids of the files not safe, found without probing every file.
 
     Two kinds: (a) a target copy in a state of ``NOT_SAFE_STATES`` (a range of ``ix_copies_tier_state``), and
     (b) a target with no copy row at all (the move has not reached the file yet). For (b) the deficit is known
     from two index-only counts (files x targets - target copy rows, unique per file and tier); the files are then
     looked for from the newest id down, in chunks probed through ``uq_copies_file_tier``, until the whole deficit
-    is found -- in flight files are the newest, so this usually reads one chunk."""
+    is found -- in flight files are the newest, so this usually reads one chunk. The two counts come from the
+    counters the database keeps (``ledger.counters``; ``kept`` and ``files`` when the caller read them already)."""
     targets = list(config.move.targets)
     source = config.move.source
     bad = sorted(_ids_in_states(sess, targets, NOT_SAFE_STATES))
@@ -255,8 +279,9 @@ def unsafe_file_ids(sess: Session, config: Config) -> set[int]:
         out.update(sess.scalars(select(FileRow.id).where(FileRow.id.in_(chunk), FileRow.source_tier == source)))
     if not targets:
         return out
-    files = int(sess.scalar(select(func.count()).select_from(FileRow)) or 0)
-    rows = int(sess.scalar(select(func.count()).select_from(Copy).where(Copy.tier.in_(targets))) or 0)
+    kept = counters.copy_counts(sess) if kept is None else kept
+    files = counters.all_files(sess).n if files is None else files
+    rows = sum(c.n for t in targets for c in kept.get(t, {}).values())
     deficit = files * len(targets) - rows
     top = int(sess.scalar(select(func.max(FileRow.id))) or 0)
     while deficit > 0 and top > 0:
@@ -290,17 +315,14 @@ def _unsafe_summary(sess: Session, ids: set[int], late_before: datetime) -> tupl
 def overview(ledger: Ledger, config: Config, *, now: datetime | None = None) -> Overview:
     """Totals over the whole ledger, each from one index-friendly query."""
     scope = Scope(config, now or _utcnow())
+    counters.fold_if_many(ledger)
     with ledger.session() as sess:
-        files, total_bytes = sess.execute(
-            select(func.count(), func.coalesce(func.sum(FileRow.size), 0)).select_from(FileRow)).one()
-        copies: dict[str, dict[str, int]] = {}
-        copy_bytes: dict[str, dict[str, int]] = {}
-        rows = sess.execute(select(Copy.tier, Copy.state, func.count(), func.coalesce(func.sum(Copy.size), 0))
-                            .group_by(Copy.tier, Copy.state))
-        for tier, st, n, b in rows:
-            copies.setdefault(tier, {})[st] = int(n)
-            copy_bytes.setdefault(tier, {})[st] = int(b or 0)
-        unsafe = unsafe_file_ids(sess, config)
+        whole = counters.all_files(sess)
+        files, total_bytes = whole.n, whole.bytes
+        kept = counters.copy_counts(sess)  # kept by the database: a few rows, not a scan of every copy
+        copies = {t: {st: c.n for st, c in states.items()} for t, states in kept.items()}
+        copy_bytes = {t: {st: c.bytes for st, c in states.items()} for t, states in kept.items()}
+        unsafe = unsafe_file_ids(sess, config, kept=kept, files=files)
         late, oldest = _unsafe_summary(sess, unsafe, scope.late_before)
         not_safe = len(unsafe)
         tiers = list(config.tiers)
@@ -332,8 +354,9 @@ def aware_utc(value: Any) -> datetime | None:
 
 def _ids_in_states(sess: Session, tiers: Sequence[str], states: Sequence[str]) -> set[int]:
     """Ids of the files with a copy on one of ``tiers`` in one of ``states``: one equality lookup of
-    ``ix_copies_tier_state`` per (tier, state), which planners take even when their statistics say the average
-    state is common (verified is; at_risk is not)."""
+    ``ix_copies_tier_state_due`` per (tier, state), which planners take even when their statistics say the
+    average state is common (verified is; at_risk is not). One query with ``tier IN (...) AND state IN (...)``
+    instead made SQLite read far more of the index (9.3 s instead of 2.5 s for the page's totals at 1M files)."""
     out: set[int] = set()
     for tier in tiers:
         for state in states:
@@ -365,9 +388,9 @@ def groups(ledger: Ledger, config: Config, *, days: int, proposal: str | None = 
         where.append(FileRow.path.startswith(proposal.rstrip("/") + "/", autoescape=True))
     q = (select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"), *cols)
          .where(*where).group_by(prop, day))
-    with ledger.session() as sess:
-        total = int(sess.scalar(select(func.count()).select_from(q.subquery())) or 0)
-        rows = sess.execute(q.order_by(day.desc(), prop).offset(offset).limit(limit)).all()
+    with ledger.session() as sess:  # the window's groups are few (proposals x days): count and page them here,
+        every = sess.execute(q.order_by(day.desc(), prop)).all()  # not by running the aggregate twice
+    total, rows = len(every), every[offset:offset + limit]
     out = []
     for r in rows:
         counts = {f.name: int(r[4 + i] or 0) for i, f in enumerate(flags)}

@@ -176,6 +176,11 @@ class Ledger:
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
         else:
             kwargs["pool_pre_ping"] = True
+        if parsed.get_backend_name() == "postgresql":
+            # No JIT: the ledger's queries are short and index-driven, and compiling one took seconds on a busy
+            # machine (the page's per-day table: 0.2 s without, 3.5-9 s with; docs/PERFORMANCE.md section 5).
+            user_options = parsed.query.get("options")
+            kwargs["connect_args"] = {"options": " ".join(filter(None, [str(user_options or ""), "-c jit=off"]))}
         try:
             engine = create_engine(parsed, **kwargs)
         except (ImportError, SQLAlchemyError) as err:
@@ -518,26 +523,13 @@ class Ledger:
     # ------------------------------------------------------------------------------------------ reading
 
     def status(self, *, source_tier: str | None = None, path_prefix: str | None = None) -> list[FileStatus]:
-        """Every known file with the state of each copy, ordered by path (``status_page`` for a page of them)."""
+        """Every known file with the state of each copy, ordered by path (``overview.status_page`` pages them)."""
         with self.session() as sess:
             q = select(SourceFile).order_by(SourceFile.path)
             if source_tier:
                 q = q.where(SourceFile.source_tier == source_tier)
             if path_prefix:
                 q = q.where(SourceFile.path.startswith(path_prefix, autoescape=True))
-            return self._with_copies(sess, list(sess.scalars(q)))
-
-    def status_page(self, source_tier: str, *, after: str | None = None, limit: int = 100,
-                    path_prefix: str | None = None) -> list[FileStatus]:
-        """At most ``limit`` files of ``source_tier`` whose path sorts after ``after``, in path order, with their
-        copies: keyset paging on the (source_tier, path) index, so page 10,000 costs what page 1 costs."""
-        with self.session() as sess:
-            q = select(SourceFile).where(SourceFile.source_tier == source_tier)
-            if after is not None:
-                q = q.where(SourceFile.path > after)
-            if path_prefix:
-                q = q.where(SourceFile.path.startswith(path_prefix, autoescape=True))
-            q = q.order_by(SourceFile.path).limit(limit)
             return self._with_copies(sess, list(sess.scalars(q)))
 
     @staticmethod
@@ -548,16 +540,6 @@ class Ledger:
                 copies.setdefault(c.file_id, {})[c.tier] = _copy_info(c)
         return [FileStatus(f.path, f.source_tier, f.size, f.checksum_alg, f.checksum, f.detected_at,
                            dict(sorted(copies.get(f.id, {}).items()))) for f in files]
-
-    def copy_totals(self) -> dict[str, dict[str, int]]:
-        """How many copies each tier holds in each state (``status --totals``): one grouped count over the
-        (tier, state) index, however many rows the ledger has."""
-        with self.session() as sess:
-            out: dict[str, dict[str, int]] = {}
-            for tier, st, n in sess.execute(select(Copy.tier, Copy.state, func.count())
-                                            .group_by(Copy.tier, Copy.state)):
-                out.setdefault(tier, {})[st] = int(n)
-            return {t: dict(sorted(v.items())) for t, v in sorted(out.items())}
 
     def count_verified(self, tier: str, paths: Sequence[str], source_tier: str) -> int:
         """How many of ``paths`` are verified on ``tier`` (for progress display)."""
