@@ -226,16 +226,9 @@ def show_analysis(config: Config, *, as_json: bool, prefix: str | None) -> None:
     console.print(table)
 
 
-def analysis_summary(config: Config) -> str | None:
-    """One line for ``status``: scans per reduction state (None when nothing was analysed)."""
-    from splash_flows.ledger import Ledger
-    from splash_flows.ledger import analysis as ledger_an
-
-    ledger = Ledger.open(config.ledger.url_value())
-    try:
-        counts = ledger_an.analysis_counts(ledger)
-    finally:
-        ledger.close()
+def analysis_summary(counts: dict[str, int]) -> str | None:
+    """One line for ``status``: scans per reduction state (``ledger.analysis.analysis_counts``; None when nothing
+    was analysed)."""
     if not counts:
         return None
     parts = [f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items())]
