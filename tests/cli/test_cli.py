@@ -107,9 +107,9 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     root = demo_root
     first = cli("demo", "--root", str(root), "--scans", "3", "--small")
     assert "demo summary" in first.stdout
-    assert "started, kept for the next run" in " ".join(first.stdout.split())
+    assert "started, kept 10 min after this demo for the next one" in " ".join(first.stdout.split())
     again = cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new, the server reused
-    assert "reused, kept for the next run" in " ".join(again.stdout.split())
+    assert "reused, kept 10 min after this demo" in " ".join(again.stdout.split())
     every = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
     rows = [r for r in every if "/reduced/" not in r["path"]]
     assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)

@@ -12,8 +12,9 @@ that is down never costs the summary: the scans wait as ``pending_catalogue`` an
 
 Quick to run again: the Prefect server the flow talks to is kept (``flows/local_server.py``): started by the
 first demo on DIR -- at the very start, so it comes up while the scans are simulated -- with its database in
-``DIR/.prefect``, and reused by every later demo while it answers; it stops after ``--server-idle`` minutes
-without a demo, or with ``--stop-server``. The summary says where the time went.
+``DIR/.prefect`` (a copy of a migrated template for a new DIR, see ``local_server``), and reused by every later
+demo while it answers; it stops after ``--server-idle`` minutes (default 10) without a demo, or with
+``--stop-server`` (``make clean`` too). The summary says where the time went.
 """
 
 from __future__ import annotations
@@ -108,9 +109,9 @@ def demo(
     small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
     more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
-    server_idle: float = typer.Option(30.0, "--server-idle", min=0, metavar="MINUTES",
+    server_idle: float = typer.Option(10.0, "--server-idle", min=0, metavar="MINUTES",
                                       help="Keep the demo's Prefect server this long after the demo for the next "
-                                           "run (0: stop it when the demo ends)."),
+                                           "run (0: stop it when the demo ends; --stop-server stops it later)."),
     stop_server: bool = typer.Option(False, "--stop-server", help="Only stop the demo's kept Prefect server."),
     catalogue_from: Path | None = typer.Option(
         None, "--catalogue-from", dir_okay=False,
@@ -154,7 +155,7 @@ def _run_demo(root: Path, home: Path, *, scans: int, small: bool, more: bool, ve
         os.environ["PREFECT_API_URL"] = server.api_url
     lap("start")
     try:
-        _demo_body(root, server, scans=scans, small=small, more=more, times=times, lap=lap,
+        _demo_body(root, server, scans=scans, small=small, more=more, times=times, lap=lap, server_idle=server_idle,
                    catalogue_from=catalogue_from)
     finally:
         if server is not None:
@@ -164,7 +165,8 @@ def _run_demo(root: Path, home: Path, *, scans: int, small: bool, more: bool, ve
 
 
 def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bool, more: bool,
-               times: dict[str, float], lap: Callable[[str], None], catalogue_from: Path | None = None) -> None:
+               times: dict[str, float], lap: Callable[[str], None], catalogue_from: Path | None = None,
+               server_idle: float = 10.0) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -286,8 +288,10 @@ def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bo
     console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
                   f"(or: catalog search)", soft_wrap=True, highlight=False)
     console.print("[dim]time: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in times.items())
-                  + (f"; Prefect server {server.api_url} {'started' if server.started else 'reused'}, kept for the "
-                     "next run (--stop-server stops it)" if server is not None else "") + "[/]",
+                  + (f"; Prefect server {server.api_url} {'started' if server.started else 'reused'}, "
+                     + ("stopped now (--server-idle 0)" if server_idle == 0 else
+                        f"kept {server_idle:g} min after this demo for the next one (--stop-server stops it)")
+                     if server is not None else "") + "[/]",
                   highlight=False)
     if outcome["error"] is not None or bad or catalogue_problem is not None:
         if outcome["error"] is not None:
