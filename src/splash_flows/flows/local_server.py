@@ -36,9 +36,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from splash_flows.errors import OrchestrationError
 from splash_flows.processes import child_env, free_port, python_argv
@@ -241,19 +242,32 @@ def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cov
     seeded = template is not None and seed_from_template(home, template)
     print(f"database {'copied from ' + str(template) if seeded else 'in ' + str(home)}", flush=True)
 
-    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
-                            log_level="error", lifespan="on")
+    def app() -> Any:
+        """Prefect's app; once its start-up (migrations, block registration) is done and before uvicorn takes
+        any request, a database migrated here becomes the template (no flow run can be in it yet)."""
+        from prefect.server.api.server import create_app
+
+        prefect_app = create_app()
+        startup = prefect_app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(asgi: Any) -> AsyncIterator[Any]:
+            async with startup(asgi) as state:
+                if template is not None and not seeded:
+                    try:
+                        if save_template(home, template):
+                            print(f"saved the migrated database as the template {template}", flush=True)
+                    except (OSError, sqlite3.Error) as err:  # only a lost shortcut: a new folder migrates its own
+                        print(f"could not save the template {template}: {err}", flush=True)
+                yield state
+
+        prefect_app.router.lifespan_context = lifespan
+        return prefect_app
+
+    config = uvicorn.Config(app, factory=True, host="127.0.0.1", port=port, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
 
     def idle_watch() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.1)
-        if template is not None and not seeded:  # migrated here: the next new folder starts from a copy
-            try:
-                if save_template(home, template):
-                    print(f"saved the migrated database as the template {template}", flush=True)
-            except (OSError, sqlite3.Error) as err:  # only a lost shortcut: the next folder migrates its own
-                print(f"could not save the template {template}: {err}", flush=True)
         while not server.should_exit:
             time.sleep(5)
             try:
