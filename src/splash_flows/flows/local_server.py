@@ -12,7 +12,7 @@ Where things are, under the Prefect home (``DIR/.prefect`` for the demo): ``spla
 API URL of the running server), ``splash-server.log`` (its output), ``splash-server.used`` (touched by every
 use; its age is the idle time) and ``splash-server.lock`` (serialises starting).
 
-A new folder's server does not create Prefect's database from its ~130 migrations (about 12 s of CPU here):
+A new folder's server does not create Prefect's database from its 115 SQLite migrations (about 12 s of CPU here):
 the first server of an installation saves its freshly migrated, still empty database (and Prefect's
 block-registration memo) as a template under ``~/.cache/splash-flows/prefect-VERSION/``
 (``$XDG_CACHE_HOME`` or ``$SPLASH_FLOWS_PREFECT_TEMPLATE`` to move it), and every later new folder starts
