@@ -148,3 +148,10 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     folder = hilo["scan_key"].rpartition("/")[0]
     for f in hilo["files"]:
         assert (tmp_path / "dl" / f["path"]).read_bytes() == (root / "data733" / folder / f["path"]).read_bytes()
+
+
+def test_demo_reduces_in_its_own_process_unless_the_machine_has_cores_to_spare() -> None:
+    from splash_flows.cli.demo import demo_workers
+
+    assert [demo_workers(False, cores=n) for n in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 2]
+    assert demo_workers(True, cores=16) == 1  # tiny frames: a process start costs more than their reduction
