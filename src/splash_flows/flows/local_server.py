@@ -202,14 +202,23 @@ def seed_from_template(home: Path, template: Path) -> bool:
         shutil.copyfile(template / MEMO_FILE, home / MEMO_FILE)
     partial = home / f".{DB_FILE}.{os.getpid()}.tmp"
     shutil.copyfile(template / DB_FILE, partial)
+    _fsync(partial)
     os.replace(partial, home / DB_FILE)
     return True
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_template(home: Path, template: Path) -> bool:
-    """Save ``home``'s database (just migrated by a server that has run nothing yet) as the template; True if it
-    did. A consistent copy (SQLite's backup API, safe while the server runs), renamed into place last, so a
-    concurrent reader sees the whole template or none."""
+    """Save ``home``'s database as the template; True if it did. Only for a database just created by a server
+    that has taken no request yet (``serve`` calls it inside Prefect's start-up for a new home). A consistent
+    copy (SQLite's backup API), fsynced and renamed into place last: a concurrent reader sees all of it or none."""
     if (template / DB_FILE).exists() or not (home / DB_FILE).is_file():
         return False
     template.mkdir(parents=True, exist_ok=True)
@@ -226,6 +235,7 @@ def save_template(home: Path, template: Path) -> bool:
             copy.close()
     finally:
         source.close()
+    _fsync(partial)  # a cache, but a torn one would break every new folder
     os.replace(partial, template / DB_FILE)
     return True
 
@@ -239,6 +249,7 @@ def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cov
     import uvicorn
 
     template = template_dir(version("prefect")) if _own_database() else None
+    new_home = not (home / DB_FILE).exists()  # only a database migrated by this start may become the template
     seeded = template is not None and seed_from_template(home, template)
     print(f"database {'copied from ' + str(template) if seeded else 'in ' + str(home)}", flush=True)
 
@@ -253,7 +264,7 @@ def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cov
         @contextlib.asynccontextmanager
         async def lifespan(asgi: Any) -> AsyncIterator[Any]:
             async with startup(asgi) as state:
-                if template is not None and not seeded:
+                if template is not None and new_home and not seeded:
                     try:
                         if save_template(home, template):
                             print(f"saved the migrated database as the template {template}", flush=True)
