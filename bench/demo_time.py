@@ -1,8 +1,11 @@
 """Benchmark: how long ``splash-flows demo`` takes once installed, and where the time goes.
 
 Runs, as fresh processes in a temporary folder: the first demo on an empty folder (simulates 3 full-size scans,
-starts the demo's Prefect server), then ``--reruns`` more on the same folder (nothing new to copy: the files are
-re-verified and skipped; the server is reused). Prints each run's wall time, its CPU time (the demo process and
+starts the demo's Prefect server, which migrates its database: the first demo of an installation), then
+``--reruns`` more on the same folder (nothing new to copy: the files are re-verified and skipped, the scans'
+reductions are up to date; the server is reused), then a first demo on another empty folder (its server starts
+from the migrated template database the first one saved, as every new folder after an installation's first).
+Prints each run's wall time, its CPU time (the demo process and
 the children it waited for -- Prefect's temporary server before this change; the kept server's CPU so far is
 printed apart), and the demo's own breakdown (its ``time:`` line: start, simulate, imports, waiting
 for the server, the dispatcher flow).
@@ -58,10 +61,13 @@ def kept_server_cpu(root: Path) -> float | None:
 
 
 def sequence(label: str, root: Path, env: dict[str, str], reruns: int) -> list[dict[str, object]]:
+    """The first demo on ``root`` (the installation's first: no Prefect template database yet), ``reruns`` more
+    on it, then a first demo on another new folder (which starts from the template the first one saved)."""
     out = []
-    for i in range(1 + reruns):
-        result = {"code": label, "run": "first" if i == 0 else f"re-run {i}", **run_demo(root, env),
-                  "kept_server_cpu_s": kept_server_cpu(root)}
+    runs = [(root, "first" if i == 0 else f"re-run {i}") for i in range(1 + reruns)]
+    runs.append((root.with_name(root.name + "-new"), "new folder"))
+    for where, name in runs:
+        result = {"code": label, "run": name, **run_demo(where, env), "kept_server_cpu_s": kept_server_cpu(where)}
         print(json.dumps(result), flush=True)
         out.append(result)
     return out
@@ -76,6 +82,7 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "SPLASH_FLOWS_CONFIG",
                                                              "PREFECT_HOME")}
     base["COLUMNS"] = "200"
+    base["SPLASH_FLOWS_PREFECT_TEMPLATE"] = str(work / "template")  # empty: the first run is an installation's first
     results = []
     try:
         if args.compare_src:
@@ -84,7 +91,7 @@ def main() -> None:
             results += sequence(f"compare ({args.compare_src})", work / "compare", other, args.reruns)
         results += sequence("this tree", work / "this", base, args.reruns)
     finally:
-        for root in (work / "this", work / "compare"):
+        for root in (work / "this", work / "compare", work / "this-new", work / "compare-new"):
             if root.exists():
                 subprocess.run([sys.executable, "-m", "splash_flows", "demo", "--root", str(root), "--stop-server"],
                                env=base, capture_output=True, check=False)

@@ -108,12 +108,12 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     root = demo_root
     first = cli("demo", "--root", str(root), "--scans", "3", "--small")
     assert "demo summary" in first.stdout
-    assert "started, kept for the next run" in " ".join(first.stdout.split())
     said = " ".join(first.stdout.split())  # issue 11's "done when": every scan reduced, linked, AgBh peak in place
+    assert "started, kept 10 min after this demo for the next one" in said
     assert "analysis: 3 of 3 scan(s) reduced, derived datasets linked" in said
     assert re.search(r"AgBh first peak [\d.]+ nm\^-1 \(calibrant 1\.0763, tolerance [\d.]+%\): ok", said), said
     again = cli("demo", "--root", str(root), "--small")  # second run: safe, nothing new, the server reused
-    assert "reused, kept for the next run" in " ".join(again.stdout.split())
+    assert "reused, kept 10 min after this demo" in " ".join(again.stdout.split())
     every = json.loads(cli("--config", str(root / "splash-flows.yaml"), "status", "--json").stdout)
     rows = [r for r in every if "/reduced/" not in r["path"]]
     assert len(rows) == 9  # 2 single exposures (edf + txt) + one hi/lo set (2 edf + 2 txt + gb)
@@ -154,3 +154,10 @@ def test_demo_end_to_end_twice(demo_root: Path, tmp_path: Path) -> None:
     folder = hilo["scan_key"].rpartition("/")[0]
     for f in hilo["files"]:
         assert (tmp_path / "dl" / f["path"]).read_bytes() == (root / "data733" / folder / f["path"]).read_bytes()
+
+
+def test_demo_reduces_in_its_own_process_unless_the_machine_has_cores_to_spare() -> None:
+    from splash_flows.cli.demo import demo_workers
+
+    assert [demo_workers(False, cores=n) for n in (1, 2, 3, 4, 16)] == [1, 1, 1, 2, 2]
+    assert demo_workers(True, cores=16) == 1  # tiny frames: a process start costs more than their reduction

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("sqlalchemy", "alembic", "pydantic", "numpy", "PIL", "fabio", "pyFAI", "prefect", "httpx", "globus_sdk",
          "watchdog", "yaml", "splash_flows.config", "splash_flows.ledger", "splash_flows.services",
@@ -44,3 +45,22 @@ def test_every_command_help_is_light() -> None:
         code = ("import sys\nfrom splash_flows.cli.main import app\n"
                 f"try:\n    app({argv!r}, prog_name='splash-flows')\nexcept SystemExit:\n    pass")
         assert _heavy(_imported_after(code), allowed=("pydantic",)) == [], argv
+
+
+def test_status_imports_only_what_it_reads_with(tmp_path: Path) -> None:
+    # status reads the ledger (SQLAlchemy) with the configuration (pydantic, yaml): no numpy, Pillow, pyFAI,
+    # Prefect or HTTP client, and no Alembic when the schema is at head (checked by one SELECT)
+    from splash_flows.ledger import Ledger
+
+    tiers = {t: {"root": str(tmp_path / t)} for t in ("data733", "lamarr", "cfs")}
+    cfg = tmp_path / "splash-flows.yaml"
+    cfg.write_text(json.dumps({"ledger": {"url": f"sqlite:///{tmp_path / 'ledger.db'}"}, "tiers": tiers,
+                               "move": {"source": "data733", "targets": ["lamarr", "cfs"]}}))
+    Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}").close()  # created and migrated here, not by status
+    code = ("import sys\nfrom splash_flows.cli.main import app\n"
+            f"try:\n    app(['--config', {str(cfg)!r}, 'status'], prog_name='splash-flows')\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code")
+    needed = ("sqlalchemy", "pydantic", "yaml", "splash_flows.config", "splash_flows.ledger")
+    modules = _imported_after(code)
+    assert _heavy(modules, allowed=needed) == []
+    assert "rich.progress" not in modules  # progress bars belong to the commands that show them

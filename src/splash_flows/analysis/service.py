@@ -21,6 +21,7 @@ One scan's failure is its own (``failed`` in the ledger, in the report); the oth
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import posixpath
@@ -74,18 +75,21 @@ class AnalysisReport:
     catalogued: dict[str, str] = field(default_factory=dict)       # scan -> derived dataset pid
     catalogue_waiting: dict[str, str] = field(default_factory=dict)  # scan -> why its derived dataset waits
     merges: dict[str, str] = field(default_factory=dict)           # scan -> single | gb | own
+    up_to_date: dict[str, str] = field(default_factory=dict)       # scan -> why reducing it again changes nothing
     backend: str = ""
 
     def summary(self) -> dict[str, Any]:
         """Counts (and the pending scans) for a flow result and the CLI."""
         return {"backend": self.backend, "reduced": len(self.reduced), "pending_calibration": len(self.pending),
                 "failed": len(self.failed), "skipped": len(self.skipped), "catalogued": len(self.catalogued),
-                "catalogue_waiting": len(self.catalogue_waiting), "pending": dict(self.pending)}
+                "catalogue_waiting": len(self.catalogue_waiting), "up_to_date": len(self.up_to_date),
+                "pending": dict(self.pending)}
 
     def describe(self) -> str:
         """One line for logs."""
-        return (f"{len(self.reduced)} scan(s) reduced ({self.backend}), {len(self.pending)} waiting for a "
-                f"calibration, {len(self.failed)} failed, {len(self.catalogued)} derived dataset(s) catalogued")
+        current = f", {len(self.up_to_date)} already up to date" if self.up_to_date else ""
+        return (f"{len(self.reduced)} scan(s) reduced ({self.backend or '-'}){current}, {len(self.pending)} waiting "
+                f"for a calibration, {len(self.failed)} failed, {len(self.catalogued)} derived dataset(s) catalogued")
 
     def raise_for_failures(self) -> None:
         """``BatchError`` naming every scan that failed (pending scans are not failures: they are reported)."""
@@ -239,6 +243,46 @@ def scans_for_keys(ctx: Context, keys: Sequence[str], report: AnalysisReport) ->
     return select_scans(ctx, paths, report)
 
 
+def input_fingerprint(root: Path, scan: Scan) -> list[list[Any]]:
+    """What the reduction of ``scan`` read: ``[path, size, mtime_ns]`` of each of its files on the source tier
+    (recorded with the result; a file added, rewritten or removed since makes the result out of date)."""
+    out: list[list[Any]] = []
+    for f in scan.files:
+        try:
+            st = (root / f.path).stat()
+        except OSError:
+            continue
+        out.append([f.path, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def up_to_date(ctx: Context, scan: Scan, settings: Settings) -> str | None:
+    """Why re-reducing ``scan`` would change nothing, or None when it must be reduced: it is ``reduced`` with the
+    calibration that applies to it now, the same settings, the very input files it was reduced from (path, size,
+    mtime), every output still on the source tier at its recorded size, and its derived dataset catalogued.
+    Cheap (one ledger read and a few ``stat`` calls): what lets the dispatcher see a batch again (``make demo``
+    re-run, a re-delivered event) without reducing its scans again."""
+    record = ledger_an.get_analysis(ctx.ledger, ctx.config.move.source, scan.key)
+    if record is None or record.state != AnalysisState.REDUCED or record.pid is None or record.acquired_at is None:
+        return None
+    params = record.parameters
+    root = source_root(ctx)
+    if params.get("inputs") != input_fingerprint(root, scan):
+        return None
+    if any(params.get(k) != v for k, v in json.loads(json.dumps(settings.as_dict())).items()):
+        return None
+    calib = ledger_an.calibration_at(ctx.ledger, record.acquired_at)
+    if calib is None or calib.id != record.calibration_id:
+        return None
+    for out in record.outputs:
+        try:
+            if (root / str(out["path"])).stat().st_size != out["size"]:
+                return None
+        except (OSError, KeyError, TypeError):
+            return None
+    return f"already reduced from these files with calibration #{calib.id} ({record.pid})"
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -252,8 +296,10 @@ def analyse_scans(ctx: Context, scans: Sequence[Scan], *, backend: AnalysisBacke
     settings = settings_for(ctx)
     jobs: list[ScanJob] = []
     calibs: dict[str, tuple[CalibrationRecord, datetime]] = {}
+    inputs: dict[str, list[list[Any]]] = {}
     for scan in scans:
         files = _roles(scan)
+        inputs[scan.key] = input_fingerprint(root, scan)  # before reducing: a file changing meanwhile is seen
         try:
             when = acquired_at(root, files, ctx.config.timezone)
         except AnalysisError as err:
@@ -291,7 +337,7 @@ def analyse_scans(ctx: Context, scans: Sequence[Scan], *, backend: AnalysisBacke
             _fail(ctx, job.scan_key, AnalysisError(outcome.error or "failed", scan=job.scan_key), report, None)
             continue
         calib, when = calibs[job.scan_key]
-        parameters = _job_parameters(settings, calib, backend.name, outcome)
+        parameters = {**_job_parameters(settings, calib, backend.name, outcome), "inputs": inputs[job.scan_key]}
         ledger_an.record_analysis(
             ctx.ledger, source, job.scan_key, AnalysisState.REDUCED, acquired_at=when, calibration_id=calib.id,
             backend=backend.name, merge=outcome.merge, results_folder=job.out_folder,
@@ -343,9 +389,17 @@ def deliver_outputs(ctx: Context, paths: list[str]) -> None:
 def analyse_paths(ctx: Context, paths: Sequence[str], *, backend: AnalysisBackend | None = None,
                   progress: ProgressFn | None = None,
                   deliver: Callable[[Context, list[str]], None] | None = None) -> AnalysisReport:
-    """Analyse the scans of a batch of source-tier paths (what the dispatcher calls after each move)."""
+    """Analyse the scans of a batch of source-tier paths (what the dispatcher calls after each move). A scan whose
+    result is up to date (``up_to_date``) is skipped, with the reason in ``report.up_to_date``; ``splash-flows
+    analyse`` reduces what it is given regardless."""
     report = AnalysisReport()
-    scans = select_scans(ctx, paths, report)
+    scans = []
+    settings = settings_for(ctx)
+    for scan in select_scans(ctx, paths, report):
+        if (why := up_to_date(ctx, scan, settings)) is not None:
+            report.up_to_date[scan.key] = why
+        else:
+            scans.append(scan)
     return analyse_scans(ctx, scans, backend=backend, progress=progress, report=report, deliver=deliver)
 
 

@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, print_json, state
 from splash_flows.errors import AnalysisError, ConfigError
@@ -92,6 +90,8 @@ def calibration_list(ctx: typer.Context,
         print_json([{"id": r.id, "valid_from": r.valid_from, "valid_until": u, "source": r.source,
                      "sha256": r.poni_sha256, "note": r.note} for r, u in zip(rows, until, strict=True)])
         return
+    from rich.table import Table
+
     table = Table(title=f"{len(rows)} calibration(s)", title_justify="left")
     for name in ("id", "from (UTC)", "until", "file"):
         table.add_column(name, overflow="fold")
@@ -147,6 +147,8 @@ def analyse(
 ) -> None:
     """Reduce scans to I(q) (and q_ip/q_oop maps at grazing incidence) now, on the local cores or at NERSC; the
     results go to <scan folder>/reduced/ on data733, onward to every tier, and into the catalogue."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from splash_flows.analysis import service
     from splash_flows.analysis.job import ScanOutcome
     from splash_flows.context import build_context
@@ -216,6 +218,8 @@ def show_analysis(config: Config, *, as_json: bool, prefix: str | None) -> None:
         print_json(data)
         return
     style = {"reduced": "green", "pending_calibration": "yellow", "failed": "bold red"}
+    from rich.table import Table
+
     table = Table(title=f"{len(data)} scan(s) analysed", title_justify="left")
     for name in ("scan", "state", "merge", "results / reason", "derived dataset"):
         table.add_column(name, overflow="fold")
@@ -226,16 +230,9 @@ def show_analysis(config: Config, *, as_json: bool, prefix: str | None) -> None:
     console.print(table)
 
 
-def analysis_summary(config: Config) -> str | None:
-    """One line for ``status``: scans per reduction state (None when nothing was analysed)."""
-    from splash_flows.ledger import Ledger
-    from splash_flows.ledger import analysis as ledger_an
-
-    ledger = Ledger.open(config.ledger.url_value())
-    try:
-        counts = ledger_an.analysis_counts(ledger)
-    finally:
-        ledger.close()
+def analysis_summary(counts: dict[str, int]) -> str | None:
+    """One line for ``status``: scans per reduction state (``ledger.analysis.analysis_counts``; None when nothing
+    was analysed)."""
     if not counts:
         return None
     parts = [f"{n} {state.replace('_', ' ')}" for state, n in sorted(counts.items())]

@@ -16,26 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from splash_flows.cli.common import console, err_console, fail_cleanly, human_size, print_json, state
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+    from rich.table import Table
+
     from splash_flows.context import Context
     from splash_flows.services.archive import service as svc
 
 
 def plan_table(plan: svc.ArchivePlan) -> Table:
     """The plan as one table (80 columns: name folds, sizes right-aligned)."""
+    from rich.table import Table
+
     table = Table(title=f"{len(plan.open)} bundle(s) to resume, {len(plan.new.bundles)} new "
                         f"({plan.verified} verified already)", title_justify="left")
     table.add_column("bundle", overflow="fold", min_width=24)
@@ -88,6 +83,8 @@ def archive(
 
 
 def _execute(context: Context, *, quiet: bool, limit: int | None) -> svc.ArchiveReport:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
     from splash_flows.services.archive import service as svc
 
     if quiet or not console.is_terminal:

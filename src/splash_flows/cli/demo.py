@@ -12,8 +12,9 @@ that is down never costs the summary: the scans wait as ``pending_catalogue`` an
 
 Quick to run again: the Prefect server the flow talks to is kept (``flows/local_server.py``): started by the
 first demo on DIR -- at the very start, so it comes up while the scans are simulated -- with its database in
-``DIR/.prefect``, and reused by every later demo while it answers; it stops after ``--server-idle`` minutes
-without a demo, or with ``--stop-server``. The summary says where the time went.
+``DIR/.prefect`` (a copy of a migrated template for a new DIR, see ``local_server``), and reused by every later
+demo while it answers; it stops after ``--server-idle`` minutes (default 10) without a demo, or with
+``--stop-server`` (``make clean`` too). The summary says where the time went.
 """
 
 from __future__ import annotations
@@ -76,11 +77,20 @@ def site_catalogue_sections(path: Path) -> dict[str, Any]:
     return sections
 
 
+def demo_workers(small: bool, cores: int | None = None) -> int:
+    """Reduction processes for the demo's scans: one (in the flow's own process) for tiny ``--small`` frames and
+    on machines of up to 3 cores -- pyFAI's OpenMP integration already uses every core, so a second process
+    there only pays its own start-up and imports (measured on 2 cores: 0.8-1.3x the speed of one process, about
+    3 s more CPU); two on bigger machines."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return 1 if small or cores < 4 else 2
+
+
 def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: bool = False,
                       by: str = "demo") -> Path:
     """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable).
     ``by`` names the command that wrote it (``demo`` or ``up``) in the file's first line. The demo turns the
-    analysis on (tiny ``--small`` frames are reduced in-process: starting worker processes would cost more); with
+    analysis on (``demo_workers`` says in how many processes); with
     ``catalogue_from``, that file's catalogue (see ``site_catalogue_sections``) replaces the embedded one."""
     import yaml
 
@@ -92,7 +102,7 @@ def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: 
         tier["root"] = f"./{name}"
     data["catalogue"]["path"] = "catalogue.db"
     if by == "demo":
-        data["analysis"] = {"enabled": True, "backend": "local", "workers": 1 if small else 2}
+        data["analysis"] = {"enabled": True, "backend": "local", "workers": demo_workers(small)}
     path = root / "splash-flows.yaml"
     text = f"# Written by `splash-flows {by}`: the embedded default, rooted at this folder.\n"
     if catalogue_from is not None:
@@ -109,9 +119,9 @@ def demo(
     small: bool = typer.Option(False, "--small", help="Tiny frames instead of full Pilatus 2M images (fast)."),
     more: bool = typer.Option(False, "--more", help="Acquire new scans even if data733 already holds some."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Prefect's own log lines."),
-    server_idle: float = typer.Option(30.0, "--server-idle", min=0, metavar="MINUTES",
+    server_idle: float = typer.Option(10.0, "--server-idle", min=0, metavar="MINUTES",
                                       help="Keep the demo's Prefect server this long after the demo for the next "
-                                           "run (0: stop it when the demo ends)."),
+                                           "run (0: stop it when the demo ends; --stop-server stops it later)."),
     stop_server: bool = typer.Option(False, "--stop-server", help="Only stop the demo's kept Prefect server."),
     catalogue_from: Path | None = typer.Option(
         None, "--catalogue-from", dir_okay=False,
@@ -155,7 +165,7 @@ def _run_demo(root: Path, home: Path, *, scans: int, small: bool, more: bool, ve
         os.environ["PREFECT_API_URL"] = server.api_url
     lap("start")
     try:
-        _demo_body(root, server, scans=scans, small=small, more=more, times=times, lap=lap,
+        _demo_body(root, server, scans=scans, small=small, more=more, times=times, lap=lap, server_idle=server_idle,
                    catalogue_from=catalogue_from)
     finally:
         if server is not None:
@@ -165,7 +175,8 @@ def _run_demo(root: Path, home: Path, *, scans: int, small: bool, more: bool, ve
 
 
 def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bool, more: bool,
-               times: dict[str, float], lap: Callable[[str], None], catalogue_from: Path | None = None) -> None:
+               times: dict[str, float], lap: Callable[[str], None], catalogue_from: Path | None = None,
+               server_idle: float = 10.0) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -234,7 +245,7 @@ def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bo
                 progress.update(bar, completed=ledger.count_verified(t, paths, config.move.source))
             if not alive:
                 break
-            time.sleep(0.25)
+            worker.join(0.5)  # woken at once when the flow ends: no fixed sleep after it
     elapsed = time.monotonic() - started
     lap("dispatcher flow")
 
@@ -287,8 +298,10 @@ def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bo
     console.print(f"dispatcher finished in {elapsed:.1f} s. Next: splash-flows --config {config_path} status "
                   f"(or: catalog search)", soft_wrap=True, highlight=False)
     console.print("[dim]time: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in times.items())
-                  + (f"; Prefect server {server.api_url} {'started' if server.started else 'reused'}, kept for the "
-                     "next run (--stop-server stops it)" if server is not None else "") + "[/]",
+                  + (f"; Prefect server {server.api_url} {'started' if server.started else 'reused'}, "
+                     + ("stopped now (--server-idle 0)" if server_idle == 0 else
+                        f"kept {server_idle:g} min after this demo for the next one (--stop-server stops it)")
+                     if server is not None else "") + "[/]",
                   highlight=False)
     if outcome["error"] is not None or bad or catalogue_problem is not None:
         if outcome["error"] is not None:

@@ -238,6 +238,7 @@ def status(
             return
         from splash_flows.ledger import Ledger
         from splash_flows.ledger import overview as ov
+        from splash_flows.ledger.analysis import analysis_counts
         from splash_flows.ledger.archive import last_drill
         from splash_flows.ledger.catalogue import scan_counts
 
@@ -266,6 +267,7 @@ def status(
             refused = ov.refusals(ledger) if show_all else []
             scans = scan_counts(ledger)
             drill = last_drill(ledger)
+            analysed = analysis_counts(ledger)
             where = ledger.describe()
         finally:
             ledger.close()
@@ -309,9 +311,7 @@ def status(
         console.print(drill_line(drill.at, drill.path, drill.detail), highlight=False)
     from splash_flows.cli.analysis import analysis_summary
 
-    with fail_cleanly():
-        summary = analysis_summary(config)
-    if summary:
+    if summary := analysis_summary(analysed):
         console.print(summary, highlight=False)
 
 

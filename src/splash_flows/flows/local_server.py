@@ -12,6 +12,12 @@ Where things are, under the Prefect home (``DIR/.prefect`` for the demo): ``spla
 API URL of the running server), ``splash-server.log`` (its output), ``splash-server.used`` (touched by every
 use; its age is the idle time) and ``splash-server.lock`` (serialises starting).
 
+A new folder's server does not create Prefect's database from its 115 SQLite migrations (about 12 s of CPU here):
+the first server of an installation saves its freshly migrated, still empty database (and Prefect's
+block-registration memo) as a template under ``~/.cache/splash-flows/prefect-VERSION/``
+(``$XDG_CACHE_HOME`` or ``$SPLASH_FLOWS_PREFECT_TEMPLATE`` to move it), and every later new folder starts
+from a copy of it. One template per Prefect version: another version migrates its own.
+
 Run as ``python -m splash_flows.flows.local_server --home H --port P --idle MINUTES`` (what ``ensure_server``
 starts); nothing else imports Prefect's server.
 """
@@ -23,14 +29,17 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from splash_flows.errors import OrchestrationError
 from splash_flows.processes import child_env, free_port, python_argv
@@ -40,7 +49,12 @@ LOG_FILE = "splash-server.log"
 USED_FILE = "splash-server.used"
 LOCK_FILE = "splash-server.lock"
 MODULE = "splash_flows.flows.local_server"
-DEFAULT_IDLE_MINUTES = 30.0
+#: Minutes a kept server waits for the next demo before it stops: long enough to re-run the demo and try its
+#: commands, short enough that nothing lingers (``demo --server-idle``; ``demo --stop-server`` stops it now).
+DEFAULT_IDLE_MINUTES = 10.0
+DB_FILE = "prefect.db"
+MEMO_FILE = "memo_store.toml"
+TEMPLATE_ENV = "SPLASH_FLOWS_PREFECT_TEMPLATE"
 #: What Prefect's own temporary server sets (``prefect.server.api.server.SubprocessASGIServer``).
 EPHEMERAL_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
@@ -165,14 +179,103 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def template_dir(prefect_version: str) -> Path:
+    """Where the migrated, empty Prefect database of ``prefect_version`` is kept for new folders."""
+    if explicit := os.environ.get(TEMPLATE_ENV):
+        return Path(explicit) / f"prefect-{prefect_version}"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "splash-flows" / f"prefect-{prefect_version}"
+
+
+def _own_database() -> bool:
+    """Whether Prefect keeps its database in ``PREFECT_HOME`` (not a database the user configured)."""
+    return not any(os.environ.get(k) for k in ("PREFECT_API_DATABASE_CONNECTION_URL",
+                                               "PREFECT_SERVER_DATABASE_CONNECTION_URL"))
+
+
+def seed_from_template(home: Path, template: Path) -> bool:
+    """Give a new ``home`` a copy of the template database (and block memo); True if it did. A home that has a
+    database keeps it; without a template nothing happens (the server migrates a new one, see ``save_template``)."""
+    if (home / DB_FILE).exists() or not (template / DB_FILE).is_file():
+        return False
+    if (template / MEMO_FILE).is_file() and not (home / MEMO_FILE).exists():
+        shutil.copyfile(template / MEMO_FILE, home / MEMO_FILE)
+    partial = home / f".{DB_FILE}.{os.getpid()}.tmp"
+    shutil.copyfile(template / DB_FILE, partial)
+    _fsync(partial)
+    os.replace(partial, home / DB_FILE)
+    return True
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_template(home: Path, template: Path) -> bool:
+    """Save ``home``'s database as the template; True if it did. Only for a database just created by a server
+    that has taken no request yet (``serve`` calls it inside Prefect's start-up for a new home). A consistent
+    copy (SQLite's backup API), fsynced and renamed into place last: a concurrent reader sees all of it or none."""
+    if (template / DB_FILE).exists() or not (home / DB_FILE).is_file():
+        return False
+    template.mkdir(parents=True, exist_ok=True)
+    if (home / MEMO_FILE).is_file():
+        shutil.copyfile(home / MEMO_FILE, template / f".{MEMO_FILE}.{os.getpid()}.tmp")
+        os.replace(template / f".{MEMO_FILE}.{os.getpid()}.tmp", template / MEMO_FILE)
+    partial = template / f".{DB_FILE}.{os.getpid()}.tmp"
+    source = sqlite3.connect(f"file:{home / DB_FILE}?mode=ro", uri=True)
+    try:
+        copy = sqlite3.connect(partial)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+    finally:
+        source.close()
+    _fsync(partial)  # a cache, but a torn one would break every new folder
+    os.replace(partial, template / DB_FILE)
+    return True
+
+
 def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cover - runs as its own process
     """Run Prefect's server app on 127.0.0.1:``port`` until idle for ``idle_minutes`` or signalled."""
     os.environ.update(EPHEMERAL_ENV)
     os.environ["PREFECT_HOME"] = str(home)
+    from importlib.metadata import version
+
     import uvicorn
 
-    config = uvicorn.Config("prefect.server.api.server:create_app", factory=True, host="127.0.0.1", port=port,
-                            log_level="error", lifespan="on")
+    template = template_dir(version("prefect")) if _own_database() else None
+    new_home = not (home / DB_FILE).exists()  # only a database migrated by this start may become the template
+    seeded = template is not None and seed_from_template(home, template)
+    print(f"database {'copied from ' + str(template) if seeded else 'in ' + str(home)}", flush=True)
+
+    def app() -> Any:
+        """Prefect's app; once its start-up (migrations, block registration) is done and before uvicorn takes
+        any request, a database migrated here becomes the template (no flow run can be in it yet)."""
+        from prefect.server.api.server import create_app
+
+        prefect_app = create_app()
+        startup = prefect_app.router.lifespan_context
+
+        @contextlib.asynccontextmanager
+        async def lifespan(asgi: Any) -> AsyncIterator[Any]:
+            async with startup(asgi) as state:
+                if template is not None and new_home and not seeded:
+                    try:
+                        if save_template(home, template):
+                            print(f"saved the migrated database as the template {template}", flush=True)
+                    except (OSError, sqlite3.Error) as err:  # only a lost shortcut: a new folder migrates its own
+                        print(f"could not save the template {template}: {err}", flush=True)
+                yield state
+
+        prefect_app.router.lifespan_context = lifespan
+        return prefect_app
+
+    config = uvicorn.Config(app, factory=True, host="127.0.0.1", port=port, log_level="error", lifespan="on")
     server = uvicorn.Server(config)
 
     def idle_watch() -> None:

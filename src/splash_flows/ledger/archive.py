@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +33,9 @@ from splash_flows.ledger.models import (
     utcnow,
 )
 from splash_flows.ledger.store import Ledger, in_chunks
-from splash_flows.services.archive.plan import ArchivableFile, Plan
+
+if TYPE_CHECKING:  # the plan brings the 7.3.3 metadata parsers (numpy): `status` reads drills without them
+    from splash_flows.services.archive.plan import ArchivableFile, Plan
 
 ARCHIVED = "archived"            # event kind: a file's bundle was verified on the archive tier
 ARCHIVE_FAILED = "archive_failed"
@@ -106,6 +108,8 @@ def archivable_files(ledger: Ledger, *, source_tier: str, archive_tier: str, lim
     q = (select(SourceFile).join(Copy, and_(Copy.file_id == SourceFile.id, Copy.tier == source_tier))
          .where(Copy.state == CopyState.VERIFIED, Copy.checksum == SourceFile.checksum, ~member)
          .order_by(SourceFile.id).limit(limit))
+    from splash_flows.services.archive.plan import ArchivableFile
+
     with ledger.session() as sess:
         return [ArchivableFile(f.id, f.path, f.size, f.checksum, datetime.fromtimestamp(f.mtime, UTC))
                 for f in sess.scalars(q)]

@@ -89,9 +89,33 @@ def test_results_are_delivered_and_catalogued_as_derived_datasets(site: tuple[Co
         png = ctx.catalogue().thumbnail(pid, service.THUMBNAIL_CAPTION)
         assert png is not None and png.startswith(b"\x89PNG")
 
-    again = service.analyse_paths(ctx, paths)  # re-running updates, never adds
-    assert again.catalogued == report.catalogued
+    again = service.analyse_paths(ctx, paths)  # seen again, nothing changed: nothing reduced again
+    assert not again.reduced and not again.failed and set(again.up_to_date) == set(report.reduced)
+    assert all("already reduced" in why for why in again.up_to_date.values())
+    assert "3 already up to date" in again.describe()
+
+    root = Path(ctx.config.tiers["data733"].root)
+    key = next(iter(report.reduced))
+    frame = next(root / p for p in paths if p.startswith(key) and p.endswith(".edf"))
+    os.utime(frame, ns=(frame.stat().st_atime_ns, frame.stat().st_mtime_ns + 10**9))  # rewritten since
+    changed = service.analyse_paths(ctx, paths)  # re-reduced; its derived dataset updated, never added
+    assert set(changed.reduced) == {key} and changed.catalogued == {key: report.catalogued[key]}
     assert len(_derived(ctx)) == 3
+
+
+def test_a_scan_is_reduced_again_when_its_outputs_or_calibration_change(site: tuple[Context, list[str]]) -> None:
+    ctx, paths = site
+    _calibrate(ctx)
+    report = service.analyse_paths(ctx, paths)
+    root = Path(ctx.config.tiers["data733"].root)
+    key, outputs = next(iter(report.reduced.items()))
+    (root / next(o for o in outputs if o.endswith(".dat"))).unlink()  # an output lost on data733
+    assert set(service.analyse_paths(ctx, paths).reduced) == {key}
+
+    _calibrate(ctx, datetime(2026, 2, 1, tzinfo=UTC))  # a newer calibration now covers every scan
+    again = service.analyse_paths(ctx, paths)
+    assert set(again.reduced) == set(report.reduced) and not again.up_to_date
+    assert {r.calibration_id for r in ledger_an.analyses(ctx.ledger)} == {2}
 
 
 def test_outputs_are_never_analysed_again(site: tuple[Context, list[str]]) -> None:
