@@ -59,7 +59,7 @@ class WatchEvent:
 WatchHook = Callable[[WatchEvent], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     """A file seen but not yet ready. ``generation`` changes with every event, so a stat taken outside the lock
     is only trusted when no event arrived meanwhile."""
@@ -144,6 +144,7 @@ class WatcherBase:
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
         self._scan_cv = threading.Condition()
+        self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()
