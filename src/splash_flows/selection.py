@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from splash_flows.config import Config
@@ -131,19 +131,30 @@ class SourceListing:
         return not self.unreadable
 
 
-def list_source(tier: Tier, rule: MoveRule, prefix: str = "") -> SourceListing:
-    """Walk ``prefix`` of the source tier and sort what is there by the rule."""
-    out = SourceListing()
+def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = "", *,
+                  chunk: int = 2000) -> Iterator[list[FileStat]]:
+    """The files to move under ``prefix`` of the source tier, in lists of about ``chunk`` (memory stays flat
+    however large the tree); what the rule refuses, and what could not be read, is added to ``out`` (the
+    unreadable places once the walk is done). Each name is checked once (``MoveRule.refusal_in``)."""
     problems: list[WalkProblem] = []
+    pending: list[FileStat] = []
+    folder, clean = None, False
     for st in tier.walk(prefix, ignore=rule.ignored_name, problems=problems):
-        refused = rule.refusal(st.path)
+        here = st.path.rpartition("/")[0]
+        if here != folder:
+            folder, clean = here, rule.clean_folder(here)
+        refused = rule.refusal_in(here, clean, st.path)
         if refused is None:
-            out.files.append(st)
+            pending.append(st)
+            if len(pending) >= chunk:
+                yield pending
+                pending = []
         else:
             out.refused.append(refused)
+    if pending:
+        yield pending
     for p in problems:
         (out.unreadable if p.fatal else out.refused).append(Refusal(display_path(p.path), p.reason))
-    return out
 
 
 def record_refusals(ledger: Ledger, tier: str, refusals: Iterable[Refusal]) -> int:

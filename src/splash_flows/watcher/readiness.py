@@ -156,9 +156,10 @@ class ReadinessMixin(WatcherBase):
         if not due:
             return 0
         observed: list[tuple[str, int, os.stat_result | None, OSError | None]] = []
+        root = f"{self.root}/"  # a string join per file: a backfill checks thousands per tick
         for rel, gen in due:
             try:
-                observed.append((rel, gen, os.lstat(self.root / rel), None))
+                observed.append((rel, gen, os.lstat(root + rel), None))
             except FileNotFoundError:
                 observed.append((rel, gen, None, None))
             except OSError as err:
@@ -202,13 +203,14 @@ class ReadinessMixin(WatcherBase):
                 else:
                     cand.next_check = cand.stable_since + quiet
         if unconfirmed:
-            writers = files_open_for_writing([self.root / rel for rel, _, _ in unconfirmed])
+            real = _real_paths(self.root, [rel for rel, _, _ in unconfirmed])
+            writers = files_open_for_writing(list(real.values()), resolved=True)
             with self._lock:
                 for rel, gen, st in unconfirmed:
                     cand = self._candidates.get(rel)
                     if cand is None or cand.generation != gen:
                         continue
-                    if writers is not None and os.path.realpath(self.root / rel) in writers:
+                    if writers is not None and real[rel] in writers:
                         log.debug("%s is still open for writing: waiting for its close event", rel)
                         cand.closed = False
                         cand.written = True
@@ -222,13 +224,23 @@ class ReadinessMixin(WatcherBase):
                 self._symlink(rel)
             else:
                 self._refuse(rel, what)
-        escaped = []
+        escaped = set()
+        inside: dict[str, bool] = {"": True}  # folder -> resolves inside the root (one realpath per folder)
         for rel, _st, _closed in ready:
+            folder = rel.rpartition("/")[0]
+            if folder not in inside:
+                try:
+                    safe_join(self.root, folder, tier=self.tier)
+                    inside[folder] = True
+                except PathEscapeError:
+                    inside[folder] = False
+            if inside[folder]:
+                continue  # the file itself is no symlink (lstat above): it resolves where its folder does
             try:
                 safe_join(self.root, rel, tier=self.tier)
             except PathEscapeError as err:  # a symlinked folder on the way (polling snapshots, races)
                 self._refuse(rel, str(err))
-                escaped.append(rel)
+                escaped.add(rel)
         ready = [r for r in ready if r[0] not in escaped]
         if ready:
             self._accept(ready, now)
@@ -283,7 +295,7 @@ class ReadinessMixin(WatcherBase):
                 batch.last_added = now
                 accepted.append((rel, closed_at))
                 sizes[rel] = st.st_size
-                if not os.access(self.root / rel, os.R_OK):
+                if not os.access(f"{self.root}/{rel}", os.R_OK):
                     unreadable.append(rel)
         for rel in unreadable:
             log.warning("%s:%s is not readable by the watcher (uid %d); sending it anyway: the move records "
@@ -292,14 +304,28 @@ class ReadinessMixin(WatcherBase):
             self._emit("ready", (rel,), closed_at=closed_at, size=sizes[rel])
 
 
-def files_open_for_writing(paths: list[Path]) -> set[str] | None:
+def _real_paths(root: Path, rels: list[str]) -> dict[str, str]:
+    """The real path of each of ``rels`` (regular files, not symlinks, as ``lstat`` just said), resolving each
+    folder once: a backfill's thousands of files per check cost one ``realpath`` per folder, not per file."""
+    folders: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for rel in rels:
+        folder, _, name = rel.rpartition("/")
+        real = folders.get(folder)
+        if real is None:
+            real = folders[folder] = os.path.realpath(root / folder) if folder else os.path.realpath(root)
+        out[rel] = os.path.join(real, name)
+    return out
+
+
+def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = False) -> set[str] | None:
     """The real paths among ``paths`` that a process on this host holds open for writing, from ``/proc``.
 
     Used for files a scan found (no close event seen) in inotify mode. Processes whose ``/proc/PID/fd`` this
     user may not read are invisible: run the watcher as the detector's user (or root) for a complete answer.
-    Returns None when ``/proc`` is not available.
+    ``resolved``: ``paths`` are real paths already. Returns None when ``/proc`` is not available.
     """
-    wanted = {os.path.realpath(p) for p in paths}
+    wanted = {str(p) for p in paths} if resolved else {os.path.realpath(p) for p in paths}
     if not os.path.isdir("/proc/self/fd"):
         return None
     found: set[str] = set()
