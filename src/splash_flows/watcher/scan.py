@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 
@@ -20,6 +22,7 @@ log = logging.getLogger("splash_flows.watcher")
 
 Found = tuple[str, Version, int]  # (path, (size, mtime), mtime_ns) as the scan's lstat saw it
 SCAN_CHUNK = 2000  # files per ledger comparison (one read transaction of IN lists of ``IN_CHUNK``)
+WALK_AHEAD = 4  # chunks the walk thread may list ahead of the ledger comparison
 SCAN_BACKLOG = 20_000  # candidates a paced scan lets wait before it waits for the loop (memory stays flat)
 
 
@@ -44,7 +47,8 @@ class ScanMixin(WatcherBase):
         in flight as a candidate. Returns how many new candidates it found. Also usable directly (tests).
 
         One pass, streamed: the walk yields files in chunks of ``SCAN_CHUNK`` across folders, each compared
-        with the ledger in one read transaction; nothing per file is kept but the candidates it offers. ``pace``
+        with the ledger in one read transaction while the walk goes on in a thread of its own (``stat`` and
+        SQLite both release the GIL); nothing per file is kept but the candidates it offers. ``pace``
         (the scan thread): wait while the loop drains a large backlog of candidates (``_wait_backlog``)."""
         started = time.monotonic()
         now = started
@@ -53,7 +57,7 @@ class ScanMixin(WatcherBase):
                 del self._claims[rel]
         found = 0
         try:
-            for chunk in self._walk(prefix):
+            for chunk in self._walk_ahead(prefix):
                 if self._stop.is_set():
                     break
                 try:
@@ -123,6 +127,46 @@ class ScanMixin(WatcherBase):
             while len(self._candidates) > limit and not self._stop.is_set():
                 self._wake.set()
                 self._backlog_cv.wait(1.0)
+
+    def _walk_ahead(self, prefix: str) -> Iterator[list[Found]]:
+        """``_walk``'s chunks, listed by a helper thread at most ``WALK_AHEAD`` chunks ahead of the consumer
+        (memory bounded); the walk's errors are raised here, in the consumer. Stops early when the consumer
+        does."""
+        chunks: queue.Queue[list[Found] | BaseException | None] = queue.Queue(maxsize=WALK_AHEAD)
+        done = threading.Event()
+
+        def put(item: list[Found] | BaseException | None) -> bool:
+            while not done.is_set():
+                try:
+                    chunks.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for chunk in self._walk(prefix):
+                    if not put(chunk):
+                        return
+            except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which raises it
+                put(err)
+                return
+            put(None)
+
+        walker = threading.Thread(target=produce, name="watcher-walk", daemon=True)
+        walker.start()
+        try:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            done.set()
+            walker.join()
 
     def _walk(self, prefix: str) -> Iterator[list[Found]]:
         """Files to move under ``prefix`` in chunks of about ``SCAN_CHUNK`` (``list_tree`` with ``MoveRule``'s
