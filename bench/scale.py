@@ -15,8 +15,10 @@ measures, each in a fresh process (wall time and peak resident memory):
 The ledger (SQLite, the default) is filled directly with one row per file and its three verified copies, as
 the move would have left them. File contents never matter to a scan (it reads names and ``stat``), so files are
 empty unless ``--size`` says otherwise. Aims: scans <= 2x ``find``; memory not growing with the tree beyond
-the ledger's index. Prints a table and a JSON line; ``--dir`` on tmpfs (``/dev/shm``) measures the scan's own
-cost when the disk is shared and busy (file creation on a loaded disk costs milliseconds per file).
+the ledger's index. Prints a table (wall time and CPU time: on a loaded machine ``find``, mostly kernel time,
+waits less for a core than Python does, so the CPU ratio is the steadier one) and a JSON line; ``--dir`` on
+tmpfs (``/dev/shm``) measures the scan's own cost when the disk is shared and busy (file creation on a loaded
+disk costs milliseconds per file).
 
     python bench/scale.py --dir /dev/shm/splash-scale            # 1,000,000 files
     python bench/scale.py --files 100000 --dir /tmp/scale
@@ -110,8 +112,9 @@ def measure(argv: list[str], *, stdout: Any = subprocess.DEVNULL) -> dict[str, A
     """Run ``argv`` in a fresh child; its wall time and peak RSS (through a tiny wrapper that reports both)."""
     wrapper = ("import json,resource,subprocess,sys,time;t=time.monotonic();"
                "r=subprocess.run(sys.argv[1:],stdout=subprocess.DEVNULL);"
-               "print(json.dumps({'rc':r.returncode,'s':time.monotonic()-t,"
-               "'maxrss_kb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+               "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+               "print(json.dumps({'rc':r.returncode,'s':time.monotonic()-t,'cpu_s':u.ru_utime+u.ru_stime,"
+               "'maxrss_kb':u.ru_maxrss}))")
     out = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
@@ -133,9 +136,9 @@ class Nothing:
 config = load_config_file(Path(sys.argv[1]))
 ledger = Ledger.open(config.ledger.url_value())
 watcher = Watcher(config, ledger, Nothing())
-start = time.monotonic()
+start, cpu = time.monotonic(), time.process_time()
 found = watcher.rescan("")
-print(json.dumps({"found": found, "scan_s": time.monotonic() - start,
+print(json.dumps({"found": found, "scan_s": time.monotonic() - start, "cpu_s": time.process_time() - cpu,
                   "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
 """
 
@@ -161,18 +164,18 @@ def hook(event):
 config = load_config_file(Path(sys.argv[1]))
 ledger = Ledger.open(config.ledger.url_value())
 watcher = Watcher(config, ledger, Down(), hook=hook)
-start = time.monotonic()
+start, cpu = time.monotonic(), time.process_time()
 watcher.start()
 while not scans:
     time.sleep(0.05)
 scan_s = time.monotonic() - start
 while watcher.pending_files():
     time.sleep(0.2)
-queued_s = time.monotonic() - start
+queued_s, cpu_s = time.monotonic() - start, time.process_time() - cpu
 watcher.stop()
 maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the check below reads every path
 entries = Outbox(ledger).entries()
-print(json.dumps({"found": scans[0]["found"], "scan_s": scan_s, "queued_s": queued_s,
+print(json.dumps({"found": scans[0]["found"], "scan_s": scan_s, "queued_s": queued_s, "cpu_s": cpu_s,
                   "queued_files": sum(len(e.paths) for e in entries), "outbox_entries": len(entries),
                   "self_maxrss_kb": maxrss_kb}), file=sys.stderr)
 """
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline = min(find["s"], find2["s"])
         results.update({
             "find_s": baseline, "find_maxrss_mib": find["maxrss_kb"] / 1024,
+            "find_cpu_s": min(find["cpu_s"], find2["cpu_s"]), "backfill_cpu_s": backfill["cpu_s"],
+            "rescan_cpu_s": rescan["cpu_s"], "reconcile_cpu_s": reconcile["cpu_s"],
             "backfill_s": backfill["scan_s"], "backfill_queued_s": backfill["queued_s"],
             "backfill_found": backfill["found"],
             "backfill_maxrss_mib": backfill["self_maxrss_kb"] / 1024,
@@ -250,16 +255,20 @@ def main(argv: list[str] | None = None) -> int:
         })
         print(f"\n{args.files:,} files ({work}); load {load0:.1f} -> {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} cores")
-        print(f"| work | time | vs find | peak memory |\n|---|---|---|---|\n"
-              f"| find -type f -printf size,mtime,path | {baseline:.2f} s | 1.00 | "
+        fcpu = results["find_cpu_s"]
+        print("| work | time | vs find | CPU (user+sys) | vs find | peak memory |\n|---|---|---|---|---|---|\n"
+              f"| find -type f -printf size,mtime,path | {baseline:.2f} s | 1.00 | {fcpu:.2f} s | 1.00 | "
               f"{find['maxrss_kb'] / 1024:.0f} MiB |")
-        for name, key, mem in (("backfill: watcher start -> scan done (empty ledger)", "backfill_s",
-                                "backfill_maxrss_mib"),
-                               ("backfill: start -> every file in the outbox", "backfill_queued_s",
-                                "backfill_maxrss_mib"),
-                               ("periodic rescan (all verified)", "rescan_s", "rescan_maxrss_mib"),
-                               ("reconcile --dry-run (whole CLI)", "reconcile_dry_run_s", "reconcile_maxrss_mib")):
-            print(f"| {name} | {results[key]:.2f} s | {results[key] / baseline:.2f} | {results[mem]:.0f} MiB |")
+        for name, key, cpu_key, mem in (
+                ("backfill: watcher start -> scan done (empty ledger)", "backfill_s", None, "backfill_maxrss_mib"),
+                ("backfill: start -> every file in the outbox", "backfill_queued_s", "backfill_cpu_s",
+                 "backfill_maxrss_mib"),
+                ("periodic rescan (all verified)", "rescan_s", "rescan_cpu_s", "rescan_maxrss_mib"),
+                ("reconcile --dry-run (whole CLI)", "reconcile_dry_run_s", "reconcile_cpu_s",
+                 "reconcile_maxrss_mib")):
+            cpu_cells = (f"{results[cpu_key]:.2f} s | {results[cpu_key] / fcpu:.2f}" if cpu_key else "| ")
+            print(f"| {name} | {results[key]:.2f} s | {results[key] / baseline:.2f} | {cpu_cells} | "
+                  f"{results[mem]:.0f} MiB |")
         print(json.dumps({"bench": "scale", **{k: round(v, 2) if isinstance(v, float) else v
                                                for k, v in results.items()}}))
     finally:

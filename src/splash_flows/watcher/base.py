@@ -76,7 +76,7 @@ class _Candidate:
     generation: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Claim:
     """A file handed to a batch: not batched again while this version is in flight. ``version`` None: any
     version (loaded from the outbox at start, where versions are not stored)."""

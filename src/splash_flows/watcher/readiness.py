@@ -295,13 +295,23 @@ class ReadinessMixin(WatcherBase):
                 batch.last_added = now
                 accepted.append((rel, closed_at))
                 sizes[rel] = st.st_size
-                if not os.access(f"{self.root}/{rel}", os.R_OK):
+                if not _readable(st, f"{self.root}/{rel}"):
                     unreadable.append(rel)
         for rel in unreadable:
             log.warning("%s:%s is not readable by the watcher (uid %d); sending it anyway: the move records "
                         "whether the workers can read it", self.tier, rel, os.getuid())
         for rel, closed_at in accepted:
             self._emit("ready", (rel,), closed_at=closed_at, size=sizes[rel])
+
+
+def _readable(st: os.stat_result, path: str) -> bool:
+    """Whether this process may read the file: for a file it owns (not as root, whose capabilities the kernel
+    weighs) the owner's mode bit decides, as POSIX ACLs never override the owner, with no system call; any
+    other file is asked of the kernel (``access``)."""
+    euid = os.geteuid()
+    if euid and st.st_uid == euid:
+        return bool(st.st_mode & stat_mod.S_IRUSR)
+    return os.access(path, os.R_OK)
 
 
 def _real_paths(root: Path, rels: list[str]) -> dict[str, str]:
