@@ -151,8 +151,7 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
     if not wanted:
         raise LedgerError("verified_versions needs at least one target tier")
     unique = list(dict.fromkeys(paths))
-    with ledger.session() as sess:
-        conn = sess.connection()
+    with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
         for chunk in in_chunks(unique):
             rows = conn.execute(_VERIFIED, {"tier": source_tier, "paths": chunk, "targets": wanted,
                                             "n_targets": len(wanted)})

@@ -30,8 +30,7 @@ _VERIFIED_TIERS = (select(Copy.file_id, Copy.tier)
 def source_progress(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dict[str, SourceProgress]:
     """For each of ``paths`` the ledger knows on ``source_tier``: registered size/mtime and verified tiers."""
     out: dict[str, SourceProgress] = {}
-    with ledger.session() as sess:
-        conn = sess.connection()  # plain rows, statements compiled once (expanding IN lists)
+    with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
         for chunk in in_chunks(paths):
             files = conn.execute(_FILES, {"tier": source_tier, "paths": chunk}).all()
             verified: dict[int, set[str]] = {}
