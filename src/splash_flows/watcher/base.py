@@ -135,6 +135,9 @@ class WatcherBase:
         self.rule = MoveRule.from_config(config)  # what is a file to move: shared with reconcile and dispatch
         self._lock = threading.Lock()
         self._candidates: dict[str, _Candidate] = {}
+        # no closed candidate is due a check before this (lowered wherever a next_check is set): a loop tick
+        # with nothing due returns without walking a backfill's thousands of waiting candidates
+        self._earliest_check = 0.0
         self._claims: dict[str, _Claim] = {}
         self._batches: dict[str, _Batch] = {}
         self._refused: set[tuple[str, str]] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat as stat_mod
 import time
@@ -105,6 +106,7 @@ class ReadinessMixin(WatcherBase):
                 cand.generation += 1
             if closed and self.settings.mode == "inotify":
                 cand.closed_at = time.time()
+            self._earliest_check = min(self._earliest_check, cand.next_check)
         self._wake.set()
 
     def _forget(self, abs_path: str, why: str) -> None:
@@ -152,7 +154,17 @@ class ReadinessMixin(WatcherBase):
     def check_candidates(self, now: float) -> int:
         """Stat the candidates due a check; move the ready ones into batches. Returns how many became ready."""
         with self._lock:
-            due = [(rel, c.generation) for rel, c in self._candidates.items() if c.closed and c.next_check <= now]
+            if now < self._earliest_check:
+                return 0
+            due: list[tuple[str, int]] = []
+            earliest = math.inf
+            for rel, c in self._candidates.items():
+                if c.closed:
+                    if c.next_check <= now:
+                        due.append((rel, c.generation))
+                    elif c.next_check < earliest:
+                        earliest = c.next_check
+            self._earliest_check = earliest  # the due ones lower it again below if they stay candidates
         if not due:
             return 0
         observed: list[tuple[str, int, os.stat_result | None, OSError | None]] = []
@@ -193,6 +205,7 @@ class ReadinessMixin(WatcherBase):
                     cand.stat_key = key
                     cand.next_check = max(now, cand.stable_since + quiet)
                     if cand.next_check > now:
+                        self._earliest_check = min(self._earliest_check, cand.next_check)
                         continue
                 if now - cand.stable_since >= quiet:
                     if self.settings.mode == "inotify" and not cand.close_seen:
@@ -202,6 +215,7 @@ class ReadinessMixin(WatcherBase):
                         ready.append((rel, st, cand.closed_at))
                 else:
                     cand.next_check = cand.stable_since + quiet
+                    self._earliest_check = min(self._earliest_check, cand.next_check)
         if unconfirmed:
             real = _real_paths(self.root, [rel for rel, _, _ in unconfirmed])
             writers = files_open_for_writing(list(real.values()), resolved=True)

@@ -107,6 +107,7 @@ class ScanMixin(WatcherBase):
                     # close; otherwise its close event was lost (queue overflow) or never comes (hard link)
                     if not (cand.written and now - cand.last_event < window):
                         cand.closed = True
+                        self._earliest_check = min(self._earliest_check, cand.next_check)
                     continue
                 claim = self._claims.get(rel)
                 if claim is not None and claim.until > now and claim.version in (None, version):
@@ -116,6 +117,8 @@ class ScanMixin(WatcherBase):
                 self._candidates[rel] = _Candidate(closed=True, written=False, stable_since=now, last_event=now,
                                                    next_check=now + quiet, stat_key=(version[0], mtime_ns))
                 n += 1
+            if n:
+                self._earliest_check = min(self._earliest_check, now + quiet)
         return n
 
     def _wait_backlog(self) -> None:
