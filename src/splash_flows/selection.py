@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from splash_flows.config import Config
@@ -46,8 +46,27 @@ class MoveRule:
     def __init__(self, ignore_patterns: Sequence[str], *, tier: str) -> None:
         self.tier = tier
         self.ignore_patterns = list(ignore_patterns)
-        self._ignore = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in self.ignore_patterns)
-                                  or r"(?!x)x")
+        # Plain "X*", "*X" and "X" patterns (most of them) become startswith / endswith / equality tests, which
+        # a scan pays per name; any other pattern joins one regex. Same answers as fnmatch (case-sensitive).
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        exact: set[str] = set()
+        rest: list[str] = []
+        for p in self.ignore_patterns:
+            body = p.strip("*")
+            stars = p.count("*")
+            if any(c in body for c in "*?[]") or not body:
+                rest.append(p)
+            elif stars == 0:
+                exact.add(p)
+            elif stars == 1 and p.endswith("*"):
+                prefixes.append(body)
+            elif stars == 1 and p.startswith("*"):
+                suffixes.append(body)
+            else:
+                rest.append(p)
+        self._prefixes, self._suffixes, self._exact = tuple(prefixes), tuple(suffixes), frozenset(exact)
+        self._ignore = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in rest)) if rest else None
 
     @classmethod
     def from_config(cls, config: Config) -> MoveRule:
@@ -55,7 +74,8 @@ class MoveRule:
 
     def ignored_name(self, name: str) -> bool:
         """Whether a file or folder named ``name`` is left alone (it and everything beneath it)."""
-        return self._ignore.match(name) is not None
+        return (name.startswith(self._prefixes) or name.endswith(self._suffixes) or name in self._exact
+                or (self._ignore is not None and self._ignore.match(name) is not None))
 
     def ignored(self, rel: str) -> bool:
         """Whether any component of the tier-relative ``rel`` is ignored."""
@@ -76,6 +96,26 @@ class MoveRule:
             return Refusal(rel, str(err))
         return None
 
+    def clean_folder(self, folder: str) -> bool:
+        """Whether the names listed in the tier-relative ``folder`` can each be checked alone (``refusal_in``):
+        true when ``folder`` is not the root and itself passes ``refusal``. Computed once per folder."""
+        return bool(folder) and self.refusal(folder) is None
+
+    def refusal_in(self, folder: str, clean: bool, rel: str) -> Refusal | None:
+        """``refusal(rel)`` for ``rel`` = ``folder/name`` with ``name`` as a folder listing gives it (never empty,
+        ``.`` or ``..``, never holding ``/`` or NUL), where ``clean`` is ``clean_folder(folder)``. In a clean
+        folder only the name's encoding can fail (the whitespace-only, absolute and drive-letter shapes depend on
+        the first component alone), so a scan pays an ``isascii`` per file instead of parsing every path whole."""
+        if not clean:
+            return self.refusal(rel)
+        if rel.isascii():
+            return None
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            return Refusal(display_path(rel), NOT_UTF8)
+        return None
+
 
 @dataclass
 class SourceListing:
@@ -91,19 +131,30 @@ class SourceListing:
         return not self.unreadable
 
 
-def list_source(tier: Tier, rule: MoveRule, prefix: str = "") -> SourceListing:
-    """Walk ``prefix`` of the source tier and sort what is there by the rule."""
-    out = SourceListing()
+def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = "", *,
+                  chunk: int = 2000) -> Iterator[list[FileStat]]:
+    """The files to move under ``prefix`` of the source tier, in lists of about ``chunk`` (memory stays flat
+    however large the tree); what the rule refuses, and what could not be read, is added to ``out`` (the
+    unreadable places once the walk is done). Each name is checked once (``MoveRule.refusal_in``)."""
     problems: list[WalkProblem] = []
+    pending: list[FileStat] = []
+    folder, clean = None, False
     for st in tier.walk(prefix, ignore=rule.ignored_name, problems=problems):
-        refused = rule.refusal(st.path)
+        here = st.path.rpartition("/")[0]
+        if here != folder:
+            folder, clean = here, rule.clean_folder(here)
+        refused = rule.refusal_in(here, clean, st.path)
         if refused is None:
-            out.files.append(st)
+            pending.append(st)
+            if len(pending) >= chunk:
+                yield pending
+                pending = []
         else:
             out.refused.append(refused)
+    if pending:
+        yield pending
     for p in problems:
         (out.unreadable if p.fatal else out.refused).append(Refusal(display_path(p.path), p.reason))
-    return out
 
 
 def record_refusals(ledger: Ledger, tier: str, refusals: Iterable[Refusal]) -> int:

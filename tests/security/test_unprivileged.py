@@ -163,3 +163,25 @@ def test_the_watcher_names_a_file_it_cannot_read(tmp_path: Path) -> None:
     assert len(unreadable) == 1 and "data733:scan/locked.edf" in unreadable[0], result["lines"]
     if os.geteuid() == 0:  # the line exists only because the child really could not read the file
         assert not [ln for ln in as_me["lines"] if "not readable" in ln]
+
+
+def _readable_answers(root: str) -> list[tuple[str, bool, bool]]:
+    from splash_flows.watcher.readiness import _readable
+
+    out = []
+    for mode in (0o000, 0o200, 0o400, 0o040, 0o004, 0o644, 0o600):
+        path = os.path.join(root, f"m{mode:o}")
+        with open(path, "wb") as fh:
+            fh.write(b"x")
+        os.chmod(path, mode)
+        out.append((f"{mode:o}", _readable(os.lstat(path), path), os.access(path, os.R_OK)))
+    return out
+
+
+def test_the_watchers_read_check_agrees_with_access_for_its_own_files(tmp_path: Path) -> None:
+    """A backfill asks "can the watcher read this?" of every file it accepts; for its own files the owner's mode
+    bit answers without a system call, and must answer as ``access`` does."""
+    with unprivileged_dir() as root:
+        answers = run_unprivileged(_readable_answers, str(root))
+    assert [(m, fast) for m, fast, _ in answers] == [(m, slow) for m, _, slow in answers]
+    assert not dict((m, fast) for m, fast, _ in answers)["0"]

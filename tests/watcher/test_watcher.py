@@ -236,6 +236,38 @@ def test_backfill_sends_unseen_and_changed_files_not_verified_ones(
     assert sorted(sent) == ["new/d.edf", "old/b.edf", "old/c.edf"]
 
 
+def test_a_large_backfill_holds_a_bounded_backlog_and_sends_every_file_once(
+        watch_config: Config, make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan thread waits while too many found files wait to become ready (memory stays flat however large
+    the tree), and still sends every file exactly once."""
+    from splash_flows.watcher import scan
+
+    monkeypatch.setattr(scan, "SCAN_BACKLOG", 5)
+    monkeypatch.setattr(scan, "SCAN_CHUNK", 4)
+    config = with_watcher(watch_config, max_batch_files=2)  # backlog limit max(5, 4 x 2) = 8 candidates
+    root = Path(config.tiers["data733"].root)
+    rels = [f"s{f}/frame_{i:03d}.edf" for f in range(6) for i in range(10)]
+    for rel in rels:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    h = make_harness(config, start=False)
+    peak = [0]
+    offer = h.watcher._offer_found
+
+    def counting(found: list[scan.Found]) -> int:
+        n = offer(found)
+        peak[0] = max(peak[0], len(h.watcher._candidates))
+        return n
+
+    monkeypatch.setattr(h.watcher, "_offer_found", counting)
+    h.watcher.start()
+    h.wait_sent(*rels, timeout=60)
+    h.barrier()
+    sent = [p for p in h.trigger.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == sorted(rels)  # each exactly once
+    assert 0 < peak[0] <= 8 + 4, f"{peak[0]} candidates held at once: the scan did not wait for the loop"
+
+
 def test_rescan_catches_files_the_observer_missed(watch_config: Config, make_harness: MakeHarness) -> None:
     h = make_harness(with_watcher(watch_config, rescan_interval_s=0.5))
     h.barrier()

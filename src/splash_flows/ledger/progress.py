@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
 from splash_flows.ledger.store import Ledger, in_chunks
@@ -21,20 +21,22 @@ class SourceProgress:
     verified_on: frozenset[str]
 
 
+_FILES = (select(SourceFile.id, SourceFile.path, SourceFile.size, SourceFile.mtime)
+          .where(SourceFile.source_tier == bindparam("tier"), SourceFile.path.in_(bindparam("paths", expanding=True))))
+_VERIFIED_TIERS = (select(Copy.file_id, Copy.tier)
+                   .where(Copy.file_id.in_(bindparam("ids", expanding=True)), Copy.state == CopyState.VERIFIED))
+
+
 def source_progress(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dict[str, SourceProgress]:
     """For each of ``paths`` the ledger knows on ``source_tier``: registered size/mtime and verified tiers."""
     out: dict[str, SourceProgress] = {}
-    with ledger.session() as sess:
+    with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
         for chunk in in_chunks(paths):
-            files = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
-                                                               SourceFile.path.in_(chunk))))
-            ids = [f.id for f in files]
+            files = conn.execute(_FILES, {"tier": source_tier, "paths": chunk}).all()
             verified: dict[int, set[str]] = {}
-            if ids:
-                rows = sess.execute(select(Copy.file_id, Copy.tier).where(Copy.file_id.in_(ids),
-                                                                         Copy.state == CopyState.VERIFIED))
-                for file_id, tier in rows:
+            if files:
+                for file_id, tier in conn.execute(_VERIFIED_TIERS, {"ids": [f[0] for f in files]}):
                     verified.setdefault(file_id, set()).add(tier)
-            for f in files:
-                out[f.path] = SourceProgress(f.path, f.size, f.mtime, frozenset(verified.get(f.id, set())))
+            for file_id, path, size, mtime in files:
+                out[path] = SourceProgress(path, size, mtime, frozenset(verified.get(file_id, ())))
     return out

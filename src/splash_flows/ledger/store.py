@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from sqlalchemy import Engine, Select, create_engine, event, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, Engine, Select, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -150,7 +150,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # a read-only transaction (``Ledger.reading``) begins DEFERRED: in WAL mode it neither waits for the writer
+    # nor holds it up; every other one takes the write lock at once
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("splash_read_only") else "BEGIN IMMEDIATE")
 
 
 class Ledger:
@@ -303,6 +305,19 @@ class Ledger:
             except SQLAlchemyError as err:
                 raise LedgerError(f"upgrading the ledger at {self.describe()} failed: {err}") from None
         return head
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """One read-only transaction on a plain connection (rows, not ORM objects), for the scans' bulk
+        lookups. On SQLite it begins DEFERRED, so a rescan's reads do not queue behind the outbox's writes.
+        Database errors become LedgerError naming the ledger."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(splash_read_only=True)
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as err:
+            raise LedgerError(f"ledger {self.describe()}: {type(err).__name__}: {err}") from None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:

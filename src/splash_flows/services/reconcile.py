@@ -19,7 +19,7 @@ from typing import Any
 
 from splash_flows.context import Context
 from splash_flows.ledger.progress import source_progress
-from splash_flows.selection import MoveRule, Refusal, list_source
+from splash_flows.selection import MoveRule, Refusal, SourceListing, stream_source
 from splash_flows.services.catalogue import CatalogueReport, retry_pending, uncatalogued_scans
 from splash_flows.services.dispatch import export_control_match
 from splash_flows.services.prune import ScheduleReport, schedule_unscheduled
@@ -54,28 +54,30 @@ def plan_reconcile(ctx: Context, *, prefix: str = "", min_age: float = 60.0, now
     patterns = ctx.config.move.export_control_patterns
     now = time.time() if now is None else now
     plan = ReconcilePlan()
-    listing = list_source(ctx.tier(source_name), MoveRule.from_config(ctx.config), prefix)
+    rule = MoveRule.from_config(ctx.config)
+    listing = SourceListing()
+    # streamed: one chunk of files and its ledger rows at a time, so memory grows only with what is to send
+    for stats in stream_source(ctx.tier(source_name), rule, listing, prefix):
+        known = source_progress(ctx.ledger, source_name, [s.path for s in stats])
+        for st in stats:
+            if export_control_match(st.path, patterns) is not None:
+                plan.export_controlled.append(st.path)
+                continue
+            if now - st.mtime < min_age:
+                plan.too_fresh.append(st.path)
+                continue
+            rec = known.get(st.path)
+            if rec is None:
+                plan.to_send[st.path] = "not in the ledger"
+            elif (rec.size, rec.mtime) != (st.size, st.mtime):
+                plan.to_send[st.path] = "changed since it was registered"
+                plan.changed_stats[st.path] = st
+            elif not targets <= rec.verified_on:
+                missing = ", ".join(sorted(targets - rec.verified_on))
+                plan.to_send[st.path] = f"not verified on {missing}"
+            else:
+                plan.in_order += 1
     plan.refused, plan.unreadable = listing.refused, listing.unreadable
-    stats = listing.files
-    known = source_progress(ctx.ledger, source_name, [s.path for s in stats])
-    for st in stats:
-        if export_control_match(st.path, patterns) is not None:
-            plan.export_controlled.append(st.path)
-            continue
-        if now - st.mtime < min_age:
-            plan.too_fresh.append(st.path)
-            continue
-        rec = known.get(st.path)
-        if rec is None:
-            plan.to_send[st.path] = "not in the ledger"
-        elif (rec.size, rec.mtime) != (st.size, st.mtime):
-            plan.to_send[st.path] = "changed since it was registered"
-            plan.changed_stats[st.path] = st
-        elif not targets <= rec.verified_on:
-            missing = ", ".join(sorted(targets - rec.verified_on))
-            plan.to_send[st.path] = f"not verified on {missing}"
-        else:
-            plan.in_order += 1
     return plan
 
 

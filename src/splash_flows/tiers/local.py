@@ -165,25 +165,31 @@ def list_tree(root: Path, start: Path | None = None,
             continue
         subfolders: list[str] = []
         prefix = f"{listing.folder}/" if listing.folder else ""
+        files, problems = listing.files, listing.problems
         for entry in entries:
-            if _is_part(entry.name) or (ignore is not None and ignore(entry.name)):
+            name = entry.name
+            if (ignore is not None and ignore(name)) or _is_part(name):
                 continue
-            rel = prefix + entry.name
             try:
+                # the entry's type comes from the listing (d_type): no stat for a folder, one lstat per file
+                if entry.is_dir(follow_symlinks=False):
+                    subfolders.append(entry.path)
+                    continue
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # vanished between listing and stat
             except OSError as err:
-                listing.problems.append((rel, f"cannot stat: {_reason(err)}"))
+                problems.append((prefix + name, f"cannot stat: {_reason(err)}"))
                 continue
-            if stat_mod.S_ISREG(st.st_mode):
-                listing.files.append((rel, st))
-            elif stat_mod.S_ISDIR(st.st_mode):
+            mode = st.st_mode
+            if stat_mod.S_ISREG(mode):
+                files.append((prefix + name, st))
+            elif stat_mod.S_ISDIR(mode):  # the listing's type was unknown (DT_UNKNOWN) and stat says folder
                 subfolders.append(entry.path)
-            elif stat_mod.S_ISLNK(st.st_mode):
-                listing.symlinks.append(rel)
+            elif stat_mod.S_ISLNK(mode):
+                listing.symlinks.append(prefix + name)
             else:
-                listing.specials.append((rel, file_kind(st.st_mode)))
+                listing.specials.append((prefix + name, file_kind(mode)))
         stack.extend(reversed(subfolders))
         yield listing
 

@@ -37,7 +37,8 @@ in the outbox is replayed with its stored idempotency key, so a batch Prefect ac
 What is a file to move at all is ``splash_flows.selection.MoveRule`` (shared with reconcile and the dispatcher).
 Layout: ``base`` (state, types, path rules), ``readiness`` (events, quiet periods, rewritten files marked
 stale), ``batching`` (per-folder batches into the outbox), ``outbox`` (sending in order), ``scan`` (backfill and
-rescans over ``tiers.local.list_tree``), ``core`` (``Watcher``: observer, threads, stop).
+rescans over ``tiers.local.list_tree``: one streamed pass in chunks, paced by the loop when it finds many new
+files), ``core`` (``Watcher``: observer, threads, stop).
 """
 
 from splash_flows.watcher.base import Trigger, Version, WatchEvent, WatchHook

@@ -59,7 +59,7 @@ class WatchEvent:
 WatchHook = Callable[[WatchEvent], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Candidate:
     """A file seen but not yet ready. ``generation`` changes with every event, so a stat taken outside the lock
     is only trusted when no event arrived meanwhile."""
@@ -76,7 +76,7 @@ class _Candidate:
     generation: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Claim:
     """A file handed to a batch: not batched again while this version is in flight. ``version`` None: any
     version (loaded from the outbox at start, where versions are not stored)."""
@@ -135,6 +135,9 @@ class WatcherBase:
         self.rule = MoveRule.from_config(config)  # what is a file to move: shared with reconcile and dispatch
         self._lock = threading.Lock()
         self._candidates: dict[str, _Candidate] = {}
+        # no closed candidate is due a check before this (lowered wherever a next_check is set): a loop tick
+        # with nothing due returns without walking a backfill's thousands of waiting candidates
+        self._earliest_check = 0.0
         self._claims: dict[str, _Claim] = {}
         self._batches: dict[str, _Batch] = {}
         self._refused: set[tuple[str, str]] = set()
@@ -144,6 +147,7 @@ class WatcherBase:
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
         self._scan_cv = threading.Condition()
+        self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
         self._wake = threading.Event()
         self._stop = threading.Event()

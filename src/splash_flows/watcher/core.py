@@ -126,6 +126,8 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             self._scan_cv.notify_all()
         with self._send_cv:
             self._send_cv.notify_all()
+        with self._backlog_cv:
+            self._backlog_cv.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -154,6 +156,8 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             now = time.monotonic()
             self.check_candidates(now)
             self.flush_batches(now)
+            with self._backlog_cv:
+                self._backlog_cv.notify_all()
             if now >= next_rescan:
                 self.request_scan("")
                 next_rescan = now + self.settings.rescan_interval_s

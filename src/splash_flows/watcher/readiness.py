@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat as stat_mod
 import time
@@ -105,6 +106,7 @@ class ReadinessMixin(WatcherBase):
                 cand.generation += 1
             if closed and self.settings.mode == "inotify":
                 cand.closed_at = time.time()
+            self._earliest_check = min(self._earliest_check, cand.next_check)
         self._wake.set()
 
     def _forget(self, abs_path: str, why: str) -> None:
@@ -152,13 +154,24 @@ class ReadinessMixin(WatcherBase):
     def check_candidates(self, now: float) -> int:
         """Stat the candidates due a check; move the ready ones into batches. Returns how many became ready."""
         with self._lock:
-            due = [(rel, c.generation) for rel, c in self._candidates.items() if c.closed and c.next_check <= now]
+            if now < self._earliest_check:
+                return 0
+            due: list[tuple[str, int]] = []
+            earliest = math.inf
+            for rel, c in self._candidates.items():
+                if c.closed:
+                    if c.next_check <= now:
+                        due.append((rel, c.generation))
+                    elif c.next_check < earliest:
+                        earliest = c.next_check
+            self._earliest_check = earliest  # the due ones lower it again below if they stay candidates
         if not due:
             return 0
         observed: list[tuple[str, int, os.stat_result | None, OSError | None]] = []
+        root = f"{self.root}/"  # a string join per file: a backfill checks thousands per tick
         for rel, gen in due:
             try:
-                observed.append((rel, gen, os.lstat(self.root / rel), None))
+                observed.append((rel, gen, os.lstat(root + rel), None))
             except FileNotFoundError:
                 observed.append((rel, gen, None, None))
             except OSError as err:
@@ -192,6 +205,7 @@ class ReadinessMixin(WatcherBase):
                     cand.stat_key = key
                     cand.next_check = max(now, cand.stable_since + quiet)
                     if cand.next_check > now:
+                        self._earliest_check = min(self._earliest_check, cand.next_check)
                         continue
                 if now - cand.stable_since >= quiet:
                     if self.settings.mode == "inotify" and not cand.close_seen:
@@ -201,14 +215,16 @@ class ReadinessMixin(WatcherBase):
                         ready.append((rel, st, cand.closed_at))
                 else:
                     cand.next_check = cand.stable_since + quiet
+                    self._earliest_check = min(self._earliest_check, cand.next_check)
         if unconfirmed:
-            writers = files_open_for_writing([self.root / rel for rel, _, _ in unconfirmed])
+            real = _real_paths(self.root, [rel for rel, _, _ in unconfirmed])
+            writers = files_open_for_writing(list(real.values()), resolved=True)
             with self._lock:
                 for rel, gen, st in unconfirmed:
                     cand = self._candidates.get(rel)
                     if cand is None or cand.generation != gen:
                         continue
-                    if writers is not None and os.path.realpath(self.root / rel) in writers:
+                    if writers is not None and real[rel] in writers:
                         log.debug("%s is still open for writing: waiting for its close event", rel)
                         cand.closed = False
                         cand.written = True
@@ -222,13 +238,23 @@ class ReadinessMixin(WatcherBase):
                 self._symlink(rel)
             else:
                 self._refuse(rel, what)
-        escaped = []
+        escaped = set()
+        inside: dict[str, bool] = {"": True}  # folder -> resolves inside the root (one realpath per folder)
         for rel, _st, _closed in ready:
+            folder = rel.rpartition("/")[0]
+            if folder not in inside:
+                try:
+                    safe_join(self.root, folder, tier=self.tier)
+                    inside[folder] = True
+                except PathEscapeError:
+                    inside[folder] = False
+            if inside[folder]:
+                continue  # the file itself is no symlink (lstat above): it resolves where its folder does
             try:
                 safe_join(self.root, rel, tier=self.tier)
             except PathEscapeError as err:  # a symlinked folder on the way (polling snapshots, races)
                 self._refuse(rel, str(err))
-                escaped.append(rel)
+                escaped.add(rel)
         ready = [r for r in ready if r[0] not in escaped]
         if ready:
             self._accept(ready, now)
@@ -283,7 +309,7 @@ class ReadinessMixin(WatcherBase):
                 batch.last_added = now
                 accepted.append((rel, closed_at))
                 sizes[rel] = st.st_size
-                if not os.access(self.root / rel, os.R_OK):
+                if not _readable(st, f"{self.root}/{rel}"):
                     unreadable.append(rel)
         for rel in unreadable:
             log.warning("%s:%s is not readable by the watcher (uid %d); sending it anyway: the move records "
@@ -292,14 +318,38 @@ class ReadinessMixin(WatcherBase):
             self._emit("ready", (rel,), closed_at=closed_at, size=sizes[rel])
 
 
-def files_open_for_writing(paths: list[Path]) -> set[str] | None:
+def _readable(st: os.stat_result, path: str) -> bool:
+    """Whether this process may read the file: for a file it owns (not as root, whose capabilities the kernel
+    weighs) the owner's mode bit decides, as POSIX ACLs never override the owner, with no system call; any
+    other file is asked of the kernel (``access``)."""
+    euid = os.geteuid()
+    if euid and st.st_uid == euid:
+        return bool(st.st_mode & stat_mod.S_IRUSR)
+    return os.access(path, os.R_OK)
+
+
+def _real_paths(root: Path, rels: list[str]) -> dict[str, str]:
+    """The real path of each of ``rels`` (regular files, not symlinks, as ``lstat`` just said), resolving each
+    folder once: a backfill's thousands of files per check cost one ``realpath`` per folder, not per file."""
+    folders: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for rel in rels:
+        folder, _, name = rel.rpartition("/")
+        real = folders.get(folder)
+        if real is None:
+            real = folders[folder] = os.path.realpath(root / folder) if folder else os.path.realpath(root)
+        out[rel] = os.path.join(real, name)
+    return out
+
+
+def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = False) -> set[str] | None:
     """The real paths among ``paths`` that a process on this host holds open for writing, from ``/proc``.
 
     Used for files a scan found (no close event seen) in inotify mode. Processes whose ``/proc/PID/fd`` this
     user may not read are invisible: run the watcher as the detector's user (or root) for a complete answer.
-    Returns None when ``/proc`` is not available.
+    ``resolved``: ``paths`` are real paths already. Returns None when ``/proc`` is not available.
     """
-    wanted = {os.path.realpath(p) for p in paths}
+    wanted = {str(p) for p in paths} if resolved else {os.path.realpath(p) for p in paths}
     if not os.path.isdir("/proc/self/fd"):
         return None
     found: set[str] = set()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator
 
@@ -17,6 +19,11 @@ from splash_flows.tiers.local import list_tree
 from splash_flows.watcher.base import Version, WatcherBase, _Candidate
 
 log = logging.getLogger("splash_flows.watcher")
+
+Found = tuple[str, Version, int]  # (path, (size, mtime), mtime_ns) as the scan's lstat saw it
+SCAN_CHUNK = 2000  # files per ledger comparison (one read transaction of IN lists of ``IN_CHUNK``)
+WALK_AHEAD = 4  # chunks the walk thread may list ahead of the ledger comparison
+SCAN_BACKLOG = 20_000  # candidates a paced scan lets wait before it waits for the loop (memory stays flat)
 
 
 class ScanMixin(WatcherBase):
@@ -33,11 +40,16 @@ class ScanMixin(WatcherBase):
                 prefixes = {""} if "" in self._scan_requests else set(self._scan_requests)
                 self._scan_requests.clear()
             for prefix in sorted(prefixes):
-                self.rescan(prefix)
+                self.rescan(prefix, pace=True)
 
-    def rescan(self, prefix: str = "") -> int:
+    def rescan(self, prefix: str = "", *, pace: bool = False) -> int:
         """Walk ``prefix`` (the whole tree by default) and offer every file not verified (this version) and not
-        in flight as a candidate. Returns how many new candidates it found. Also usable directly (tests)."""
+        in flight as a candidate. Returns how many new candidates it found. Also usable directly (tests).
+
+        One pass, streamed: the walk yields files in chunks of ``SCAN_CHUNK`` across folders, each compared
+        with the ledger in one read transaction while the walk goes on in a thread of its own (``stat`` and
+        SQLite both release the GIL); nothing per file is kept but the candidates it offers. ``pace``
+        (the scan thread): wait while the loop drains a large backlog of candidates (``_wait_backlog``)."""
         started = time.monotonic()
         now = started
         with self._lock:
@@ -45,18 +57,21 @@ class ScanMixin(WatcherBase):
                 del self._claims[rel]
         found = 0
         try:
-            for folder_files in self._walk(prefix):
+            for chunk in self._walk_ahead(prefix):
                 if self._stop.is_set():
                     break
                 try:
-                    verified = verified_versions(self.ledger, self.tier, self.targets, [r for r, _ in folder_files])
+                    verified = verified_versions(self.ledger, self.tier, self.targets, [f[0] for f in chunk])
                 except LedgerError as err:
                     log.error("rescan: cannot read the ledger, treating %d file(s) as not yet verified: %s",
-                              len(folder_files), err)
+                              len(chunk), err)
                     verified = {}
-                for rel, version in folder_files:
-                    if verified.get(rel) != version:
-                        found += self._offer(rel, version)
+                # only the files not verified in this version go on (a steady-state rescan offers none)
+                changed = [f for f in chunk if verified.get(f[0]) != f[1]]
+                if changed:
+                    found += self._offer_found(changed)
+                    if pace:
+                        self._wait_backlog()
         except TierError as err:
             log.error("rescan of %s failed: %s", prefix or "the tree", err)
         seconds = time.monotonic() - started
@@ -75,29 +90,92 @@ class ScanMixin(WatcherBase):
         self._emit("rescan", (), prefix=prefix, found=found, seconds=seconds)
         return found
 
-    def _offer(self, rel: str, version: Version) -> int:
+    def _offer_found(self, found: list[Found]) -> int:
+        """Offer files a scan found (not verified in this version) as candidates, under one lock. The scan's
+        ``lstat`` is the first observation of the quiet period, so a file unchanged at the next check (a quiet
+        period later) is ready without a third one. Returns how many became candidates."""
         now = time.monotonic()
+        quiet = self.settings.quiet_period_s
+        window = self.settings.rescan_interval_s
+        n = 0
         with self._lock:
-            cand = self._candidates.get(rel)
-            if cand is not None:
-                # a write inotify reported recently means the writer may still hold it open: wait for its close;
-                # otherwise its close event was lost (queue overflow) or never comes (hard link): quiet period only
-                if not (cand.written and now - cand.last_event < self.settings.rescan_interval_s):
-                    cand.closed = True
-                return 0
-            claim = self._claims.get(rel)
-            if claim is not None and claim.until > now and claim.version in (None, version):
-                return 0
-            if any(rel in b.paths for b in self._batches.values()):
-                return 0
-            self._candidates[rel] = _Candidate(closed=True, written=False, stable_since=now, last_event=now,
-                                               next_check=now)
-            return 1
+            batched = {rel for b in self._batches.values() for rel in b.paths} if self._batches else set()
+            for rel, version, mtime_ns in found:
+                cand = self._candidates.get(rel)
+                if cand is not None:
+                    # a write inotify reported recently means the writer may still hold it open: wait for its
+                    # close; otherwise its close event was lost (queue overflow) or never comes (hard link)
+                    if not (cand.written and now - cand.last_event < window):
+                        cand.closed = True
+                        self._earliest_check = min(self._earliest_check, cand.next_check)
+                    continue
+                claim = self._claims.get(rel)
+                if claim is not None and claim.until > now and claim.version in (None, version):
+                    continue
+                if rel in batched:
+                    continue
+                self._candidates[rel] = _Candidate(closed=True, written=False, stable_since=now, last_event=now,
+                                                   next_check=now + quiet, stat_key=(version[0], mtime_ns))
+                n += 1
+            if n:
+                self._earliest_check = min(self._earliest_check, now + quiet)
+        return n
 
-    def _walk(self, prefix: str) -> Iterator[list[tuple[str, Version]]]:
-        """Files to move under ``prefix``, one folder at a time (``list_tree`` with ``MoveRule``'s ignores):
-        symlinks, FIFOs, sockets, devices and odd names handled; a folder that cannot be listed is reported
-        (once per process), never taken for an empty one."""
+    def _wait_backlog(self) -> None:
+        """Pace a scan run by the scan thread: while more than ``SCAN_BACKLOG`` found files wait to become
+        ready, wait for the loop to hand them to batches and the outbox, so a backfill of a million new files
+        holds a bounded number of candidates in memory instead of one per file."""
+        limit = max(SCAN_BACKLOG, 4 * self.settings.max_batch_files)
+        with self._backlog_cv:
+            while len(self._candidates) > limit and not self._stop.is_set():
+                self._wake.set()
+                self._backlog_cv.wait(1.0)
+
+    def _walk_ahead(self, prefix: str) -> Iterator[list[Found]]:
+        """``_walk``'s chunks, listed by a helper thread at most ``WALK_AHEAD`` chunks ahead of the consumer
+        (memory bounded); the walk's errors are raised here, in the consumer. Stops early when the consumer
+        does."""
+        chunks: queue.Queue[list[Found] | BaseException | None] = queue.Queue(maxsize=WALK_AHEAD)
+        done = threading.Event()
+
+        def put(item: list[Found] | BaseException | None) -> bool:
+            while not done.is_set():
+                try:
+                    chunks.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for chunk in self._walk(prefix):
+                    if not put(chunk):
+                        return
+            except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which raises it
+                put(err)
+                return
+            put(None)
+
+        walker = threading.Thread(target=produce, name="watcher-walk", daemon=True)
+        walker.start()
+        try:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            done.set()
+            walker.join()
+
+    def _walk(self, prefix: str) -> Iterator[list[Found]]:
+        """Files to move under ``prefix`` in chunks of about ``SCAN_CHUNK`` (``list_tree`` with ``MoveRule``'s
+        ignores, each name checked once by ``MoveRule.refusal_in``): symlinks, FIFOs, sockets, devices and odd
+        names handled; a folder that cannot be listed is reported (once per process), never taken for an empty
+        one."""
         if prefix:
             try:
                 start = safe_join(self.root, prefix, tier=self.tier)
@@ -108,7 +186,9 @@ class ScanMixin(WatcherBase):
             start = self.root
         if not self.root.is_dir():
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
-        for listing in list_tree(self.root, start, self.rule.ignored_name):
+        rule = self.rule
+        pending: list[Found] = []
+        for listing in list_tree(self.root, start, rule.ignored_name):
             if listing.error is not None:
                 self._refuse(display_path(listing.folder or "."), f"cannot list folder: {listing.error}",
                              record=False)
@@ -121,7 +201,17 @@ class ScanMixin(WatcherBase):
             for rel in listing.symlinks:
                 if self._check_name(rel):
                     self._symlink(rel)
-            files = [(rel, (st.st_size, st.st_mtime)) for rel, st in listing.files if self._check_name(rel)]
-            for i in range(0, len(files), 500):
-                yield files[i:i + 500]
+            folder = listing.folder
+            clean = rule.clean_folder(folder)
+            for rel, st in listing.files:
+                refused = rule.refusal_in(folder, clean, rel)
+                if refused is None:
+                    pending.append((rel, (st.st_size, st.st_mtime), st.st_mtime_ns))
+                else:
+                    self._refuse(refused.path, refused.reason)
+            if len(pending) >= SCAN_CHUNK:
+                yield pending
+                pending = []
+        if pending:
+            yield pending
 
