@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +46,13 @@ from sqlalchemy import select
 from splash_flows.cli.up import LocalStack
 from splash_flows.config import default_config_data, load_config_file, parse_config
 from splash_flows.context import Context
-from splash_flows.errors import OrchestrationError
-from splash_flows.flows.deploy import trigger_deployment
+from splash_flows.errors import OrchestrationError, TriggerRejected
+from splash_flows.flows.deploy import DISPATCHER_DEPLOYMENT
+from splash_flows.flows.trigger import PrefectDeploymentTrigger
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
 from splash_flows.services.move import move_files
+from splash_flows.watcher.outbox import replay_delay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from move_throughput import BASELINES, run_baselines  # the one definition of the baselines
@@ -197,22 +200,28 @@ def main(argv: list[str] | None = None) -> int:
     data733 = stack.root / "data733"
     ledger = Ledger.open(load_config_file(stack.config_path).ledger.url_value())
     try:
+        trigger = PrefectDeploymentTrigger(DISPATCHER_DEPLOYMENT, None)  # the watcher's trigger, as it sends
+
         def send(paths: list[str]) -> list[str]:
+            """Create the run as the watcher's sender does: one bounded request per attempt, a transient failure
+            (a 503 from a busy SQLite-backed server) retried after 0.5 s, 1 s, 2 s ... with the same key."""
             if args.trigger != "deployment":
                 return []
-            start = time.monotonic()
-            for attempt in range(5):  # a SQLite-backed server on a loaded machine answers 503 now and then
+            start, key = time.monotonic(), f"bench-{uuid.uuid4().hex}"
+            for attempt in range(30):
                 try:
-                    ids = trigger_deployment(stack.api_url, [paths])
+                    run_id = trigger.trigger(paths, key)
                     break
+                except TriggerRejected:
+                    raise
                 except OrchestrationError as err:
-                    if attempt == 4 or "503" not in str(err):
+                    if attempt == 29:
                         raise
-                    print(f"  trigger answered 503, retrying: {err}", flush=True)
-                    time.sleep(1)
+                    print(f"  trigger attempt {attempt + 1} failed, retrying: {err}", flush=True)
+                    time.sleep(replay_delay(attempt, 5.0))
             if args.verbose:
                 print(f"  triggered {len(paths)} file(s) in {time.monotonic() - start:.2f} s", flush=True)
-            return ids
+            return [run_id]
 
         # warm-up: the first run of each kind pays one-off imports and connections
         warm = "warmup/w.edf"
