@@ -24,7 +24,7 @@ log = logging.getLogger("splash_flows.watcher")
 def replay_delay(attempts: int, longest: float) -> float:
     """Seconds before the next attempt at an entry that failed ``attempts`` + 1 times: 0.5, 1, 2, ... s, never
     more than ``longest`` (``outbox_replay_interval_s``)."""
-    return min(longest, 0.5 * 2 ** min(attempts, 30))
+    return float(min(longest, 0.5 * 2.0 ** min(attempts, 30)))
 
 
 class OutboxMixin(WatcherBase):
