@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=4, help="Runs at once (runner threads / worker processes).")
     ap.add_argument("--prefect-database-url", default=None,
                     help="PREFECT_API_DATABASE_CONNECTION_URL for the server (default: SQLite, as `up`).")
-    ap.add_argument("--poll", type=float, default=0.5, help="Runner poll interval (s).")
+    ap.add_argument("--poll", type=float, default=0.25, help="Runner poll interval (s).")
     ap.add_argument("--verbose", action="store_true", help="Keep Prefect's INFO logs in ROOT/logs/.")
     args = ap.parse_args(argv)
 
@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     data733 = stack.root / "data733"
     ledger = Ledger.open(load_config_file(stack.config_path).ledger.url_value())
     try:
-        trigger = PrefectDeploymentTrigger(DISPATCHER_DEPLOYMENT, None)  # the watcher's trigger, as it sends
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):  # the watcher's trigger, as it sends
+            trigger = PrefectDeploymentTrigger(DISPATCHER_DEPLOYMENT, None)
 
         def send(paths: list[str]) -> list[str]:
             """Create the run as the watcher's sender does: one bounded request per attempt, a transient failure
