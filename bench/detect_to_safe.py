@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trigger", choices=("deployment", "watcher"), default="deployment")
     ap.add_argument("--singles", type=int, default=20, help="Single files, one after the other.")
     ap.add_argument("--single-size", type=int, default=1_000_000, help="Bytes per single file.")
+    ap.add_argument("--single-timeout", type=float, default=120.0,
+                    help="Seconds to wait for each single file (the benchmark stops when one takes longer).")
     ap.add_argument("--burst", type=int, default=1000, help="Files in the burst (0: skip).")
     ap.add_argument("--burst-size", type=int, default=4096, help="Bytes per burst file.")
     ap.add_argument("--batch-size", type=int, default=200,
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             rel = f"single/scan_{i:04d}.edf"
             closed = write_file(data733 / rel, args.single_size)
             runs = send([rel])
-            done = wait_verified(ledger, [rel], 120)[rel]
+            done = wait_verified(ledger, [rel], args.single_timeout)[rel]
             singles.append(done - closed)
             print(f"  single {i + 1}/{args.singles}: {singles[-1]:.2f} s", flush=True)
             if runs:
