@@ -78,7 +78,7 @@ def write_file(path: Path, size: int) -> float:
 def verified_times(ledger: Ledger, paths: list[str]) -> dict[str, float]:
     """For each path verified on every target: the latest verification time (epoch seconds)."""
     out: dict[str, float] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:  # no write lock: this poll must not delay the stack it measures
         for start in range(0, len(paths), 500):
             chunk = paths[start:start + 500]
             rows = sess.execute(select(SourceFile.path, Copy.tier, Copy.verified_at).join(Copy)

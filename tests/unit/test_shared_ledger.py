@@ -75,3 +75,24 @@ def test_only_the_most_recently_used_ledgers_stay_open(tmp_path: Path, monkeypat
     shared_ledger(urls[2])  # b is the least recently used: disposed, opened again when asked
     assert shared_ledger(urls[0]) is a
     assert shared_ledger(urls[1]) is not b
+
+
+def test_reads_do_not_queue_behind_another_process_writing(tmp_path: Path) -> None:
+    """SQLite: ``session`` takes the write lock at BEGIN; ``read_session`` takes none, so the watcher's reads
+    (its outbox, the verified check) go on while a flow run in another process holds the lock."""
+    from sqlalchemy import text
+
+    from splash_flows.ledger.outbox import Outbox, verified_versions
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    reader, writer = Ledger.open(url), Ledger.open(url)
+    Outbox(reader).add("d/x", ["a.edf"])
+    try:
+        with writer.session() as sess:  # BEGIN IMMEDIATE: the write lock is held until the block ends
+            sess.execute(text("UPDATE outbox SET attempts = attempts + 1"))
+            assert Outbox(reader).counts()["pending"] == 1  # would wait for the lock (then fail) before
+            assert Outbox(reader).next_pending() is not None
+            assert verified_versions(reader, "data733", ["lamarr"], ["a.edf"]) == {}
+    finally:
+        reader.close()
+        writer.close()

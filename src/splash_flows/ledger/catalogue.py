@@ -91,7 +91,7 @@ def _ledger_file(row: SourceFile, copies: Iterable[Copy]) -> LedgerFile:
 
 def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[LedgerFile]:
     """Every known source file directly in ``folder`` (tier-relative, ``""`` = the root), with its copies."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         q = select(SourceFile).where(SourceFile.source_tier == source_tier)
         if folder:
             q = q.where(SourceFile.path.startswith(folder + "/", autoescape=True))
@@ -104,7 +104,7 @@ def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[Ledge
 def files_by_path(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dict[str, LedgerFile]:
     """The known source files among ``paths``, with their copies."""
     out: dict[str, LedgerFile] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         for chunk in in_chunks(paths):
             rows = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
                                                               SourceFile.path.in_(chunk))))
@@ -153,7 +153,7 @@ def files_digest(files: Iterable[LedgerFile]) -> str:
 
 def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | None:
     """The catalogue row of a scan, or None if the catalogue step never saw it."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         row = sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
                                                        CatalogueScan.scan_key == scan_key)).first()
         return None if row is None else _scan_record(sess, row)
@@ -162,7 +162,7 @@ def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | No
 def get_scans(ledger: Ledger, source_tier: str, scan_keys: Sequence[str]) -> dict[str, ScanRecord]:
     """The catalogue rows of ``scan_keys`` (those the catalogue step has seen), by key: one read per batch."""
     out: dict[str, ScanRecord] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         for chunk in in_chunks(sorted(set(scan_keys))):
             rows = list(sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
                                                                  CatalogueScan.scan_key.in_(chunk))))
@@ -181,7 +181,7 @@ def scans_in_state(ledger: Ledger, states: Sequence[str], *, limit: int | None =
 
     ``waiting_checked_before``: leave out the pending scans that wait for their own files (reason starting with
     ``WAITING_PREFIX``) and were last checked at or after that time -- the back-off of waiting scans."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         q = (select(CatalogueScan).where(CatalogueScan.state.in_(list(states)))
              .order_by(CatalogueScan.updated_at, CatalogueScan.id))
         if waiting_checked_before is not None:
