@@ -35,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +46,13 @@ from sqlalchemy import select
 from splash_flows.cli.up import LocalStack
 from splash_flows.config import default_config_data, load_config_file, parse_config
 from splash_flows.context import Context
-from splash_flows.errors import OrchestrationError
-from splash_flows.flows.deploy import trigger_deployment
+from splash_flows.errors import OrchestrationError, TriggerRejected
+from splash_flows.flows.deploy import DISPATCHER_DEPLOYMENT
+from splash_flows.flows.trigger import PrefectDeploymentTrigger
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import Copy, CopyState, SourceFile
 from splash_flows.services.move import move_files
+from splash_flows.watcher.outbox import replay_delay
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from move_throughput import BASELINES, run_baselines  # the one definition of the baselines
@@ -75,7 +78,7 @@ def write_file(path: Path, size: int) -> float:
 def verified_times(ledger: Ledger, paths: list[str]) -> dict[str, float]:
     """For each path verified on every target: the latest verification time (epoch seconds)."""
     out: dict[str, float] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:  # no write lock: this poll must not delay the stack it measures
         for start in range(0, len(paths), 500):
             chunk = paths[start:start + 500]
             rows = sess.execute(select(SourceFile.path, Copy.tier, Copy.verified_at).join(Copy)
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trigger", choices=("deployment", "watcher"), default="deployment")
     ap.add_argument("--singles", type=int, default=20, help="Single files, one after the other.")
     ap.add_argument("--single-size", type=int, default=1_000_000, help="Bytes per single file.")
+    ap.add_argument("--single-timeout", type=float, default=120.0,
+                    help="Seconds to wait for each single file (the benchmark stops when one takes longer).")
     ap.add_argument("--burst", type=int, default=1000, help="Files in the burst (0: skip).")
     ap.add_argument("--burst-size", type=int, default=4096, help="Bytes per burst file.")
     ap.add_argument("--batch-size", type=int, default=200,
@@ -173,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=4, help="Runs at once (runner threads / worker processes).")
     ap.add_argument("--prefect-database-url", default=None,
                     help="PREFECT_API_DATABASE_CONNECTION_URL for the server (default: SQLite, as `up`).")
-    ap.add_argument("--poll", type=float, default=0.5, help="Runner poll interval (s).")
+    ap.add_argument("--poll", type=float, default=0.25, help="Runner poll interval (s).")
     ap.add_argument("--verbose", action="store_true", help="Keep Prefect's INFO logs in ROOT/logs/.")
     args = ap.parse_args(argv)
 
@@ -197,22 +202,31 @@ def main(argv: list[str] | None = None) -> int:
     data733 = stack.root / "data733"
     ledger = Ledger.open(load_config_file(stack.config_path).ledger.url_value())
     try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):  # the watcher's trigger, as it sends
+            trigger = PrefectDeploymentTrigger(DISPATCHER_DEPLOYMENT, None)
+
         def send(paths: list[str]) -> list[str]:
+            """Create the run as the watcher's sender does: one bounded request per attempt, a transient failure
+            (a 503 from a busy SQLite-backed server) retried after 0.5 s, 1 s, 2 s ... with the same key."""
             if args.trigger != "deployment":
                 return []
-            start = time.monotonic()
-            for attempt in range(5):  # a SQLite-backed server on a loaded machine answers 503 now and then
+            start, key = time.monotonic(), f"bench-{uuid.uuid4().hex}"
+            for attempt in range(30):
                 try:
-                    ids = trigger_deployment(stack.api_url, [paths])
+                    run_id = trigger.trigger(paths, key)
                     break
+                except TriggerRejected:
+                    raise
                 except OrchestrationError as err:
-                    if attempt == 4 or "503" not in str(err):
+                    if attempt == 29:
                         raise
-                    print(f"  trigger answered 503, retrying: {err}", flush=True)
-                    time.sleep(1)
+                    print(f"  trigger attempt {attempt + 1} failed, retrying: {err}", flush=True)
+                    time.sleep(replay_delay(attempt, 5.0))
             if args.verbose:
                 print(f"  triggered {len(paths)} file(s) in {time.monotonic() - start:.2f} s", flush=True)
-            return ids
+            return [run_id]
 
         # warm-up: the first run of each kind pays one-off imports and connections
         warm = "warmup/w.edf"
@@ -227,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             rel = f"single/scan_{i:04d}.edf"
             closed = write_file(data733 / rel, args.single_size)
             runs = send([rel])
-            done = wait_verified(ledger, [rel], 120)[rel]
+            done = wait_verified(ledger, [rel], args.single_timeout)[rel]
             singles.append(done - closed)
             print(f"  single {i + 1}/{args.singles}: {singles[-1]:.2f} s", flush=True)
             if runs:

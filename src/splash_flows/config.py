@@ -387,7 +387,12 @@ class WatcherConfig(_Model):
         description="The Prefect deployment each batch triggers, as 'flow name/deployment name'.")
     outbox_replay_interval_s: float = Field(
         default=5.0, gt=0, le=3600,
-        description="While Prefect cannot be reached, seconds between attempts to send the oldest pending batch.")
+        description="While Prefect cannot be reached, the longest wait between attempts to send the oldest pending "
+        "batch (the first retry comes after 0.5 s, then the wait doubles up to this).")
+    trigger_timeout_s: float = Field(
+        default=10.0, gt=0, le=600,
+        description="Longest wait for one answer of the Prefect API when triggering a batch; a timeout or a 5xx "
+        "leaves the batch pending in the outbox, replayed with the same idempotency key (never a second run).")
     resend_after_s: float = Field(
         default=3600.0, gt=0,
         description="A file sent but still not verified on every move target this long after is sent again by "

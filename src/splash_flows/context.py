@@ -5,8 +5,10 @@ Nothing is built at import time; a flow run, a CLI command or a test calls ``bui
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,6 +123,7 @@ class Context:
     globus_session: GlobusSession | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _catalogue: Catalogue | None = None
+    owns_ledger: bool = True  # False: a process-wide ledger (``shared_ledger``) that ``close`` leaves open
 
     def tier(self, name: str) -> Tier:
         with self._lock:  # the move service asks for tiers from several threads at once
@@ -155,7 +158,8 @@ class Context:
         if callable(close):
             close()
         self._catalogue = None
-        self.ledger.close()
+        if self.owns_ledger:
+            self.ledger.close()
 
 
 def build_context(config: Config) -> Context:
@@ -163,6 +167,69 @@ def build_context(config: Config) -> Context:
     return Context(config=config, ledger=Ledger.open(config.ledger.url_value()))
 
 
+#: Ledgers kept open for the life of the process, by URL, most recently used last (``shared_ledger``), each
+#: with the identity of its SQLite file (None for a server database).
+_SHARED_LEDGERS: OrderedDict[str, tuple[Ledger, tuple[int, int] | None]] = OrderedDict()
+_SHARED_LOCK = threading.Lock()
+#: How many ledger URLs a process keeps open at once (a runner or worker uses one; in-process tests many).
+SHARED_LEDGERS_KEPT = 4
+
+
+def _file_identity(ledger: Ledger) -> tuple[int, int] | None:
+    """(device, inode) of a SQLite ledger's file; None for a server database or a file that is not there."""
+    url = ledger.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    try:
+        st = os.stat(url.database)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def shared_ledger(url: str) -> Ledger:
+    """The process's ledger for ``url``: opened -- and its schema checked and upgraded -- by the first flow run
+    of the process that needs it, then reused by every later run (one engine and connection pool, no schema
+    check per run). A SQLite file replaced since (another inode, or gone) is opened again. At most
+    ``SHARED_LEDGERS_KEPT`` URLs stay open; the least recently used one beyond that is disposed (connections a
+    run still holds stay valid until it returns them, then close)."""
+    stale: list[Ledger] = []
+    with _SHARED_LOCK:
+        kept = _SHARED_LEDGERS.get(url)
+        if kept is not None:
+            ledger, identity = kept
+            if identity is None or _file_identity(ledger) == identity:
+                _SHARED_LEDGERS.move_to_end(url)
+                return ledger
+            del _SHARED_LEDGERS[url]
+            stale.append(ledger)
+    for old in stale:
+        old.close()
+    opened = Ledger.open(url)  # outside the lock: a first upgrade may take a while; another URL need not wait
+    with _SHARED_LOCK:
+        ledger, _identity = _SHARED_LEDGERS.setdefault(url, (opened, _file_identity(opened)))
+        _SHARED_LEDGERS.move_to_end(url)
+        evicted = [_SHARED_LEDGERS.popitem(last=False)[1][0]
+                   for _ in range(len(_SHARED_LEDGERS) - SHARED_LEDGERS_KEPT)]
+    if ledger is not opened:  # another thread opened it meanwhile
+        opened.close()
+    for old in evicted:
+        old.close()
+    return ledger
+
+
+def close_shared_ledgers() -> None:
+    """Dispose every process-wide ledger (tests; a process that exits need not call it)."""
+    with _SHARED_LOCK:
+        ledgers = [ledger for ledger, _identity in _SHARED_LEDGERS.values()]
+        _SHARED_LEDGERS.clear()
+    for ledger in ledgers:
+        ledger.close()
+
+
 def context_from_path(config_path: str | None) -> Context:
-    """For flow runs: parameters carry the config file's path (or None: ``$SPLASH_FLOWS_CONFIG``/default)."""
-    return build_context(load_config(Path(config_path) if config_path else None))
+    """For flow runs: parameters carry the config file's path (or None: ``$SPLASH_FLOWS_CONFIG``/default). The
+    ledger is the process's (``shared_ledger``): a runner or worker running many flow runs opens it and checks
+    its schema once, not once per run; ``Context.close`` leaves it open."""
+    config = load_config(Path(config_path) if config_path else None)
+    return Context(config=config, ledger=shared_ledger(config.ledger.url_value()), owns_ledger=False)

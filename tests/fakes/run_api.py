@@ -71,6 +71,8 @@ class FakeRunAPI:
         self.before_claim: Callable[[FakeRun], None] | None = None
         self.after_claim: Callable[[FakeRun], None] | None = None
         self.executed: list[UUID] = []
+        self.pool_polls: dict[str, int] = {}  # pool -> scheduled_runs calls (each a write on a real server)
+        self.due_checks = 0
         self._lock = threading.Lock()
 
     # -- test controls
@@ -99,12 +101,20 @@ class FakeRunAPI:
     def scheduled_runs(self, pool: str, before: datetime) -> list[Any]:
         self._maybe_fail("scheduled_runs")
         with self._lock:
+            self.pool_polls[pool] = self.pool_polls.get(pool, 0) + 1
             in_pool = [r for r in self.runs.values() if r.pool == pool]
             due = [r for r in in_pool if r.state.name == "Scheduled"]
             limit = self.pool_limits.get(pool)
             if limit is not None:
                 due = due[:max(0, limit - sum(r.state.name in ACTIVE for r in in_pool))]
             return due
+
+    def due_deployments(self, deployment_ids: list[UUID], before: datetime) -> set[UUID]:
+        self._maybe_fail("due_deployments")
+        with self._lock:
+            self.due_checks += 1
+            return {r.deployment_id for r in self.runs.values()
+                    if r.state.name == "Scheduled" and r.deployment_id in deployment_ids}
 
     def claim(self, run_id: UUID) -> bool:
         self._maybe_fail("claim")

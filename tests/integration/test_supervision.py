@@ -53,6 +53,7 @@ def test_the_adapter_lets_one_claimant_win_and_gives_runs_back(prefect_server: P
         assert _state(url, run_id) == "Scheduled"
         due = mine.scheduled_runs("dispatcher_733_pool", datetime.now(UTC))
         assert run_id in {r.id for r in due}  # back in the queue for any executor
+        assert dep_id in mine.due_deployments([dep_id], datetime.now(UTC))  # the runner's one read per poll
         assert theirs.claim(run_id)
         theirs.crash(run_id, "runner stopped")
         assert _state(url, run_id) == "Crashed"

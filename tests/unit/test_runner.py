@@ -218,3 +218,22 @@ def test_runs_left_running_by_a_runner_that_is_gone_are_crashed_and_others_are_l
     runner.poll_once(api)
     _settle(runner, api)
     assert waiting.state.name == "Completed" and waiting.infrastructure_pid == runner.owner
+
+
+def test_a_pool_is_polled_when_a_run_of_it_is_due_and_otherwise_only_on_its_heartbeat() -> None:
+    """Each pool poll is a write on the server: an idle runner makes one read per loop, not one poll per pool."""
+    api = _api()
+    runner = _runner(api, {DISPATCH: lambda: None, PRUNE: lambda: None})
+    runner.pool_heartbeat_seconds = 3600.0
+    runner.poll_once(api)  # first loop: every pool polled once (the heartbeat), nothing due
+    for _ in range(5):
+        runner.poll_once(api)
+    assert api.pool_polls == {"dispatcher_733_pool": 1, "prune_733_pool": 1} and api.due_checks == 6
+    run = api.add_run(DISPATCH)
+    runner.poll_once(api)  # due: its pool is polled at once, the idle pool is not
+    _settle(runner, api)
+    assert run.state.name == "Completed"
+    assert api.pool_polls == {"dispatcher_733_pool": 2, "prune_733_pool": 1}
+    runner.pool_heartbeat_seconds = 0.0
+    runner.poll_once(api)  # heartbeat due: every pool polled again
+    assert api.pool_polls == {"dispatcher_733_pool": 3, "prune_733_pool": 2}

@@ -437,3 +437,34 @@ def test_a_file_sent_at_its_first_close_and_then_appended_is_caught_by_the_rewri
         assert (Path(watch_config.tiers[tier].root) / rel).read_bytes() == path.read_bytes()
     h.barrier()
     assert h.sent_count(rel) == 2
+
+
+def test_a_busy_prefect_server_delays_a_batch_but_never_loses_or_doubles_it(
+        watch_config: Config, make_harness: MakeHarness) -> None:
+    """The real trigger against a server that answers 503, then creates the run but answers too late (the
+    client's timeout), then 503 again: each attempt is one bounded request (the sender is never stuck in the
+    Prefect client's back-off), the entry stays pending in the outbox, and the replays carry the same key, so
+    the run created by the timed-out attempt is the one the entry records. Nothing lost, nothing doubled."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from splash_flows.flows.trigger import PrefectDeploymentTrigger
+    from tests.fakes.prefect_api import busy_prefect_api
+
+    with busy_prefect_api(["503", "hang", "503"], hang_s=30) as api, \
+            temporary_settings({PREFECT_API_URL: api.url, PREFECT_CLIENT_MAX_RETRIES: 5}):
+        trigger = PrefectDeploymentTrigger(watch_config.watcher.deployment, None, timeout=0.5)
+        h = make_harness(watch_config, trigger)  # type: ignore[arg-type]  # the real trigger, not a fake
+        (h.root / "busy").mkdir()
+        (h.root / "busy" / "a.edf").write_bytes(b"frame")
+        outbox = Outbox(h.ledger)
+        wait_for(lambda: len(outbox.entries("sent")) == 1 or None, "the entry to be sent")
+        h.watcher.stop()
+        trigger.close()
+    entry, = outbox.entries()
+    assert entry.state == "sent" and entry.paths == ("busy/a.edf",)
+    assert api.create_keys == [entry.idempotency_key] * 4  # 503, timeout, 503, then the run found again
+    assert list(api.runs) == [entry.idempotency_key]
+    assert entry.flow_run_id == str(api.runs[entry.idempotency_key].id)
+    failed = h.events.of("send_failed")
+    assert len(failed) == 3 and not any(e.detail["permanent"] for e in failed)
+    assert "within 0.5 s" in str(failed[1].detail["error"])

@@ -22,7 +22,9 @@ def runner(
                                          help="Serve only this deployment of prefect.yaml (repeatable; default: "
                                               "every one whose flow is installed)."),
     limit: int = typer.Option(4, "--limit", min=1, max=64, help="Flow runs executed at once."),
-    poll: float = typer.Option(0.5, "--poll", min=0.1, max=60, help="Seconds between polls for new runs."),
+    poll: float = typer.Option(0.25, "--poll", min=0.1, max=60,
+                               help="Seconds between checks for due runs (one read each; a pool is polled only "
+                               "when a run of it is due, or every 15 s)."),
     grace: float = typer.Option(60.0, "--grace", min=0, help="On SIGINT/SIGTERM, seconds to let runs finish."),
 ) -> None:
     """Serve the 7.3.3 deployments in-process: claim their scheduled runs and execute them here."""

@@ -81,7 +81,7 @@ class LocalStack:
     workers: bool = False
     watcher: bool = True
     ui: bool = True
-    poll: float = 0.5
+    poll: float = 0.25
     extra_env: dict[str, str] = field(default_factory=dict)
     config_path: Path = field(init=False)
     api_url: str = field(init=False, default="")

@@ -35,7 +35,7 @@ def watch(
 
         settings = cfg.watcher
         flow_config = cfg.flow_config_path()
-        trigger = PrefectDeploymentTrigger(settings.deployment, flow_config)
+        trigger = PrefectDeploymentTrigger(settings.deployment, flow_config, timeout=settings.trigger_timeout_s)
         ledger = Ledger.open(cfg.ledger.url_value())
         try:
             watcher = Watcher(cfg, ledger, trigger)

@@ -31,6 +31,10 @@ class RunAPI(Protocol):
         server leaves out every run once the pool's concurrency limit is reached (counting Pending and
         Running runs of the pool, whoever executes them)."""
 
+    def due_deployments(self, deployment_ids: list[UUID], before: datetime) -> set[UUID]:
+        """Which of these deployments have a Scheduled run due before ``before``: a read (a pool poll also
+        writes: the server records every poll of a pool, its queues and its deployments)."""
+
     def claim(self, run_id: UUID) -> bool:
         """Propose Pending, as a worker does: True only if this caller won the run."""
 
@@ -94,6 +98,24 @@ class PrefectRunAPI:
             raise OrchestrationError(f"work pool {pool} does not exist on {self.client.api_url}; run "
                                      "`splash-flows init-work-pools` first") from None
         return [r.flow_run for r in found]
+
+    def due_deployments(self, deployment_ids: list[UUID], before: datetime) -> set[UUID]:
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterNextScheduledStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        runs = self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime.model_validate({"before_": before})),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=deployment_ids)), limit=200)
+        return {r.deployment_id for r in runs if r.deployment_id is not None}
 
     def _propose(self, state: Any, run_id: UUID, *, force: bool = False) -> Any:
         from prefect.exceptions import Abort

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from splash_flows.ledger.models import (
@@ -91,7 +91,7 @@ def _ledger_file(row: SourceFile, copies: Iterable[Copy]) -> LedgerFile:
 
 def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[LedgerFile]:
     """Every known source file directly in ``folder`` (tier-relative, ``""`` = the root), with its copies."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         q = select(SourceFile).where(SourceFile.source_tier == source_tier)
         if folder:
             q = q.where(SourceFile.path.startswith(folder + "/", autoescape=True))
@@ -104,7 +104,7 @@ def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[Ledge
 def files_by_path(ledger: Ledger, source_tier: str, paths: Sequence[str]) -> dict[str, LedgerFile]:
     """The known source files among ``paths``, with their copies."""
     out: dict[str, LedgerFile] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         for chunk in in_chunks(paths):
             rows = list(sess.scalars(select(SourceFile).where(SourceFile.source_tier == source_tier,
                                                               SourceFile.path.in_(chunk))))
@@ -153,7 +153,7 @@ def files_digest(files: Iterable[LedgerFile]) -> str:
 
 def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | None:
     """The catalogue row of a scan, or None if the catalogue step never saw it."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         row = sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
                                                        CatalogueScan.scan_key == scan_key)).first()
         return None if row is None else _scan_record(sess, row)
@@ -162,7 +162,7 @@ def get_scan(ledger: Ledger, source_tier: str, scan_key: str) -> ScanRecord | No
 def get_scans(ledger: Ledger, source_tier: str, scan_keys: Sequence[str]) -> dict[str, ScanRecord]:
     """The catalogue rows of ``scan_keys`` (those the catalogue step has seen), by key: one read per batch."""
     out: dict[str, ScanRecord] = {}
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         for chunk in in_chunks(sorted(set(scan_keys))):
             rows = list(sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == source_tier,
                                                                  CatalogueScan.scan_key.in_(chunk))))
@@ -181,7 +181,7 @@ def scans_in_state(ledger: Ledger, states: Sequence[str], *, limit: int | None =
 
     ``waiting_checked_before``: leave out the pending scans that wait for their own files (reason starting with
     ``WAITING_PREFIX``) and were last checked at or after that time -- the back-off of waiting scans."""
-    with ledger.session() as sess:
+    with ledger.read_session() as sess:
         q = (select(CatalogueScan).where(CatalogueScan.state.in_(list(states)))
              .order_by(CatalogueScan.updated_at, CatalogueScan.id))
         if waiting_checked_before is not None:
@@ -223,6 +223,9 @@ def record_scans(ledger: Ledger, writes: Sequence[ScanWrite]) -> None:
 
 
 def _record_scans(ledger: Ledger, writes: list[ScanWrite]) -> None:
+    """Paid per step, not per scan: the step's scan rows are read in one query per chunk, the new ones inserted
+    in one statement, the writes applied in memory (in order), then the file links changed in one DELETE and
+    one INSERT per chunk, and the events inserted together at the commit."""
     now = utcnow()
     with ledger.session() as sess:
         rows: dict[tuple[str, str], CatalogueScan] = {}
@@ -232,27 +235,42 @@ def _record_scans(ledger: Ledger, writes: list[ScanWrite]) -> None:
                 for row in sess.scalars(select(CatalogueScan).where(CatalogueScan.source_tier == tier,
                                                                     CatalogueScan.scan_key.in_(key_chunk))):
                     rows[(tier, row.scan_key)] = row
+        fresh: set[tuple[str, str]] = set()  # scans this step sees for the first time
+        for w in writes:
+            key = (w.source_tier, w.scan_key)
+            if key not in rows:
+                rows[key] = CatalogueScan(source_tier=w.source_tier, scan_key=w.scan_key, state=w.state, pid=w.pid,
+                                          error=w.error, locations=w.locations or {}, attempts=0, updated_at=now)
+                fresh.add(key)
+        if fresh:
+            sess.add_all([rows[k] for k in sorted(fresh)])
+            sess.flush()  # one multi-row INSERT: the new scans get their ids
         linked: dict[int, set[int]] = {}     # scan id -> its file ids (of the scans written here)
         owner: dict[int, int] = {}           # file id -> scan id, for those files
-        for chunk in in_chunks([r.id for r in rows.values()]):
+        for chunk in in_chunks([r.id for k, r in rows.items() if k not in fresh]):
             for scan_id, file_id in sess.execute(select(CatalogueFile.scan_id, CatalogueFile.file_id)
                                                  .where(CatalogueFile.scan_id.in_(chunk))):
                 linked.setdefault(scan_id, set()).add(file_id)
                 owner[file_id] = scan_id
+        relinked: dict[int, int] = {}        # file id -> the scan it is linked to after this step
+        events: list[Event] = []
         for w in writes:
-            _apply_write(sess, rows, linked, owner, w, now)
+            key = (w.source_tier, w.scan_key)
+            _apply_write(rows[key], linked, owner, relinked, events, w, now, new=key in fresh)
+            fresh.discard(key)
+        moved = sorted(relinked)
+        for chunk in in_chunks(moved):  # a file belongs to one scan: its old link goes, wherever it was
+            sess.execute(delete(CatalogueFile).where(CatalogueFile.file_id.in_(chunk))
+                         .execution_options(synchronize_session=False))
+        if moved:
+            sess.execute(insert(CatalogueFile), [{"file_id": i, "scan_id": relinked[i]} for i in moved])
+        sess.add_all(events)
 
 
-def _apply_write(sess: Session, rows: dict[tuple[str, str], CatalogueScan], linked: dict[int, set[int]],
-                 owner: dict[int, int], w: ScanWrite, now: datetime) -> None:
-    row = rows.get((w.source_tier, w.scan_key))
-    changed = row is None or (row.state, row.pid, row.error) != (str(w.state), w.pid, w.error)
-    if row is None:
-        row = CatalogueScan(source_tier=w.source_tier, scan_key=w.scan_key, state=w.state, pid=w.pid, error=w.error,
-                            locations=w.locations or {}, attempts=0, updated_at=now)
-        sess.add(row)
-        sess.flush()
-        rows[(w.source_tier, w.scan_key)] = row
+def _apply_write(row: CatalogueScan, linked: dict[int, set[int]], owner: dict[int, int], relinked: dict[int, int],
+                 events: list[Event], w: ScanWrite, now: datetime, *, new: bool) -> None:
+    """One write on its scan's row (in memory), the links it adds (``relinked``) and its events."""
+    changed = new or (row.state, row.pid, row.error) != (str(w.state), w.pid, w.error)
     row.state, row.pid, row.error, row.updated_at = w.state, w.pid, w.error, now
     if w.locations is not None:
         row.locations = dict(w.locations)
@@ -260,29 +278,24 @@ def _apply_write(sess: Session, rows: dict[tuple[str, str], CatalogueScan], link
     if w.attempted:
         row.attempts = (row.attempts or 0) + 1
     mine = linked.setdefault(row.id, set())
-    new_ids = [f.id for f in w.files if f.id not in mine]
-    if new_ids:
-        # a file belongs to one scan: moving it here (a renamed scan key) drops its old link
-        for chunk in in_chunks(new_ids):
-            sess.execute(delete(CatalogueFile).where(CatalogueFile.file_id.in_(chunk)))
-        for i in new_ids:
-            before = owner.get(i)
-            if before is not None and before in linked:
-                linked[before].discard(i)
-            owner[i] = row.id
-            mine.add(i)
-        sess.add_all([CatalogueFile(file_id=i, scan_id=row.id) for i in new_ids])
-        sess.flush()
+    new_ids = list(dict.fromkeys(f.id for f in w.files if f.id not in mine))
+    for i in new_ids:
+        before = owner.get(i)
+        if before is not None and before in linked:
+            linked[before].discard(i)
+        owner[i] = row.id
+        mine.add(i)
+        relinked[i] = row.id
     if changed or new_ids:
         detail: dict[str, Any] = {"scan": w.scan_key, "state": str(w.state)}
         if w.pid is not None:
             detail["pid"] = w.pid
         if w.error is not None:
             detail["reason"] = w.error
-        fresh = set(new_ids)
-        for f in w.files if changed else [f for f in w.files if f.id in fresh]:
-            sess.add(Event(at=now, file_id=f.id, path=f.path, tier=None, kind=_EVENT_OF_STATE[w.state],
-                           detail=detail))
+        added = set(new_ids)
+        for f in w.files if changed else [f for f in w.files if f.id in added]:
+            events.append(Event(at=now, file_id=f.id, path=f.path, tier=None, kind=_EVENT_OF_STATE[w.state],
+                                detail=detail))
 
 
 def file_states(ledger: Ledger, *, source_tier: str | None = None) -> dict[tuple[str, str], FileCatalogueState]:

@@ -65,20 +65,20 @@ class Outbox:
             return _record(row)
 
     def get(self, entry_id: int) -> OutboxRecord | None:
-        with self.ledger.session() as sess:
+        with self.ledger.read_session() as sess:
             row = sess.get(OutboxEntry, entry_id)
             return None if row is None else _record(row)
 
     def next_pending(self) -> OutboxRecord | None:
         """The oldest pending entry (replay order), or None."""
-        with self.ledger.session() as sess:
+        with self.ledger.read_session() as sess:
             row = sess.scalars(select(OutboxEntry).where(OutboxEntry.state == OutboxState.PENDING)
                                .order_by(OutboxEntry.id).limit(1)).first()
             return None if row is None else _record(row)
 
     def entries(self, state: str | None = None) -> list[OutboxRecord]:
         """Every entry (or those in ``state``), oldest first."""
-        with self.ledger.session() as sess:
+        with self.ledger.read_session() as sess:
             q = select(OutboxEntry).order_by(OutboxEntry.id)
             if state is not None:
                 q = q.where(OutboxEntry.state == state)
@@ -86,7 +86,7 @@ class Outbox:
 
     def in_flight(self, sent_since: datetime) -> list[OutboxRecord]:
         """Entries whose files must not be batched again yet: pending ones, and those sent after ``sent_since``."""
-        with self.ledger.session() as sess:
+        with self.ledger.read_session() as sess:
             q = (select(OutboxEntry)
                  .where(or_(OutboxEntry.state == OutboxState.PENDING,
                             (OutboxEntry.state == OutboxState.SENT) & (OutboxEntry.sent_at >= sent_since)))
@@ -122,7 +122,7 @@ class Outbox:
 
     def counts(self) -> dict[str, int]:
         """Entries per state (every state present, zero when none)."""
-        with self.ledger.session() as sess:
+        with self.ledger.read_session() as sess:
             rows = sess.execute(select(OutboxEntry.state, func.count()).group_by(OutboxEntry.state)).all()
         out = {s.value: 0 for s in OutboxState}
         out.update({state: n for state, n in rows})

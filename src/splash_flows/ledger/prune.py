@@ -140,6 +140,8 @@ def set_due_dates(ledger: Ledger, file_ids: Sequence[int], due_for: DueFor, now:
     changed: list[tuple[FileSnap, CopySnap, datetime | None]] = []
     for chunk in in_chunks(file_ids):
         with ledger.session() as sess:
+            rows: list[dict[str, Any]] = []
+            events: list[Event] = []
             for file in _load_files(sess, chunk).values():
                 for copy in file.copies.values():
                     if copy.state in (CopyState.PRUNED, *CLAIMED):
@@ -147,12 +149,15 @@ def set_due_dates(ledger: Ledger, file_ids: Sequence[int], due_for: DueFor, now:
                     due = due_for(file, copy)
                     if due == copy.prune_due_at:
                         continue
-                    sess.execute(update(Copy).where(Copy.id == copy.id).values(prune_due_at=due, updated_at=now))
-                    sess.add(_event(EventKind.PRUNE_SCHEDULED, file, copy.tier, {
+                    rows.append({"id": copy.id, "prune_due_at": due, "updated_at": now})
+                    events.append(_event(EventKind.PRUNE_SCHEDULED, file, copy.tier, {
                         "due_at": due.isoformat() if due else None,
                         "previous_due_at": copy.prune_due_at.isoformat() if copy.prune_due_at else None,
                         "acquired_at": file.acquired_at.isoformat(), "reason": reason}, now))
                     changed.append((file, copy, due))
+            if rows:  # ORM bulk UPDATE by primary key: one executemany, not one ORM statement per copy
+                sess.execute(update(Copy), rows)
+                sess.add_all(events)
     return changed
 
 

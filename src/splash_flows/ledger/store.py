@@ -149,10 +149,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+#: Execution option of the engine behind ``Ledger.read_session``: its transactions only read.
+READ_ONLY = "splash_read_only"
+
+
 def _sqlite_begin(conn: Any) -> None:
-    # a read-only transaction (``Ledger.reading``) begins DEFERRED: in WAL mode it neither waits for the writer
-    # nor holds it up; every other one takes the write lock at once
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("splash_read_only") else "BEGIN IMMEDIATE")
+    # A writer takes the write lock at BEGIN (and waits on the busy timeout for it); a read-only transaction
+    # takes none: in WAL mode it reads its snapshot while writers write, and never waits for them.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 class Ledger:
@@ -161,6 +165,7 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._session = sessionmaker(engine, expire_on_commit=False)
+        self._read_session = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -309,11 +314,11 @@ class Ledger:
     @contextlib.contextmanager
     def reading(self) -> Iterator[Connection]:
         """One read-only transaction on a plain connection (rows, not ORM objects), for the scans' bulk
-        lookups. On SQLite it begins DEFERRED, so a rescan's reads do not queue behind the outbox's writes.
-        Database errors become LedgerError naming the ledger."""
+        lookups; like ``read_session`` it takes no write lock on SQLite, so a rescan's reads do not queue behind
+        the outbox's writes. Database errors become LedgerError naming the ledger."""
         try:
             with self.engine.connect() as conn:
-                conn.execution_options(splash_read_only=True)
+                conn.execution_options(**{READ_ONLY: True})
                 with conn.begin():
                     yield conn
         except SQLAlchemyError as err:
@@ -327,6 +332,18 @@ class Ledger:
                 yield sess
         except IntegrityError:
             raise
+        except SQLAlchemyError as err:
+            raise LedgerError(f"ledger {self.describe()}: {type(err).__name__}: {err}") from None
+
+    @contextlib.contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """One transaction that only reads. On SQLite it takes no write lock (``session`` takes it at BEGIN so
+        that writers wait their turn instead of failing on a read->write upgrade): the watcher's and the
+        flows' frequent reads then never queue behind another process's writes, nor make writers queue behind
+        them. Never write in it. Database errors become LedgerError naming the ledger."""
+        try:
+            with self._read_session.begin() as sess:
+                yield sess
         except SQLAlchemyError as err:
             raise LedgerError(f"ledger {self.describe()}: {type(err).__name__}: {err}") from None
 
@@ -457,7 +474,7 @@ class Ledger:
     def sources(self, tier: str, paths: Sequence[str]) -> dict[str, SourceRecord]:
         """The known source records among ``paths`` on ``tier``."""
         out: dict[str, SourceRecord] = {}
-        with self.session() as sess:
+        with self.read_session() as sess:
             for chunk in in_chunks(paths):
                 q = select(SourceFile).where(SourceFile.source_tier == tier, SourceFile.path.in_(chunk))
                 rows = sess.scalars(q)

@@ -196,6 +196,22 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
     return report
 
 
+def copy_to_tiers(ctx: Context, sources: Sequence[SourceRecord], targets: Sequence[str],
+                  progress: Callable[[str, str, int], None] | None = None) -> dict[str, TierReport]:
+    """``copy_to_tier`` for every target at once, a thread per tier; the reports by tier, in ``targets`` order.
+    ``progress(tier, path, nbytes)`` is called as bytes are copied."""
+
+    def run(target: str) -> TierReport:
+        cb: ProgressCallback | None = None
+        if progress is not None:
+            def cb(path: str, n: int, _t: str = target) -> None:
+                progress(_t, path, n)
+        return copy_to_tier(ctx, sources, target, cb)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets)), thread_name_prefix="move") as pool:
+        return {rep.tier: rep for rep in pool.map(run, targets)}
+
+
 def move_files(ctx: Context, paths: Sequence[str], targets: Sequence[str] | None = None,
                progress: Callable[[str, str, int], None] | None = None) -> MoveReport:
     """Register ``paths`` (tier-relative on the source tier) and copy them to every target tier concurrently.
@@ -206,15 +222,5 @@ def move_files(ctx: Context, paths: Sequence[str], targets: Sequence[str] | None
     targets = list(targets if targets is not None else ctx.config.move.targets)
     reg = register_sources(ctx, paths)
     report = MoveReport(requested=len(dict.fromkeys(paths)), register=reg)
-
-    def run(target: str) -> TierReport:
-        cb: ProgressCallback | None = None
-        if progress is not None:
-            def cb(path: str, n: int, _t: str = target) -> None:
-                progress(_t, path, n)
-        return copy_to_tier(ctx, reg.sources, target, cb)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(targets)), thread_name_prefix="move") as pool:
-        for rep in pool.map(run, targets):
-            report.tiers[rep.tier] = rep
+    report.tiers.update(copy_to_tiers(ctx, reg.sources, targets, progress))
     return report

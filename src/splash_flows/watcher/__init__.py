@@ -24,8 +24,9 @@ user, and the move records any read failure per file in the ledger.
 Batching and triggering: ready files are grouped per folder (one scan); a batch is closed ``batch_window_s``
 after its first file or at ``max_batch_files``, written to the ledger's outbox (committed), and only then sent:
 ONE dispatcher run per batch. The sender sends pending outbox entries strictly oldest first; when Prefect cannot
-be reached the entry stays pending and is retried every ``outbox_replay_interval_s``, so later batches queue
-behind it and are replayed in order. On start, pending entries are replayed first and the files of entries
+be reached (refused, a 5xx, no answer within ``trigger_timeout_s``) the entry stays pending and is retried after
+0.5 s, 1 s, 2 s ... up to every ``outbox_replay_interval_s``, so later batches queue behind it and are replayed in
+order. On start, pending entries are replayed first and the files of entries
 still in flight (pending, or sent within ``resend_after_s``) are not batched again.
 
 Listening starts BEFORE the backfill scan, so nothing written during the scan is missed; rescans every

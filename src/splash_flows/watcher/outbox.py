@@ -21,6 +21,12 @@ from splash_flows.watcher.base import WatcherBase, _Claim
 log = logging.getLogger("splash_flows.watcher")
 
 
+def replay_delay(attempts: int, longest: float) -> float:
+    """Seconds before the next attempt at an entry that failed ``attempts`` + 1 times: 0.5, 1, 2, ... s, never
+    more than ``longest`` (``outbox_replay_interval_s``)."""
+    return float(min(longest, 0.5 * 2.0 ** min(attempts, 30)))
+
+
 class OutboxMixin(WatcherBase):
     """Sends pending outbox entries oldest first; replays them while Prefect cannot be reached."""
 
@@ -46,8 +52,12 @@ class OutboxMixin(WatcherBase):
             log.info("%d batch(es) pending in the outbox from before: replaying them first", pending)
 
     def _sender(self) -> None:
+        """Send pending entries oldest first. After a transient failure the same entry is tried again after
+        0.5 s, then after twice as long each time, up to ``outbox_replay_interval_s`` (a 503 from a busy
+        server usually clears within a second; an outage is not hammered)."""
         failing = False
         interval = self.settings.outbox_replay_interval_s
+        attempts = 0
         while not self._stop.is_set():
             try:
                 rec = self.outbox.next_pending()
@@ -66,9 +76,10 @@ class OutboxMixin(WatcherBase):
                 failing = True
                 with self._send_cv:
                     if not self._stop.is_set():
-                        self._send_cv.wait(interval)
+                        self._send_cv.wait(replay_delay(attempts, interval))
+                attempts += 1
             else:
-                failing = False
+                failing, attempts = False, 0
 
     def _send(self, rec: OutboxRecord, failing: bool) -> bool | None:
         """Send one entry. True: sent; False: refused for good (marked failed); None: try again later."""
@@ -86,7 +97,8 @@ class OutboxMixin(WatcherBase):
         except OrchestrationError as err:
             if not failing:
                 pending = self.outbox_counts().get("pending", "?")
-                log.warning("cannot trigger %s (%s batch(es) wait in the outbox; retrying every %g s): %s",
+                log.warning("cannot trigger %s (%s batch(es) wait in the outbox; retrying, at most every "
+                            "%g s): %s",
                             self.settings.deployment, pending, self.settings.outbox_replay_interval_s, err)
             else:
                 log.debug("trigger still failing: %s", err)

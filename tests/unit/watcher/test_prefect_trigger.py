@@ -28,6 +28,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, tempor
 
 from splash_flows.errors import ConfigError, OrchestrationError, TriggerRejected  # noqa: E402
 from splash_flows.flows.trigger import PrefectDeploymentTrigger  # noqa: E402
+from tests.fakes.prefect_api import busy_prefect_api  # noqa: E402
 
 API = "http://127.0.0.1:4299/api"
 NAME = "dispatcher/run_733_dispatcher"
@@ -99,3 +100,31 @@ def test_unreachable_api_is_an_orchestration_error(api: Any) -> None:
 def test_no_api_url_is_a_config_error() -> None:
     with temporary_settings({PREFECT_API_URL: None}), pytest.raises(ConfigError, match="PREFECT_API_URL"):
         PrefectDeploymentTrigger(NAME, None)
+
+
+# --- a busy server, over real HTTP: each trigger call is ONE bounded request; the outbox does the retrying
+
+
+def test_a_503_is_one_request_not_the_prefect_clients_back_off() -> None:
+    """Prefect's client would sleep 2, 4, 8, 16, 32 s on 503s with the caller blocked inside: the trigger turns
+    those retries off (whatever PREFECT_CLIENT_MAX_RETRIES says) and leaves retrying to the outbox."""
+    with busy_prefect_api(["503", "503", "503"]) as api, \
+            temporary_settings({PREFECT_API_URL: api.url, PREFECT_CLIENT_MAX_RETRIES: 5}):
+        trigger = PrefectDeploymentTrigger(NAME, None, timeout=5)
+        with pytest.raises(OrchestrationError, match="answered 503"):
+            trigger.trigger(["a.edf"], "k1")
+        assert api.create_keys == ["k1"]
+        trigger.close()
+
+
+def test_no_answer_within_the_timeout_is_an_orchestration_error_and_the_replay_finds_the_run() -> None:
+    with busy_prefect_api(["hang"], hang_s=30) as api, temporary_settings({PREFECT_API_URL: api.url}):
+        trigger = PrefectDeploymentTrigger(NAME, None, timeout=0.3)
+        with pytest.raises(OrchestrationError, match=r"ReadTimeout.*within 0\.3 s") as info:
+            trigger.trigger(["a.edf"], "k1")
+        assert not isinstance(info.value, TriggerRejected)
+        # the server did create the run before its answer was lost: the replay with the same key finds it
+        run_id = trigger.trigger(["a.edf"], "k1")
+        assert list(api.runs) == ["k1"] and run_id == str(api.runs["k1"].id)
+        assert api.create_keys == ["k1", "k1"]
+        trigger.close()

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
@@ -24,7 +23,7 @@ from splash_flows.context import Context, context_from_path
 from splash_flows.errors import BatchError, SplashFlowsError
 from splash_flows.flows.bl733.catalogue import pending_state
 from splash_flows.flows.bl733.move import run_move
-from splash_flows.flows.common import batch_run_name, failed_state, passthrough, repeated
+from splash_flows.flows.common import batch_run_name, failed_state, repeated
 from splash_flows.services.dispatch import ValidationReport, validate_batch
 
 #: Refused paths named in the dispatcher's log line (all of them are in the ledger and the run's state data).
@@ -33,12 +32,6 @@ REFUSALS_SHOWN = 3
 
 def _run_name() -> str:
     return batch_run_name("dispatcher", list(flow_run.parameters.get("paths", [])))
-
-
-@task(name="validate_batch", cache_policy=NO_CACHE)
-def validate_task(ctx: Context, paths: list[str]) -> ValidationReport:
-    """Refuse paths outside the root, missing, or export-controlled (each recorded in the ledger)."""
-    return validate_batch(ctx, paths)
 
 
 def _analysis_step(ctx: Context, paths: list[str], *, moved_ok: bool) -> dict[str, Any]:
@@ -69,7 +62,8 @@ def dispatcher(paths: list[str], config_path: str | None = None) -> dict[str, An
     logger = get_run_logger()
     ctx = context_from_path(config_path)
     try:
-        report = validate_task(passthrough(ctx), paths)
+        # a plain call, not a task run: it stats the batch's files and records refusals (no retry to give)
+        report: ValidationReport = validate_batch(ctx, paths)
         if report.refused:
             lines = report.refusal_lines()
             shown = "; ".join(lines[:REFUSALS_SHOWN]) + (f"; and {len(lines) - REFUSALS_SHOWN} more"

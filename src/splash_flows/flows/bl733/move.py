@@ -1,6 +1,8 @@
 """``new_file_733``: the seed's move flow. Copy new data733 files to lamarr and cfs concurrently, verify.
 
-Thin: each task calls one function of ``splash_flows.services.move``. Copy tasks are never cached
+Thin: each task calls one function of ``splash_flows.services.move``. Coarse: four task runs per batch
+(register, copy and verify on every tier, catalogue, schedule pruning), whatever the number of files or tiers
+-- each task run costs Prefect state changes on the server. Copy tasks are never cached
 (``NO_CACHE``): whether a copy exists is checked on the destination itself, every run.
 """
 
@@ -29,14 +31,20 @@ def register_task(ctx: Context, paths: list[str]) -> move.RegisterReport:
     return move.register_sources(ctx, paths)
 
 
-@task(name="copy_to_tier", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
-      retry_condition_fn=retry_transient, task_run_name="copy-to-{target}")
-def copy_task(ctx: Context, sources: list[SourceRecord], target: str) -> move.TierReport:
-    """Copy and verify a batch on one tier; Failed (with every reason) if any file did not verify."""
-    report = move.copy_to_tier(ctx, sources, target)
-    if report.failed:
-        raise BatchError(f"copies to {target}", report.failed, total=len(sources))
-    return report
+@task(name="copy_and_verify", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_transient)
+def copy_task(ctx: Context, sources: list[SourceRecord], targets: list[str]) -> dict[str, move.TierReport]:
+    """Copy and verify a batch on every target tier at once (a thread per tier, as ``move_files``); Failed,
+    with every reason, if any copy did not verify. One task run for all tiers: a retry re-checks the tiers
+    that had verified (their copies are found and skipped) and copies what is missing."""
+    reports = move.copy_to_tiers(ctx, sources, targets)
+    failed = {f"{p} -> {t}": e for t, rep in reports.items() for p, e in rep.failed.items()}
+    if failed:
+        raise BatchError("copies", failed, total=len(sources) * max(1, len(targets)))
+    for target, rep in reports.items():
+        get_run_logger().info("%s: %d copied, %d already there, all verified", target, len(rep.copied),
+                              len(rep.skipped))
+    return reports
 
 
 def _run_name() -> str:
@@ -60,18 +68,19 @@ def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
     """The body of ``new_file_733`` for an already-built context (also used by the dispatcher)."""
     logger = get_run_logger()
     reg = register_task(passthrough(ctx), paths)
-    futures = {t: copy_task.submit(passthrough(ctx), passthrough(reg.sources), t) for t in ctx.config.move.targets}
+    targets = list(ctx.config.move.targets)
     errors: dict[str, SplashFlowsError] = {f"{p} (register)": e for p, e in reg.failed.items()}
     summary: dict[str, Any] = {"requested": len(paths), "registered": len(reg.sources), "tiers": {}}
-    for target, fut in futures.items():
-        try:
-            rep = fut.result()
-            summary["tiers"][target] = {"copied": len(rep.copied), "skipped": len(rep.skipped)}
-        except BatchError as err:
-            errors.update({f"{p} -> {target}": e for p, e in err.failures.items()})
-            summary["tiers"][target] = {"failed": len(err.failures)}
-        except SplashFlowsError as err:
-            errors[f"* -> {target}"] = err
+    try:
+        reports = copy_task(passthrough(ctx), passthrough(reg.sources), targets)
+        summary["tiers"] = {t: {"copied": len(r.copied), "skipped": len(r.skipped)} for t, r in reports.items()}
+    except BatchError as err:
+        errors.update(err.failures)
+        for target in targets:
+            failed = sum(1 for k in err.failures if k.endswith(f" -> {target}"))
+            summary["tiers"][target] = {"failed": failed} if failed else {"verified": len(reg.sources)}
+    except SplashFlowsError as err:
+        errors["* -> copies"] = err
     try:
         cat = catalogue_task(passthrough(ctx), [s.path for s in reg.sources])
         summary["catalogue"] = {**cat.summary(), "pending_scans": cat.all_pending()}
@@ -81,6 +90,6 @@ def run_move(ctx: Context, paths: list[str]) -> dict[str, Any]:
         errors["catalogue"] = err
     summary["prune_scheduled"] = len(schedule_prune_task(passthrough(ctx), passthrough(reg.sources)).changed)
     if errors:
-        raise BatchError("file steps", errors, total=len(paths) * max(1, len(futures)))
-    logger.info("verified %d file(s) on %s", len(reg.sources), ", ".join(futures))
+        raise BatchError("file steps", errors, total=len(paths) * max(1, len(targets)))
+    logger.info("verified %d file(s) on %s", len(reg.sources), ", ".join(targets))
     return summary
