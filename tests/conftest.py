@@ -22,6 +22,34 @@ _db_counter = itertools.count()
 #: ``SPLASH_FAULTS=bounded`` (`make faults-bounded`) or ``SPLASH_FAULTS=full`` (`make faults`), not in `make test`.
 collect_ignore_glob = [] if os.environ.get("SPLASH_FAULTS") else ["faults/*"]
 
+#: Tests that share the integration session's Prefect server (tests/integration/conftest.py) kill workers, stop
+#: that server and count what it ran: they are marked ``serial`` here, as are tests marked so by hand (``up``
+#: end to end), and ``make test`` runs them alone, apart from the rest, which runs on two processes (pytest-xdist).
+SERIAL_FIXTURES = frozenset({"prefect_server"})
+#: Tests that run flows in-process need the session's temporary Prefect server: one xdist process takes all of
+#: them so that server starts once.
+HARNESS_FIXTURES = frozenset({"prefect_harness"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests on the shared Prefect server ``serial``; under ``--dist loadgroup`` keep each module on one
+    process (module-scoped fixtures are built once, as in a serial run) and the in-process flow tests together."""
+    grouping = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup"
+    on_harness = {_module(item) for item in items if set(getattr(item, "fixturenames", ())) & HARNESS_FIXTURES}
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & SERIAL_FIXTURES:
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("serial") and not item.nodeid.startswith("tests/integration/"):
+            raise pytest.UsageError(f"{item.nodeid}: serial tests belong in tests/integration (the only folder "
+                                    "scripts/run-tests.sh runs alone)")
+        if grouping:
+            module = _module(item)
+            item.add_marker(pytest.mark.xdist_group("prefect-harness" if module in on_harness else module))
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
