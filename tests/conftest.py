@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,13 +65,42 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite ledger migrated to the newest revision once per session (see ``ledger_url``)."""
+    path = tmp_path_factory.mktemp("ledger-template") / "ledger.db"
+    Ledger.open(f"sqlite:///{path}").close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server: PostgresServer) -> str:
+    """A PostgreSQL ledger database migrated to the newest revision once per session (see ``ledger_url``)."""
+    name = f"ledger_template_{os.getpid()}"
+    Ledger.open(postgres_server.create_database(name)).close()
+    return name
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty ledger database on each backend."""
+    """A fresh ledger database on each backend: empty, or -- for tests that take ``config`` (and so ``ctx``),
+    which open it migrated anyway -- a copy of the session's migrated one. Migrating costs each test a second
+    or more (ten revisions, each committed); the migrations themselves are tested on empty databases
+    (tests/unit/test_ledger.py, test_*_migration.py, test_ledger_upgrade_keeps_data.py)."""
+    migrated = "config" in request.fixturenames
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
+        path = tmp_path / "ledger.db"
+        if migrated:
+            template: Path = request.getfixturevalue("migrated_sqlite")
+            for suffix in ("", "-wal"):  # a closed WAL database is one file; copy a leftover log too
+                if Path(f"{template}{suffix}").exists():
+                    shutil.copyfile(f"{template}{suffix}", f"{path}{suffix}")
+        return f"sqlite:///{path}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(f"ledger_{os.getpid()}_{next(_db_counter)}")
+    name = f"ledger_{os.getpid()}_{next(_db_counter)}"
+    if not migrated:
+        return server.create_database(name)
+    return server.create_database(name, template=request.getfixturevalue("migrated_postgres"))
 
 
 @pytest.fixture
