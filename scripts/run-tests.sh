@@ -10,7 +10,7 @@
 #      and `up` end to end run alone: they kill workers mid-batch, stop the server and time a shutdown.
 #   4. everything else on SPLASH_TEST_WORKERS (default 2) pytest-xdist processes; each module stays on one
 #      process (its module fixtures are built once) and the in-process flow tests share one temporary Prefect
-#      server (`--dist loadgroup`, groups set in tests/conftest.py).
+#      server (`--dist loadfile`; the scheduler is in tests/conftest.py).
 # Every part runs even when an earlier one failed; the exit code is non-zero when any did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +41,7 @@ if wait "$mypy_pid"; then cat "$mypy_log"; else cat "$mypy_log"; failed+=(mypy);
 trap - EXIT
 
 echo "== every other test on $WORKERS processes"
-"${pytest[@]}" -n "$WORKERS" --dist loadgroup -m "not serial" || failed+=("pytest -m 'not serial'")
+"${pytest[@]}" -n "$WORKERS" --dist loadfile -m "not serial" || failed+=("pytest -m 'not serial'")
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "make test FAILED: ${failed[*]}" >&2

@@ -7,6 +7,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -27,29 +28,35 @@ collect_ignore_glob = [] if os.environ.get("SPLASH_FAULTS") else ["faults/*"]
 #: that server and count what it ran: they are marked ``serial`` here, as are tests marked so by hand (``up``
 #: end to end), and ``make test`` runs them alone, apart from the rest, which runs on two processes (pytest-xdist).
 SERIAL_FIXTURES = frozenset({"prefect_server"})
-#: Tests that run flows in-process need the session's temporary Prefect server: one xdist process takes all of
-#: them so that server starts once.
-HARNESS_FIXTURES = frozenset({"prefect_harness"})
+#: The in-process flow tests share one temporary Prefect server per process (tests/flows/conftest.py).
+HARNESS_FOLDER = "tests/flows/"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests on the shared Prefect server ``serial``; under ``--dist loadgroup`` keep each module on one
-    process (module-scoped fixtures are built once, as in a serial run) and the in-process flow tests together."""
-    grouping = config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup"
-    on_harness = {_module(item) for item in items if set(getattr(item, "fixturenames", ())) & HARNESS_FIXTURES}
+    """Mark the tests on the shared Prefect server ``serial`` (they live in tests/integration)."""
     for item in items:
         if set(getattr(item, "fixturenames", ())) & SERIAL_FIXTURES:
             item.add_marker(pytest.mark.serial)
         if item.get_closest_marker("serial") and not item.nodeid.startswith("tests/integration/"):
             raise pytest.UsageError(f"{item.nodeid}: serial tests belong in tests/integration (the only folder "
                                     "scripts/run-tests.sh runs alone)")
-        if grouping:
-            module = _module(item)
-            item.add_marker(pytest.mark.xdist_group("prefect-harness" if module in on_harness else module))
 
 
-def _module(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with tests/flows as one unit: each module runs on one process (its module fixtures are
+    built once, as in a serial run) and one process runs every in-process flow test, so the temporary Prefect
+    server starts once. (xdist's ``loadgroup`` does not group under pytest 9: it renames node ids.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndFlows(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return HARNESS_FOLDER if module.startswith(HARNESS_FOLDER) else module
+
+    return ModulesAndFlows(config, log)
 
 
 @pytest.fixture(scope="session")
