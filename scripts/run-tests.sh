@@ -31,19 +31,24 @@ bash scripts/ensure-ansible.sh || failed+=(ensure-ansible)
 export SPLASH_TEST_REQUIRE_POSTGRES=${SPLASH_TEST_REQUIRE_POSTGRES:-1}
 export SPLASH_TEST_REQUIRE_BROWSER=${SPLASH_TEST_REQUIRE_BROWSER:-1}
 export SPLASH_TEST_REQUIRE_ANSIBLE=${SPLASH_TEST_REQUIRE_ANSIBLE:-1}
+# A short base for tmp_path (xdist adds popen-gwN/ to it): some tests bind Unix sockets under tmp_path, whose
+# paths may not pass 107 bytes. Own folder per run, so two runs on one machine never wipe each other's.
+basetemp=$(mktemp -d /tmp/sf.XXXXXX)
 pytest=("$BIN/python" -m pytest -q -p no:cacheprovider)
 
 echo "== serial tests (the shared Prefect server; \`up\` end to end)"
-"${pytest[@]}" -m serial tests/integration || failed+=("pytest -m serial")
+"${pytest[@]}" --basetemp "$basetemp/s" -m serial tests/integration || failed+=("pytest -m serial")
 
 echo "== mypy"
 if wait "$mypy_pid"; then cat "$mypy_log"; else cat "$mypy_log"; failed+=(mypy); fi
 trap - EXIT
 
 echo "== every other test on $WORKERS processes"
-"${pytest[@]}" -n "$WORKERS" --dist loadfile -m "not serial" || failed+=("pytest -m 'not serial'")
+"${pytest[@]}" --basetemp "$basetemp/p" -n "$WORKERS" --dist loadfile -m "not serial" || failed+=("pytest -m 'not serial'")
 
 if [ ${#failed[@]} -gt 0 ]; then
+  echo "test folders kept in $basetemp" >&2
   echo "make test FAILED: ${failed[*]}" >&2
   exit 1
 fi
+rm -rf "$basetemp"

@@ -20,6 +20,22 @@ from tests.support.postgres import PostgresServer, start_postgres
 
 _db_counter = itertools.count()
 
+
+def _import_cli_consoles_without_columns() -> None:
+    """The CLI's rich consoles (splash_flows.cli.common) fix their width if COLUMNS is set when they are created,
+    and the CLI imports them on the first command run. Created here, with no COLUMNS, they follow the COLUMNS
+    each test hands CliRunner; otherwise the first test to run a command in a process (CliRunner sets COLUMNS
+    while it runs) would fix the width for every later test in that process, whichever order xdist gives."""
+    columns = os.environ.pop("COLUMNS", None)
+    try:
+        import splash_flows.cli.common  # noqa: F401
+    finally:
+        if columns is not None:
+            os.environ["COLUMNS"] = columns
+
+
+_import_cli_consoles_without_columns()
+
 #: The fault matrix (tests/faults) starts a whole `up` stack per fault: minutes each on 2 cores. It runs with
 #: ``SPLASH_FAULTS=bounded`` (`make faults-bounded`) or ``SPLASH_FAULTS=full`` (`make faults`), not in `make test`.
 collect_ignore_glob = [] if os.environ.get("SPLASH_FAULTS") else ["faults/*"]
