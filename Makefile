@@ -19,14 +19,8 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to lamarr and cfs
 	$(BIN)/splash-flows demo --root var/demo
 
-test: $(VENV)/.installed  ## lint, type-check and run the whole test suite (starts PostgreSQL itself)
-	bash scripts/ensure-packages.sh test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy
-	SPLASH_TEST_REQUIRE_POSTGRES=$${SPLASH_TEST_REQUIRE_POSTGRES:-1} \
-	SPLASH_TEST_REQUIRE_BROWSER=$${SPLASH_TEST_REQUIRE_BROWSER:-1} \
-	SPLASH_TEST_REQUIRE_ANSIBLE=$${SPLASH_TEST_REQUIRE_ANSIBLE:-1} \
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+test: $(VENV)/.installed  ## ruff, mypy and the whole suite (starts PostgreSQL itself); scripts/run-tests.sh says how
+	BIN=$(BIN) bash scripts/run-tests.sh
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests bench

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -18,9 +20,59 @@ from tests.support.postgres import PostgresServer, start_postgres
 
 _db_counter = itertools.count()
 
+
+def _import_cli_consoles_without_columns() -> None:
+    """The CLI's rich consoles (splash_flows.cli.common) fix their width if COLUMNS is set when they are created,
+    and the CLI imports them on the first command run. Created here, with no COLUMNS, they follow the COLUMNS
+    each test hands CliRunner; otherwise the first test to run a command in a process (CliRunner sets COLUMNS
+    while it runs) would fix the width for every later test in that process, whichever order xdist gives."""
+    columns = os.environ.pop("COLUMNS", None)
+    try:
+        import splash_flows.cli.common  # noqa: F401
+    finally:
+        if columns is not None:
+            os.environ["COLUMNS"] = columns
+
+
+_import_cli_consoles_without_columns()
+
 #: The fault matrix (tests/faults) starts a whole `up` stack per fault: minutes each on 2 cores. It runs with
 #: ``SPLASH_FAULTS=bounded`` (`make faults-bounded`) or ``SPLASH_FAULTS=full`` (`make faults`), not in `make test`.
 collect_ignore_glob = [] if os.environ.get("SPLASH_FAULTS") else ["faults/*"]
+
+#: Tests that share the integration session's Prefect server (tests/integration/conftest.py) kill workers, stop
+#: that server and count what it ran: they are marked ``serial`` here, as are tests marked so by hand (``up``
+#: end to end), and ``make test`` runs them alone, apart from the rest, which runs on two processes (pytest-xdist).
+SERIAL_FIXTURES = frozenset({"prefect_server"})
+#: The in-process flow tests share one temporary Prefect server per process (tests/flows/conftest.py).
+HARNESS_FOLDER = "tests/flows/"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests on the shared Prefect server ``serial`` (they live in tests/integration)."""
+    for item in items:
+        if set(getattr(item, "fixturenames", ())) & SERIAL_FIXTURES:
+            item.add_marker(pytest.mark.serial)
+        if item.get_closest_marker("serial") and not item.nodeid.startswith("tests/integration/"):
+            raise pytest.UsageError(f"{item.nodeid}: serial tests belong in tests/integration (the only folder "
+                                    "scripts/run-tests.sh runs alone)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with tests/flows as one unit: each module runs on one process (its module fixtures are
+    built once, as in a serial run) and one process runs every in-process flow test, so the temporary Prefect
+    server starts once. (xdist's ``loadgroup`` does not group under pytest 9: it renames node ids.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndFlows(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return HARNESS_FOLDER if module.startswith(HARNESS_FOLDER) else module
+
+    return ModulesAndFlows(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +88,42 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite ledger migrated to the newest revision once per session (see ``ledger_url``)."""
+    path = tmp_path_factory.mktemp("ledger-template") / "ledger.db"
+    Ledger.open(f"sqlite:///{path}").close()
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_server: PostgresServer) -> str:
+    """A PostgreSQL ledger database migrated to the newest revision once per session (see ``ledger_url``)."""
+    name = f"ledger_template_{os.getpid()}"
+    Ledger.open(postgres_server.create_database(name)).close()
+    return name
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty ledger database on each backend."""
+    """A fresh ledger database on each backend: empty, or -- for tests that take ``config`` (and so ``ctx``),
+    which open it migrated anyway -- a copy of the session's migrated one. Migrating costs each test a second
+    or more (ten revisions, each committed); the migrations themselves are tested on empty databases
+    (tests/unit/test_ledger.py, test_*_migration.py, test_ledger_upgrade_keeps_data.py)."""
+    migrated = "config" in request.fixturenames
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
+        path = tmp_path / "ledger.db"
+        if migrated:
+            template: Path = request.getfixturevalue("migrated_sqlite")
+            for suffix in ("", "-wal"):  # a closed WAL database is one file; copy a leftover log too
+                if Path(f"{template}{suffix}").exists():
+                    shutil.copyfile(f"{template}{suffix}", f"{path}{suffix}")
+        return f"sqlite:///{path}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    return server.create_database(f"ledger_{os.getpid()}_{next(_db_counter)}")
+    name = f"ledger_{os.getpid()}_{next(_db_counter)}"
+    if not migrated:
+        return server.create_database(name)
+    return server.create_database(name, template=request.getfixturevalue("migrated_postgres"))
 
 
 @pytest.fixture

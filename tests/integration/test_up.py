@@ -24,7 +24,7 @@ from splash_flows.ledger import Ledger
 from splash_flows.processes import Child, child_env, free_port, pid_alive, python_argv, start_child
 from tests.integration.conftest import descendants, wait_final, write_like_a_detector
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.serial, pytest.mark.timeout(600)]
 
 
 def _start_up(root: Path, log: Path, *extra: str) -> Child:
