@@ -67,11 +67,15 @@ def fault_scicat() -> Iterator[FakeSciCat]:
 
 
 @pytest.fixture(scope="session")
-def fault_site(fault_pg: PostgresServer, fault_scicat: FakeSciCat,
+def fault_site(fault_pg: PostgresServer, fault_scicat: FakeSciCat, postgres_server: PostgresServer,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """One ``up`` stack for the whole matrix (the in-process runner; kill_worker swaps in process workers)."""
+    """One ``up`` stack for the whole matrix (the in-process runner; kill_worker swaps in process workers).
+    Prefect's own database is on the session's PostgreSQL (as in production; the matrix never kills that one):
+    on SQLite, a loaded machine made the restarted server answer 503 "database is locked" for minutes."""
     CLOCK.update(began=time.monotonic(), load_start=os.getloadavg()[0])
-    with started_site(tmp_path_factory.mktemp("faults"), fault_pg, fault_scicat, workers=False) as site:
+    prefect_db = postgres_server.create_database(f"prefect_faults_{os.getpid()}").replace("+psycopg", "+asyncpg")
+    with started_site(tmp_path_factory.mktemp("faults"), fault_pg, fault_scicat, workers=False,
+                      prefect_db=prefect_db) as site:
         CLOCK["stack_s"] = site.started_s
         yield site
 

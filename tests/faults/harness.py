@@ -90,6 +90,7 @@ class Site:
     pg: PostgresServer
     fake: FakeSciCat
     workers: bool = False
+    prefect_db: str = ""  # the Prefect server's database URL (empty: its SQLite file under the stack's root)
     mounted: bool = False
     notes: list[str] = field(default_factory=list)
     stack: LocalStack | None = None
@@ -173,7 +174,9 @@ class Site:
         began = time.monotonic()
         self.stack = LocalStack(self.root, limit=2, workers=self.workers, ui=False, poll=0.5,
                                 extra_env={PASSWORD_VAR: self.fake.users["ingestor"],
-                                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
+                                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                                           **({"PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_db}
+                                              if self.prefect_db else {})})
         self.stack.start(say=lambda line: self.supervision.append(line))
         self.started_s = time.monotonic() - began
         say(f"fault matrix: `up` stack started in {self.started_s:.1f} s (load {os.getloadavg()[0]:.1f})")
@@ -479,8 +482,10 @@ def _kill_pg(site: Site, rng: random.Random, work: Workload) -> None:
 
 
 def _fill_cfs(site: Site, rng: random.Random, work: Workload) -> None:
-    total = sum((work.staging / r).stat().st_size for r in work.files)
-    site.resize_cfs(site.cfs_used() + int(total * rng.uniform(0.15, 0.5)))
+    """Cap cfs below what the burst still has to put there (15-50 % of the bytes not yet on cfs): the next
+    copies hit ENOSPC mid-file."""
+    left = sum((work.staging / r).stat().st_size for r in work.files if not (site.tier("cfs") / r).exists())
+    site.resize_cfs(site.cfs_used() + int(left * rng.uniform(0.15, 0.5)))
 
 
 def _free_cfs(site: Site, rng: random.Random, work: Workload) -> None:
@@ -604,9 +609,10 @@ def faults() -> dict[str, Fault]:
 
 
 def recover(site: Site, work: Workload, deadline_s: float) -> tuple[bool, str]:
-    """What the operator does (README, Recovery): ``reconcile`` until the ledger says every file is safe and
-    every scan catalogued; the first after RECONCILE_EVERY_S, then every RECONCILE_EVERY_S. Polls the ledger
-    every 0.25 s; no timed assertion."""
+    """What the operator does (README, Recovery): when nothing is queued or running any more and the ledger still
+    says a file is not safe or a scan not catalogued, ``reconcile`` (at most every RECONCILE_EVERY_S). Polls the
+    ledger every 0.25 s; no timed assertion. Re-sending while runs are still queued would only pile duplicate
+    runs onto a loaded machine."""
     from splash_flows.flows.deploy import trigger_deployment
     from splash_flows.services.reconcile import heal, plan_reconcile
 
@@ -614,26 +620,62 @@ def recover(site: Site, work: Workload, deadline_s: float) -> tuple[bool, str]:
     start = time.monotonic()
     next_reconcile = start + RECONCILE_EVERY_S
     detail = ""
-    while time.monotonic() - start < deadline_s:
-        try:
-            with contextlib.closing(site.context()) as ctx:
+    ctx: Context | None = None
+    try:
+        while time.monotonic() - start < deadline_s:
+            try:
+                ctx = ctx or site.context()
                 ok, detail = complete(ctx, work)
                 if ok:
                     return True, detail
-                if time.monotonic() >= next_reconcile:
+                if time.monotonic() >= next_reconcile and not runs_in_flight(site):
                     next_reconcile = time.monotonic() + RECONCILE_EVERY_S
                     plan = plan_reconcile(ctx, prefix=work.prefix, min_age=0)
                     if plan.to_send:
                         trigger_deployment(site.stack.api_url, plan.batches(50),
                                            config_path=str(site.config_path), tags=["faults"])
                     heal(ctx)
-        except Exception as err:  # noqa: BLE001 - a server still coming back: try again, say so at the end
-            import traceback
+            except Exception as err:  # noqa: BLE001 - a server still coming back: try again, say so at the end
+                import traceback
 
-            detail = f"{type(err).__name__}: {str(err)[:200]} at " + " < ".join(
-                f"{f.name}:{f.lineno}" for f in traceback.extract_tb(err.__traceback__)[-4:])
-        time.sleep(0.25)
+                detail = f"{type(err).__name__}: {str(err)[:200]} at " + " < ".join(
+                    f"{f.name}:{f.lineno}" for f in traceback.extract_tb(err.__traceback__)[-4:])
+                if ctx is not None:
+                    ctx.close()
+                ctx = None
+            time.sleep(0.25)
+    finally:
+        if ctx is not None:
+            ctx.close()
     return False, detail
+
+
+def runs_in_flight(site: Site) -> int:
+    """Flow runs due now that are not final (Scheduled for now or earlier, Pending, Running), from the server."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    from splash_flows.flows.run_api import PrefectRunAPI
+
+    assert site.stack is not None
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    with PrefectRunAPI.open(site.stack.api_url) as api:
+        runs = api.client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))))
+    return sum(1 for r in runs if r.state is not None and not (
+        r.state.is_scheduled() and r.state.state_details.scheduled_time is not None
+        and r.state.state_details.scheduled_time > soon))
+
+
+def quiesce(site: Site, timeout: float = 300.0) -> None:
+    """Wait until no flow run is queued or running (a late run of the burst must not touch the copies an
+    after-fault corrupts on purpose)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if not runs_in_flight(site):
+                return
+        time.sleep(0.25)
 
 
 def run_fault(site: Site, fault: Fault, seed: int, scans: int, staging: Path, index: int,
@@ -665,6 +707,7 @@ def run_fault(site: Site, fault: Fault, seed: int, scans: int, staging: Path, in
     written = time.monotonic()
     ok, detail = recover(site, work, deadline_s)
     if fault.after is not None and ok:
+        quiesce(site)
         fault.after(site, rng, work, out)
         ok, detail = recover(site, work, deadline_s)
     recovered = time.monotonic()
@@ -732,8 +775,9 @@ def table(rows: list[Outcome]) -> str:
 
 
 @contextlib.contextmanager
-def started_site(base: Path, pg: PostgresServer, fake: FakeSciCat, *, workers: bool) -> Iterator[Site]:
-    site = Site(base, pg, fake, workers=workers)
+def started_site(base: Path, pg: PostgresServer, fake: FakeSciCat, *, workers: bool,
+                 prefect_db: str = "") -> Iterator[Site]:
+    site = Site(base, pg, fake, workers=workers, prefect_db=prefect_db)
     try:
         site.prepare()
         site.start()
