@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.scicat_server import FakeSciCat
-from tests.faults.harness import FAULTS, PASSWORD_VAR, Outcome, Site, started_site, table
+from tests.faults.harness import FAULTS, PASSWORD_VAR, Outcome, Site, Workload, started_site, table
 from tests.support.postgres import PostgresServer, start_postgres
 
 FULL = os.environ.get("SPLASH_FAULTS") == "full"
@@ -72,12 +74,29 @@ def fault_site(fault_pg: PostgresServer, fault_scicat: FakeSciCat, postgres_serv
     """One ``up`` stack for the whole matrix (the in-process runner; kill_worker swaps in process workers).
     Prefect's own database is on the session's PostgreSQL (as in production; the matrix never kills that one):
     on SQLite, a loaded machine made the restarted server answer 503 "database is locked" for minutes."""
-    CLOCK.update(began=time.monotonic(), load_start=os.getloadavg()[0])
+    CLOCK.update(began=time.monotonic(), load_start=os.getloadavg()[0], cpu_start=cpu_seconds())
     prefect_db = postgres_server.create_database(f"prefect_faults_{os.getpid()}").replace("+psycopg", "+asyncpg")
+    warm = threading.Thread(target=warm_up, args=(tmp_path_factory.mktemp("faults-warm-up"),), daemon=True)
+    warm.start()  # the simulator's first call loads pyFAI (up to 30 s of reading files on a busy disk)
     with started_site(tmp_path_factory.mktemp("faults"), fault_pg, fault_scicat, workers=False,
                       prefect_db=prefect_db) as site:
         CLOCK["stack_s"] = site.started_s
+        warm.join()
         yield site
+    CLOCK["cpu"] = cpu_seconds() - CLOCK["cpu_start"]
+
+
+def warm_up(folder: Path) -> None:
+    """Simulate one scan while the stack starts, so the first fault's workload does not wait for pyFAI."""
+    Workload.make(folder, "ALS-00000", 1, 0)
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that ended: the stack's processes, the
+    flow-run processes of its workers, the PostgreSQL restarts. Unlike wall time, it does not grow with the
+    machine's load."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def header(done: int) -> str:
@@ -88,7 +107,9 @@ def header(done: int) -> str:
     return (f"Fault matrix, {MODE}: {SCANS} scans per fault, {len(seeds_used())} seed(s) per fault ({state}); "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; one `up` stack started in {CLOCK.get('stack_s', 0):.0f} s, "
             f"{wall:.0f} s wall from the stack's start to the last row, on {os.cpu_count()} cores at load "
-            f"{CLOCK.get('load_start', 0):.1f} (start) / {os.getloadavg()[0]:.1f} (now). Seeds in the table.")
+            f"{CLOCK.get('load_start', 0):.1f} (start) / {os.getloadavg()[0]:.1f} (now)"
+            + (f"; {CLOCK['cpu']:.0f} s of CPU in all (the stack's processes included)" if "cpu" in CLOCK else "")
+            + ". Seeds in the table.")
 
 
 def seeds_used() -> set[int]:
