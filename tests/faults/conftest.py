@@ -13,6 +13,7 @@ import random
 import resource
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,16 +105,13 @@ def header(done: int) -> str:
     wall = time.monotonic() - CLOCK["began"] if CLOCK.get("began") else 0.0
     total = len(CASES_PLANNED) or done
     state = "complete" if done >= total else f"in progress: {done} of {total} faults"
-    return (f"Fault matrix, {MODE}: {SCANS} scans per fault, {len(seeds_used())} seed(s) per fault ({state}); "
+    per_fault = max(Counter(name for name, _ in CASES_PLANNED).values(), default=1)
+    return (f"Fault matrix, {MODE}: {SCANS} scans per fault, {per_fault} seed(s) per fault ({state}); "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; one `up` stack started in {CLOCK.get('stack_s', 0):.0f} s, "
-            f"{wall:.0f} s wall from the stack's start to the last row, on {os.cpu_count()} cores at load "
+            f"{wall:.0f} s wall from the start of the stack until now, on {os.cpu_count()} cores at load "
             f"{CLOCK.get('load_start', 0):.1f} (start) / {os.getloadavg()[0]:.1f} (now)"
             + (f"; {CLOCK['cpu']:.0f} s of CPU in all (the stack's processes included)" if "cpu" in CLOCK else "")
             + ". Seeds in the table.")
-
-
-def seeds_used() -> set[int]:
-    return {r.seed for r in RESULTS} or {0}
 
 
 def write_results() -> None:
