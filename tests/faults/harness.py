@@ -57,6 +57,7 @@ CFS_SIZE = "512m"
 WORKER_POOL = "dispatcher_733_pool"
 #: How often the operator's ``reconcile`` runs while the matrix waits for a fault's burst to be safe.
 RECONCILE_EVERY_S = 5.0
+DISPATCHER = "dispatcher/run_733_dispatcher"
 
 
 def say(text: str) -> None:
@@ -651,8 +652,15 @@ def recover(site: Site, work: Workload, deadline_s: float) -> tuple[bool, str]:
 
 
 def runs_in_flight(site: Site) -> int:
-    """Flow runs due now that are not final (Scheduled for now or earlier, Pending, Running), from the server."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    """Dispatcher runs (the burst's) due now that are not final (Scheduled for now or earlier, Pending, Running),
+    from the server; the periodic housekeeping runs (catalogue retry, flight check) do not count."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     from splash_flows.flows.run_api import PrefectRunAPI
@@ -660,8 +668,10 @@ def runs_in_flight(site: Site) -> int:
     assert site.stack is not None
     soon = datetime.now(UTC) + timedelta(seconds=5)
     with PrefectRunAPI.open(site.stack.api_url) as api:
+        dispatcher = api.deployment_id(DISPATCHER)
         runs = api.client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))))
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dispatcher])))
     return sum(1 for r in runs if r.state is not None and not (
         r.state.is_scheduled() and r.state.state_details.scheduled_time is not None
         and r.state.state_details.scheduled_time > soon))

@@ -66,23 +66,9 @@ SERVER_STOP = 2.5
 
 def watcher_available(env: dict[str, str]) -> bool:
     """Whether this installation has the ``watch`` command (``splash-flows watch --help`` succeeds)."""
-    return watcher_probe(env)()
-
-
-def watcher_probe(env: dict[str, str]) -> Callable[[], bool]:
-    """Start ``splash-flows watch --help`` now and return a function that waits for its answer: ``start`` runs
-    it while the Prefect server starts (a Python start-up of its own, seconds on a busy machine)."""
-    probe = subprocess.Popen(python_argv("-m", "splash_flows", "watch", "--help"), env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def answer() -> bool:
-        try:
-            return probe.wait(timeout=120) == 0
-        except subprocess.TimeoutExpired:
-            probe.kill()
-            probe.wait()
-            return False
-    return answer
+    done = subprocess.run(python_argv("-m", "splash_flows", "watch", "--help"), env=env, capture_output=True,
+                          timeout=120, check=False)
+    return done.returncode == 0
 
 
 @dataclass
@@ -167,7 +153,6 @@ class LocalStack:
         self.port = claim_port(self.port)
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         env = self.env()
-        has_watcher = watcher_probe(env) if self.watcher else None
         try:
             say(f"starting the Prefect server on 127.0.0.1:{self.port} (log: {self.logs / 'server.log'}) ...")
             server_argv = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -183,8 +168,8 @@ class LocalStack:
                 self.start_workers(self.pools)
             else:
                 self.start_runner()
-            if has_watcher is not None:
-                if has_watcher():
+            if self.watcher:
+                if watcher_available(env):
                     self._start("watcher", python_argv("-m", "splash_flows", "--config", str(self.config_path),
                                                        "watch"), env)
                     say("started the watcher on data733")
