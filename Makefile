@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to lamarr and cfs
 	$(BIN)/splash-flows demo --root var/demo
 
-test: $(VENV)/.installed  ## lint, type-check and run the whole test suite (starts PostgreSQL itself)
+test: $(VENV)/.installed  ## lint, type-check and run the whole test suite, the bounded fault matrix included (starts PostgreSQL itself)
 	bash scripts/ensure-postgres.sh
 	bash scripts/ensure-chromium.sh
 	bash scripts/ensure-ansible.sh
