@@ -19,7 +19,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed  ## simulate 7.3.3 scans and move them, verified, to lamarr and cfs
 	$(BIN)/splash-flows demo --root var/demo
 
-test: $(VENV)/.installed  ## ruff, mypy and the whole suite (starts PostgreSQL itself); scripts/run-tests.sh says how
+test: $(VENV)/.installed  ## ruff, mypy and the whole suite, the bounded fault matrix included (starts PostgreSQL itself); scripts/run-tests.sh says how
 	BIN=$(BIN) bash scripts/run-tests.sh
 
 lint: $(VENV)/.installed

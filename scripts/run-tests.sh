@@ -8,7 +8,8 @@
 #   2. the tools the tests need (PostgreSQL, Chromium, python3-apt), then ruff.
 #   3. the tests that share the integration session's real Prefect server (marked `serial` by tests/conftest.py)
 #      and `up` end to end run alone: they kill workers mid-batch, stop the server and time a shutdown.
-#   4. everything else on SPLASH_TEST_WORKERS (default 2) pytest-xdist processes; each module stays on one
+#   4. the bounded fault matrix (tests/faults: one `up` stack, ten real faults), alone for the same reasons.
+#   5. everything else on SPLASH_TEST_WORKERS (default 2) pytest-xdist processes; each module stays on one
 #      process (its module fixtures are built once) and the in-process flow tests share one temporary Prefect
 #      server (`--dist loadfile`; the scheduler is in tests/conftest.py).
 # Every part runs even when an earlier one failed; the exit code is non-zero when any did.
@@ -37,12 +38,18 @@ pytest=("$BIN/python" -m pytest -q -p no:cacheprovider)
 echo "== serial tests (the shared Prefect server; \`up\` end to end)"
 "${pytest[@]}" --basetemp "$basetemp/s" -m serial tests/integration || failed+=("pytest -m serial")
 
+if [ "${SPLASH_FAULTS:-}" != "off" ]; then
+  echo "== the bounded fault matrix (one \`up\` stack; SPLASH_FAULTS=off leaves it out)"
+  "${pytest[@]}" --basetemp "$basetemp/f" tests/faults || failed+=("pytest tests/faults")
+fi
+
 echo "== mypy"
 if wait "$mypy_pid"; then cat "$mypy_log"; else cat "$mypy_log"; failed+=(mypy); fi
 trap - EXIT
 
 echo "== every other test on $WORKERS processes"
-"${pytest[@]}" --basetemp "$basetemp/p" -n "$WORKERS" --dist loadfile -m "not serial" || failed+=("pytest -m 'not serial'")
+"${pytest[@]}" --basetemp "$basetemp/p" -n "$WORKERS" --dist loadfile -m "not serial" \
+  --ignore tests/faults || failed+=("pytest -m 'not serial'")
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test folders kept in $basetemp" >&2

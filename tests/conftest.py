@@ -36,9 +36,9 @@ def _import_cli_consoles_without_columns() -> None:
 
 _import_cli_consoles_without_columns()
 
-#: The fault matrix (tests/faults) starts a whole `up` stack per fault: minutes each on 2 cores. It runs with
-#: ``SPLASH_FAULTS=bounded`` (`make faults-bounded`) or ``SPLASH_FAULTS=full`` (`make faults`), not in `make test`.
-collect_ignore_glob = [] if os.environ.get("SPLASH_FAULTS") else ["faults/*"]
+#: The fault matrix (tests/faults) runs bounded in `make test` (one `up` stack, one seed per fault);
+#: ``SPLASH_FAULTS=full`` (`make faults`) runs the full one; ``SPLASH_FAULTS=off`` leaves it out.
+collect_ignore_glob = ["faults/*"] if os.environ.get("SPLASH_FAULTS") == "off" else []
 
 #: Tests that share the integration session's Prefect server (tests/integration/conftest.py) kill workers, stop
 #: that server and count what it ran: they are marked ``serial`` here, as are tests marked so by hand (``up``

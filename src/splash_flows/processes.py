@@ -431,6 +431,14 @@ class Supervisor:
             self.on_start(entry)
         return child
 
+    def retire(self, name: str, timeout: float) -> None:
+        """Stop the child ``name`` (its whole process group) and stop supervising it."""
+        for entry in [e for e in self.entries if e.name == name]:
+            self.entries.remove(entry)
+            stop_children([entry.child], timeout)
+            if self.guard is not None:
+                self.guard.unregister(entry.child.pid)
+
     @property
     def children(self) -> list[Child]:
         return [e.child for e in self.entries]

@@ -52,6 +52,12 @@ FAULTS = ["kill_watcher", "kill_runner", "kill_worker", "kill_prefect_server", "
 PASSWORD_VAR = "SPLASH_FAULTS_SCICAT_PASSWORD"
 TARGETS = ("lamarr", "cfs")
 CFS_SIZE = "512m"
+#: The pool of ``run_733_dispatcher`` (the move runs inside it): the only pool the burst uses, so kill_worker
+#: starts a process worker for it alone (`up --workers` starts one per pool; the idle ones add only start-up).
+WORKER_POOL = "dispatcher_733_pool"
+#: How often the operator's ``reconcile`` runs while the matrix waits for a fault's burst to be safe.
+RECONCILE_EVERY_S = 5.0
+DISPATCHER = "dispatcher/run_733_dispatcher"
 
 
 def say(text: str) -> None:
@@ -85,9 +91,12 @@ class Site:
     pg: PostgresServer
     fake: FakeSciCat
     workers: bool = False
+    prefect_db: str = ""  # the Prefect server's database URL (empty: its SQLite file under the stack's root)
     mounted: bool = False
     notes: list[str] = field(default_factory=list)
     stack: LocalStack | None = None
+    started_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     supervision: list[str] = field(default_factory=list)
@@ -117,7 +126,8 @@ class Site:
         data["tiers"]["data733"]["root"] = str(self.tier("data733") if self.mounted else self.disk733)
         data["ledger"]["url"] = self.pg.create_database(f"faults_{os.getpid()}_{int(time.time())}")
         data["catalogue"] = {"kind": "scicat", "url": self.fake.url, "username": "ingestor",
-                             "password": f"${{{PASSWORD_VAR}}}", "retry": {"max_attempts": 2, "backoff_base": 0.2}}
+                             "password": f"${{{PASSWORD_VAR}}}", "retry": {"max_attempts": 2, "backoff_base": 0.2},
+                             "admin_groups": ["ingestor"]}
         data["move"].update({"concurrency": 2, "recover_after_s": 5})
         data["dataset"] = {"settle_seconds": 5, "contact_email": "beamline733@example.org"}
         data["watcher"] = {"quiet_period_s": 1.0, "batch_window_s": 0.5, "rescan_interval_s": 10}
@@ -162,10 +172,15 @@ class Site:
         return build_context(load_config_file(self.config_path, {PASSWORD_VAR: self.fake.users["ingestor"]}))
 
     def start(self) -> None:
+        began = time.monotonic()
         self.stack = LocalStack(self.root, limit=2, workers=self.workers, ui=False, poll=0.5,
                                 extra_env={PASSWORD_VAR: self.fake.users["ingestor"],
-                                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"})
+                                           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                                           **({"PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_db}
+                                              if self.prefect_db else {})})
         self.stack.start(say=lambda line: self.supervision.append(line))
+        self.started_s = time.monotonic() - began
+        say(f"fault matrix: `up` stack started in {self.started_s:.1f} s (load {os.getloadavg()[0]:.1f})")
         self._thread = threading.Thread(target=self._supervise, name="faults-supervisor", daemon=True)
         self._thread.start()
 
@@ -173,9 +188,20 @@ class Site:
         assert self.stack is not None
         while not self._stop.wait(0.3):
             try:
-                self.stack.supervise()
+                with self._lock:
+                    self.stack.supervise()
             except ChildFailed as err:
                 self.supervision.append(f"fatal: {err}")
+
+    def use_workers(self, workers: bool) -> None:
+        """Swap the stack's executor: Prefect process workers (``up --workers``'s layout) for the pool the burst
+        uses, or back to the in-process runner. The server, watcher and ledger stay up."""
+        assert self.stack is not None
+        if self.stack.workers == workers:
+            return
+        with self._lock:
+            self.stack.use_executor(workers=workers, pools=[WORKER_POOL] if workers else None)
+        self.workers = workers
 
     def stop(self) -> None:
         self._stop.set()
@@ -242,6 +268,7 @@ class Workload:
     checksums: dict[str, str]
     written: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    stranded: list[Any] = field(default_factory=list)  # flow runs a killed worker left Running/Pending
 
     @classmethod
     def make(cls, staging: Path, proposal: str, scans: int, seed: int) -> Workload:
@@ -287,6 +314,7 @@ class Outcome:
     partial: int = 0
     wrongly_deleted: int = 0
     recover_s: float | None = None
+    wall_s: float = 0.0
     part_leftovers: int = 0
     events: dict[str, int] = field(default_factory=dict)
     said: str = ""
@@ -407,9 +435,39 @@ def _kill(name: str) -> Callable[[Site, random.Random, Workload], None]:
 
 
 def _kill_worker(site: Site, rng: random.Random, work: Workload) -> None:
-    workers = sorted(n for n in site.children() if n.startswith("worker-"))
-    busy = [n for n in workers if _has_children(site.pid(n))]
+    """SIGKILL a process worker while it runs a flow (its flow-run process with it); waits up to 60 s for a
+    busy one (the worker may still be starting), then takes any."""
+    deadline = time.monotonic() + 60
+    while True:
+        workers = sorted(n for n in site.children() if n.startswith("worker-"))
+        busy = [n for n in workers if _has_children(site.pid(n))]
+        if busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     kill_group(site.pid(rng.choice(busy or workers)))
+    work.stranded = _active_runs(site)  # before `up` restarts the worker: every active run was the dead one's
+
+
+def _active_runs(site: Site) -> list[Any]:
+    from splash_flows.flows.run_api import PrefectRunAPI
+
+    assert site.stack is not None
+    with PrefectRunAPI.open(site.stack.api_url) as api:
+        return [r.id for r in api.active_runs([d.id for d in api.client.read_deployments()])]
+
+
+def _crash_stranded(site: Site, rng: random.Random, work: Workload) -> None:
+    """What the operator (or a zombie-run automation on flow-run heartbeats, docs/PERFORMANCE.md section 6) does
+    when a worker dies: its runs stay Running/Pending on the server, holding the pool's concurrency slots, so
+    nothing else would run. Mark them Crashed; their files are re-sent by ``reconcile``."""
+    from splash_flows.flows.run_api import PrefectRunAPI
+
+    assert site.stack is not None
+    with PrefectRunAPI.open(site.stack.api_url) as api:
+        for run_id in work.stranded:
+            state = api.read_run(run_id).state
+            if state is not None and not state.is_final():
+                api.crash(run_id, "its process worker was killed (SIGKILL)")
 
 
 def _has_children(pid: int) -> bool:
@@ -425,8 +483,10 @@ def _kill_pg(site: Site, rng: random.Random, work: Workload) -> None:
 
 
 def _fill_cfs(site: Site, rng: random.Random, work: Workload) -> None:
-    total = sum((work.staging / r).stat().st_size for r in work.files)
-    site.resize_cfs(site.cfs_used() + int(total * rng.uniform(0.15, 0.5)))
+    """Cap cfs below what the burst still has to put there (15-50 % of the bytes not yet on cfs): the next
+    copies hit ENOSPC mid-file."""
+    left = sum((work.staging / r).stat().st_size for r in work.files if not (site.tier("cfs") / r).exists())
+    site.resize_cfs(site.cfs_used() + int(left * rng.uniform(0.15, 0.5)))
 
 
 def _free_cfs(site: Site, rng: random.Random, work: Workload) -> None:
@@ -538,7 +598,7 @@ def faults() -> dict[str, Fault]:
     return {f.name: f for f in [
         Fault("kill_watcher", _kill("watcher")),
         Fault("kill_runner", _kill("runner")),
-        Fault("kill_worker", _kill_worker, workers=True),
+        Fault("kill_worker", _kill_worker, _crash_stranded, workers=True),
         Fault("kill_prefect_server", _kill("server")),
         Fault("kill_postgres", _kill_pg),
         Fault("enospc", _fill_cfs, _free_cfs, expect=("failed",), needs_mount=True),
@@ -550,35 +610,82 @@ def faults() -> dict[str, Fault]:
 
 
 def recover(site: Site, work: Workload, deadline_s: float) -> tuple[bool, str]:
-    """What the operator does (README, Recovery): ``reconcile`` until the ledger says every file is safe and
-    every scan catalogued; the first after 10 s, then every 15 s. Polls the ledger; no timed assertion."""
+    """What the operator does (README, Recovery): when nothing is queued or running any more and the ledger still
+    says a file is not safe or a scan not catalogued, ``reconcile`` (at most every RECONCILE_EVERY_S). Polls the
+    ledger every 0.25 s; no timed assertion. Re-sending while runs are still queued would only pile duplicate
+    runs onto a loaded machine."""
     from splash_flows.flows.deploy import trigger_deployment
     from splash_flows.services.reconcile import heal, plan_reconcile
 
     assert site.stack is not None
     start = time.monotonic()
-    next_reconcile = start + 10
+    next_reconcile = start + RECONCILE_EVERY_S
     detail = ""
-    while time.monotonic() - start < deadline_s:
-        try:
-            with contextlib.closing(site.context()) as ctx:
+    ctx: Context | None = None
+    try:
+        while time.monotonic() - start < deadline_s:
+            try:
+                ctx = ctx or site.context()
                 ok, detail = complete(ctx, work)
                 if ok:
                     return True, detail
-                if time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + 15
+                if time.monotonic() >= next_reconcile and not runs_in_flight(site):
+                    next_reconcile = time.monotonic() + RECONCILE_EVERY_S
                     plan = plan_reconcile(ctx, prefix=work.prefix, min_age=0)
                     if plan.to_send:
                         trigger_deployment(site.stack.api_url, plan.batches(50),
                                            config_path=str(site.config_path), tags=["faults"])
                     heal(ctx)
-        except Exception as err:  # noqa: BLE001 - a server still coming back: try again, say so at the end
-            import traceback
+            except Exception as err:  # noqa: BLE001 - a server still coming back: try again, say so at the end
+                import traceback
 
-            detail = f"{type(err).__name__}: {str(err)[:200]} at " + " < ".join(
-                f"{f.name}:{f.lineno}" for f in traceback.extract_tb(err.__traceback__)[-4:])
-        time.sleep(1.0)
+                detail = f"{type(err).__name__}: {str(err)[:200]} at " + " < ".join(
+                    f"{f.name}:{f.lineno}" for f in traceback.extract_tb(err.__traceback__)[-4:])
+                if ctx is not None:
+                    ctx.close()
+                ctx = None
+            time.sleep(0.25)
+    finally:
+        if ctx is not None:
+            ctx.close()
     return False, detail
+
+
+def runs_in_flight(site: Site) -> int:
+    """Dispatcher runs (the burst's) due now that are not final (Scheduled for now or earlier, Pending, Running),
+    from the server; the periodic housekeeping runs (catalogue retry, flight check) do not count."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from splash_flows.flows.run_api import PrefectRunAPI
+
+    assert site.stack is not None
+    soon = datetime.now(UTC) + timedelta(seconds=5)
+    with PrefectRunAPI.open(site.stack.api_url) as api:
+        dispatcher = api.deployment_id(DISPATCHER)
+        runs = api.client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))),
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dispatcher])))
+    return sum(1 for r in runs if r.state is not None and not (
+        r.state.is_scheduled() and r.state.state_details.scheduled_time is not None
+        and r.state.state_details.scheduled_time > soon))
+
+
+def quiesce(site: Site, timeout: float = 300.0) -> None:
+    """Wait until no flow run is queued or running (a late run of the burst must not touch the copies an
+    after-fault corrupts on purpose)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if not runs_in_flight(site):
+                return
+        time.sleep(0.25)
 
 
 def run_fault(site: Site, fault: Fault, seed: int, scans: int, staging: Path, index: int,
@@ -592,6 +699,8 @@ def run_fault(site: Site, fault: Fault, seed: int, scans: int, staging: Path, in
         out.skipped = "mount not permitted"
         return out
     point = rng.randint(1, max(1, len(work.files) - 2))
+    began = time.monotonic()
+    site.use_workers(fault.workers)
     say(f"fault {fault.name}: seed {seed}, {len(work.files)} files, injected after file {point} "
         f"(replay: SPLASH_FAULT_SEED={seed} SPLASH_FAULTS_ONLY={fault.name})")
     writer = threading.Thread(target=work.write, args=(site.disk733, random.Random(seed + 1)), daemon=True)
@@ -605,15 +714,22 @@ def run_fault(site: Site, fault: Fault, seed: int, scans: int, staging: Path, in
         if fault.clear is not None:
             fault.clear(site, rng, work)
     writer.join()
+    written = time.monotonic()
     ok, detail = recover(site, work, deadline_s)
     if fault.after is not None and ok:
+        quiesce(site)
         fault.after(site, rng, work, out)
         ok, detail = recover(site, work, deadline_s)
-    out.recover_s = time.monotonic() - injected_at if ok else None
+    recovered = time.monotonic()
+    out.recover_s = recovered - injected_at if ok else None
     if not ok:
         out.problems.append(f"not recovered after {deadline_s:.0f} s: {detail}")
+    site.use_workers(False)
     with contextlib.closing(site.context()) as ctx:
         audit(ctx, site, work, out, pruned_ok=lambda e: _pruned_ok(ctx, e, fault.name))
+    out.wall_s = time.monotonic() - began
+    say(f"fault {fault.name}: burst written {written - began:.1f} s, safe {recovered - written:.1f} s later, "
+        f"{out.wall_s:.1f} s in all (load {os.getloadavg()[0]:.1f})")
     for kind in fault.expect:
         if not out.events.get(kind) and not _global_event(site, kind):
             out.problems.append(f"the ledger has no {kind} event")
@@ -669,8 +785,9 @@ def table(rows: list[Outcome]) -> str:
 
 
 @contextlib.contextmanager
-def started_site(base: Path, pg: PostgresServer, fake: FakeSciCat, *, workers: bool) -> Iterator[Site]:
-    site = Site(base, pg, fake, workers=workers)
+def started_site(base: Path, pg: PostgresServer, fake: FakeSciCat, *, workers: bool,
+                 prefect_db: str = "") -> Iterator[Site]:
+    site = Site(base, pg, fake, workers=workers, prefect_db=prefect_db)
     try:
         site.prepare()
         site.start()

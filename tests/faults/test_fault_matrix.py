@@ -13,22 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import FULL, RESULTS, SCANS, seeds, selected
+from tests.faults.conftest import CASES_PLANNED, FULL, RESULTS, SCANS, seeds, selected, write_results
 from tests.faults.harness import Site, faults, run_fault
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(3600 if FULL else 900)]
 
-CASES = [(name, seed) for name in selected() for seed in seeds()]
+#: Round by round (every fault with its first seed, then every fault with its second...), so a long run that is
+#: stopped early still has a row for every fault.
+_SEEDS = {name: seeds() for name in selected()}
+CASES = [(name, _SEEDS[name][i]) for i in range(max(len(v) for v in _SEEDS.values())) for name in _SEEDS]
+CASES_PLANNED[:] = CASES
 DEADLINE_S = float(os.environ.get("SPLASH_FAULT_DEADLINE", 900.0 if FULL else 300.0))
 
 
 @pytest.mark.parametrize(("name", "seed"), CASES, ids=[f"{n}-{s}" for n, s in CASES])
 def test_fault(name: str, seed: int, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     fault = faults()[name]
-    site: Site = request.getfixturevalue("worker_site" if fault.workers else "runner_site")
-    index = len(RESULTS) + (500 if fault.workers else 0)
+    site: Site = request.getfixturevalue("fault_site")
+    index = len(RESULTS)
     out = run_fault(site, fault, seed, SCANS, tmp_path / "staging", index, DEADLINE_S)
     RESULTS.append(out)
+    write_results()
     if out.skipped:
         pytest.skip(f"{name}: {out.skipped} ({'; '.join(site.notes)})")
     assert out.clean, (f"{name} (replay: SPLASH_FAULT_SEED={seed} SPLASH_FAULTS_ONLY={name}): lost {out.lost}, "

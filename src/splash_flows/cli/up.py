@@ -88,6 +88,7 @@ class LocalStack:
     policy: RestartPolicy = field(default_factory=RestartPolicy)
     notes: list[str] = field(default_factory=list)
     supervisor: Supervisor = field(init=False)
+    pools: list[str] = field(default_factory=list)  # the work pools of the deployed flows (set by ``start``)
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,18 +163,11 @@ class LocalStack:
             report = init_work_pools(self.api_url, concurrency=self.limit)
             for line in report.lines():
                 say(line)
+            self.pools = list(dict.fromkeys(report.pools))
             if self.workers:
-                pools = list(dict.fromkeys(report.pools))
-                for pool in pools:
-                    self._start(f"worker-{pool}", python_argv(
-                        "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-                        "--limit", str(self.limit), "--name", f"up-{pool}"), env)
-                say(f"started {len(pools)} process worker(s), --limit {self.limit} each")
+                self.start_workers(self.pools)
             else:
-                self._start("runner", python_argv("-m", "splash_flows", "runner", "--api-url", self.api_url,
-                                                  "--limit", str(self.limit), "--poll", str(self.poll),
-                                                  "--grace", str(RUNNER_GRACE)), env)
-                say(f"started the in-process runner (--limit {self.limit})")
+                self.start_runner()
             if self.watcher:
                 if watcher_available(env):
                     self._start("watcher", python_argv("-m", "splash_flows", "--config", str(self.config_path),
@@ -185,6 +179,34 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def start_workers(self, pools: list[str]) -> None:
+        """One Prefect process worker per pool in ``pools`` (``--workers``: the production layout)."""
+        for pool in pools:
+            self._start(f"worker-{pool}", python_argv(
+                "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
+                "--limit", str(self.limit), "--name", f"up-{pool}"), self.env())
+        self.supervisor.say(f"started {len(pools)} process worker(s), --limit {self.limit} each")
+
+    def start_runner(self) -> None:
+        """The in-process runner (the default executor)."""
+        self._start("runner", python_argv("-m", "splash_flows", "runner", "--api-url", self.api_url,
+                                          "--limit", str(self.limit), "--poll", str(self.poll),
+                                          "--grace", str(RUNNER_GRACE)), self.env())
+        self.supervisor.say(f"started the in-process runner (--limit {self.limit})")
+
+    def use_executor(self, *, workers: bool, pools: list[str] | None = None) -> None:
+        """Swap what executes flow runs on the running server: stop the runner (or the workers) and start the
+        workers of ``pools`` (default: every pool of the deployments), or the runner. The server, the watcher
+        and the ledger keep running; runs still scheduled are picked up by the new executor."""
+        running = [e.name for e in self.supervisor.entries if e.name == "runner" or e.name.startswith("worker-")]
+        for name in running:
+            self.supervisor.retire(name, EXECUTORS_STOP)
+        if workers:
+            self.start_workers(list(self.pools if pools is None else pools))
+        else:
+            self.start_runner()
+        self.workers = workers
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         return self.supervisor.start(name, argv, env=env, log_path=self.logs / f"{name}.log", cwd=self.root)
