@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -35,6 +36,20 @@ def _import_cli_consoles_without_columns() -> None:
 
 
 _import_cli_consoles_without_columns()
+
+
+#: Loggers whose levels a test may change in-process (the CLI's ``configure_logging`` under CliRunner, tests that
+#: turn everything to DEBUG): restored after every test, so a later test in the same process (xdist runs many
+#: modules in one) does not capture every SQL statement SQLAlchemy logs at INFO.
+_LEVEL_KEPT = ("", "sqlalchemy", "sqlalchemy.engine", "httpx", "httpcore", "watchdog", "alembic")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger_levels() -> Iterator[None]:
+    levels = {name: logging.getLogger(name).level for name in _LEVEL_KEPT}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 #: The fault matrix (tests/faults) runs bounded in `make test` (one `up` stack, one seed per fault);
 #: ``SPLASH_FAULTS=full`` (`make faults`) runs the full one; ``SPLASH_FAULTS=off`` leaves it out.

@@ -93,3 +93,4 @@ def configure_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)  # its INFO is every SQL statement: never
