@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from splash_flows.config import Config, default_config, default_config_data
 from splash_flows.context import Context
 from splash_flows.ledger import Ledger
-from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.postgres import PostgresServer, start_postgres_or_skip
 
 _db_counter = itertools.count()
 
@@ -94,11 +94,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session. Skipped only where none can be had, saying why; ``make test``
     sets SPLASH_TEST_REQUIRE_POSTGRES=1 so a missing server fails there instead."""
-    server = start_postgres()
-    if server is None:
-        if os.environ.get("SPLASH_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL is not installed (no initdb found) but SPLASH_TEST_REQUIRE_POSTGRES=1")
-        pytest.skip("PostgreSQL is not installed here (no initdb on PATH or in /usr/lib/postgresql)")
+    server = start_postgres_or_skip()
     yield server
     server.stop()
 

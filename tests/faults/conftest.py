@@ -22,7 +22,7 @@ import pytest
 
 from tests.fakes.scicat_server import FakeSciCat
 from tests.faults.harness import FAULTS, PASSWORD_VAR, Outcome, Site, Workload, started_site, table
-from tests.support.postgres import PostgresServer, start_postgres
+from tests.support.postgres import PostgresServer, start_postgres_or_skip
 
 FULL = os.environ.get("SPLASH_FAULTS") == "full"
 MODE = "full" if FULL else "bounded"
@@ -53,11 +53,7 @@ def selected() -> list[str]:
 @pytest.fixture(scope="session")
 def fault_pg() -> Iterator[PostgresServer]:
     """A PostgreSQL server of the matrix's own: the kill_postgres fault kills it (never the session's)."""
-    server = start_postgres()
-    if server is None:
-        if os.environ.get("SPLASH_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL is not installed but SPLASH_TEST_REQUIRE_POSTGRES=1")
-        pytest.skip("PostgreSQL is not installed here (no initdb)")
+    server = start_postgres_or_skip()
     yield server
     server.stop()
 

@@ -89,3 +89,16 @@ def start_postgres() -> PostgresServer | None:
     server = PostgresServer(bindir=bindir, base=base, port=free_port())
     server.start()
     return server
+
+
+def start_postgres_or_skip() -> PostgresServer:
+    """A throwaway server for a fixture; the test is skipped, saying why, where none can be had, and fails
+    instead when SPLASH_TEST_REQUIRE_POSTGRES=1 (``make test``)."""
+    import pytest
+
+    server = start_postgres()
+    if server is None:
+        if os.environ.get("SPLASH_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is not installed (no initdb found) but SPLASH_TEST_REQUIRE_POSTGRES=1")
+        pytest.skip("PostgreSQL is not installed here (no initdb on PATH or in /usr/lib/postgresql)")
+    return server
