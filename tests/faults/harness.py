@@ -457,9 +457,11 @@ def _active_runs(site: Site) -> list[Any]:
 
 
 def _crash_stranded(site: Site, rng: random.Random, work: Workload) -> None:
-    """What the operator (or a zombie-run automation on flow-run heartbeats, docs/PERFORMANCE.md section 6) does
-    when a worker dies: its runs stay Running/Pending on the server, holding the pool's concurrency slots, so
-    nothing else would run. Mark them Crashed; their files are re-sent by ``reconcile``."""
+    """What the zombie-run automation (``flows/zombies.py``, made by the stack's init) does two minutes after a
+    worker dies: its runs stay Running/Pending on the server, holding the pool's concurrency slots, so nothing
+    else would run. The matrix marks them Crashed at once to stay short; the automation itself is proven by
+    tests/integration (a worker killed mid-batch, two hosts with one killed). Their files are re-sent by
+    ``reconcile``."""
     from splash_flows.flows.run_api import PrefectRunAPI
 
     assert site.stack is not None

@@ -120,6 +120,61 @@ def initialised(prefect_server: PrefectServer) -> InitReport:
     return report
 
 
+@pytest.fixture(autouse=True)
+def no_run_left_in_flight(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test on the session server (once the processes it started are stopped): its runs still Pending
+    or Running are marked Crashed and its triggered runs nobody took are cancelled. A test that kills a worker
+    leaves a run Running that holds a slot of its pool's concurrency limit until the zombie-run automation marks
+    it Crashed (minutes); a run nobody took would be executed by the next test's runner, against that test's
+    expectations. Every test starts with no run in flight."""
+    yield
+    if "prefect_server" not in request.fixturenames:
+        return
+    server: PrefectServer = request.getfixturevalue("prefect_server")
+    if server_healthy(server.api_url):
+        settle_runs_in_flight(server.api_url, f"left in flight by the test {request.node.name}")
+
+
+def settle_runs_in_flight(api_url: str, reason: str) -> list[str]:
+    """Crash every Pending/Running flow run and cancel every Scheduled run that was triggered (not made by a
+    deployment's schedule); return a line per run settled."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import State, StateType
+    from prefect.states import Cancelled, Crashed
+
+    settled: list[str] = []
+    with SyncPrefectClient(api_url) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PENDING, StateType.RUNNING, StateType.SCHEDULED]))))
+        for run in runs:
+            assert run.state is not None
+            if run.state.is_scheduled() and run.auto_scheduled:
+                continue
+            new: State = Cancelled(message=reason) if run.state.is_scheduled() else Crashed(message=reason)
+            client.set_flow_run_state(run.id, new, force=True)
+            settled.append(f"{run.id} {run.state.name} -> {new.name}")
+    return settled
+
+
+TEST_ZOMBIE_WINDOW_S = 60
+
+
+@pytest.fixture
+def short_zombie_window(prefect_server: PrefectServer, initialised: InitReport) -> Iterator[int]:
+    """The zombie-run automation that ``init-work-pools`` made, with its window cut from
+    ``MISSING_AFTER_SECONDS`` (two minutes) to ``TEST_ZOMBIE_WINDOW_S`` for one test -- still two heartbeat
+    intervals, so live runs are not crashed -- and put back as specified afterwards."""
+    from splash_flows.flows.deploy import sync_client
+    from splash_flows.flows.zombies import automation_spec, ensure_automation
+
+    with sync_client(prefect_server.api_url) as client:
+        ensure_automation(client, automation_spec(missing_after_s=TEST_ZOMBIE_WINDOW_S))
+    yield TEST_ZOMBIE_WINDOW_S
+    with sync_client(prefect_server.api_url) as client:
+        assert ensure_automation(client) == "updated to the specification"
+
+
 def installed_deployments() -> list[str]:
     """Deployments of prefect.yaml whose flow module exists in this checkout (all of them once every capability
     is merged; until then prune_733 and flight_check_733 may be missing)."""

@@ -42,7 +42,9 @@ def _snapshot(api_url: str) -> dict[str, Any]:
     from prefect.client.orchestration import SyncPrefectClient
 
     with SyncPrefectClient(api_url) as client:
-        pools = {p.name: (p.type, p.concurrency_limit, p.id) for p in client.read_work_pools()}
+        pools = {p.name: (p.type, p.concurrency_limit, p.id,
+                          p.base_job_template["variables"]["properties"]["env"].get("default"))
+                 for p in client.read_work_pools()}
         deps = {}
         for d in client.read_deployments():
             schedules = sorted((s.slug or "", str(s.schedule)) for s in d.schedules)
@@ -66,8 +68,15 @@ def test_init_creates_pools_and_deployments_and_a_second_run_changes_nothing(
     assert before["deployments"]["restore_drill_733"][4][0][0] == "restore-drill-733-weekly"
     if "prune_733" in before["deployments"]:
         assert before["deployments"]["prune_733"][4][0][0] == "prune-733-hourly"
+    # every pool's flow-run processes heartbeat at the interval the zombie-run automation expects
+    from splash_flows.flows.zombies import AUTOMATION_NAME, HEARTBEAT_ENV, HEARTBEAT_SECONDS
+
+    assert initialised.automations == {AUTOMATION_NAME: "created"}
+    assert {name: pool[3] for name, pool in before["pools"].items()} == {
+        name: {HEARTBEAT_ENV: str(HEARTBEAT_SECONDS)} for name in before["pools"]}
     again = init_work_pools(prefect_server.api_url, names=installed_deployments())
     assert all(what.startswith("exists") for what in again.pools.values())
+    assert again.automations == {AUTOMATION_NAME: "exists, as specified"}
     after = _snapshot(prefect_server.api_url)
     changed = {k: (before["deployments"].get(k), v) for k, v in after["deployments"].items()
                if before["deployments"].get(k) != v}
@@ -136,7 +145,8 @@ def test_files_written_like_a_detector_end_verified_through_a_process_worker(
 
 
 def test_worker_killed_mid_batch_then_reconcile_every_file_verified_once(
-        prefect_server: PrefectServer, initialised: InitReport, site: Site, start_process: Start) -> None:
+        prefect_server: PrefectServer, initialised: InitReport, site: Site, start_process: Start,
+        short_zombie_window: int) -> None:
     data = site.tier("data733")
     paths = [f"k1/frame_{i:04d}.edf" for i in range(160)]
     for rel in paths:
@@ -170,6 +180,7 @@ def test_worker_killed_mid_batch_then_reconcile_every_file_verified_once(
     with SyncPrefectClient(prefect_server.api_url) as client:
         state = client.read_flow_run(UUID(run_id)).state
     assert state is not None and state.is_running()  # the server cannot know the process died (PREFECT.md)
+    killed_at = time.monotonic()
 
     start_process("worker", *worker_argv("dispatcher_733_pool", "it-successor"))
     reconcile = subprocess.run(
@@ -196,6 +207,12 @@ def test_worker_killed_mid_batch_then_reconcile_every_file_verified_once(
         assert leftovers == [], f"partial copies left on {tier}: {leftovers[:3]}"
         for rel in paths[::40]:
             assert (site.tier(tier) / rel).read_bytes() == (data / rel).read_bytes()
+
+    # The dead run does not hold its pool slot forever: the zombie-run automation marks it Crashed once no
+    # heartbeat came for the window (short_zombie_window here; two minutes in production).
+    [final] = wait_final(prefect_server.api_url, [run_id],
+                         timeout=max(30.0, short_zombie_window + 90 - (time.monotonic() - killed_at))).values()
+    assert final.is_crashed() and "its process is gone" in (final.message or ""), final
 
 
 def test_the_stack_survives_a_prefect_server_outage(

@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from splash_flows.errors import ConfigError, OrchestrationError, ServerUnavailableError
+from splash_flows.flows.zombies import AUTOMATION_NAME, ensure_automation, heartbeat_env
 from splash_flows.processes import child_env, python_argv
 
 BL733_DIR = Path(__file__).resolve().with_name("bl733")
@@ -66,9 +67,11 @@ class InitReport:
     pools: dict[str, str] = field(default_factory=dict)
     deployed: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    automations: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"pool {name}: {what}" for name, what in self.pools.items()]
+        out += [f"automation {name!r}: {what}" for name, what in self.automations.items()]
         out += [f"deployment {name}: deployed" for name in self.deployed]
         out += [f"deployment {name}: NOT deployed: {why}" for name, why in self.unavailable.items()]
         return out
@@ -154,14 +157,31 @@ def limit_to_set(name: str, current: int | None, wanted: int) -> int | None:
     return wanted if current is None else None
 
 
-def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]:
-    """Create each missing pool (type ``process``) with its concurrency limit, and give existing pools the limit
-    they need (``limit_to_set``: pools made by hand with ``prefect work-pool create`` have none)."""
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+def pool_template() -> dict[str, Any]:
+    """The base job template of our pools: the process worker's default, with the environment every flow-run
+    process of the pool gets by default (``zombies.heartbeat_env``: heartbeats at the interval the zombie-run
+    automation expects). A deployment's own ``job_variables.env`` is merged over it."""
     from prefect.workers.process import ProcessWorker
 
     template: dict[str, Any] = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["env"]["default"] = heartbeat_env()
+    return template
+
+
+def _missing_env(template: Mapping[str, Any]) -> dict[str, str]:
+    """The heartbeat settings a pool's template lacks or has otherwise (empty when it has them)."""
+    default = template.get("variables", {}).get("properties", {}).get("env", {}).get("default") or {}
+    return {k: v for k, v in heartbeat_env().items() if default.get(k) != v}
+
+
+def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]:
+    """Create each missing pool (type ``process``) with its concurrency limit and our job template, and give
+    existing pools the limit they need (``limit_to_set``: pools made by hand with ``prefect work-pool create``
+    have none) and the template's heartbeat environment when they lack it (other template settings are kept)."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    template = pool_template()
     outcome: dict[str, str] = {}
     try:
         with sync_client(api_url) as client:
@@ -180,12 +200,27 @@ def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]
                     client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=new_limit))
                     outcome[name] = (f"exists (type {pool.type}); concurrency limit set: {pool.concurrency_limit}"
                                      f" -> {new_limit}")
+                missing = _missing_env(pool.base_job_template)
+                if missing and pool.type == "process":
+                    updated = copy.deepcopy(pool.base_job_template)
+                    env = updated.setdefault("variables", {}).setdefault("properties", {}).setdefault(
+                        "env", copy.deepcopy(template["variables"]["properties"]["env"]))
+                    env["default"] = {**(env.get("default") or {}), **missing}
+                    client.update_work_pool(name, WorkPoolUpdate(base_job_template=updated))
+                    outcome[name] += f"; job template env set: {', '.join(f'{k}={v}' for k, v in missing.items())}"
                 if pool.type != "process":
                     outcome[name] += (f"; WARNING: type {pool.type}, not process: `prefect worker start --type "
                                       "process` refuses it (recreate it with --type process)")
     except (httpx.HTTPError, PrefectHTTPStatusError) as err:
         raise OrchestrationError(f"creating work pools on {api_url} failed: {err}") from None
     return outcome
+
+
+def ensure_zombie_automation(api_url: str) -> str:
+    """Make (or re-make as specified) the automation that marks Crashed the runs whose process is gone
+    (``splash_flows.flows.zombies``)."""
+    with sync_client(api_url) as client:
+        return ensure_automation(client)
 
 
 def deploy(api_url: str, names: Sequence[str] | None = None, *, folder: Path = BL733_DIR,
@@ -227,6 +262,7 @@ def init_work_pools(api_url: str, *, names: Sequence[str] | None = None,
         raise ConfigError(f"{project_file}: no deployment named {', '.join(unknown)} (known: {', '.join(known)})")
     report = InitReport(api_url=api_url)
     report.pools = ensure_work_pools(api_url, pool_limits([s.pool for s in specs], concurrency))
+    report.automations[AUTOMATION_NAME] = ensure_zombie_automation(api_url)
     wanted = [s for s in specs if names is None or s.name in names]
     for spec in wanted:
         reason = spec.unavailable_reason()

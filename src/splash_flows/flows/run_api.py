@@ -17,6 +17,7 @@ from uuid import UUID
 
 from splash_flows.errors import OrchestrationError
 from splash_flows.flows.deploy import sync_client, wait_for_server
+from splash_flows.flows.zombies import HEARTBEAT_SECONDS
 
 
 class RunAPI(Protocol):
@@ -175,9 +176,13 @@ class PrefectRunAPI:
     def execute(self, flow: Any, flow_run: Any) -> str:
         from prefect.exceptions import Abort
         from prefect.flow_engine import run_flow
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         try:
-            state = run_flow(flow, flow_run=flow_run, return_type="state")
+            # heartbeats at the interval the zombie-run automation expects (flows/zombies.py), as a process
+            # worker's flow-run process gets it from its pool's job template
+            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}):
+                state = run_flow(flow, flow_run=flow_run, return_type="state")
         except Abort as err:
             raise RunAborted(f"flow run {flow_run.id}: the server refused to start it: {err}") from None
         return str(getattr(state, "name", "unknown"))
