@@ -13,6 +13,7 @@ import pytest
 from splash_flows.errors import OrchestrationError
 from splash_flows.flows.deploy import _missing_env, pool_template
 from splash_flows.flows.zombies import (
+    ACTIVE_STATE_NAMES,
     AUTOMATION_NAME,
     HEARTBEAT_ENV,
     HEARTBEAT_SECONDS,
@@ -34,18 +35,41 @@ def test_the_trigger_watches_each_tagged_run_for_silence_and_crashes_it_without_
     assert trigger.posture.value == "Proactive" and trigger.threshold == 1
     assert trigger.within.total_seconds() == MISSING_AFTER_SECONDS
     assert trigger.for_each == {"prefect.resource.id"}  # one window per flow run
-    assert trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
+    # every state that holds a pool slot opens a window (not Scheduled: a run given back; not final states)
+    assert trigger.after == {"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{n}" for n in ACTIVE_STATE_NAMES)}
     # any sign of life closes the window, our own final state names (CataloguePending, ...) included; judged by
     # the server's own matching rules
     from prefect.server.events.schemas.automations import EventTrigger as ServerEventTrigger
 
     server_side = ServerEventTrigger.model_validate(trigger.model_dump(mode="json"))
     assert server_side.starts_after("prefect.flow-run.heartbeat")
-    assert server_side.expects("prefect.flow-run.CataloguePending") and server_side.expects("prefect.flow-run.heartbeat")
+    assert server_side.expects("prefect.flow-run.CataloguePending")
+    assert server_side.expects("prefect.flow-run.heartbeat")
     assert not server_side.expects("prefect.deployment.ready")
     [action] = spec.actions
     assert (action.type, action.state.value, action.force) == ("change-flow-run-state", "CRASHED", False)
     assert "reconcile" in (action.message or "")
+
+
+def test_the_active_state_names_are_every_pending_or_running_state_prefect_makes() -> None:
+    """A state change event is named after the state's name: a Prefect upgrade that adds a Pending- or
+    Running-type state (as 3.x added Submitting and InfrastructurePending) must be added to the trigger."""
+    import inspect
+
+    import prefect.states
+    from prefect.client.schemas.objects import StateType
+
+    slot_holding: set[str] = set()
+    for name, factory in inspect.getmembers(prefect.states, inspect.isfunction):
+        if not name[:1].isupper():
+            continue
+        try:
+            state = factory()
+        except TypeError:
+            continue  # needs arguments (Paused, Suspended, ...): not a Pending/Running type
+        if state.type in (StateType.PENDING, StateType.RUNNING):
+            slot_holding.add(state.name)
+    assert slot_holding == set(ACTIVE_STATE_NAMES)
 
 
 def test_every_pool_template_gives_flow_runs_the_heartbeat_interval() -> None:

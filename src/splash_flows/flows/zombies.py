@@ -10,9 +10,9 @@ do it for runs of a process worker, and no other host knows whose they were.
 Prefect's own answer, and ours: every flow-run process sends a heartbeat event every ``HEARTBEAT_SECONDS``
 (Prefect 3 does it from the engine when ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` is set; its default is 180 s), and
 a server-side automation with a *proactive* trigger marks Crashed a run that, after a heartbeat or a move to
-Pending or Running, shows no sign of life (no heartbeat, no state change) within ``MISSING_AFTER_SECONDS``. Its
-files are then re-sent by the watcher or ``splash-flows reconcile``; the ledger, not the run's state, says what is
-safe.
+a Pending- or Running-type state, shows no sign of life (no heartbeat, no state change) within
+``MISSING_AFTER_SECONDS``. Its files are then re-sent by the watcher or ``splash-flows reconcile``; the ledger,
+not the run's state, says what is safe.
 
 The interval reaches every flow-run process from one place: the work pools' base job template (``env``), which
 ``init-work-pools`` gives every pool it creates or finds, and the in-process runner applies it to the runs it
@@ -42,6 +42,10 @@ MISSING_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS
 #: The environment variable Prefect's engine reads for the interval (``flows.heartbeat_frequency``).
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 AUTOMATION_NAME = "splash-flows: mark Crashed the flow runs whose process is gone"
+#: The names of Prefect's Pending- and Running-type states (a process worker moves a run to "Submitting", then
+#: "InfrastructurePending"; retries run as "Retrying"): the states that hold a pool's concurrency slot. A state
+#: change event is named after the state's NAME, so each is listed.
+ACTIVE_STATE_NAMES = ("Pending", "Submitting", "InfrastructurePending", "Running", "Retrying")
 #: Only runs of our deployments (every deployment in prefect.yaml carries this tag, and flow runs inherit it).
 DEPLOYMENT_TAG = "bl733"
 
@@ -54,7 +58,8 @@ def heartbeat_env() -> dict[str, str]:
 def automation_spec(*, missing_after_s: int = MISSING_AFTER_SECONDS, tag: str = DEPLOYMENT_TAG) -> Any:
     """The automation (``prefect.events.schemas.automations.AutomationCore``) that marks silent runs Crashed.
 
-    Proactive event trigger, one bucket per flow run: a heartbeat, or a move to Pending or Running, opens a window
+    Proactive event trigger, one bucket per flow run: a heartbeat, or a move to a state that holds a pool slot
+    (``ACTIVE_STATE_NAMES``), opens a window
     of ``missing_after_s``; any event of that run (the next heartbeat, any state change, including our custom
     final states such as ``CataloguePending``) closes it; a window that closes empty fires the action.
     """
@@ -68,7 +73,7 @@ def automation_spec(*, missing_after_s: int = MISSING_AFTER_SECONDS, tag: str = 
     trigger = EventTrigger(
         match={"prefect.resource.id": "prefect.flow-run.*"},
         match_related={"prefect.resource.id": f"prefect.tag.{tag}"},
-        after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"},
+        after={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{name}" for name in ACTIVE_STATE_NAMES)},
         expect={"prefect.flow-run.*"},
         for_each={"prefect.resource.id"},
         posture=Posture.Proactive,
