@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +48,9 @@ class WatchEvent:
     None), ``queued`` (a batch was written to the outbox; detail ``entry_id``), ``sent`` (Prefect accepted a
     batch; detail ``entry_id``, ``flow_run_id``, ``close_to_trigger_s`` = the longest close -> trigger time in the
     batch, None when unknown), ``send_failed`` (detail ``entry_id``, ``error``, ``permanent``), ``dropped``
-    (deleted before ready), ``refused`` (detail ``reason``), ``rescan`` (detail ``found``, ``seconds``)."""
+    (deleted before ready), ``refused`` (detail ``reason``), ``rescan`` (detail ``found``, ``seconds``),
+    ``vanished`` (files sent, then gone from the tree before their copies were known verified: sent again if
+    they come back unverified; detail ``reason``)."""
 
     kind: str
     paths: tuple[str, ...]
@@ -155,6 +157,7 @@ class WatcherBase:
         self._threads: list[threading.Thread] = []
         self._overflow_handler = _OverflowSpotter(lambda: self.request_scan(""))
         self._started = False
+        self._root_identity: tuple[int, int] | None = None  # (device, inode) of the root folder (core._check_root)
         self._flush_retry_at = 0.0
         self._backfilled = False
         self._scan_idle = threading.Event()
@@ -236,6 +239,29 @@ class WatcherBase:
         with self._lock:
             self._candidates.pop(rel, None)
         log.debug("skipping symlink %s -> %s: its target is sent under its own name", rel, os.path.realpath(target))
+
+    # --- files that vanish after they were sent
+
+    def _release_claims(self, rels: Iterable[str] | None, why: str, *, under: str | None = None) -> list[str]:
+        """Forget that ``rels`` (or every claimed file under folder ``under``; or, both None, every claimed
+        file) are in flight: the files are gone (deleted, moved out, their volume unmounted), so the run they
+        were sent to cannot copy them. If they come back, the ledger alone decides: sent again unless verified
+        in the version they have then. (Otherwise a file whose run failed while it was away would wait
+        ``resend_after_s`` -- an hour -- to be sent again.) Returns the released paths."""
+        with self._lock:
+            if rels is not None:
+                released = [rel for rel in rels if self._claims.pop(rel, None) is not None]
+            else:
+                prefix = f"{under}/" if under else ""
+                released = [rel for rel in self._claims if rel.startswith(prefix)]
+                for rel in released:
+                    del self._claims[rel]
+        if released:
+            log.info("%d file(s) sent lately are gone from %s (%s); each is sent again if it comes back "
+                     "not verified: %s%s", len(released), self.tier, why, ", ".join(released[:3]),
+                     ", ..." if len(released) > 3 else "")
+            self._emit("vanished", tuple(released), reason=why)
+        return released
 
     # --- scans (requests only; the scanning is in scan.py)
 

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from watchdog.events import (
@@ -69,6 +70,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
         if not self.root.is_dir():
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
         self._load_in_flight()
+        self._root_identity = _identity(self.root)
         self.observer = self._make_observer()
         self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
         for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
@@ -154,6 +156,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             if self._stop.is_set():
                 break
             now = time.monotonic()
+            self._check_root()
             self.check_candidates(now)
             self.flush_batches(now)
             with self._backlog_cv:
@@ -165,6 +168,36 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
                 raise TierError(f"the file observer on {self.root} stopped (root deleted or unmounted?)",
                                 tier=self.tier)
         self.flush_batches(time.monotonic(), force=True, notify=False)
+
+    def _check_root(self) -> None:
+        """Notice the watched root being unmounted or (re)mounted: the folder at its path is another one then
+        (device and inode differ), without an event for any file under it. Every file in flight is released
+        (``_release_claims``: its run could not copy it while it was away), inotify watches the folder now at the
+        path (a remounted file system is a new one to the kernel: the old watches ended with the unmount), and a
+        full rescan sends what is there and not verified."""
+        identity = _identity(self.root)
+        if identity == self._root_identity:
+            return
+        self._root_identity = identity
+        log.warning("the watched root %s %s (unmounted or remounted?): rescanning it", self.root,
+                    "is gone" if identity is None else "is another folder now")
+        self._release_claims(None, "the watched root was unmounted or remounted")
+        if self.settings.mode == "inotify" and identity is not None and self.observer is not None:
+            try:
+                self.observer.unschedule_all()
+                self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
+            except OSError as err:  # gone again meanwhile: the next change of identity tries again
+                log.error("cannot watch %s again: %s", self.root, err.strerror or err)
+        self.request_scan("")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def run_until_signalled(watcher: Watcher) -> int:

@@ -44,8 +44,13 @@ class ReadinessMixin(WatcherBase):
         src = _decode(event.src_path)
         dest = _decode(event.dest_path) if event.dest_path else ""
         log.debug("event %s %s%s", event.event_type, src, f" -> {dest}" if dest else "")
+        if isinstance(event, DirMovedEvent | DirDeletedEvent) and src:
+            # a folder gone (moved out of the tree: no dest) or renamed: what was sent from it is no longer there
+            rel_gone = self.relpath(src)
+            if rel_gone is not None:
+                self._release_claims(None, "its folder was removed or moved away", under=rel_gone)
         if isinstance(event, DirCreatedEvent | DirMovedEvent):
-            rel_dir = self.relpath(dest or src) if isinstance(event, DirMovedEvent) else self.relpath(src)
+            rel_dir = self.relpath(dest) if isinstance(event, DirMovedEvent) else self.relpath(src)
             if rel_dir is not None:
                 self.request_scan(rel_dir)
             return
@@ -125,6 +130,8 @@ class ReadinessMixin(WatcherBase):
                 self._claims.pop(rel, None)
         if was_candidate or in_batch:
             self._dropped(rel, f"{why} before it was {'sent' if in_batch else 'ready'}")
+        else:  # sent already (or never seen): if it was in flight, its run cannot copy it now
+            self._release_claims((rel,), why)
 
     def _dropped(self, rel: str, reason: str) -> None:
         """One INFO line per dropped file (a scan that listed it just before the deletion does not repeat it)."""

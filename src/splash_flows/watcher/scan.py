@@ -55,11 +55,16 @@ class ScanMixin(WatcherBase):
         with self._lock:
             for rel in [r for r, c in self._claims.items() if c.until <= now]:
                 del self._claims[rel]
+            # a full walk meets every claimed file still there; the others vanished (e.g. an unmount)
+            unmet = set(self._claims) if not prefix else set()
         found = 0
+        complete = False
         try:
             for chunk in self._walk_ahead(prefix):
                 if self._stop.is_set():
                     break
+                if unmet:
+                    unmet.difference_update(f[0] for f in chunk)
                 try:
                     verified = verified_versions(self.ledger, self.tier, self.targets, [f[0] for f in chunk])
                 except LedgerError as err:
@@ -72,8 +77,12 @@ class ScanMixin(WatcherBase):
                     found += self._offer_found(changed)
                     if pace:
                         self._wait_backlog()
+            else:
+                complete = True
         except TierError as err:
             log.error("rescan of %s failed: %s", prefix or "the tree", err)
+        if complete and unmet:
+            self._release_claims(unmet, "not found by a full rescan")
         seconds = time.monotonic() - started
         first_full = not prefix and not self._backfilled
         if not prefix:
