@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -580,9 +581,12 @@ def plot_frame(path: Path, reduction: Reduction, *, title: str, max_size: int = 
     factor = max(1, min(factor, *image.shape))  # a side shorter than a block still gives one row/column
     small = _block_mean(image, factor, mask)  # masked pixels count as 0
     rows, cols = small.shape
-    # log1p, then a 1 %..99.8 % percentile stretch to the palette's 254 levels (the percentiles from every other
-    # block of every other row: the stretch of a picture, a quarter of the sorting)
-    logged = np.log1p(np.maximum(small, 0.0))
+    # log(1 + x), then a 1 %..99.8 % percentile stretch to the palette's 254 levels (the percentiles from every
+    # other block of every other row: the stretch of a picture, a quarter of the sorting). np.log of float32 is
+    # vectorised, np.log1p is not: 0.4 vs 2.8 ms a 2M frame's picture, values within 1e-6
+    logged = np.maximum(small, np.float32(0.0))
+    logged += np.float32(1.0)
+    np.log(logged, out=logged)
     lo, hi = (float(v) for v in np.percentile(logged[::2, ::2], [1.0, 99.8]))
     if not hi > lo:
         hi = lo + 1.0
@@ -594,7 +598,9 @@ def plot_frame(path: Path, reduction: Reduction, *, title: str, max_size: int = 
         index[_ring_blocks(reduction.rings, factor, rows, cols)] = _RING_INDEX
     picture = Image.frombytes("P", (cols, rows), np.ascontiguousarray(index).tobytes())
     picture.putpalette(_frame_palette())
-    picture.save(path, format="PNG", compress_level=1)
+    # Huffman coding only: a detector picture's noise leaves deflate's string matching little to find (+7 % of
+    # bytes), and skipping it halves the encoding (~4 -> ~2 ms a 2M frame, bench/reduce.py)
+    picture.save(path, format="PNG", compress_level=1, compress_type=zlib.Z_HUFFMAN_ONLY)
 
 
 def _linear_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
