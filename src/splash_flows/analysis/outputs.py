@@ -459,9 +459,12 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
     q, i, s = reduction.radial[good], reduction.intensity[good], np.nan_to_num(reduction.sigma[good])
     width, height = size
     left, top, right, bottom = 70, 26, width - 14, height - 46
-    img = Image.new("RGB", size, "white")
+    img = Image.new("P", size, _IQ_WHITE)
+    img.putpalette(_iq_palette())
     draw = ImageDraw.Draw(img)
+    draw.fontmode = "L"  # anti-aliased text: blending indices is blending greys on this palette
     font, small = _font(12), _font(10)
+    ink, grid, band_ink, line_ink = _IQ_BLACK, _IQ_GRID, _IQ_BAND, _IQ_LINE
     if q.size >= 2:
         lq = np.log10(q)
         lo_band = np.log10(np.clip(i - s, i * 1e-3, None))
@@ -483,27 +486,40 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
 
         for value in _log_ticks(x0, x1):
             x = float(px(np.array(math.log10(value))))
-            draw.line([(x, top), (x, bottom)], fill=_GRID)
-            draw.line([(x, bottom), (x, bottom + 4)], fill=_INK)
-            draw.text((x, bottom + 6), _tick_label(value), fill=_INK, font=small, anchor="mt")
+            draw.line([(x, top), (x, bottom)], fill=grid)
+            draw.line([(x, bottom), (x, bottom + 4)], fill=ink)
+            draw.text((x, bottom + 6), _tick_label(value), fill=ink, font=small, anchor="mt")
         for value in _log_ticks(y0, y1):
             y = float(py(np.array(math.log10(value))))
-            draw.line([(left, y), (right, y)], fill=_GRID)
-            draw.line([(left - 4, y), (left, y)], fill=_INK)
-            draw.text((left - 6, y), _tick_label(value), fill=_INK, font=small, anchor="rm")
+            draw.line([(left, y), (right, y)], fill=grid)
+            draw.line([(left - 4, y), (left, y)], fill=ink)
+            draw.text((left - 6, y), _tick_label(value), fill=ink, font=small, anchor="rm")
         xs = px(lq)
         band = np.concatenate([np.column_stack([xs, py(hi_band)]), np.column_stack([xs, py(lo_band)])[::-1]])
-        draw.polygon(band.ravel().tolist(), fill=_BAND)  # flat x, y list: no per-point tuples
-        draw.line(np.column_stack([xs, py(np.log10(i))]).ravel().tolist(), fill=_LINE, width=1)
+        draw.polygon(band.ravel().tolist(), fill=band_ink)  # flat x, y list: no per-point tuples
+        draw.line(np.column_stack([xs, py(np.log10(i))]).ravel().tolist(), fill=line_ink, width=1)
     else:
-        draw.text(((left + right) / 2, (top + bottom) / 2), "no positive intensity to plot", fill=_INK,
+        draw.text(((left + right) / 2, (top + bottom) / 2), "no positive intensity to plot", fill=ink,
                   font=font, anchor="mm")
-    draw.rectangle([left, top, right, bottom], outline=_INK)
-    draw.text(((left + right) / 2, height - 6), _UNIT_LABELS.get(reduction.unit, reduction.unit), fill=_INK,
+    draw.rectangle([left, top, right, bottom], outline=ink)
+    draw.text(((left + right) / 2, height - 6), _UNIT_LABELS.get(reduction.unit, reduction.unit), fill=ink,
               font=font, anchor="mb")
-    draw.text(((left + right) / 2, 6), f"{title} ({reduction.frame.merge})", fill=_INK, font=font, anchor="mt")
-    img.paste(_rotated_label("I (arb. units)", bottom - top), (4, top))
+    draw.text(((left + right) / 2, 6), f"{title} ({reduction.frame.merge})", fill=ink, font=font, anchor="mt")
+    img.paste(_rotated_label("I (arb. units)", bottom - top, palette=True), (4, top))
     img.save(path, format="PNG", compress_level=1)
+
+
+#: Palette of the I(q) plot, an 8-bit palette PNG (an RGB one cost twice the CPU to encode: Pillow tries five
+#: row filters on RGB, none on a palette): indices 0..127 a grey ramp from black to white, so that Pillow's
+#: anti-aliased text (which blends index values on a palette image) blends greys, then the plot's colours.
+_IQ_BLACK, _IQ_WHITE, _IQ_LINE, _IQ_BAND, _IQ_GRID = 0, 127, 128, 129, 130
+
+
+@functools.cache
+def _iq_palette() -> bytes:
+    greys = np.rint(np.linspace(0, 255, _IQ_WHITE + 1)).astype(np.uint8).repeat(3).reshape(-1, 3)
+    colours = np.array([_LINE, _BAND, _GRID], dtype=np.uint8)
+    return np.concatenate([greys, colours]).tobytes()
 
 
 _UNIT_LABELS = {"q_nm^-1": "q (1/nm)", "q_A^-1": "q (1/Å)", "2th_deg": "2θ (deg)", "r_mm": "r (mm)"}
@@ -676,12 +692,19 @@ def plot_qmap(path: Path, reduction: Reduction, *, title: str, size: tuple[int, 
 
 
 @functools.cache
-def _rotated_label(text: str, length: int) -> Any:
-    """A vertical axis label (drawn and rotated once per process)."""
+def _rotated_label(text: str, length: int, palette: bool = False) -> Any:
+    """A vertical axis label (drawn and rotated once per process), RGB or on the I(q) plot's palette."""
     from PIL import Image, ImageDraw
 
-    label = Image.new("RGB", (length, 16), "white")
-    ImageDraw.Draw(label).text((length / 2, 8), text, fill=_INK, font=_font(12), anchor="mm")
+    if palette:
+        label = Image.new("P", (length, 16), _IQ_WHITE)
+        label.putpalette(_iq_palette())
+        draw = ImageDraw.Draw(label)
+        draw.fontmode = "L"
+        draw.text((length / 2, 8), text, fill=_IQ_BLACK, font=_font(12), anchor="mm")
+    else:
+        label = Image.new("RGB", (length, 16), "white")
+        ImageDraw.Draw(label).text((length / 2, 8), text, fill=_INK, font=_font(12), anchor="mm")
     return label.rotate(90, expand=True)
 
 
