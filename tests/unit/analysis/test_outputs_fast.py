@@ -173,3 +173,17 @@ def test_iq_band_spans_the_curve_plus_minus_sigma(tmp_path: Path) -> None:
 
     assert band_height(0.5) > band_height(0.01) >= 0
     assert band_height(0.5) > 10
+
+
+def test_iq_plot_is_a_palette_png_with_anti_aliased_text(tmp_path: Path) -> None:
+    """The palette PNG keeps the plot's colours exact and its text anti-aliased (greys between black and white,
+    not just the two)."""
+    path = tmp_path / "iq.png"
+    outputs.plot_iq(path, _reduction(), title="a title with letters")
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        rgb = np.asarray(img.convert("RGB"))
+    colours = {tuple(int(c) for c in v) for v in np.unique(rgb.reshape(-1, 3), axis=0)}
+    assert {outputs._LINE, outputs._GRID, (0, 0, 0), (255, 255, 255)} <= colours
+    greys = {c for c in colours if c[0] == c[1] == c[2] and 0 < c[0] < 255 and c != outputs._GRID}
+    assert len(greys) > 10
