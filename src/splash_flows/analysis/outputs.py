@@ -140,9 +140,9 @@ def write_nxcansas(path: Path, reduction: Reduction, *, stem: str, settings: Set
     NXprocess with the PONI, SASinstrument / SASdetector / SASsource, SASdata with ``Q``, ``I``, ``Idev`` and
     pyFAI's sums; pyFAI's ``integrate`` collection of 12 fields is one JSON NXnote here), written with h5py in
     memory and to disk in one write: pyFAI's writer plus our second open cost ~190 ms a frame (bench/reduce.py),
-    one small HDF5 write per dataset and attribute. Half of the ~100 objects (the entry's, the process's and
-    the instrument's) are the same for every frame of a geometry: they are made once, as an in-memory file
-    image (``_static_image``), which each frame opens and completes."""
+    one small HDF5 write per dataset and attribute. Every object is laid out once per geometry and curve layout
+    (``_static_image``, then ``_frame_template``); each frame opens a copy of that in-memory image and writes
+    its values (``nxcansas_bytes``)."""
     path.write_bytes(nxcansas_bytes(reduction, stem=stem, settings=settings, info=info))
 
 
