@@ -10,18 +10,24 @@ the clock starts):
               and checksum every output; the next frame is integrated while the last one is written.
 * baseline -- a bare loop of ``fabio.open(edf).data`` + ``ai.integrate1d(data, 2000, unit="q_nm^-1",
               method=..., mask=detector mask)``, writing nothing (what a user would time first).
+* saving   -- the same loop as a scientist writes it to keep the result: the same call with pyFAI's own
+              ``filename=<stem>.dat`` (pyFAI's documented saving path: a text file with pyFAI's header, q, I;
+              no fsync, no checksum, no HDF5, no plot). Ours is compared with both, each ratio labelled.
 
 Two comparisons, each like with like:
 
-1. one process: ours (``run_scans``, its writer thread included) vs the bare loop in this process;
+1. one process: ours (``run_scans``, its writer thread included) vs the bare and the saving loops in this process;
 2. ``--workers`` processes: ours on the local backend's pool (``LocalBackend``: spawn, OpenMP threads capped to
-   cores // workers, integrators built at worker start-up, chunks of paths) vs the bare loop on a pool of as
-   many processes started the same way (same thread caps, same chunks, integrator built at start-up).
+   cores // workers, integrators built at worker start-up, chunks of paths) vs the bare and the saving loops on
+   a pool of as many processes started the same way (same thread caps, same chunks, integrator built at
+   start-up).
 
-Each side runs over the same frames in rounds of ``--round`` frames, alternating which goes first, so both see
-the same load on a shared machine. Wall time AND CPU time (all threads; the pools' worker processes read from
-/proc) are printed: on a loaded machine the wall time says how much of the cores we got, the CPU time what the
-work costs. Prints frames/s, ms/frame, both ratios, where our time goes, the load, and a JSON line.
+Each side runs over the same frames in rounds of ``--round`` frames, the order of the sides rotating every
+round, so all see the same load on a shared machine. Wall time AND CPU time (all threads; the pools' worker
+processes read from /proc) are printed: on a loaded machine the wall time says how much of the cores we got, the
+CPU time what the work costs. Frames/s are printed measured (wall) and derived from the CPU time (what the
+cores would give if the bench had them to itself: cores x 1000 / CPU ms a frame in the pool, 1000 / CPU ms in
+one process). Prints ms/frame, the ratios, where our time goes, ``uptime`` at start and end, and a JSON line.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,14 +70,33 @@ def _bare_init(workers: int, poni: str, npt: int, unit: str, method: tuple[str, 
     _BARE = (ai, mask)
 
 
-def _bare_chunk(paths: list[str], npt: int, unit: str, method: tuple[str, str, str]) -> int:
-    """The bare loop over ``paths`` in a pool worker."""
+def _bare_chunk(paths: list[str], npt: int, unit: str, method: tuple[str, str, str], save_to: str | None = None) -> int:
+    """The bare loop over ``paths`` in a pool worker; with ``save_to``, the saving loop (pyFAI writes
+    ``<save_to>/<stem>.dat``)."""
     import fabio
 
     ai, mask = _BARE
     for path in paths:
-        ai.integrate1d(fabio.open(path).data, npt, unit=unit, method=method, mask=mask)
+        filename = None if save_to is None else os.path.join(save_to, Path(path).stem + ".dat")
+        ai.integrate1d(fabio.open(path).data, npt, unit=unit, method=method, mask=mask, filename=filename)
     return len(paths)
+
+
+SIDES = ("bare", "save", "ours")
+
+
+def _order(round_index: int) -> tuple[str, ...]:
+    """The sides in the order round ``round_index`` runs them (rotating, so none always goes first)."""
+    k = round_index % len(SIDES)
+    return SIDES[k:] + SIDES[:k]
+
+
+def _uptime() -> str:
+    """``uptime``'s line (the load of the shared machine), or the load average if ``uptime`` is missing."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"load average {_load()}"
 
 
 def _cpu_of(pids: list[int]) -> float:
@@ -113,7 +139,7 @@ def main() -> int:
     from splash_flows.analysis.reduce import Settings, load_poni, load_single, reduce_frame
     from splash_flows.beamlines.bl733.simulator import simulate_acquisitions, simulated_poni
 
-    load_start = _load()
+    load_start, uptime_start = _load(), _uptime()
     scratch = Path(tempfile.mkdtemp(prefix="bench-reduce-", dir=args.dir))
     warm_n = max(1, args.workers)
     try:
@@ -137,6 +163,9 @@ def main() -> int:
         timed_edfs = [str(e) for e in edfs[warm_n:]]
         n = len(timed)
         rounds = [(k, min(k + args.round, n)) for k in range(0, n, args.round)]
+        saved = scratch / "saved"  # the saving loop's .dat files (one folder per comparison: no overwrites)
+        (saved / "one").mkdir(parents=True)
+        (saved / "pool").mkdir(parents=True)
 
         # 1. one process, rounds alternating which side goes first
         ai = load_poni(poni)
@@ -145,15 +174,21 @@ def main() -> int:
         integrators = process_integrators()
         integrators.prepare(poni, settings)
         assert all(o.ok for o in run_scans(scratch, warm[:1], settings, integrators))
-        wall = {"bare": 0.0, "ours": 0.0}
-        cpu = {"bare": 0.0, "ours": 0.0}
+        ai.integrate1d(fabio.open(str(edfs[0])).data, npt, unit=unit, method=method, mask=mask,
+                       filename=str(saved / "warm.dat"))
+        wall = dict.fromkeys(SIDES, 0.0)
+        cpu = dict.fromkeys(SIDES, 0.0)
         results = []
         for r, (lo, hi) in enumerate(rounds):
-            for side in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
+            for side in _order(r):
                 w0, c0 = time.perf_counter(), time.process_time()
                 if side == "bare":
                     for path in timed_edfs[lo:hi]:
                         ai.integrate1d(fabio.open(path).data, npt, unit=unit, method=method, mask=mask)
+                elif side == "save":
+                    for path in timed_edfs[lo:hi]:
+                        ai.integrate1d(fabio.open(path).data, npt, unit=unit, method=method, mask=mask,
+                                       filename=str(saved / "one" / (Path(path).stem + ".dat")))
                 else:
                     results.extend(run_scans(scratch, timed[lo:hi], settings, integrators))
                 wall[side] += time.perf_counter() - w0
@@ -193,67 +228,94 @@ def main() -> int:
         spawn = multiprocessing.get_context("spawn")
         bare_pool = ProcessPoolExecutor(max_workers=args.workers, mp_context=spawn, initializer=_bare_init,
                                         initargs=(args.workers, poni, npt, unit, method))
+        for w in range(args.workers):  # each worker warms both loops (pyFAI loads its writer on first save)
+            (saved / f"warm{w}").mkdir()
         list(bare_pool.map(_bare_chunk, [[str(edfs[0])]] * args.workers, [npt] * args.workers,
-                           [unit] * args.workers, [method] * args.workers))
+                           [unit] * args.workers, [method] * args.workers,
+                           [str(saved / f"warm{w}") for w in range(args.workers)]))
         backend = LocalBackend(scratch, args.workers)
         assert all(o.ok for o in backend.run(warm, settings))  # starts the pool: each worker builds the integrator
         from splash_flows.analysis.backends import local
 
         ours_pool = local._pool(args.workers)
-        pwall = {"bare": 0.0, "ours": 0.0}
-        pcpu = {"bare": 0.0, "ours": 0.0}
+        pwall = dict.fromkeys(SIDES, 0.0)
+        pcpu = dict.fromkeys(SIDES, 0.0)
         pooled = []
         for r, (lo, hi) in enumerate(rounds):
-            for side in ("bare", "ours") if r % 2 == 0 else ("ours", "bare"):
-                pids = _pids(bare_pool) if side == "bare" else _pids(ours_pool)
+            for side in _order(r):
+                pids = _pids(ours_pool) if side == "ours" else _pids(bare_pool)
                 c0, w0 = _cpu_of(pids), time.perf_counter()
-                if side == "bare":
+                if side != "ours":
                     parts_of = [[str(scratch / j.files["edf"]) for j in part] for part in
                                 chunks(timed[lo:hi], args.workers)]
-                    assert sum(bare_pool.map(_bare_chunk, parts_of, [npt] * len(parts_of), [unit] * len(parts_of),
-                                             [method] * len(parts_of))) == hi - lo
+                    save_to = str(saved / "pool") if side == "save" else None
+                    m = len(parts_of)
+                    assert sum(bare_pool.map(_bare_chunk, parts_of, [npt] * m, [unit] * m, [method] * m,
+                                             [save_to] * m)) == hi - lo
                 else:
                     pooled.extend(backend.run(timed[lo:hi], settings))
                 pwall[side] += time.perf_counter() - w0
                 pcpu[side] += _cpu_of(pids) - c0
         bare_pool.shutdown(wait=True)
+        for where in ("one", "pool"):
+            count = len(list((saved / where).glob("*.dat")))
+            assert count == n, f"the saving loop ({where}) wrote {count} .dat files, not {n}"
         shutdown_pools()
         assert all(r.ok for r in pooled), [r.error for r in pooled if not r.ok][:1]
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    load_end = _load()
+    load_end, uptime_end = _load(), _uptime()
+    cores = os.cpu_count() or 1
     fps = {k: n / v for k, v in wall.items()}
     pfps = {k: n / v for k, v in pwall.items()}
     ms = {k: v / n * 1000 for k, v in cpu.items()}
     pms = {k: v / n * 1000 for k, v in pcpu.items()}
-    ratio, cpu_ratio = wall["ours"] / wall["bare"], cpu["ours"] / cpu["bare"]
-    pratio, pcpu_ratio = pwall["ours"] / pwall["bare"], pcpu["ours"] / pcpu["bare"]
-    cores = os.cpu_count() or 1
-    print(f"{n} frames, rounds of {args.round}, method {args.method}; load average {load_start} -> {load_end} "
-          f"on {cores} cores")
-    print("1 process                      frames/s  wall ms/frame  CPU ms/frame")
-    print(f"  baseline (fabio + integrate1d) {fps['bare']:7.1f}  {1000 / fps['bare']:13.0f}  {ms['bare']:12.0f}")
-    print(f"  ours (read, reduce, write)     {fps['ours']:7.1f}  {1000 / fps['ours']:13.0f}  {ms['ours']:12.0f}")
-    print(f"  ratio ours/baseline: wall {ratio:.2f} (aim <= 1.2), CPU {cpu_ratio:.2f}")
-    print(f"{args.workers} processes")
-    print(f"  baseline pool                  {pfps['bare']:7.1f}  {1000 / pfps['bare']:13.0f}  {pms['bare']:12.0f}")
-    print(f"  ours, local backend pool       {pfps['ours']:7.1f}  {1000 / pfps['ours']:13.0f}  {pms['ours']:12.0f}")
-    print(f"  ratio ours/baseline: wall {pratio:.2f}, CPU {pcpu_ratio:.2f}; ours {pfps['ours']:.1f} frames/s "
-          f"(aim >= 15 on 2 cores); CPU-bound on {cores} free cores: {cores * 1000 / pms['ours']:.1f} frames/s")
+    ratio = {k: wall["ours"] / wall[k] for k in ("bare", "save")}
+    cpu_ratio = {k: cpu["ours"] / cpu[k] for k in ("bare", "save")}
+    pratio = {k: pwall["ours"] / pwall[k] for k in ("bare", "save")}
+    pcpu_ratio = {k: pcpu["ours"] / pcpu[k] for k in ("bare", "save")}
+    cpu_fps = {k: 1000 / v for k, v in ms.items()}  # one process on one free core
+    pcpu_fps = {k: cores * 1000 / v for k, v in pms.items()}  # the pool on `cores` free cores
+    labels = {"bare": "baseline: fabio + integrate1d, nothing saved",
+              "save": "saving: same + integrate1d(filename=.dat)",
+              "ours": "ours: read, reduce, write .h5 .dat 2 PNGs"}
+    print(f"{n} frames, rounds of {args.round}, method {args.method}, {cores} cores")
+    print(f"uptime at start: {uptime_start}")
+    print(f"uptime at end:   {uptime_end}")
+    header = "                                               frames/s  frames/s  wall ms  CPU ms"
+    sub = "                                               measured  from CPU  a frame  a frame"
+    print("1 process" + header[9:])
+    print(sub)
+    for key in SIDES:
+        print(f"  {labels[key]:<45s}{fps[key]:8.1f}  {cpu_fps[key]:8.1f}  {1000 / fps[key]:7.0f}  {ms[key]:6.0f}")
+    print(f"  ratio ours / bare baseline:   wall {ratio['bare']:.2f}, CPU {cpu_ratio['bare']:.2f} (aim <= 1.2)")
+    print(f"  ratio ours / saving baseline: wall {ratio['save']:.2f}, CPU {cpu_ratio['save']:.2f} (aim <= 1.2)")
+    print(f"{args.workers} processes" + header[len(f"{args.workers} processes"):])
+    print(sub)
+    for key in SIDES:
+        print(f"  {labels[key]:<45s}{pfps[key]:8.1f}  {pcpu_fps[key]:8.1f}  {1000 / pfps[key]:7.0f}  {pms[key]:6.0f}")
+    print(f"  ratio ours / bare baseline:   wall {pratio['bare']:.2f}, CPU {pcpu_ratio['bare']:.2f}")
+    print(f"  ratio ours / saving baseline: wall {pratio['save']:.2f}, CPU {pcpu_ratio['save']:.2f}")
+    print(f"  ours: {pfps['ours']:.1f} frames/s measured at this load, {pcpu_fps['ours']:.1f} from CPU time on "
+          f"{cores} free cores (aim >= 15 on 2 cores)")
     print("our time per frame, one step at a time, median CPU ms (write_all: wall ms, fsyncs included): "
           + ", ".join(f"{k} {statistics.median(v):.0f}" for k, v in parts.items()))
+
+    def row(fps_: dict[str, float], cpu_fps_: dict[str, float], ms_: dict[str, float], key: str) -> dict[str, float]:
+        return {"fps": round(fps_[key], 2), "fps_from_cpu": round(cpu_fps_[key], 1), "cpu_ms": round(ms_[key], 1)}
+
     print(json.dumps({"bench": "reduce", "frames": n, "method": args.method, "workers": args.workers,
-                      "one_process": {"baseline_fps": round(fps["bare"], 2), "ours_fps": round(fps["ours"], 2),
-                                      "ratio_wall": round(ratio, 2), "ratio_cpu": round(cpu_ratio, 2),
-                                      "baseline_cpu_ms": round(ms["bare"]), "ours_cpu_ms": round(ms["ours"])},
-                      "pool": {"baseline_fps": round(pfps["bare"], 2), "ours_fps": round(pfps["ours"], 2),
-                               "ratio_wall": round(pratio, 2), "ratio_cpu": round(pcpu_ratio, 2),
-                               "baseline_cpu_ms": round(pms["bare"]), "ours_cpu_ms": round(pms["ours"])},
+                      "one_process": {**{k: row(fps, cpu_fps, ms, k) for k in SIDES},
+                                      "ratio_wall": {k: round(v, 2) for k, v in ratio.items()},
+                                      "ratio_cpu": {k: round(v, 2) for k, v in cpu_ratio.items()}},
+                      "pool": {**{k: row(pfps, pcpu_fps, pms, k) for k in SIDES},
+                               "ratio_wall": {k: round(v, 2) for k, v in pratio.items()},
+                               "ratio_cpu": {k: round(v, 2) for k, v in pcpu_ratio.items()}},
                       "parts_ms": {k: round(statistics.median(v)) for k, v in parts.items()},
                       "cpus": cores, "load_avg_1min": [load_start, load_end],
-                      "python": platform.python_version()}))
+                      "uptime": [uptime_start, uptime_end], "python": platform.python_version()}))
     return 0
 
 

@@ -30,6 +30,7 @@ Per frame, and why:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -102,9 +103,11 @@ class Settings:
         return cls(**{**data, "method": tuple(data["method"])})
 
 
+@functools.lru_cache(maxsize=64)
 def poni_key(poni_text: str) -> str:
     """A short stable identity of a geometry: the hash of its PONI values (comments, such as pyFAI's "Calibration
-    done on <date>", and line order do not count)."""
+    done on <date>", and line order do not count). Remembered per text: every frame asks three times (integrator,
+    mask, rings) for the same few calibrations."""
     try:
         values = sorted(_poni_dict(poni_text).items())
     except ValueError:

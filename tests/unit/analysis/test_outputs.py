@@ -99,3 +99,33 @@ def test_job_entry_point_reduces_a_manifest_and_reports_each_scan(tmp_path: Path
     outcomes = read_results(manifest.with_suffix(".results.json"))
     assert [o.ok for o in outcomes] == [False, True]
     assert outcomes[1].outputs and all(len(o.checksum) == 32 for o in outcomes[1].outputs)
+
+
+def test_nxcansas_files_made_from_one_template_hold_each_frames_own_values(tmp_path: Path) -> None:
+    """Every frame of a geometry starts from the same in-memory template: each file must still carry its own
+    curve, names and times, and a frame written later must not change one written earlier."""
+    counts = agbh_counts()
+    write_exposure(tmp_path / "p", "first_2m", counts)
+    write_exposure(tmp_path / "p", "second scan", counts * 3, diode=5220.0)
+    settings = Settings(npt=300)
+    first = run_scan(tmp_path, _job("first_2m"), settings)
+    before = (tmp_path / "p/reduced/first_2m.h5").read_bytes()
+    second = run_scan(tmp_path, _job("second scan"), settings)
+    assert first.ok and second.ok, (first.error, second.error)
+    assert (tmp_path / "p/reduced/first_2m.h5").read_bytes() == before
+    curves = {}
+    for stem, sample in (("first_2m", "first_2m"), ("second scan", "second_scan")):
+        q, i, sigma = np.loadtxt(tmp_path / f"p/reduced/{stem}.dat", unpack=True)
+        with h5py.File(tmp_path / f"p/reduced/{stem}.h5", "r") as h5:
+            entry = h5["entry"]
+            assert entry["run"][()].decode() == stem and entry["title"][()].decode() == f"7.3.3 {stem}"
+            assert entry[sample].attrs["canSAS_class"] == "SASsample" and "sample" not in entry
+            assert entry[f"{sample}/name"][()].decode() == sample
+            assert json.loads(entry["splash_reduction/data"][()])["scan"] == stem
+            data = entry["sasdata"]
+            assert data.attrs["timestamp"] == entry["start_time"][()].decode()
+            np.testing.assert_allclose(data["Q"][()], q, rtol=1e-7)
+            np.testing.assert_allclose(data["I"][()], i, rtol=1e-7)
+            np.testing.assert_allclose(data["Idev"][()], sigma, rtol=1e-7)
+            curves[stem] = data["sum_signal"][()]
+    np.testing.assert_allclose(curves["second scan"], curves["first_2m"] * 3, rtol=1e-6)

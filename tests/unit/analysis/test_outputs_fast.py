@@ -133,3 +133,57 @@ def test_linear_ticks_are_round_and_inside() -> None:
     assert outputs._linear_ticks(-0.5, 3.0) == [0.0, 1.0, 2.0, 3.0]
     assert outputs._linear_ticks(0.0, 0.037) == [0.0, 0.01, 0.02, 0.03]
     assert outputs._linear_ticks(1.0, 1.0) == [1.0]
+
+
+@pytest.mark.parametrize("factor", [1, 3, 4])
+@pytest.mark.parametrize("dtype", [np.int32, np.float64])
+def test_block_mean_with_mask_equals_the_mean_of_the_zeroed_frame(factor: int, dtype: type) -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(-2, 1 << 20, (37, 50)).astype(dtype)
+    mask = rng.random((37, 50)) < 0.2
+    rows, cols = 37 // factor, 50 // factor
+    zeroed = np.where(mask, 0, image)[: rows * factor, : cols * factor].astype(np.float64)
+    reference = zeroed.reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+    small = outputs._block_mean(image, factor, mask)
+    assert small.dtype == np.float32 and small.shape == (rows, cols)
+    np.testing.assert_allclose(small, reference, rtol=1e-6)
+    np.testing.assert_allclose(outputs._block_mean(image, factor),
+                               image[: rows * factor, : cols * factor].astype(np.float64)
+                               .reshape(rows, factor, cols, factor).mean(axis=(1, 3)), rtol=1e-6)
+
+
+def test_iq_band_spans_the_curve_plus_minus_sigma(tmp_path: Path) -> None:
+    """The error band is painted (its colour present) and covers, at a column, the rows between I - sigma and
+    I + sigma, so a wide sigma makes a tall band."""
+    q = np.linspace(0.1, 10.0, 2000)
+    frame = Frame(image=np.zeros((4, 4)), exposure_s=1.0, monitor_name="Izero", monitor=1.0, alpha_deg=None,
+                  merge="single", sources=["x.edf"])
+
+    def band_height(rel_sigma: float) -> int:
+        i = np.full_like(q, 10.0)
+        i[::2] = 1.0  # a range of a decade, so the y axis does not depend on sigma alone
+        red = Reduction(radial=q, intensity=i, sigma=i * rel_sigma, unit="q_nm^-1", frame=frame, poni_text="",
+                        result=None, mask=np.zeros((4, 4), dtype=bool))
+        path = tmp_path / f"band{rel_sigma}.png"
+        outputs.plot_iq(path, red, title="x")
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        column = rgb[:, rgb.shape[1] // 2]
+        return int((column == outputs._BAND).all(axis=1).sum())
+
+    assert band_height(0.5) > band_height(0.01) >= 0
+    assert band_height(0.5) > 10
+
+
+def test_iq_plot_is_a_palette_png_with_anti_aliased_text(tmp_path: Path) -> None:
+    """The palette PNG keeps the plot's colours exact and its text anti-aliased (greys between black and white,
+    not just the two)."""
+    path = tmp_path / "iq.png"
+    outputs.plot_iq(path, _reduction(), title="a title with letters")
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        rgb = np.asarray(img.convert("RGB"))
+    colours = {tuple(int(c) for c in v) for v in np.unique(rgb.reshape(-1, 3), axis=0)}
+    assert {outputs._LINE, outputs._GRID, (0, 0, 0), (255, 255, 255)} <= colours
+    greys = {c for c in colours if c[0] == c[1] == c[2] and 0 < c[0] < 255 and c != outputs._GRID}
+    assert len(greys) > 10
