@@ -268,6 +268,37 @@ def test_a_large_backfill_holds_a_bounded_backlog_and_sends_every_file_once(
     assert 0 < peak[0] <= 8 + 4, f"{peak[0]} candidates held at once: the scan did not wait for the loop"
 
 
+def test_a_backfill_keeps_no_claim_per_file_and_a_restart_asks_the_ledger_what_is_in_flight(
+        watch_config: Config, make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files in the outbox are in flight by the ledger's ``outbox_paths``, not by a claim per file in memory: the
+    watcher keeps at most ``CLAIM_CACHE`` claims however many files it queued, a rescan offers none of them
+    again, and a restart (as after ``kill -9``: nothing loaded per file) sends each exactly once."""
+    from splash_flows.watcher import base
+
+    monkeypatch.setattr(base, "CLAIM_CACHE", 3)
+    rels = [f"c{f}/frame_{i:02d}.edf" for f in range(3) for i in range(10)]
+    for rel in rels:
+        (Path(watch_config.tiers["data733"].root) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(watch_config.tiers["data733"].root) / rel).write_bytes(b"x")
+    down = FakeTrigger()
+    down.down = True
+    first = make_harness(watch_config, down)
+    outbox = Outbox(first.ledger)
+    wait_for(lambda: sum(len(e.paths) for e in outbox.entries("pending")) == len(rels), "every file queued")
+    assert len(first.watcher._claims) <= 3
+    assert first.watcher.rescan() == 0  # in flight (pending), as the ledger says
+    first.watcher.stop()
+
+    up = FakeTrigger()
+    second = make_harness(watch_config, up)
+    assert not second.watcher._claims  # nothing loaded per file at start
+    second.wait_sent(*rels)
+    assert second.watcher.rescan() == 0  # sent within resend_after_s: still in flight
+    second.barrier()
+    sent = [p for p in up.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == sorted(rels)  # each exactly once
+
+
 def test_rescan_catches_files_the_observer_missed(watch_config: Config, make_harness: MakeHarness) -> None:
     h = make_harness(with_watcher(watch_config, rescan_interval_s=0.5))
     h.barrier()

@@ -13,10 +13,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import bindparam, func, insert, or_, select
 
 from splash_flows.errors import LedgerError
-from splash_flows.ledger.models import Copy, CopyState, OutboxEntry, OutboxState, SourceFile, utcnow
+from splash_flows.ledger.models import (
+    Copy,
+    CopyState,
+    OutboxEntry,
+    OutboxPath,
+    OutboxState,
+    SourceFile,
+    utcnow,
+)
 from splash_flows.ledger.store import Ledger, in_chunks
 
 
@@ -52,16 +60,27 @@ class Outbox:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def add(self, deployment: str, paths: Sequence[str]) -> OutboxRecord:
-        """Write a pending entry for ``paths`` (committed when this returns)."""
+    def add(self, deployment: str, paths: Sequence[str],
+            versions: Sequence[tuple[int, float] | None] | None = None) -> OutboxRecord:
+        """Write a pending entry for ``paths`` (committed when this returns), with one ``outbox_paths`` row per
+        path in the same transaction: ``versions[i]`` is the (size, mtime) of ``paths[i]`` the watcher batched,
+        None (or no ``versions``) for "any version" (``in_flight_versions``)."""
         if not paths:
             raise LedgerError("refusing to write an empty batch to the outbox")
+        if versions is not None and len(versions) != len(paths):
+            raise LedgerError(f"outbox entry of {len(paths)} path(s) given {len(versions)} version(s)")
         now = utcnow()
+        members: dict[str, tuple[int, float] | None] = {}
+        for i, path in enumerate(paths):
+            members[path] = versions[i] if versions is not None else None
         with self.ledger.session() as sess:
             row = OutboxEntry(created_at=now, idempotency_key=new_idempotency_key(), deployment=deployment,
                               paths=list(paths), state=OutboxState.PENDING, attempts=0)
             sess.add(row)
             sess.flush()
+            sess.execute(insert(OutboxPath), [
+                {"entry_id": row.id, "path": path, "size": v[0] if v else None, "mtime": v[1] if v else None}
+                for path, v in members.items()])
             return _record(row)
 
     def get(self, entry_id: int) -> OutboxRecord | None:
@@ -157,3 +176,33 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
                                             "n_targets": len(wanted)})
             out.update({path: (size, mtime) for path, size, mtime in rows})
     return out
+
+
+_IN_FLIGHT = (select(OutboxPath.path, OutboxPath.size, OutboxPath.mtime)
+              .join(OutboxEntry, OutboxEntry.id == OutboxPath.entry_id)
+              .where(OutboxPath.path.in_(bindparam("paths", expanding=True)),
+                     or_(OutboxEntry.state == OutboxState.PENDING,
+                         (OutboxEntry.state == OutboxState.SENT) & (OutboxEntry.sent_at >= bindparam("since")))))
+
+InFlight = dict[str, set[tuple[int, float] | None]]
+
+
+def in_flight_versions(ledger: Ledger, paths: Sequence[str], sent_since: datetime) -> InFlight:
+    """Among ``paths``, those in an outbox entry that is pending or was sent at or after ``sent_since``, with the
+    versions (size, mtime) batched -- None for "any version" (entries written before ``outbox_paths`` existed).
+    A file is in flight when its current version, or None, is among them: the watcher does not batch it again.
+    Indexed lookups (``ix_outbox_paths_path``, then the entry by its key) in chunks of ``IN_CHUNK``, one read
+    transaction, plain rows."""
+    out: InFlight = {}
+    unique = list(dict.fromkeys(paths))
+    with ledger.reading() as conn:
+        for chunk in in_chunks(unique):
+            for path, size, mtime in conn.execute(_IN_FLIGHT, {"paths": chunk, "since": sent_since}):
+                out.setdefault(path, set()).add(None if size is None or mtime is None else (size, mtime))
+    return out
+
+
+def is_in_flight(in_flight: InFlight, path: str, version: tuple[int, float]) -> bool:
+    """Whether ``path`` at ``version`` is in flight according to ``in_flight_versions``' answer."""
+    versions = in_flight.get(path)
+    return versions is not None and (version in versions or None in versions)

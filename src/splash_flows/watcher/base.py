@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from splash_flows.errors import (
     PathEscapeError,
 )
 from splash_flows.ledger import EventKind, Ledger
+from splash_flows.ledger.models import utcnow
 from splash_flows.ledger.outbox import Outbox
 from splash_flows.paths import safe_join
 from splash_flows.selection import MoveRule
@@ -76,10 +79,16 @@ class _Candidate:
     generation: int = 0
 
 
+CLAIM_CACHE = 20_000  # claims kept in memory once their files are in the outbox (the ledger answers for the rest)
+
+
 @dataclass(slots=True)
 class _Claim:
     """A file handed to a batch: not batched again while this version is in flight. ``version`` None: any
-    version (loaded from the outbox at start, where versions are not stored)."""
+    version. Once its batch is in the outbox the ledger's ``outbox_paths`` says the same durably
+    (``in_flight_versions``); the claim stays as a fast path and for the "written again after it was sent"
+    rule, but only the ``CLAIM_CACHE`` most recent are kept (``_trim_claims``), so memory does not grow with a
+    backfill."""
 
     version: Version | None
     until: float
@@ -176,6 +185,19 @@ class WatcherBase:
         except LedgerError as err:
             log.error("cannot read the outbox: %s", err)
             return {}
+
+    def _trim_claims(self) -> None:
+        """Forget the oldest claims beyond ``CLAIM_CACHE`` (call with ``_lock`` held, after their batches were
+        written to the outbox: the ledger answers for them from then on). Claims are kept in the order they
+        were made, so the oldest go first."""
+        excess = len(self._claims) - CLAIM_CACHE
+        if excess > 0:
+            for rel in list(itertools.islice(self._claims, excess)):
+                del self._claims[rel]
+
+    def _in_flight_since(self) -> datetime:
+        """Entries sent at or after this time still hold their files in flight (``resend_after_s``)."""
+        return utcnow() - timedelta(seconds=self.settings.resend_after_s)
 
     # ------------------------------------------------------------------------------------------ paths
 

@@ -13,7 +13,7 @@ from splash_flows.errors import (
     PathEscapeError,
     TierError,
 )
-from splash_flows.ledger.outbox import verified_versions
+from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_versions
 from splash_flows.paths import display_path, safe_join
 from splash_flows.tiers.local import list_tree
 from splash_flows.watcher.base import Version, WatcherBase, _Candidate
@@ -56,6 +56,7 @@ class ScanMixin(WatcherBase):
             for rel in [r for r, c in self._claims.items() if c.until <= now]:
                 del self._claims[rel]
         found = 0
+        since = self._in_flight_since()
         try:
             for chunk in self._walk_ahead(prefix):
                 if self._stop.is_set():
@@ -66,8 +67,19 @@ class ScanMixin(WatcherBase):
                     log.error("rescan: cannot read the ledger, treating %d file(s) as not yet verified: %s",
                               len(chunk), err)
                     verified = {}
-                # only the files not verified in this version go on (a steady-state rescan offers none)
+                # only the files not verified in this version go on (a steady-state rescan offers none), and of
+                # those only the ones not in flight in this version (the ledger's outbox_paths: no claim per
+                # file in memory, so a backfill's memory stays flat and a restart needs no per-file state)
                 changed = [f for f in chunk if verified.get(f[0]) != f[1]]
+                if changed:
+                    try:
+                        in_flight = in_flight_versions(self.ledger, [f[0] for f in changed], since)
+                    except LedgerError as err:
+                        log.error("rescan: cannot read the outbox, offering %d file(s) (each is checked again "
+                                  "when ready): %s", len(changed), err)
+                        in_flight = {}
+                    if in_flight:
+                        changed = [f for f in changed if not is_in_flight(in_flight, f[0], f[1])]
                 if changed:
                     found += self._offer_found(changed)
                     if pace:
