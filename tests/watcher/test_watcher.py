@@ -499,3 +499,56 @@ def test_a_busy_prefect_server_delays_a_batch_but_never_loses_or_doubles_it(
     failed = h.events.of("send_failed")
     assert len(failed) == 3 and not any(e.detail["permanent"] for e in failed)
     assert "within 0.5 s" in str(failed[1].detail["error"])
+
+
+def test_a_light_rescan_passes_over_settled_folders_and_a_full_one_checks_every_file(
+        watch_config: Config, make_harness: MakeHarness, ctx_sqlite: Context) -> None:
+    """Settled folders (ledger.scan_state): a full scan records the leaf folders it found all verified; a light
+    rescan does not list one whose mtime is unchanged, so it misses a file rewritten in place with no event (the
+    observer is not running here) -- which the full scan then finds. A folder that changed is listed again, and
+    batching a file of a folder unsettles it."""
+    from splash_flows.ledger.scan_state import settled_folders
+
+    h = make_harness(watch_config, start=False)  # no observer: every change is found by scans alone
+    rels = [f"{d}/frame_{i}.edf" for d in ("p/a", "p/b") for i in range(3)]
+    for rel in rels:
+        (h.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (h.root / rel).write_bytes(os.urandom(100))
+    move_files(ctx_sqlite, rels).raise_for_failures()
+    old = time.time() - 60  # settled only when untouched for a while (coarse mtimes)
+    for folder in ("p/a", "p/b", "p"):
+        os.utime(h.root / folder, (old, old))
+    assert h.watcher.rescan() == 0
+    settled = settled_folders(h.ledger, "data733", ["p", "p/a", "p/b"])
+    assert {f: n for f, (_, n) in settled.items()} == {"p/a": 3, "p/b": 3}  # leaf folders only
+    assert h.watcher.rescan(light=True) == 0
+
+    with open(h.root / "p/a/frame_0.edf", "r+b") as fh:  # rewritten in place: p/a's mtime does not change
+        fh.write(os.urandom(100))
+    os.utime(h.root / "p/a/frame_0.edf", (old + 30, old + 30))
+    (h.root / "p/b/frame_new.edf").write_bytes(b"new")  # p/b's mtime changes: listed again
+    assert h.watcher.rescan(light=True) == 1
+    assert set(h.watcher._candidates) == {"p/b/frame_new.edf"}
+    assert h.watcher.rescan() == 1  # the full scan checks every file: the rewrite is found
+    assert set(h.watcher._candidates) == {"p/b/frame_new.edf", "p/a/frame_0.edf"}
+    assert settled_folders(h.ledger, "data733", ["p/a", "p/b"]) == {}  # neither is all verified now
+
+    Outbox(h.ledger).add("d/x", ["p/c/x.edf"])  # no source tier: settled folders untouched
+    (h.root / "p/c").mkdir()
+    (h.root / "p/c/x.edf").write_bytes(b"x")
+    move_files(ctx_sqlite, ["p/c/x.edf"]).raise_for_failures()
+    os.utime(h.root / "p/c", (old, old))
+    h.watcher.rescan()
+    assert "p/c" in settled_folders(h.ledger, "data733", ["p/c"])
+    Outbox(h.ledger).add("d/x", ["p/c/x.edf"], source_tier="data733")  # a file of p/c is being sent
+    assert settled_folders(h.ledger, "data733", ["p/c"]) == {}
+
+
+def test_a_periodic_light_rescan_request_is_made_full_by_any_full_one(
+        watch_config: Config, make_harness: MakeHarness) -> None:
+    w = make_harness(watch_config, start=False).watcher
+    w.request_scan("", light=True)
+    assert w._scan_light
+    w.request_scan("")  # an overflow's rescan meanwhile: the one scan that runs is full
+    w.request_scan("", light=True)
+    assert not w._scan_light

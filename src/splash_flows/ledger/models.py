@@ -295,7 +295,7 @@ class OutboxEntry(Base):
 
 class OutboxPath(Base):
     """One file of an outbox entry, with the version (size, mtime) the watcher saw when it batched it: the
-    indexed, per-path form of ``OutboxEntry.paths`` (migration ``0005_outbox_paths``), written in the same
+    indexed, per-path form of ``OutboxEntry.paths`` (migration ``0005_watcher_scan_state``), written in the same
     transaction as its entry.
 
     The watcher asks it which of a scan's files are *in flight* (in a pending entry, or one sent within
@@ -310,6 +310,20 @@ class OutboxPath(Base):
     path: Mapped[str] = mapped_column(String(4096), primary_key=True)
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ScanFolder(Base):
+    """A leaf folder of a watched tier whose files a full scan found all verified on every move target
+    (migration ``0005_watcher_scan_state``, ``ledger.scan_state``): ``mtime_ns`` is the folder's mtime when it
+    was listed, ``files`` how many files it held. While the folder's mtime is unchanged no file was added,
+    removed or renamed in it, so a light rescan does not list it; a full scan checks it file by file again."""
+
+    __tablename__ = "scan_folders"
+
+    tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
 
 
 class BundleState(StrEnum):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import bindparam, delete, func, insert, or_, select
 
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import (
@@ -22,6 +22,7 @@ from splash_flows.ledger.models import (
     OutboxEntry,
     OutboxPath,
     OutboxState,
+    ScanFolder,
     SourceFile,
     utcnow,
 )
@@ -61,10 +62,13 @@ class Outbox:
         self.ledger = ledger
 
     def add(self, deployment: str, paths: Sequence[str],
-            versions: Sequence[tuple[int, float] | None] | None = None) -> OutboxRecord:
+            versions: Sequence[tuple[int, float] | None] | None = None, *,
+            source_tier: str | None = None) -> OutboxRecord:
         """Write a pending entry for ``paths`` (committed when this returns), with one ``outbox_paths`` row per
         path in the same transaction: ``versions[i]`` is the (size, mtime) of ``paths[i]`` the watcher batched,
-        None (or no ``versions``) for "any version" (``in_flight_versions``)."""
+        None (or no ``versions``) for "any version" (``in_flight_versions``). With ``source_tier``, the folders
+        of ``paths`` stop being settled (``ledger.scan_state``) in the same transaction: a file of theirs is
+        being sent, so light rescans list them again until a full scan finds them all verified."""
         if not paths:
             raise LedgerError("refusing to write an empty batch to the outbox")
         if versions is not None and len(versions) != len(paths):
@@ -81,6 +85,11 @@ class Outbox:
             sess.execute(insert(OutboxPath), [
                 {"entry_id": row.id, "path": path, "size": v[0] if v else None, "mtime": v[1] if v else None}
                 for path, v in members.items()])
+            if source_tier is not None:
+                folders = list({p.rpartition("/")[0] for p in members})
+                for chunk in in_chunks(folders):
+                    sess.execute(delete(ScanFolder).where(ScanFolder.tier == source_tier,
+                                                          ScanFolder.path.in_(chunk)))
             return _record(row)
 
     def get(self, entry_id: int) -> OutboxRecord | None:

@@ -155,6 +155,7 @@ class WatcherBase:
         self._recently_dropped: dict[str, float] = {}
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
+        self._scan_light = False  # the pending whole-tree request may be light (``ScanMixin.rescan``)
         self._scan_cv = threading.Condition()
         self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
@@ -261,9 +262,13 @@ class WatcherBase:
 
     # --- scans (requests only; the scanning is in scan.py)
 
-    def request_scan(self, prefix: str = "") -> None:
-        """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree)."""
+    def request_scan(self, prefix: str = "", *, light: bool = False) -> None:
+        """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree). ``light``: a
+        periodic whole-tree rescan that may pass over settled folders (``ScanMixin.rescan``); any full request
+        pending at the same time (an overflow's) makes it full."""
         with self._scan_cv:
+            if not prefix:
+                self._scan_light = light and (self._scan_light or "" not in self._scan_requests)
             self._scan_requests.add(prefix)
             self._scan_idle.clear()
             self._scan_cv.notify_all()

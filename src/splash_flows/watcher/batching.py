@@ -37,7 +37,7 @@ class BatchingMixin(WatcherBase):
                 with self._lock:  # the version each file was accepted at (None: its claim was trimmed: any)
                     versions = [c.version if (c := self._claims.get(rel)) is not None else None for rel in paths]
                 try:
-                    rec = self.outbox.add(self.settings.deployment, paths, versions)
+                    rec = self.outbox.add(self.settings.deployment, paths, versions, source_tier=self.tier)
                 except LedgerError as err:
                     log.error("cannot write a batch of %d file(s) in %s to the outbox (retrying in %g s): %s",
                               len(paths), batch.folder or "/", self.settings.outbox_replay_interval_s, err)

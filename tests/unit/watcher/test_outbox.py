@@ -123,7 +123,7 @@ def test_in_flight_versions_are_those_of_pending_and_recently_sent_entries(ctx: 
 
 
 def test_upgrade_to_outbox_paths_indexes_the_entries_still_in_flight(ledger_url: str) -> None:
-    """Migration 0005_outbox_paths: pending and recently sent entries get their paths with no version (any
+    """Migration 0005_watcher_scan_state: pending and recently sent entries get their paths with no version (any
     version, as the watcher assumed at a start before it); failed entries get none."""
     ledger = Ledger.open(ledger_url, upgrade=False)
     cfg = ledger._alembic_config()
