@@ -16,7 +16,7 @@ from splash_flows.errors import (
 from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_versions
 from splash_flows.ledger.scan_state import Settled, settled_folders, update_settled
 from splash_flows.paths import display_path, safe_join
-from splash_flows.tiers.local import list_tree
+from splash_flows.selection import scan_tree
 from splash_flows.watcher.base import Version, WatcherBase, _Candidate
 
 log = logging.getLogger("splash_flows.watcher")
@@ -237,7 +237,8 @@ class ScanMixin(WatcherBase):
         ignores, each name checked once by ``MoveRule.refusal_in``): symlinks, FIFOs, sockets, devices and odd
         names handled; a folder that cannot be listed is reported (once per process), never taken for an empty
         one. Each chunk comes with the folders whose files it completes (``_Folder``); ``light``: settled
-        folders with an unchanged mtime are not listed (``rescan``)."""
+        folders with an unchanged mtime are not listed (``rescan``). The walk is ``selection.scan_tree``, the
+        one ``reconcile`` makes too."""
         if prefix:
             try:
                 start = safe_join(self.root, prefix, tier=self.tier)
@@ -248,10 +249,10 @@ class ScanMixin(WatcherBase):
             start = self.root
         if not self.root.is_dir():
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
-        rule = self.rule
         pending: list[Found] = []
         done: list[_Folder] = []
-        for listing in list_tree(self.root, start, rule.ignored_name, skip=self._skip_settled if light else None):
+        for ruled in scan_tree(self.root, start, self.rule, skip=self._skip_settled if light else None):
+            listing = ruled.listing
             folder = listing.folder
             if listing.error is not None:
                 self._refuse(display_path(folder or "."), f"cannot list folder: {listing.error}", record=False)
@@ -265,20 +266,11 @@ class ScanMixin(WatcherBase):
             for rel in listing.symlinks:
                 if self._check_name(rel):
                     self._symlink(rel)
-            clean = rule.clean_folder(folder)
-            refusals = 0
-            for rel, st in listing.files:
-                refused = rule.refusal_in(folder, clean, rel)
-                if refused is None:
-                    pending.append((rel, (st.st_size, st.st_mtime), st.st_mtime_ns))
-                else:
-                    refusals += 1
-                    self._refuse(refused.path, refused.reason)
-            # a folder settles only when all it holds are files to move (its summary stands for all of them)
-            if folder:
-                done.append((folder, listing.mtime_ns, len(listing.files),
-                             clean and not (listing.subfolders or listing.problems or listing.specials
-                                            or listing.symlinks or refusals)))
+            for refused in ruled.refused:
+                self._refuse(refused.path, refused.reason)
+            pending += [(rel, (st.st_size, st.st_mtime), st.st_mtime_ns) for rel, st in ruled.files]
+            if folder:  # a folder settles only when all it holds are files to move (its record stands for them)
+                done.append((folder, listing.mtime_ns, len(ruled.files), ruled.settleable))
             if len(pending) >= SCAN_CHUNK:
                 yield pending, done
                 pending, done = [], []
