@@ -8,8 +8,12 @@ measures, each in a fresh process (wall time and peak resident memory):
                         empty ledger, every file new: the time until the scan is done and until every file is
                         in the outbox (Prefect is "down", so nothing is sent); the scan waits while more than
                         ``SCAN_BACKLOG`` found files wait to become ready, so memory stays flat;
-* periodic rescan    -- the same scan with the ledger holding every file verified on both targets (the steady
-                        state: nothing to send; memory should not grow with the tree);
+* full rescan        -- the same scan with the ledger holding every file verified on both targets (the steady
+                        state: nothing to send; memory should not grow with the tree): every file ``lstat``-ed
+                        and looked up. The first one also records the settled folders (``scan_folders``: a
+                        row per leaf folder), the second finds them recorded: both are timed;
+* light rescan       -- a periodic rescan between full ones (``watcher.full_rescan_every``): settled folders
+                        whose mtime is unchanged are not listed;
 * reconcile dry run  -- ``splash-flows reconcile --dry-run --json --min-age 0`` on the same ledger.
 
 The ledger (SQLite, the default) is filled directly with one row per file and its three verified copies, as
@@ -137,7 +141,7 @@ config = load_config_file(Path(sys.argv[1]))
 ledger = Ledger.open(config.ledger.url_value())
 watcher = Watcher(config, ledger, Nothing())
 start, cpu = time.monotonic(), time.process_time()
-found = watcher.rescan("")
+found = watcher.rescan("", light=len(sys.argv) > 2 and sys.argv[2] == "light")
 print(json.dumps({"found": found, "scan_s": time.monotonic() - start, "cpu_s": time.process_time() - cpu,
                   "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)
 """
@@ -181,8 +185,9 @@ print(json.dumps({"found": scans[0]["found"], "scan_s": scan_s, "queued_s": queu
 """
 
 
-def run_scan(config: Path, script: str = SCAN) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True, text=True, check=False)
+def run_scan(config: Path, script: str = SCAN, *extra: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", script, str(config), *extra], capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
         raise SystemExit(f"scan failed: {proc.stderr[-3000:]}")
     line = [x for x in proc.stderr.strip().splitlines() if x.startswith("{")][-1]
@@ -232,9 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         Ledger.open(f"sqlite:///{db}").close()
 
         results["ledger_fill_s"] = fill_ledger(db, args.files, args.size)
+        first_full = run_scan(config)
+        print(f"first full rescan (all verified; records settled folders): {first_full['scan_s']:.2f} s, found "
+              f"{first_full['found']:,}, {first_full['self_maxrss_kb'] / 1024:.0f} MiB", flush=True)
         rescan = run_scan(config)
-        print(f"periodic rescan (all verified): {rescan['scan_s']:.2f} s, found {rescan['found']:,}, "
+        print(f"full rescan (all verified): {rescan['scan_s']:.2f} s, found {rescan['found']:,}, "
               f"{rescan['self_maxrss_kb'] / 1024:.0f} MiB", flush=True)
+        light = run_scan(config, SCAN, "light")
+        print(f"light rescan: {light['scan_s']:.2f} s, found {light['found']:,}, "
+              f"{light['self_maxrss_kb'] / 1024:.0f} MiB", flush=True)
         find2 = measure(["find", str(tree), "-type", "f", "-printf", "%s %T@ %P\n"])
         reconcile = measure([sys.executable, "-m", "splash_flows", "--config", str(config), "reconcile",
                              "--dry-run", "--json", "--min-age", "0"])
@@ -249,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             "backfill_maxrss_mib": backfill["self_maxrss_kb"] / 1024,
             "rescan_s": rescan["scan_s"], "rescan_found": rescan["found"],
             "rescan_maxrss_mib": rescan["self_maxrss_kb"] / 1024,
+            "first_rescan_s": first_full["scan_s"], "first_rescan_cpu_s": first_full["cpu_s"],
+            "first_rescan_maxrss_mib": first_full["self_maxrss_kb"] / 1024,
+            "light_rescan_s": light["scan_s"], "light_rescan_cpu_s": light["cpu_s"], "light_found": light["found"],
+            "light_rescan_maxrss_mib": light["self_maxrss_kb"] / 1024,
             "reconcile_dry_run_s": reconcile["s"], "reconcile_maxrss_mib": reconcile["maxrss_kb"] / 1024,
             "ledger_db_mib": db.stat().st_size / 2**20,
             "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
@@ -263,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                 ("backfill: watcher start -> scan done (empty ledger)", "backfill_s", None, "backfill_maxrss_mib"),
                 ("backfill: start -> every file in the outbox", "backfill_queued_s", "backfill_cpu_s",
                  "backfill_maxrss_mib"),
-                ("periodic rescan (all verified)", "rescan_s", "rescan_cpu_s", "rescan_maxrss_mib"),
+                ("first full rescan (records settled folders)", "first_rescan_s", "first_rescan_cpu_s",
+                 "first_rescan_maxrss_mib"),
+                ("full rescan (all verified)", "rescan_s", "rescan_cpu_s", "rescan_maxrss_mib"),
+                ("light rescan (settled folders unchanged)", "light_rescan_s", "light_rescan_cpu_s",
+                 "light_rescan_maxrss_mib"),
                 ("reconcile --dry-run (whole CLI)", "reconcile_dry_run_s", "reconcile_cpu_s",
                  "reconcile_maxrss_mib")):
             cpu_cells = (f"{results[cpu_key]:.2f} s | {results[cpu_key] / fcpu:.2f}" if cpu_key else "| ")

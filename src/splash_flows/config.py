@@ -381,7 +381,14 @@ class WatcherConfig(_Model):
         "after its next close; one sent half-written anyway is re-sent when it changes (its copies go stale).")
     rescan_interval_s: float = Field(
         default=600.0, gt=0, le=86_400,
-        description="Seconds between full rescans of the tree, which catch events inotify dropped.")
+        description="Seconds between periodic rescans of the tree, which catch events inotify dropped.")
+    full_rescan_every: int = Field(
+        default=6, ge=1, le=10_000,
+        description="Every this many periodic rescans one is full (every file stat'ed and looked up); the others "
+        "are light: a leaf folder a full scan found all verified, with its mtime unchanged since (no file added, "
+        "removed or renamed), is not listed again. A file rewritten in place does not change its folder's mtime: "
+        "its inotify events send it, and the full rescans catch one whose events were lost. 1: every rescan "
+        "full. The start-up backfill and the rescan after an inotify overflow are always full.")
     deployment: str = Field(
         default="dispatcher/run_733_dispatcher",
         description="The Prefect deployment each batch triggers, as 'flow name/deployment name'.")

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from splash_flows.config import Config
 from splash_flows.errors import LedgerError, PathEscapeError
 from splash_flows.ledger import EventKind, Ledger
 from splash_flows.paths import display_path, normalize_relpath
 from splash_flows.tiers.base import FileStat, Tier, WalkProblem
+from splash_flows.tiers.local import FolderListing, LocalTier, SkipFolders, list_tree
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +134,52 @@ class SourceListing:
         return not self.unreadable
 
 
+@dataclass(slots=True)
+class RuledFolder:
+    """One folder of ``scan_tree``: its listing, and of its files those to move and those the rule refuses."""
+
+    listing: FolderListing
+    files: list[tuple[str, os.stat_result]]
+    refused: list[Refusal]
+
+    @property
+    def settleable(self) -> bool:
+        """A leaf folder below the root, listed without trouble, holding only files to move: what one record
+        of the watcher's settled folders (``ledger.scan_state``) can stand for."""
+        listing = self.listing
+        return bool(listing.folder) and listing.error is None and not (
+            listing.subfolders or listing.problems or listing.specials or listing.symlinks or self.refused)
+
+
+def scan_tree(root: Path, start: Path, rule: MoveRule, *, skip: SkipFolders | None = None) -> Iterator[RuledFolder]:
+    """The walk every scan of a local source tier makes -- the watcher's backfill and rescans, ``reconcile``
+    -- folder by folder (``tiers.local.list_tree``: names and ``d_type`` from the listing, one ``lstat`` per
+    file, ``rule``'s ignores), each name checked once: ``MoveRule.clean_folder`` per folder, then
+    ``MoveRule.refusal_in`` per file. ``skip``: see ``list_tree`` (the watcher's light rescans)."""
+    for listing in list_tree(root, start, rule.ignored_name, skip=skip):
+        files: list[tuple[str, os.stat_result]] = []
+        refused: list[Refusal] = []
+        if listing.error is None:
+            folder = listing.folder
+            clean = rule.clean_folder(folder)
+            for rel, st in listing.files:
+                why = rule.refusal_in(folder, clean, rel)
+                if why is None:
+                    files.append((rel, st))
+                else:
+                    refused.append(why)
+        yield RuledFolder(listing, files, refused)
+
+
 def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = "", *,
                   chunk: int = 2000) -> Iterator[list[FileStat]]:
     """The files to move under ``prefix`` of the source tier, in lists of about ``chunk`` (memory stays flat
     however large the tree); what the rule refuses, and what could not be read, is added to ``out`` (the
-    unreadable places once the walk is done). Each name is checked once (``MoveRule.refusal_in``)."""
+    unreadable places once the walk is done). Each name is checked once (``MoveRule.refusal_in``). A local
+    tier is walked by ``scan_tree``, the watcher's own walk; any other through its ``walk``."""
+    if isinstance(tier, LocalTier):
+        yield from _stream_local(tier, rule, out, prefix, chunk)
+        return
     problems: list[WalkProblem] = []
     pending: list[FileStat] = []
     folder, clean = None, False
@@ -151,6 +195,36 @@ def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = 
                 pending = []
         else:
             out.refused.append(refused)
+    if pending:
+        yield pending
+    for p in problems:
+        (out.unreadable if p.fatal else out.refused).append(Refusal(display_path(p.path), p.reason))
+
+
+def _stream_local(tier: LocalTier, rule: MoveRule, out: SourceListing, prefix: str,
+                  chunk: int) -> Iterator[list[FileStat]]:
+    """``stream_source`` of a local tier, with ``LocalTier.walk``'s answers: a folder that cannot be listed and
+    a file that cannot be stat'ed are unreadable (the command is incomplete), a FIFO, socket or device is
+    refused, a symlink is left out."""
+    if prefix:
+        start = tier.path(prefix)
+    else:
+        tier.check_root()  # an unmounted root is not an empty tier
+        start = tier.root
+    problems: list[WalkProblem] = []
+    pending: list[FileStat] = []
+    for ruled in scan_tree(tier.root, start, rule):
+        listing = ruled.listing
+        if listing.error is not None:
+            problems.append(WalkProblem(listing.folder or ".", f"cannot list folder: {listing.error}", fatal=True))
+            continue
+        problems += [WalkProblem(rel, why, fatal=True) for rel, why in listing.problems]
+        problems += [WalkProblem(rel, f"{what}, not a regular file", fatal=False) for rel, what in listing.specials]
+        out.refused += ruled.refused
+        pending += [FileStat(rel, st.st_size, st.st_mtime) for rel, st in ruled.files]
+        if len(pending) >= chunk:
+            yield pending
+            pending = []
     if pending:
         yield pending
     for p in problems:

@@ -20,11 +20,13 @@ from splash_flows.ledger import Ledger, safety
 from splash_flows.ledger import catalogue as ledger_cat
 from splash_flows.ledger import overview as ov
 from splash_flows.ledger import prune as ledger_prune
-from splash_flows.ledger.outbox import verified_versions
+from splash_flows.ledger.outbox import in_flight_versions, verified_versions
 from splash_flows.ledger.progress import source_progress
+from splash_flows.ledger.scan_state import settled_folders
 
 TIERS = ("data733", "lamarr", "cfs", "hpss", "t4", "t5", "t6", "t7", "t8", "t9")
 FILES_PER_SCAN = 4
+OUTBOX_FILES = 100  # files per outbox entry
 YEAR_S = 365 * 86400  # the files' acquisitions span one year, whatever their number
 
 
@@ -74,6 +76,23 @@ def fill(ledger: Ledger, files: int, now: datetime, say: Callable[[str], None] =
             FROM generate_series(0, :n / {FILES_PER_SCAN}) AS s"""),
         ("catalogue_files", f"""
             INSERT INTO catalogue_files (file_id, scan_id) SELECT id, id / {FILES_PER_SCAN} FROM files"""),
+        # the watcher's outbox: one entry per 100 files (the newest 10 pending), each file indexed with its version
+        ("outbox", f"""
+            INSERT INTO outbox (id, created_at, idempotency_key, deployment, paths, state, attempts, sent_at)
+            SELECT e, CAST(:now AS timestamptz) - (:n / {OUTBOX_FILES} - e) * interval '1 minute', 'key-' || e,
+                   'dispatcher/run_733_dispatcher', '[]',
+                   CASE WHEN e > :n / {OUTBOX_FILES} - 10 THEN 'pending' ELSE 'sent' END, 1,
+                   CASE WHEN e > :n / {OUTBOX_FILES} - 10 THEN NULL
+                        ELSE CAST(:now AS timestamptz) - (:n / {OUTBOX_FILES} - e) * interval '1 minute' END
+            FROM generate_series(0, :n / {OUTBOX_FILES}) AS e"""),
+        ("outbox_paths", f"""
+            INSERT INTO outbox_paths (entry_id, path, size, mtime)
+            SELECT id / {OUTBOX_FILES}, path, size, mtime FROM files"""),
+        # the watcher's settled folders: every scan folder (the newest 500 scans' folders are still being sent)
+        ("scan_folders", f"""
+            INSERT INTO scan_folders (tier, path, mtime_ns, files)
+            SELECT DISTINCT 'data733', regexp_replace(path, '/[^/]*$', ''), 1, {FILES_PER_SCAN}
+            FROM files WHERE id <= :n - 500 * {FILES_PER_SCAN}"""),
     ]
     with ledger.engine.begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit = off"))
@@ -91,7 +110,7 @@ def fill(ledger: Ledger, files: int, now: datetime, say: Callable[[str], None] =
         for _name, definition in later:
             conn.execute(text(definition))
         say(f"  built {len(later)} copies index(es) in {time.monotonic() - start:.0f} s")
-        for table in ("files", "catalogue_scans"):
+        for table in ("files", "catalogue_scans", "outbox"):
             conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                               f"(SELECT max(id) FROM {table}))"))
     with ledger.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -134,6 +153,12 @@ def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, C
          lambda: source_progress(ledger, "data733", chunk)),
         ("rescan chunk", "watcher rescan/backfill: verified_versions of 500 paths",
          lambda: verified_versions(ledger, "data733", ["lamarr", "cfs"], chunk)),
+        ("rescan: in flight", "watcher rescan/backfill: in_flight_versions of 500 paths (newest: pending)",
+         lambda: in_flight_versions(ledger, [path_of(i) for i in range(files - 500, files)],
+                                    now - timedelta(hours=1))),
+        ("rescan: settled", "light rescan: settled_folders of 500 scan folders",
+         lambda: settled_folders(ledger, "data733", list(dict.fromkeys(
+             path_of(i).rsplit("/", 1)[0] for i in range(files // 3, files // 3 + 500 * FILES_PER_SCAN))))),
         ("catalogue pending", "catalogue step: pending scans, least recently tried first (limit 50)",
          lambda: ledger_cat.scans_in_state(ledger, ["pending_catalogue"], limit=50)),
         ("catalogue folder", "catalogue step: the known files of one scan folder",

@@ -44,6 +44,9 @@ EXPECTED: dict[str, list[set[str]]] = {
     # GROUP BY files.id: on 20k rows the planner walks files_pkey in order and filters; at 1M files it probes
     # the path index (docs/PERFORMANCE.md). Either way the copies are reached by file id.
     "rescan chunk": [FILES_IX | COPIES_BY_FILE],
+    # the outbox paths by path, then only the entries they name, by primary key
+    "rescan: in flight": [{"ix_outbox_paths_path"}, {"outbox_pkey"}],
+    "rescan: settled": [{"scan_folders_pkey"}],
     "catalogue pending": [{"ix_catalogue_scans_state_updated"}, {"ix_catalogue_files_scan"}],
     "catalogue folder": [FILES_IX, COPIES_BY_FILE],
     # the page's totals: the counters, then the unsafe copies by (tier, state), then the files they belong to

@@ -12,9 +12,14 @@ import fnmatch
 import os
 import random
 import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
 
 from splash_flows.config import DEFAULT_IGNORE_PATTERNS
-from splash_flows.selection import MoveRule
+from splash_flows.selection import MoveRule, SourceListing, stream_source
+from splash_flows.tiers.base import FileStat, Tier
+from splash_flows.tiers.local import LocalTier
 
 PATTERNS = [*DEFAULT_IGNORE_PATTERNS, "*", "a*b", "x?y", "[ab]*", "**", "*.", "*tmp*", "]x", "scan_*_old"]
 ALPHABET = "ab.~$*?xyTtmpq]_\n "
@@ -46,3 +51,34 @@ def test_refusal_in_a_listed_folder_is_refusal_of_the_whole_path() -> None:
         for name in names:
             rel = f"{folder}/{name}" if folder else name
             assert rule.refusal_in(folder, clean, rel) == rule.refusal(rel), (folder, name)
+
+
+def test_stream_source_on_a_local_tier_answers_as_the_generic_walk(tmp_path: Path) -> None:
+    """``stream_source`` walks a local tier with ``scan_tree`` (the watcher's walk); any other tier goes through
+    ``Tier.walk``. Over an odd tree both give the same files, refusals and unreadable places."""
+    root = tmp_path / "data733"
+    for rel in ("p/a/frame_1.edf", "p/a/.hidden", "p/a/x.tmp", "p/b/c/deep.edf", "top.edf", "p/caf\u00e9.edf",
+                "p/.git/objects.pack", "~lock.edf"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    with open(os.path.join(os.fsencode(root / "p/a"), b"bad_\xff.edf"), "wb") as fh:
+        fh.write(b"not utf-8")
+    os.mkfifo(root / "p/b/pipe")
+    os.symlink(root / "top.edf", root / "p/link.edf")
+    (root / "p/b/empty").mkdir()
+    tier = LocalTier("data733", root, "xxh3_128")
+    rule = MoveRule(DEFAULT_IGNORE_PATTERNS, tier="data733")
+
+    class Generic:  # not a LocalTier: stream_source takes the Tier.walk path
+        def walk(self, prefix: str = "", **kwargs: Any) -> Iterator[FileStat]:
+            return tier.walk(prefix, **kwargs)
+
+    for prefix in ("", "p", "p/b"):
+        local, generic = SourceListing(), SourceListing()
+        fast = [s for chunk in stream_source(tier, rule, local, prefix, chunk=2) for s in chunk]
+        slow = [s for chunk in stream_source(cast(Tier, Generic()), rule, generic, prefix, chunk=2) for s in chunk]
+        assert fast == slow and fast, prefix
+        assert sorted(local.refused, key=str) == sorted(generic.refused, key=str)
+        assert local.unreadable == generic.unreadable
+    assert {s.path for s in fast} == {"p/b/c/deep.edf"}
+    assert {r.path for r in local.refused} == {"p/b/pipe"}

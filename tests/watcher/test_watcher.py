@@ -268,6 +268,37 @@ def test_a_large_backfill_holds_a_bounded_backlog_and_sends_every_file_once(
     assert 0 < peak[0] <= 8 + 4, f"{peak[0]} candidates held at once: the scan did not wait for the loop"
 
 
+def test_a_backfill_keeps_no_claim_per_file_and_a_restart_asks_the_ledger_what_is_in_flight(
+        watch_config: Config, make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files in the outbox are in flight by the ledger's ``outbox_paths``, not by a claim per file in memory: the
+    watcher keeps at most ``CLAIM_CACHE`` claims however many files it queued, a rescan offers none of them
+    again, and a restart (as after ``kill -9``: nothing loaded per file) sends each exactly once."""
+    from splash_flows.watcher import base
+
+    monkeypatch.setattr(base, "CLAIM_CACHE", 3)
+    rels = [f"c{f}/frame_{i:02d}.edf" for f in range(3) for i in range(10)]
+    for rel in rels:
+        (Path(watch_config.tiers["data733"].root) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(watch_config.tiers["data733"].root) / rel).write_bytes(b"x")
+    down = FakeTrigger()
+    down.down = True
+    first = make_harness(watch_config, down)
+    outbox = Outbox(first.ledger)
+    wait_for(lambda: sum(len(e.paths) for e in outbox.entries("pending")) == len(rels), "every file queued")
+    assert len(first.watcher._claims) <= 3
+    assert first.watcher.rescan() == 0  # in flight (pending), as the ledger says
+    first.watcher.stop()
+
+    up = FakeTrigger()
+    second = make_harness(watch_config, up)
+    assert not second.watcher._claims  # nothing loaded per file at start
+    second.wait_sent(*rels)
+    assert second.watcher.rescan() == 0  # sent within resend_after_s: still in flight
+    second.barrier()
+    sent = [p for p in up.sent_paths() if not p.startswith("zz_barrier/")]
+    assert sorted(sent) == sorted(rels)  # each exactly once
+
+
 def test_rescan_catches_files_the_observer_missed(watch_config: Config, make_harness: MakeHarness) -> None:
     h = make_harness(with_watcher(watch_config, rescan_interval_s=0.5))
     h.barrier()
@@ -468,3 +499,56 @@ def test_a_busy_prefect_server_delays_a_batch_but_never_loses_or_doubles_it(
     failed = h.events.of("send_failed")
     assert len(failed) == 3 and not any(e.detail["permanent"] for e in failed)
     assert "within 0.5 s" in str(failed[1].detail["error"])
+
+
+def test_a_light_rescan_passes_over_settled_folders_and_a_full_one_checks_every_file(
+        watch_config: Config, make_harness: MakeHarness, ctx_sqlite: Context) -> None:
+    """Settled folders (ledger.scan_state): a full scan records the leaf folders it found all verified; a light
+    rescan does not list one whose mtime is unchanged, so it misses a file rewritten in place with no event (the
+    observer is not running here) -- which the full scan then finds. A folder that changed is listed again, and
+    batching a file of a folder unsettles it."""
+    from splash_flows.ledger.scan_state import settled_folders
+
+    h = make_harness(watch_config, start=False)  # no observer: every change is found by scans alone
+    rels = [f"{d}/frame_{i}.edf" for d in ("p/a", "p/b") for i in range(3)]
+    for rel in rels:
+        (h.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (h.root / rel).write_bytes(os.urandom(100))
+    move_files(ctx_sqlite, rels).raise_for_failures()
+    old = time.time() - 60  # settled only when untouched for a while (coarse mtimes)
+    for folder in ("p/a", "p/b", "p"):
+        os.utime(h.root / folder, (old, old))
+    assert h.watcher.rescan() == 0
+    settled = settled_folders(h.ledger, "data733", ["p", "p/a", "p/b"])
+    assert {f: n for f, (_, n) in settled.items()} == {"p/a": 3, "p/b": 3}  # leaf folders only
+    assert h.watcher.rescan(light=True) == 0
+
+    with open(h.root / "p/a/frame_0.edf", "r+b") as fh:  # rewritten in place: p/a's mtime does not change
+        fh.write(os.urandom(100))
+    os.utime(h.root / "p/a/frame_0.edf", (old + 30, old + 30))
+    (h.root / "p/b/frame_new.edf").write_bytes(b"new")  # p/b's mtime changes: listed again
+    assert h.watcher.rescan(light=True) == 1
+    assert set(h.watcher._candidates) == {"p/b/frame_new.edf"}
+    assert h.watcher.rescan() == 1  # the full scan checks every file: the rewrite is found
+    assert set(h.watcher._candidates) == {"p/b/frame_new.edf", "p/a/frame_0.edf"}
+    assert settled_folders(h.ledger, "data733", ["p/a", "p/b"]) == {}  # neither is all verified now
+
+    Outbox(h.ledger).add("d/x", ["p/c/x.edf"])  # no source tier: settled folders untouched
+    (h.root / "p/c").mkdir()
+    (h.root / "p/c/x.edf").write_bytes(b"x")
+    move_files(ctx_sqlite, ["p/c/x.edf"]).raise_for_failures()
+    os.utime(h.root / "p/c", (old, old))
+    h.watcher.rescan()
+    assert "p/c" in settled_folders(h.ledger, "data733", ["p/c"])
+    Outbox(h.ledger).add("d/x", ["p/c/x.edf"], source_tier="data733")  # a file of p/c is being sent
+    assert settled_folders(h.ledger, "data733", ["p/c"]) == {}
+
+
+def test_a_periodic_light_rescan_request_is_made_full_by_any_full_one(
+        watch_config: Config, make_harness: MakeHarness) -> None:
+    w = make_harness(watch_config, start=False).watcher
+    w.request_scan("", light=True)
+    assert w._scan_light
+    w.request_scan("")  # an overflow's rescan meanwhile: the one scan that runs is full
+    w.request_scan("", light=True)
+    assert not w._scan_light

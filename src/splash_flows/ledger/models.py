@@ -293,6 +293,39 @@ class OutboxEntry(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class OutboxPath(Base):
+    """One file of an outbox entry, with the version (size, mtime) the watcher saw when it batched it: the
+    indexed, per-path form of ``OutboxEntry.paths`` (migration ``0005_watcher_scan_state``), written in the same
+    transaction as its entry.
+
+    The watcher asks it which of a scan's files are *in flight* (in a pending entry, or one sent within
+    ``resend_after_s``, at this version) instead of holding a claim per file in memory: a backfill of a million
+    new files keeps its memory flat, and a restart after ``kill -9`` knows what is in flight without reading
+    every entry. ``size`` and ``mtime`` are NULL for entries written before the migration: any version."""
+
+    __tablename__ = "outbox_paths"
+    __table_args__ = (Index("ix_outbox_paths_path", "path"),)
+
+    entry_id: Mapped[int] = mapped_column(ForeignKey("outbox.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ScanFolder(Base):
+    """A leaf folder of a watched tier whose files a full scan found all verified on every move target
+    (migration ``0005_watcher_scan_state``, ``ledger.scan_state``): ``mtime_ns`` is the folder's mtime when it
+    was listed, ``files`` how many files it held. While the folder's mtime is unchanged no file was added,
+    removed or renamed in it, so a light rescan does not list it; a full scan checks it file by file again."""
+
+    __tablename__ = "scan_folders"
+
+    tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    files: Mapped[int] = mapped_column(Integer)
+
+
 class BundleState(StrEnum):
     """Where one archive bundle stands. A bundle's members are fixed when it is planned."""
 

@@ -22,7 +22,7 @@ import socket
 import stat as stat_mod
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,9 +132,13 @@ def file_kind(mode: int) -> str:
 class FolderListing:
     """One folder of a ``list_tree`` walk. Paths are relative to the walk's root, ``/``-separated; names that
     are not valid UTF-8 hold surrogate escapes (``os.fsdecode``). ``error``: the folder could not be listed
-    (nothing else is filled in); ``problems``: entries that could not be stat'ed, with why."""
+    (nothing else is filled in); ``problems``: entries that could not be stat'ed, with why. ``mtime_ns``: the
+    folder's own mtime, taken before it was listed (None when unknown); ``subfolders``: how many folders it holds
+    that the walk goes into (ignored ones not counted)."""
 
     folder: str
+    mtime_ns: int | None = None
+    subfolders: int = 0
     files: list[tuple[str, os.stat_result]] = field(default_factory=list)
     symlinks: list[str] = field(default_factory=list)
     specials: list[tuple[str, str]] = field(default_factory=list)   # (path, what it is: "a FIFO", ...)
@@ -142,18 +146,28 @@ class FolderListing:
     error: str | None = None
 
 
-def list_tree(root: Path, start: Path | None = None,
-              ignore: Callable[[str], bool] | None = None) -> Iterator[FolderListing]:
+SkipFolders = Callable[[list[tuple[str, int]]], Collection[str]]
+
+
+def list_tree(root: Path, start: Path | None = None, ignore: Callable[[str], bool] | None = None, *,
+              skip: SkipFolders | None = None) -> Iterator[FolderListing]:
     """Walk ``start`` (default ``root``) depth-first, one ``FolderListing`` per folder, folders and files in
     name order, never following symlinks. ``ignore(name)`` True leaves an entry out (a folder with all beneath
     it). Our own ``.part`` files are always left out. A folder or file that vanished is skipped quietly; any
-    other error is reported in the listing."""
+    other error is reported in the listing. ``skip``, given the (relative path, mtime in ns) of the folders
+    just found in a folder, names those among them not to list (the watcher's light rescan: folders unchanged
+    since a full scan found them settled); each folder's mtime costs one ``lstat``, taken before it is listed."""
     base = os.path.abspath(root)
-    stack = [os.path.abspath(start if start is not None else root)]
+    first = os.path.abspath(start if start is not None else root)
+    try:
+        first_mtime: int | None = os.lstat(first).st_mtime_ns
+    except OSError:
+        first_mtime = None  # scandir below says why
+    stack: list[tuple[str, int | None]] = [(first, first_mtime)]
     while stack:
-        folder = stack.pop()
+        folder, mtime_ns = stack.pop()
         rel_folder = os.path.relpath(folder, base).replace(os.sep, "/")
-        listing = FolderListing("" if rel_folder == "." else rel_folder)
+        listing = FolderListing("" if rel_folder == "." else rel_folder, mtime_ns)
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -163,7 +177,7 @@ def list_tree(root: Path, start: Path | None = None,
             listing.error = _reason(err)
             yield listing
             continue
-        subfolders: list[str] = []
+        subfolders: list[tuple[str, str, int | None]] = []  # (path, relative path, mtime_ns)
         prefix = f"{listing.folder}/" if listing.folder else ""
         files, problems = listing.files, listing.problems
         for entry in entries:
@@ -173,7 +187,11 @@ def list_tree(root: Path, start: Path | None = None,
             try:
                 # the entry's type comes from the listing (d_type): no stat for a folder, one lstat per file
                 if entry.is_dir(follow_symlinks=False):
-                    subfolders.append(entry.path)
+                    try:
+                        sub_mtime: int | None = entry.stat(follow_symlinks=False).st_mtime_ns
+                    except OSError:
+                        sub_mtime = None  # listing it says why
+                    subfolders.append((entry.path, prefix + name, sub_mtime))
                     continue
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -185,12 +203,18 @@ def list_tree(root: Path, start: Path | None = None,
             if stat_mod.S_ISREG(mode):
                 files.append((prefix + name, st))
             elif stat_mod.S_ISDIR(mode):  # the listing's type was unknown (DT_UNKNOWN) and stat says folder
-                subfolders.append(entry.path)
+                subfolders.append((entry.path, prefix + name, st.st_mtime_ns))
             elif stat_mod.S_ISLNK(mode):
                 listing.symlinks.append(prefix + name)
             else:
                 listing.specials.append((prefix + name, file_kind(mode)))
-        stack.extend(reversed(subfolders))
+        listing.subfolders = len(subfolders)
+        if skip is not None and subfolders:
+            known = [(rel, m) for _, rel, m in subfolders if m is not None]
+            skipped = skip(known) if known else ()
+            if skipped:
+                subfolders = [s for s in subfolders if s[1] not in skipped]
+        stack.extend((path, m) for path, _, m in reversed(subfolders))
         yield listing
 
 

@@ -27,10 +27,13 @@ ONE dispatcher run per batch. The sender sends pending outbox entries strictly o
 be reached (refused, a 5xx, no answer within ``trigger_timeout_s``) the entry stays pending and is retried after
 0.5 s, 1 s, 2 s ... up to every ``outbox_replay_interval_s``, so later batches queue behind it and are replayed in
 order. On start, pending entries are replayed first and the files of entries
-still in flight (pending, or sent within ``resend_after_s``) are not batched again.
+still in flight (pending, or sent within ``resend_after_s``) are not batched again: the ledger's
+``outbox_paths`` says which, per path and version, so nothing per file is held in memory or loaded at start.
 
 Listening starts BEFORE the backfill scan, so nothing written during the scan is missed; rescans every
-``rescan_interval_s`` (and right after an inotify queue overflow) catch dropped events. Crash safety: a file
+``rescan_interval_s`` (and right after an inotify queue overflow) catch dropped events; most periodic ones are
+light (folders a full scan found all verified, unchanged since, are not listed: ``ledger.scan_state``), every
+``full_rescan_every``-th, the backfill and the overflow's are full. Crash safety: a file
 detected but not yet in the outbox when the process dies is found again by the next startup backfill; a batch
 in the outbox is replayed with its stored idempotency key, so a batch Prefect accepted just before a
 ``kill -9`` does not become a second run.

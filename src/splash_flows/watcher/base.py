@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from splash_flows.errors import (
     PathEscapeError,
 )
 from splash_flows.ledger import EventKind, Ledger
+from splash_flows.ledger.models import utcnow
 from splash_flows.ledger.outbox import Outbox
 from splash_flows.paths import safe_join
 from splash_flows.selection import MoveRule
@@ -78,10 +81,16 @@ class _Candidate:
     generation: int = 0
 
 
+CLAIM_CACHE = 20_000  # claims kept in memory once their files are in the outbox (the ledger answers for the rest)
+
+
 @dataclass(slots=True)
 class _Claim:
     """A file handed to a batch: not batched again while this version is in flight. ``version`` None: any
-    version (loaded from the outbox at start, where versions are not stored)."""
+    version. Once its batch is in the outbox the ledger's ``outbox_paths`` says the same durably
+    (``in_flight_versions``); the claim stays as a fast path and for the "written again after it was sent"
+    rule, but only the ``CLAIM_CACHE`` most recent are kept (``_trim_claims``), so memory does not grow with a
+    backfill."""
 
     version: Version | None
     until: float
@@ -148,6 +157,7 @@ class WatcherBase:
         self._recently_dropped: dict[str, float] = {}
         self._timing: dict[int, tuple[str, float | None]] = {}
         self._scan_requests: set[str] = set()
+        self._scan_light = False  # the pending whole-tree request may be light (``ScanMixin.rescan``)
         self._scan_cv = threading.Condition()
         self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
@@ -179,6 +189,19 @@ class WatcherBase:
         except LedgerError as err:
             log.error("cannot read the outbox: %s", err)
             return {}
+
+    def _trim_claims(self) -> None:
+        """Forget the oldest claims beyond ``CLAIM_CACHE`` (call with ``_lock`` held, after their batches were
+        written to the outbox: the ledger answers for them from then on). Claims are kept in the order they
+        were made, so the oldest go first."""
+        excess = len(self._claims) - CLAIM_CACHE
+        if excess > 0:
+            for rel in list(itertools.islice(self._claims, excess)):
+                del self._claims[rel]
+
+    def _in_flight_since(self) -> datetime:
+        """Entries sent at or after this time still hold their files in flight (``resend_after_s``)."""
+        return utcnow() - timedelta(seconds=self.settings.resend_after_s)
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -265,9 +288,13 @@ class WatcherBase:
 
     # --- scans (requests only; the scanning is in scan.py)
 
-    def request_scan(self, prefix: str = "") -> None:
-        """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree)."""
+    def request_scan(self, prefix: str = "", *, light: bool = False) -> None:
+        """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree). ``light``: a
+        periodic whole-tree rescan that may pass over settled folders (``ScanMixin.rescan``); any full request
+        pending at the same time (an overflow's) makes it full."""
         with self._scan_cv:
+            if not prefix:
+                self._scan_light = light and (self._scan_light or "" not in self._scan_requests)
             self._scan_requests.add(prefix)
             self._scan_idle.clear()
             self._scan_cv.notify_all()

@@ -34,8 +34,10 @@ class BatchingMixin(WatcherBase):
             for start in range(0, len(batch.paths), limit):
                 paths = batch.paths[start:start + limit]
                 closes = [c for c in batch.closed_at[start:start + limit] if c is not None]
+                with self._lock:  # the version each file was accepted at (None: its claim was trimmed: any)
+                    versions = [c.version if (c := self._claims.get(rel)) is not None else None for rel in paths]
                 try:
-                    rec = self.outbox.add(self.settings.deployment, paths)
+                    rec = self.outbox.add(self.settings.deployment, paths, versions, source_tier=self.tier)
                 except LedgerError as err:
                     log.error("cannot write a batch of %d file(s) in %s to the outbox (retrying in %g s): %s",
                               len(paths), batch.folder or "/", self.settings.outbox_replay_interval_s, err)
@@ -52,6 +54,7 @@ class BatchingMixin(WatcherBase):
                 written += 1
                 with self._lock:
                     self._timing[rec.id] = (batch.folder, min(closes) if closes else None)
+                    self._trim_claims()
                 log.debug("outbox entry %d: %d file(s) in %s", rec.id, len(paths), batch.folder or "/")
                 self._emit("queued", tuple(paths), entry_id=rec.id)
         if written and notify:

@@ -150,6 +150,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
 
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.settings.rescan_interval_s
+        periodic = 0
         while not self._stop.is_set():
             self._wake.wait(self._tick)
             self._wake.clear()
@@ -162,7 +163,8 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             with self._backlog_cv:
                 self._backlog_cv.notify_all()
             if now >= next_rescan:
-                self.request_scan("")
+                periodic += 1  # every full_rescan_every-th one is full, the others light
+                self.request_scan("", light=periodic % self.settings.full_rescan_every != 0)
                 next_rescan = now + self.settings.rescan_interval_s
             if self.observer is not None and not self.observer.is_alive() and not self._done.is_set():
                 raise TierError(f"the file observer on {self.root} stopped (root deleted or unmounted?)",

@@ -26,7 +26,7 @@ from splash_flows.errors import (
     LedgerError,
     PathEscapeError,
 )
-from splash_flows.ledger.outbox import verified_versions
+from splash_flows.ledger.outbox import InFlight, in_flight_versions, is_in_flight, verified_versions
 from splash_flows.paths import safe_join
 from splash_flows.tiers.local import file_kind
 from splash_flows.watcher.base import WatcherBase, _Batch, _Candidate, _Claim, _decode
@@ -283,9 +283,15 @@ class ReadinessMixin(WatcherBase):
                      self.tier, rel)
 
     def _accept(self, ready: list[tuple[str, os.stat_result, float | None]], now: float) -> None:
-        """Ready files: skip those already verified (this version) or in flight; batch the rest."""
+        """Ready files: skip those already verified (this version) or in flight (a claim in memory, or a pending
+        or recently sent outbox entry in the ledger); batch the rest."""
+        in_flight: InFlight = {}
         try:
             verified = verified_versions(self.ledger, self.tier, self.targets, [r for r, _, _ in ready])
+            unclaimed = [rel for rel, st, _ in ready if verified.get(rel) != (st.st_size, st.st_mtime)
+                         and rel not in self._claims]
+            if unclaimed:
+                in_flight = in_flight_versions(self.ledger, unclaimed, self._in_flight_since())
         except LedgerError as err:
             log.error("cannot check the ledger for %d ready file(s), sending them anyway: %s", len(ready), err)
             verified = {}
@@ -301,9 +307,10 @@ class ReadinessMixin(WatcherBase):
                     log.debug("%s is already verified on %s; not sent again", rel, ", ".join(self.targets))
                     continue
                 claim = self._claims.get(rel)
-                if claim is not None and claim.version in (None, version):
+                if (claim is not None and claim.version in (None, version)) or is_in_flight(in_flight, rel, version):
                     log.debug("%s is already in flight; not sent again", rel)
                     continue
+                self._claims.pop(rel, None)  # re-inserted last: claims stay oldest first (_trim_claims)
                 self._claims[rel] = _Claim(version, now + self.settings.resend_after_s)
                 folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
                 batch = self._batches.get(folder)

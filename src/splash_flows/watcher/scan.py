@@ -13,9 +13,10 @@ from splash_flows.errors import (
     PathEscapeError,
     TierError,
 )
-from splash_flows.ledger.outbox import verified_versions
+from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_versions
+from splash_flows.ledger.scan_state import Settled, settled_folders, update_settled
 from splash_flows.paths import display_path, safe_join
-from splash_flows.tiers.local import list_tree
+from splash_flows.selection import scan_tree
 from splash_flows.watcher.base import Version, WatcherBase, _Candidate
 
 log = logging.getLogger("splash_flows.watcher")
@@ -24,6 +25,11 @@ Found = tuple[str, Version, int]  # (path, (size, mtime), mtime_ns) as the scan'
 SCAN_CHUNK = 2000  # files per ledger comparison (one read transaction of IN lists of ``IN_CHUNK``)
 WALK_AHEAD = 4  # chunks the walk thread may list ahead of the ledger comparison
 SCAN_BACKLOG = 20_000  # candidates a paced scan lets wait before it waits for the loop (memory stays flat)
+SETTLE_MARGIN_NS = 2_000_000_000  # a folder changed this recently before a scan does not settle (coarse mtimes)
+# (folder, its mtime in ns before it was listed, files listed, could settle: a leaf folder holding only files to
+# move, listed without trouble) for each folder a chunk completes
+_Folder = tuple[str, int | None, int, bool]
+_Chunk = tuple[list[Found], list[_Folder]]
 
 
 class ScanMixin(WatcherBase):
@@ -38,29 +44,42 @@ class ScanMixin(WatcherBase):
                 if self._stop.is_set():
                     return
                 prefixes = {""} if "" in self._scan_requests else set(self._scan_requests)
+                light = self._scan_light
                 self._scan_requests.clear()
+                self._scan_light = False
             for prefix in sorted(prefixes):
-                self.rescan(prefix, pace=True)
+                self.rescan(prefix, pace=True, light=light and not prefix)
 
-    def rescan(self, prefix: str = "", *, pace: bool = False) -> int:
+    def rescan(self, prefix: str = "", *, pace: bool = False, light: bool = False) -> int:
         """Walk ``prefix`` (the whole tree by default) and offer every file not verified (this version) and not
         in flight as a candidate. Returns how many new candidates it found. Also usable directly (tests).
 
         One pass, streamed: the walk yields files in chunks of ``SCAN_CHUNK`` across folders, each compared
         with the ledger in one read transaction while the walk goes on in a thread of its own (``stat`` and
         SQLite both release the GIL); nothing per file is kept but the candidates it offers. ``pace``
-        (the scan thread): wait while the loop drains a large backlog of candidates (``_wait_backlog``)."""
+        (the scan thread): wait while the loop drains a large backlog of candidates (``_wait_backlog``).
+
+        Settled folders (``ledger.scan_state``): every scan records the leaf folders whose files it found all
+        verified, with the folder's mtime, and forgets those where it found one that is not. ``light`` (most
+        periodic rescans, ``watcher.full_rescan_every``): a settled folder whose mtime is unchanged is not
+        listed at all -- no file was added, removed or renamed in it. What a light rescan cannot see is a file
+        rewritten in place with its inotify events lost, or a copy the ledger no longer holds verified: the
+        full scans (start-up, after an overflow, every ``full_rescan_every``-th rescan) catch those."""
         started = time.monotonic()
         now = started
+        settle_before = time.time_ns() - SETTLE_MARGIN_NS  # only folders untouched for a while settle
         with self._lock:
             for rel in [r for r, c in self._claims.items() if c.until <= now]:
                 del self._claims[rel]
-            # a full walk meets every claimed file still there; the others vanished (e.g. an unmount)
-            unmet = set(self._claims) if not prefix else set()
+            # a full walk meets every claimed file still there; the others vanished (e.g. an unmount). A light
+            # one skips settled folders, so it cannot tell.
+            unmet = set(self._claims) if not prefix and not light else set()
         found = 0
         complete = False
+        since = self._in_flight_since()
+        dirty: set[str] = set()  # folders still being listed that hold a file not verified (bounded: open ones)
         try:
-            for chunk in self._walk_ahead(prefix):
+            for chunk, folders in self._walk_ahead(prefix, light):
                 if self._stop.is_set():
                     break
                 if unmet:
@@ -71,8 +90,22 @@ class ScanMixin(WatcherBase):
                     log.error("rescan: cannot read the ledger, treating %d file(s) as not yet verified: %s",
                               len(chunk), err)
                     verified = {}
-                # only the files not verified in this version go on (a steady-state rescan offers none)
+                # only the files not verified in this version go on (a steady-state rescan offers none), and of
+                # those only the ones not in flight in this version (the ledger's outbox_paths: no claim per
+                # file in memory, so a backfill's memory stays flat and a restart needs no per-file state)
                 changed = [f for f in chunk if verified.get(f[0]) != f[1]]
+                dirty.update(f[0].rpartition("/")[0] for f in changed)
+                if folders:
+                    self._settle(folders, dirty, settle_before)
+                if changed:
+                    try:
+                        in_flight = in_flight_versions(self.ledger, [f[0] for f in changed], since)
+                    except LedgerError as err:
+                        log.error("rescan: cannot read the outbox, offering %d file(s) (each is checked again "
+                                  "when ready): %s", len(changed), err)
+                        in_flight = {}
+                    if in_flight:
+                        changed = [f for f in changed if not is_in_flight(in_flight, f[0], f[1])]
                 if changed:
                     found += self._offer_found(changed)
                     if pace:
@@ -130,6 +163,35 @@ class ScanMixin(WatcherBase):
                 self._earliest_check = min(self._earliest_check, now + quiet)
         return n
 
+    def _settle(self, folders: list[_Folder], dirty: set[str], before_ns: int) -> None:
+        """Record the folders completed in this chunk as settled -- leaf folders listed without trouble, last
+        changed before ``before_ns``, every file verified -- or forget them; only what differs from the ledger
+        is written. A ledger error is logged: settled folders only spare light rescans some work (and a
+        failed forget leaves a folder skipped only while its mtime stays unchanged, until the next full scan)."""
+        settle: dict[str, Settled] = {}
+        unsettle: list[str] = []
+        for folder, mtime_ns, files, clean in folders:
+            if clean and mtime_ns is not None and mtime_ns < before_ns and folder not in dirty:
+                settle[folder] = (mtime_ns, files)
+            else:
+                unsettle.append(folder)
+            dirty.discard(folder)
+        try:
+            known = settled_folders(self.ledger, self.tier, [f[0] for f in folders])
+            settle = {f: s for f, s in settle.items() if known.get(f) != s}
+            update_settled(self.ledger, self.tier, settle, [f for f in unsettle if f in known])
+        except LedgerError as err:
+            log.error("rescan: cannot record which of %d folder(s) are settled: %s", len(folders), err)
+
+    def _skip_settled(self, children: list[tuple[str, int]]) -> set[str]:
+        """For a light rescan's walk: the folders among ``children`` ((path, mtime_ns)) settled at that mtime."""
+        try:
+            known = settled_folders(self.ledger, self.tier, [rel for rel, _ in children])
+        except LedgerError as err:
+            log.error("light rescan: cannot read settled folders, listing %d folder(s): %s", len(children), err)
+            return set()
+        return {rel for rel, mtime_ns in children if (s := known.get(rel)) is not None and s[0] == mtime_ns}
+
     def _wait_backlog(self) -> None:
         """Pace a scan run by the scan thread: while more than ``SCAN_BACKLOG`` found files wait to become
         ready, wait for the loop to hand them to batches and the outbox, so a backfill of a million new files
@@ -140,14 +202,14 @@ class ScanMixin(WatcherBase):
                 self._wake.set()
                 self._backlog_cv.wait(1.0)
 
-    def _walk_ahead(self, prefix: str) -> Iterator[list[Found]]:
+    def _walk_ahead(self, prefix: str, light: bool = False) -> Iterator[_Chunk]:
         """``_walk``'s chunks, listed by a helper thread at most ``WALK_AHEAD`` chunks ahead of the consumer
         (memory bounded); the walk's errors are raised here, in the consumer. Stops early when the consumer
         does."""
-        chunks: queue.Queue[list[Found] | BaseException | None] = queue.Queue(maxsize=WALK_AHEAD)
+        chunks: queue.Queue[_Chunk | BaseException | None] = queue.Queue(maxsize=WALK_AHEAD)
         done = threading.Event()
 
-        def put(item: list[Found] | BaseException | None) -> bool:
+        def put(item: _Chunk | BaseException | None) -> bool:
             while not done.is_set():
                 try:
                     chunks.put(item, timeout=0.5)
@@ -158,7 +220,7 @@ class ScanMixin(WatcherBase):
 
         def produce() -> None:
             try:
-                for chunk in self._walk(prefix):
+                for chunk in self._walk(prefix, light):
                     if not put(chunk):
                         return
             except BaseException as err:  # noqa: BLE001 -- handed to the consumer, which raises it
@@ -180,11 +242,13 @@ class ScanMixin(WatcherBase):
             done.set()
             walker.join()
 
-    def _walk(self, prefix: str) -> Iterator[list[Found]]:
+    def _walk(self, prefix: str, light: bool = False) -> Iterator[_Chunk]:
         """Files to move under ``prefix`` in chunks of about ``SCAN_CHUNK`` (``list_tree`` with ``MoveRule``'s
         ignores, each name checked once by ``MoveRule.refusal_in``): symlinks, FIFOs, sockets, devices and odd
         names handled; a folder that cannot be listed is reported (once per process), never taken for an empty
-        one."""
+        one. Each chunk comes with the folders whose files it completes (``_Folder``); ``light``: settled
+        folders with an unchanged mtime are not listed (``rescan``). The walk is ``selection.scan_tree``, the
+        one ``reconcile`` makes too."""
         if prefix:
             try:
                 start = safe_join(self.root, prefix, tier=self.tier)
@@ -195,12 +259,14 @@ class ScanMixin(WatcherBase):
             start = self.root
         if not self.root.is_dir():
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
-        rule = self.rule
         pending: list[Found] = []
-        for listing in list_tree(self.root, start, rule.ignored_name):
+        done: list[_Folder] = []
+        for ruled in scan_tree(self.root, start, self.rule, skip=self._skip_settled if light else None):
+            listing = ruled.listing
+            folder = listing.folder
             if listing.error is not None:
-                self._refuse(display_path(listing.folder or "."), f"cannot list folder: {listing.error}",
-                             record=False)
+                self._refuse(display_path(folder or "."), f"cannot list folder: {listing.error}", record=False)
+                done.append((folder, None, 0, False))
                 continue
             for rel, why in listing.problems:
                 self._refuse(display_path(rel), why, record=False)
@@ -210,17 +276,14 @@ class ScanMixin(WatcherBase):
             for rel in listing.symlinks:
                 if self._check_name(rel):
                     self._symlink(rel)
-            folder = listing.folder
-            clean = rule.clean_folder(folder)
-            for rel, st in listing.files:
-                refused = rule.refusal_in(folder, clean, rel)
-                if refused is None:
-                    pending.append((rel, (st.st_size, st.st_mtime), st.st_mtime_ns))
-                else:
-                    self._refuse(refused.path, refused.reason)
+            for refused in ruled.refused:
+                self._refuse(refused.path, refused.reason)
+            pending += [(rel, (st.st_size, st.st_mtime), st.st_mtime_ns) for rel, st in ruled.files]
+            if folder:  # a folder settles only when all it holds are files to move (its record stands for them)
+                done.append((folder, listing.mtime_ns, len(ruled.files), ruled.settleable))
             if len(pending) >= SCAN_CHUNK:
-                yield pending
-                pending = []
-        if pending:
-            yield pending
+                yield pending, done
+                pending, done = [], []
+        if pending or done:
+            yield pending, done
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
 
 from splash_flows.context import Context
 from splash_flows.errors import LedgerError
-from splash_flows.ledger.models import utcnow
-from splash_flows.ledger.outbox import Outbox, verified_versions
+from splash_flows.ledger import Ledger
+from splash_flows.ledger.models import OutboxPath, utcnow
+from splash_flows.ledger.outbox import Outbox, in_flight_versions, is_in_flight, verified_versions
 
 
 def test_upgraded_ledger_has_the_outbox_migration_and_table(ctx: Context) -> None:
@@ -87,3 +90,55 @@ def test_verified_versions_needs_every_target_and_the_current_version(ctx: Conte
     assert verified_versions(ledger, "data733", ["lamarr"], ["a.edf", "b.edf"]) == {"a.edf": (10, 1.5),
                                                                                     "b.edf": (10, 1.5)}
     assert verified_versions(ledger, "other", ["lamarr", "cfs"], ["a.edf"]) == {}
+
+
+def test_each_entry_indexes_its_paths_with_the_versions_batched(ctx: Context) -> None:
+    outbox = Outbox(ctx.ledger)
+    rec = outbox.add("d/x", ["s/a.edf", "s/b.edf"], [(10, 1.5), None])
+    with ctx.ledger.reading() as conn:
+        rows = conn.execute(select(OutboxPath.entry_id, OutboxPath.path, OutboxPath.size, OutboxPath.mtime)
+                            .order_by(OutboxPath.path)).all()
+    assert [tuple(r) for r in rows] == [(rec.id, "s/a.edf", 10, 1.5), (rec.id, "s/b.edf", None, None)]
+    with pytest.raises(LedgerError, match="2 path"):
+        outbox.add("d/x", ["s/a.edf", "s/b.edf"], [(1, 1.0)])
+
+
+def test_in_flight_versions_are_those_of_pending_and_recently_sent_entries(ctx: Context) -> None:
+    """The per-path lookup the watcher's scans use instead of a claim per file in memory."""
+    outbox = Outbox(ctx.ledger)
+    outbox.add("d/x", ["p.edf", "both.edf"], [(1, 1.0), (2, 2.0)])
+    sent = outbox.add("d/x", ["sent.edf", "both.edf"], [(3, 3.0), (4, 4.0)])
+    outbox.mark_sent(sent.id, "run-1")
+    failed = outbox.add("d/x", ["failed.edf"], [(5, 5.0)])
+    outbox.mark_failed(failed.id, "refused")
+    outbox.add("d/x", ["legacy.edf"])  # no versions: any version (entries from before outbox_paths)
+    paths = ["p.edf", "both.edf", "sent.edf", "failed.edf", "legacy.edf", "never.edf"]
+    recent = in_flight_versions(ctx.ledger, paths, utcnow() - timedelta(hours=1))
+    assert recent == {"p.edf": {(1, 1.0)}, "both.edf": {(2, 2.0), (4, 4.0)}, "sent.edf": {(3, 3.0)},
+                      "legacy.edf": {None}}
+    later = in_flight_versions(ctx.ledger, paths, utcnow() + timedelta(seconds=1))  # the send is too old now
+    assert later == {"p.edf": {(1, 1.0)}, "both.edf": {(2, 2.0)}, "legacy.edf": {None}}
+    assert is_in_flight(recent, "p.edf", (1, 1.0)) and not is_in_flight(recent, "p.edf", (1, 1.5))
+    assert is_in_flight(recent, "legacy.edf", (9, 9.0)) and not is_in_flight(recent, "never.edf", (1, 1.0))
+
+
+def test_upgrade_to_outbox_paths_indexes_the_entries_still_in_flight(ledger_url: str) -> None:
+    """Migration 0005_watcher_scan_state: pending and recently sent entries get their paths with no version (any
+    version, as the watcher assumed at a start before it); failed entries get none."""
+    ledger = Ledger.open(ledger_url, upgrade=False)
+    cfg = ledger._alembic_config()
+    with ledger.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004_ledger_counters")
+        recent = (utcnow() - timedelta(minutes=5)).strftime("%Y-%m-%d %H:%M:%S")
+        for i, (state, sent_at, paths) in enumerate([("pending", None, ["p/a.edf", "p/b.edf"]),
+                                                      ("sent", recent, ["s/a.edf"]),
+                                                      ("failed", None, ["f/a.edf"])]):
+            conn.execute(text("INSERT INTO outbox (created_at, idempotency_key, deployment, paths, state, "
+                              "attempts, sent_at) VALUES (:now, :key, 'd/x', :paths, :state, 0, :sent_at)"),
+                         {"now": recent, "key": f"k{i}", "paths": json.dumps(paths), "state": state,
+                          "sent_at": sent_at})
+    ledger.upgrade()
+    found = in_flight_versions(ledger, ["p/a.edf", "p/b.edf", "s/a.edf", "f/a.edf"], utcnow() - timedelta(hours=1))
+    assert found == {"p/a.edf": {None}, "p/b.edf": {None}, "s/a.edf": {None}}
+    ledger.close()
