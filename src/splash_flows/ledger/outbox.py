@@ -97,6 +97,24 @@ class Outbox:
                     conn.execute(_UNSETTLE, {"tier": source_tier, "paths": chunk})
         return OutboxRecord(entry_id, now, key, deployment, tuple(paths), OutboxState.PENDING, 0, None, None, None)
 
+    def release(self, paths: Sequence[str] | None = None, *, under: str | None = None) -> int:
+        """Forget that files are in flight (``in_flight_versions``): ``paths``, or every file under the folder
+        ``under``, or (both None) every file. For files that are gone -- deleted, moved out, their volume
+        unmounted -- so the run they were sent to cannot copy them: if they come back, the ledger's verified
+        copies alone decide whether they are sent again. The entries themselves are kept (a pending one is still
+        replayed; the move is idempotent). Returns how many path rows were released."""
+        stmt = delete(OutboxPath)
+        if paths is not None:
+            released = 0
+            with self.ledger.session() as sess:
+                for chunk in in_chunks(list(dict.fromkeys(paths))):
+                    released += sess.execute(stmt.where(OutboxPath.path.in_(chunk))).rowcount or 0
+            return released
+        if under:
+            stmt = stmt.where(OutboxPath.path.startswith(f"{under}/", autoescape=True))
+        with self.ledger.session() as sess:
+            return sess.execute(stmt).rowcount or 0
+
     def get(self, entry_id: int) -> OutboxRecord | None:
         with self.ledger.read_session() as sess:
             row = sess.get(OutboxEntry, entry_id)

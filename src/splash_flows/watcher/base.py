@@ -279,9 +279,18 @@ class WatcherBase:
                 released = [rel for rel in self._claims if rel.startswith(prefix)]
                 for rel in released:
                     del self._claims[rel]
-        if released:
+        # the ledger's in-flight marks (outbox_paths) too: memory keeps only the newest claims, and a restart
+        # reads what is in flight from the ledger alone
+        try:
+            rows = Outbox(self.ledger).release(released if rels is not None else None,
+                                               under=under if rels is None else None)
+        except LedgerError as err:
+            rows = 0
+            log.error("could not release the in-flight marks of files gone from %s (%s): they are sent again "
+                      "after watcher.resend_after_s: %s", self.tier, why, err)
+        if released or rows:
             log.info("%d file(s) sent lately are gone from %s (%s); each is sent again if it comes back "
-                     "not verified: %s%s", len(released), self.tier, why, ", ".join(released[:3]),
+                     "not verified: %s%s", max(len(released), rows), self.tier, why, ", ".join(released[:3]),
                      ", ..." if len(released) > 3 else "")
             self._emit("vanished", tuple(released), reason=why)
         return released

@@ -142,3 +142,20 @@ def test_upgrade_to_outbox_paths_indexes_the_entries_still_in_flight(ledger_url:
     found = in_flight_versions(ledger, ["p/a.edf", "p/b.edf", "s/a.edf", "f/a.edf"], utcnow() - timedelta(hours=1))
     assert found == {"p/a.edf": {None}, "p/b.edf": {None}, "s/a.edf": {None}}
     ledger.close()
+
+
+def test_releasing_files_that_are_gone_leaves_the_entries_and_the_other_files_in_flight(ctx: Context) -> None:
+    """A file gone from the source (deleted, moved out, its volume unmounted) is no longer in flight: if it comes
+    back, the ledger's verified copies alone decide whether it is sent again. By paths, by folder, or all."""
+    outbox = Outbox(ctx.ledger)
+    first = outbox.add("d/x", ["a/1.edf", "a/2.edf", "a_b/3.edf", "c/4.edf"], [(1, 1.0)] * 4)
+    outbox.mark_sent(first.id, "run-1")
+    since = utcnow() - timedelta(hours=1)
+    everything = ["a/1.edf", "a/2.edf", "a_b/3.edf", "c/4.edf"]
+    assert outbox.release(["a/1.edf", "missing.edf"]) == 1
+    assert set(in_flight_versions(ctx.ledger, everything, since)) == {"a/2.edf", "a_b/3.edf", "c/4.edf"}
+    assert outbox.release(under="a") == 1  # a/ only: not a_b/ (the prefix is a folder, escaped)
+    assert set(in_flight_versions(ctx.ledger, everything, since)) == {"a_b/3.edf", "c/4.edf"}
+    assert outbox.release() == 2
+    assert in_flight_versions(ctx.ledger, everything, since) == {}
+    assert outbox.get(first.id) is not None and outbox.get(first.id).paths == tuple(everything)  # type: ignore[union-attr]
