@@ -55,11 +55,13 @@ def test_file_growing_past_quiet_period_is_held(watch_config: Config, make_harne
                                                 mode: str) -> None:
     """Reopened and appended every 0.05 s for several quiet periods: held until it stops, sent once, whole
     (inotify mode without ``ready_on_close``: every close waits the quiet period)."""
-    h = make_harness(with_watcher(watch_config, mode=mode, quiet_period_s=0.3, ready_on_close=False))
+    # a quiet period of 1 s, 20x the pause between appends: on a loaded 2-core machine this thread can be held
+    # off the CPU for a few tenths of a second (with 0.3 s the file sometimes looked quiet mid-growth under load)
+    h = make_harness(with_watcher(watch_config, mode=mode, quiet_period_s=1.0, ready_on_close=False))
     rel = f"scan_grow_{mode}/growing.edf"
     path = h.root / rel
     path.parent.mkdir(parents=True)
-    rounds = 30  # 30 x 0.05 s = 1.5 s = 5 quiet periods
+    rounds = 60  # 60 x 0.05 s = 3 s = 3 quiet periods
     for i in range(rounds):
         with open(path, "ab") as fh:
             fh.write(b"x" * 1000)
