@@ -51,6 +51,21 @@ def _restore_logger_levels() -> Iterator[None]:
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
 
+
+
+@pytest.fixture(autouse=True)
+def _hypothesis_examples_independent_of_imports(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every Hypothesis test draws the same examples whatever else the process imported (an xdist worker
+    imports the whole suite): tests/support/hypothesis_pool.py says why."""
+    if not getattr(request.function, "is_hypothesis_test", False):
+        yield
+        return
+    from tests.support.hypothesis_pool import fixed_constants
+
+    with fixed_constants():
+        yield
+
+
 #: The fault matrix (tests/faults) runs bounded in `make test` (one `up` stack, one seed per fault);
 #: ``SPLASH_FAULTS=full`` (`make faults`) runs the full one; ``SPLASH_FAULTS=off`` leaves it out.
 collect_ignore_glob = ["faults/*"] if os.environ.get("SPLASH_FAULTS") == "off" else []
