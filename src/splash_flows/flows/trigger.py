@@ -127,4 +127,7 @@ class PrefectDeploymentTrigger:
                                      f"{type(err).__name__}: {err or 'no answer'}"
                                      + (f" within {self.timeout:g} s" if isinstance(err, httpx.TimeoutException)
                                         else "")) from None
+        from splash_flows.flows.wake import send_wake
+
+        send_wake()  # a runner of this stack on this host polls now instead of within its poll interval
         return str(run.id)
