@@ -263,14 +263,20 @@ def test_a_nudge_from_the_watcher_makes_the_runner_poll_at_once() -> None:
             if api.due_checks >= 1 and send_wake(name):
                 break
             wait_until.wait(0.1)
-        assert listen(name, lambda: None) is None  # one listener per stack: a second runner just polls
+        assert listen(name, lambda _payload: None) is None  # one listener per stack: a second runner just polls
+        for _ in range(300):  # the nudge above made one more poll (it named no deployment: a due read)
+            if api.due_checks >= 2:
+                break
+            wait_until.wait(0.1)
+        reads = api.due_checks
         run = api.add_run(DISPATCH)
-        assert send_wake(name) is True
+        assert send_wake(name, str(api.deployments[DISPATCH])) is True
         for _ in range(300):
             if run.state.name == "Completed":
                 break
             wait_until.wait(0.1)
         assert run.state.name == "Completed" and api.executed == [run.id]
+        assert api.due_checks == reads  # the nudge named the deployment: its pool was polled straight away
     finally:
         runner.stop()
         thread.join(30)

@@ -152,6 +152,8 @@ class InProcessRunner:
         self._api_factory = api_factory or _prefect_api
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by stop() and by a nudge from the watcher (``wake_name``)
+        self._nudged: set[UUID] = set()  # deployments a nudge named since the last poll
+        self._nudge_lock = threading.Lock()
         self.wake_name = wake_name
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="flow-run")
         self._active: dict[Future[Any], tuple[UUID, str]] = {}
@@ -178,8 +180,13 @@ class InProcessRunner:
         self._stop.set()
         self._wake.set()
 
-    def wake(self) -> None:
-        """Poll now instead of at the end of the poll interval (a run was just created: ``flows.wake``)."""
+    def wake(self, payload: bytes = b"") -> None:
+        """Poll now instead of at the end of the poll interval (a run was just created: ``flows.wake``). A payload
+        naming a served deployment lets that poll go straight to the deployment's pool."""
+        with contextlib.suppress(ValueError):
+            deployment = UUID(payload.decode("ascii", "replace"))
+            with self._nudge_lock:
+                self._nudged.add(deployment)
         self._wake.set()
 
     def install_signal_handlers(self) -> None:
@@ -277,7 +284,11 @@ class InProcessRunner:
         if self.limit - len(self._active) <= 0 or self._stop.is_set():
             return
         now = time.monotonic()
-        due = api.due_deployments(list(self._by_id), datetime.now(UTC))
+        with self._nudge_lock:
+            nudged, self._nudged = self._nudged & self._by_id.keys(), set()
+        # a nudge named the deployment with a new run: its pool is polled without first reading what is due
+        # (one round trip less between the trigger and the claim); others are read at the next poll
+        due = nudged or api.due_deployments(list(self._by_id), datetime.now(UTC))
         due_pools = {self._by_id[d].spec.pool for d in due if d in self._by_id}
         for pool in self.pools:
             if pool not in due_pools and now - self._polled.get(pool, -math.inf) < self.pool_heartbeat_seconds:

@@ -129,5 +129,5 @@ class PrefectDeploymentTrigger:
                                         else "")) from None
         from splash_flows.flows.wake import send_wake
 
-        send_wake()  # a runner of this stack on this host polls now instead of within its poll interval
+        send_wake(deployment_id=str(self._deployment_id))  # this host's runner polls now, not within its poll
         return str(run.id)

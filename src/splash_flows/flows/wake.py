@@ -38,25 +38,26 @@ def _address(name: str) -> str:
     return "\0" + name  # Linux abstract namespace
 
 
-def send_wake(name: str | None = None) -> bool:
-    """Nudge the runner listening on ``name`` (default: ``$SPLASH_FLOWS_RUNNER_WAKE``). Never blocks, never
-    raises: True if a runner received it, False when none listens (or no name is set)."""
+def send_wake(name: str | None = None, deployment_id: str | None = None) -> bool:
+    """Nudge the runner listening on ``name`` (default: ``$SPLASH_FLOWS_RUNNER_WAKE``), saying which deployment
+    has a new run (the runner then polls that deployment's pool without first reading which are due). Never
+    blocks, never raises: True if a runner received it, False when none listens (or no name is set)."""
     name = name if name is not None else os.environ.get(WAKE_ENV)
     if not name:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
-            sock.sendto(b"poll", _address(name))
+            sock.sendto((deployment_id or "poll").encode("ascii", "replace")[:64], _address(name))
     except OSError:  # nobody listens (ECONNREFUSED), its queue is full (EAGAIN: it will poll anyway)
         return False
     return True
 
 
 class WakeListener:
-    """The runner's end: a thread that calls ``on_wake`` for every datagram received on ``name``."""
+    """The runner's end: a thread that calls ``on_wake(payload)`` for every datagram received on ``name``."""
 
-    def __init__(self, name: str, on_wake: Callable[[], None]) -> None:
+    def __init__(self, name: str, on_wake: Callable[[bytes], None]) -> None:
         self.name = name
         self.on_wake = on_wake
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -76,12 +77,12 @@ class WakeListener:
     def _serve(self) -> None:
         while not self._closed.is_set():
             try:
-                self._sock.recv(64)
+                payload = self._sock.recv(64)
             except TimeoutError:
                 continue
             except OSError:
                 return  # closed
-            self.on_wake()
+            self.on_wake(payload)
 
     def close(self) -> None:
         """Stop listening (idempotent)."""
@@ -92,7 +93,7 @@ class WakeListener:
             self._sock.close()
 
 
-def listen(name: str | None, on_wake: Callable[[], None]) -> WakeListener | None:
+def listen(name: str | None, on_wake: Callable[[bytes], None]) -> WakeListener | None:
     """Start a ``WakeListener`` on ``name`` (default ``$SPLASH_FLOWS_RUNNER_WAKE``); None when no name is set or
     another runner of this stack already listens there (it alone is nudged; this one polls)."""
     name = name if name is not None else os.environ.get(WAKE_ENV)
