@@ -9,7 +9,6 @@ this file changes and nothing else.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -182,7 +181,6 @@ class PrefectRunAPI:
         from prefect.flow_engine import run_flow
 
         _keep_thread_client()
-        _share_suspension_observer()
         try:
             state = run_flow(flow, flow_run=flow_run, return_type="state")
         except Abort as err:
@@ -194,14 +192,13 @@ class PrefectRunAPI:
 # What Prefect's flow engine builds per flow run, kept for the runner's lifetime instead.
 #
 # Profiled (py-spy of the runner, 15 single-file runs and a burst of 5 runs): of the wall time a flow-run thread
-# spent in Prefect's engine before and after the flow's own code, 40% went to two things the engine builds for
-# each run and throws away: a new HTTP client (an SSL context loading the CA bundle, a connection, an API version
-# check) and, for a run of a deployment, a "suspension observer" (a new thread, a new event loop, another
-# client, a websocket subscription to the server's events, and a wait until it is ready) so that an external
-# ``suspend_flow_run`` can pause the run. A process worker pays them once per process anyway; the runner paid
-# them once per run. Here each flow-run thread keeps one client, and the runner keeps ONE observer watching
-# every run it executes -- the same Prefect classes, the same behaviour (a suspension request reaches its run
-# through Prefect's own registry of runs in this process), built once.
+# spent in Prefect's engine around the flow's own code, about 12% went to a new HTTP client per run (an SSL
+# context loading the CA bundle, a connection, an API version check). Here each flow-run thread keeps one.
+#
+# Measured and NOT kept: the engine also starts, per run of a deployment, a "suspension observer" (a thread, an
+# event loop, a client and a websocket subscription to the server's events) -- 17% of that wall time. One shared
+# observer for all runs cut that wait but raised the runner's CPU during a burst by a quarter (7.3 s against
+# 5.7 s, PostgreSQL-backed server, same hour) and the burst's total with it; Prefect's per-run observer stays.
 # ---------------------------------------------------------------------------------------------------------------
 
 _thread_state = threading.local()
@@ -223,93 +220,3 @@ def _keep_thread_client() -> None:
         log.debug("no kept Prefect client for this thread (the engine makes its own): %s", err)
         return
     _thread_state.client_context = context
-
-
-class SharedSuspensionObserver:
-    """One Prefect ``FlowRunSuspendingObserver`` for every flow run this process executes, on a thread of its
-    own. ``observe`` has the signature of ``prefect._flow_run_suspension.observe_flow_run_suspension`` and
-    replaces it in the flow engine: per run it adds a watch (one read of the run's state) and removes it at the
-    end, instead of starting a thread, an event loop, a client and a websocket subscription."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._observer: Any = None
-        self._thread: threading.Thread | None = None
-
-    def _on_suspended(self, flow_run_id: UUID, state: Any) -> None:
-        from prefect._flow_run_suspension import mark_flow_run_suspension_requested
-
-        mark_flow_run_suspension_requested(flow_run_id, state)  # the run's request, registered before observe
-
-    def _start(self) -> tuple[asyncio.AbstractEventLoop, Any]:
-        with self._lock:
-            if self._loop is not None and self._thread is not None and self._thread.is_alive():
-                return self._loop, self._observer
-            from prefect._internal.observers import FlowRunSuspendingObserver
-
-            ready = threading.Event()
-            failure: list[BaseException] = []
-
-            async def serve() -> None:
-                try:
-                    async with FlowRunSuspendingObserver(on_suspended=self._on_suspended) as observer:
-                        self._observer, self._loop = observer, asyncio.get_running_loop()
-                        ready.set()
-                        await asyncio.Event().wait()  # until the process ends (daemon thread)
-                except BaseException as err:
-                    failure.append(err)
-                    raise
-                finally:
-                    ready.set()
-
-            def main() -> None:
-                try:
-                    asyncio.run(serve())
-                except Exception as err:  # noqa: BLE001 -- logged; the next run starts a new observer
-                    log.warning("the shared suspension observer stopped: %s", err)
-
-            self._loop = self._observer = None
-            self._thread = threading.Thread(target=main, name="suspension-observer", daemon=True)
-            self._thread.start()
-            ready.wait(30)
-            if self._loop is None or failure:
-                raise OrchestrationError(f"the suspension observer did not start: {failure[:1] or 'timeout'}")
-            return self._loop, self._observer
-
-    @contextmanager
-    def observe(self, flow_run_id: UUID, suspension_request: Any, polling_interval: float = 10) -> Iterator[None]:
-        """Watch ``flow_run_id`` for an external suspension while the body runs (see the class docstring)."""
-        try:
-            loop, observer = self._start()
-            asyncio.run_coroutine_threadsafe(observer.watch_flow_run_id(flow_run_id), loop).result(30)
-        except Exception as err:  # noqa: BLE001 -- Prefect's own per-run observer, as before
-            log.debug("shared suspension observer unavailable (%s): a per-run one watches %s", err, flow_run_id)
-            with _PREFECT_OBSERVE[0](flow_run_id, suspension_request, polling_interval):
-                yield
-            return
-        try:
-            yield
-        finally:
-            loop.call_soon_threadsafe(observer.remove_in_flight_flow_run_id, flow_run_id)
-
-
-_PREFECT_OBSERVE: list[Any] = []  # [Prefect's own observe_flow_run_suspension] once replaced
-_PATCH_LOCK = threading.Lock()
-_SHARED_OBSERVER = SharedSuspensionObserver()
-
-
-def _share_suspension_observer() -> None:
-    """Make Prefect's flow engine use ``_SHARED_OBSERVER`` (once per process). If this Prefect has no such hook
-    (the engine's internals changed), nothing is replaced and the engine keeps its per-run observer."""
-    import prefect.flow_engine as engine
-
-    with _PATCH_LOCK:
-        if _PREFECT_OBSERVE:
-            return
-        original = getattr(engine, "observe_flow_run_suspension", None)
-        _PREFECT_OBSERVE.append(original)
-        if original is None:
-            log.info("this Prefect's flow engine has no observe_flow_run_suspension: per-run observers are kept")
-            return
-        setattr(engine, "observe_flow_run_suspension", _SHARED_OBSERVER.observe)  # noqa: B010 -- not exported
