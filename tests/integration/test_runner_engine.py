@@ -24,11 +24,10 @@ def _new_run(api_url: str) -> UUID:
 
 
 def test_runs_on_one_thread_share_one_kept_client_and_complete(
-        prefect_server: PrefectServer, initialised: InitReport, monkeypatch: pytest.MonkeyPatch) -> None:
+        prefect_server: PrefectServer, initialised: InitReport) -> None:
     from prefect import flow
 
     url = prefect_server.api_url
-    monkeypatch.setenv("PREFECT_API_URL", url)
 
     @flow(name="dispatcher")
     def tiny(paths: list[str], config_path: str | None = None) -> int:
@@ -37,8 +36,10 @@ def test_runs_on_one_thread_share_one_kept_client_and_complete(
     outcomes: list[str] = []
     clients: list[object] = []
 
-    def two_runs() -> None:
-        with PrefectRunAPI.open(url) as api:
+    def two_runs() -> None:  # a thread of its own, as the runner's flow-run threads (whose process has the URL)
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: url}), PrefectRunAPI.open(url) as api:
             for _ in range(2):
                 run_id = _new_run(url)
                 assert api.claim(run_id)
