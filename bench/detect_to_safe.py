@@ -178,25 +178,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=4, help="Runs at once (runner threads / worker processes).")
     ap.add_argument("--prefect-database-url", default=None,
                     help="PREFECT_API_DATABASE_CONNECTION_URL for the server (default: SQLite, as `up`).")
+    ap.add_argument("--prefect-postgres", action="store_true",
+                    help="Start a throw-away PostgreSQL for the Prefect server (as the flow-733 VM runs it: "
+                         "deploy/ansible); needs initdb (scripts/ensure-postgres.sh).")
     ap.add_argument("--poll", type=float, default=0.25, help="Runner poll interval (s).")
     ap.add_argument("--verbose", action="store_true", help="Keep Prefect's INFO logs in ROOT/logs/.")
     args = ap.parse_args(argv)
 
     root = args.root or Path(tempfile.mkdtemp(prefix="splash-bench-"))
     extra = {"PREFECT_LOGGING_LEVEL": "INFO" if args.verbose else "WARNING"}
+    postgres = None
+    if args.prefect_postgres:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support: the throw-away server
+        from tests.support.postgres import start_postgres
+
+        postgres = start_postgres()
+        if postgres is None:
+            print("PostgreSQL is not installed (no initdb): run scripts/ensure-postgres.sh", file=sys.stderr)
+            return 2
+        args.prefect_database_url = postgres.create_database("prefect_bench").replace("+psycopg", "+asyncpg")
     if args.prefect_database_url:
         extra["PREFECT_API_DATABASE_CONNECTION_URL"] = args.prefect_database_url
     stack = LocalStack(root=root, port=0, limit=args.limit, workers=args.executor == "workers",
                        watcher=args.trigger == "watcher", ui=False, extra_env=extra,
                        poll=args.poll)
     results: dict[str, Any] = {"executor": args.executor, "trigger": args.trigger, "cores": os.cpu_count(),
-                               "at": datetime.now(UTC).isoformat()}
+                               "at": datetime.now(UTC).isoformat(),
+                               "prefect_database": "postgresql" if args.prefect_database_url else "sqlite",
+                               "load_at_start": os.getloadavg()[0]}
     t0 = time.monotonic()
-    stack.start(say=lambda line: print(f"  {line}", flush=True))
-    print(f"stack up in {time.monotonic() - t0:.1f} s: {stack.api_url} ({root})", flush=True)
+    try:
+        stack.start(say=lambda line: print(f"  {line}", flush=True))
+    except BaseException:
+        if postgres is not None:
+            postgres.stop()
+        raise
+    print(f"stack up in {time.monotonic() - t0:.1f} s: {stack.api_url} ({root}; Prefect database "
+          f"{results['prefect_database']}; load {results['load_at_start']:.1f})", flush=True)
     if args.trigger == "watcher" and stack.notes:
         print("\n".join(stack.notes), file=sys.stderr)
         stack.stop()
+        if postgres is not None:
+            postgres.stop()
         return 2
     os.environ["PREFECT_API_URL"] = stack.api_url
     data733 = stack.root / "data733"
@@ -300,8 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ledger.close()
         stack.stop()
+        if postgres is not None:
+            postgres.stop()
 
-    print("\nresults (close -> verified on lamarr and cfs):")
+    print(f"\nresults (close -> verified on lamarr and cfs; Prefect database {results['prefect_database']}; load "
+          f"{results['load_at_start']:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} "
+          "cores):")
     if "single" in results:
         s = results["single"]
         print(f"  single files ({s['n']} x {s['bytes']} B, {args.executor}, trigger={args.trigger}): "

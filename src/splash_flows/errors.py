@@ -170,6 +170,11 @@ class TriggerRejected(OrchestrationError):
     cannot succeed, so the watcher marks its outbox entry failed instead of replaying it forever."""
 
 
+class OrchestratorBusy(OrchestrationError):
+    """Prefect answered that it is busy right now (503: its SQLite database was locked by another write; 429):
+    the server is up, so the same request is retried within a fraction of a second, not after a back-off."""
+
+
 class ExportControlledError(TierError):
     """A file matches an export-control pattern in the configuration; it must not leave its tier."""
 

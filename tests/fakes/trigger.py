@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from splash_flows.errors import OrchestrationError, TriggerRejected
+from splash_flows.errors import OrchestrationError, OrchestratorBusy, TriggerRejected
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,14 @@ class FakeRun:
 
 class FakeTrigger:
     """In-memory fake: records every run it created, in order. ``down`` makes every call raise
-    OrchestrationError (as an unreachable Prefect API does); ``reject`` makes it raise TriggerRejected."""
+    OrchestrationError (as an unreachable Prefect API does); ``reject`` makes it raise TriggerRejected;
+    ``busy`` > 0 makes that many next calls raise OrchestratorBusy (a 503 from a locked SQLite database)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.down = False
         self.reject = False
+        self.busy = 0
         self.calls: list[tuple[tuple[str, ...], str]] = []
         self._by_key: dict[str, FakeRun] = {}
         self.runs: list[FakeRun] = []
@@ -47,6 +49,9 @@ class FakeTrigger:
                 raise OrchestrationError("fake Prefect API is down (connection refused)")
             if self.reject:
                 raise TriggerRejected("fake Prefect API refused the parameters (422)")
+            if self.busy > 0:
+                self.busy -= 1
+                raise OrchestratorBusy("fake Prefect API answered 503 (database is locked)")
             run = self._by_key.get(idempotency_key)
             if run is None:
                 run = FakeRun(str(uuid.uuid4()), tuple(paths), idempotency_key, time.time())

@@ -237,3 +237,48 @@ def test_a_pool_is_polled_when_a_run_of_it_is_due_and_otherwise_only_on_its_hear
     runner.pool_heartbeat_seconds = 0.0
     runner.poll_once(api)  # heartbeat due: every pool polled again
     assert api.pool_polls == {"dispatcher_733_pool": 3, "prune_733_pool": 2}
+
+
+def test_a_nudge_from_the_watcher_makes_the_runner_poll_at_once() -> None:
+    """``flows.wake``: the watcher's trigger nudges the runner of its stack after Prefect created the run, so the
+    run is claimed without waiting for the poll interval (here an hour). The run itself still goes through the
+    orchestrator's claim, as every run does."""
+    import contextlib
+    import uuid as uuid_mod
+
+    from splash_flows.flows.wake import listen, send_wake
+
+    api = _api()
+    name = f"splash-test-{uuid_mod.uuid4().hex}"
+    assert send_wake(name) is False  # nobody listens yet: never raises, never blocks
+    runner = _runner(api, {DISPATCH: lambda: None})
+    runner.poll_seconds = 3600.0
+    runner.wake_name = name
+    runner._api_factory = lambda _url: contextlib.nullcontext(api)  # type: ignore[assignment,return-value]
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_until = threading.Event()
+        for _ in range(300):  # the runner's first loop (resolve, first poll), then it sleeps for its hour
+            if api.due_checks >= 1 and send_wake(name):
+                break
+            wait_until.wait(0.1)
+        assert listen(name, lambda _payload: None) is None  # one listener per stack: a second runner just polls
+        for _ in range(300):  # the nudge above made one more poll (it named no deployment: a due read)
+            if api.due_checks >= 2:
+                break
+            wait_until.wait(0.1)
+        reads = api.due_checks
+        run = api.add_run(DISPATCH)
+        assert send_wake(name, str(api.deployments[DISPATCH])) is True
+        for _ in range(300):
+            if run.state.name == "Completed":
+                break
+            wait_until.wait(0.1)
+        assert run.state.name == "Completed" and api.executed == [run.id]
+        assert api.due_checks == reads  # the nudge named the deployment: its pool was polled straight away
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert send_wake(name) is False  # the listener is closed with the runner

@@ -357,6 +357,36 @@ def test_trigger_down_then_up_replays_outbox_in_order_once(
     assert any("accepts triggers again" in r.getMessage() for r in caplog.records)
 
 
+def test_busy_answers_are_retried_at_once_and_recorded_once_per_streak(
+        watch_config: Config, make_harness: MakeHarness, caplog: pytest.LogCaptureFixture) -> None:
+    """A 503 from a SQLite-backed server that another write holds (``OrchestratorBusy``) is not an outage: the
+    entry is replayed after 0.2-0.4 s each time (no doubling back-off), with the same key, and the streak is
+    one outbox attempt (each record is a ledger write), one INFO line and no WARNING."""
+    caplog.set_level(logging.INFO, logger="splash_flows.watcher")
+    trigger = FakeTrigger()
+    trigger.busy = 6
+    h = make_harness(watch_config, trigger)
+    outbox = Outbox(h.ledger)
+    (h.root / "b").mkdir()
+    (h.root / "b" / "f.edf").write_bytes(b"frame")
+    wait_for(lambda: len(outbox.entries("sent")) == 1 or None, "the entry to be sent")
+    entry, = outbox.entries()
+    assert len(trigger.calls) == 7 and {key for _, key in trigger.calls} == {entry.idempotency_key}
+    assert entry.attempts == 2 and "503" in (entry.last_error or "")  # the busy streak, then the send
+    assert len(h.events.of("send_failed")) == 6
+    assert [r.paths for r in trigger.runs_snapshot()] == [("b/f.edf",)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sum("Prefect is busy" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_busy_delay_is_short_whatever_the_attempts() -> None:
+    from splash_flows.watcher.outbox import busy_delay, replay_delay
+
+    assert all(0.2 <= busy_delay(5.0) <= 0.4 for _ in range(100))
+    assert busy_delay(0.1) == 0.1
+    assert replay_delay(4, 5.0) == 5.0  # the outage back-off is unchanged
+
+
 def test_pending_outbox_survives_a_restart_and_is_replayed_first(
         watch_config: Config, make_harness: MakeHarness) -> None:
     down = FakeTrigger()

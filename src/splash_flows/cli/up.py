@@ -43,6 +43,7 @@ import typer
 from splash_flows.cli.common import console, err_console, fail_cleanly
 from splash_flows.cli.demo import write_demo_config
 from splash_flows.errors import OrchestrationError
+from splash_flows.flows.wake import WAKE_ENV, wake_name
 from splash_flows.processes import (
     Child,
     ChildFailed,
@@ -142,6 +143,7 @@ class LocalStack:
             "PREFECT_UI_URL": self.api_url.removesuffix("/api"),
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "SPLASH_FLOWS_CONFIG": str(self.config_path),
+            WAKE_ENV: wake_name(str(self.root)),  # the watcher nudges this stack's runner (flows/wake.py)
             **self.extra_env,
         })
 

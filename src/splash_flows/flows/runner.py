@@ -138,7 +138,7 @@ class InProcessRunner:
     def __init__(self, api_url: str, served: Sequence[ServedDeployment], *, limit: int = DEFAULT_LIMIT,
                  poll_seconds: float = DEFAULT_POLL_SECONDS, grace_seconds: float = 60.0,
                  api_factory: Callable[[str], AbstractContextManager[RunAPI]] | None = None,
-                 pool_heartbeat_seconds: float = POOL_HEARTBEAT_SECONDS) -> None:
+                 pool_heartbeat_seconds: float = POOL_HEARTBEAT_SECONDS, wake_name: str | None = None) -> None:
         if not served:
             raise OrchestrationError("the runner has no deployment to serve")
         self.api_url = api_url
@@ -151,6 +151,10 @@ class InProcessRunner:
         self.stats = RunnerStats()
         self._api_factory = api_factory or _prefect_api
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by stop() and by a nudge from the watcher (``wake_name``)
+        self._nudged: set[UUID] = set()  # deployments a nudge named since the last poll
+        self._nudge_lock = threading.Lock()
+        self.wake_name = wake_name
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="flow-run")
         self._active: dict[Future[Any], tuple[UUID, str]] = {}
         self._by_id: dict[UUID, ServedDeployment] = {}
@@ -174,6 +178,16 @@ class InProcessRunner:
         if not self._stop.is_set():
             self._stop_at = time.monotonic()
         self._stop.set()
+        self._wake.set()
+
+    def wake(self, payload: bytes = b"") -> None:
+        """Poll now instead of at the end of the poll interval (a run was just created: ``flows.wake``). A payload
+        naming a served deployment lets that poll go straight to the deployment's pool."""
+        with contextlib.suppress(ValueError):
+            deployment = UUID(payload.decode("ascii", "replace"))
+            with self._nudge_lock:
+                self._nudged.add(deployment)
+        self._wake.set()
 
     def install_signal_handlers(self) -> None:
         """SIGINT and SIGTERM stop the runner cleanly (main thread only)."""
@@ -190,6 +204,16 @@ class InProcessRunner:
 
     def run(self) -> int:
         """Serve until ``stop``; return 0, or 1 if runs were still in flight when the grace period ended."""
+        from splash_flows.flows.wake import listen
+
+        listener = listen(self.wake_name, self.wake)  # None: no nudges (not named, or another runner has them)
+        try:
+            return self._serve()
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _serve(self) -> int:
         outage_since: float | None = None
         last_resolve = 0.0
         with self._api_factory(self.api_url) as api:
@@ -213,7 +237,11 @@ class InProcessRunner:
                                     type(err).__name__)
                     self._stop.wait(min(5.0, 1.0 + (time.monotonic() - outage_since) / 10))
                     continue
-                self._stop.wait(self.poll_seconds)
+                # the poll interval, or less when the watcher nudges: a nudge that came during the poll above
+                # makes this wait return at once; one that comes after the wait returned is covered by the
+                # next poll, which starts after the clear
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
             return self.drain(api)
 
     def _resolve(self, api: RunAPI) -> None:
@@ -256,7 +284,11 @@ class InProcessRunner:
         if self.limit - len(self._active) <= 0 or self._stop.is_set():
             return
         now = time.monotonic()
-        due = api.due_deployments(list(self._by_id), datetime.now(UTC))
+        with self._nudge_lock:
+            nudged, self._nudged = self._nudged & self._by_id.keys(), set()
+        # a nudge named the deployment with a new run: its pool is polled without first reading what is due
+        # (one round trip less between the trigger and the claim); others are read at the next poll
+        due = nudged or api.due_deployments(list(self._by_id), datetime.now(UTC))
         due_pools = {self._by_id[d].spec.pool for d in due if d in self._by_id}
         for pool in self.pools:
             if pool not in due_pools and now - self._polled.get(pool, -math.inf) < self.pool_heartbeat_seconds:
@@ -382,7 +414,8 @@ def _prefect_api(api_url: str) -> AbstractContextManager[RunAPI]:
 
 
 def build_runner(api_url: str, names: Sequence[str] | None = None, *, limit: int = DEFAULT_LIMIT,
-                 poll_seconds: float = DEFAULT_POLL_SECONDS) -> tuple[InProcessRunner, dict[str, str]]:
+                 poll_seconds: float = DEFAULT_POLL_SECONDS,
+                 wake_name: str | None = None) -> tuple[InProcessRunner, dict[str, str]]:
     """A runner for the deployments of ``prefect.yaml`` named ``names`` (None: every one whose flow is installed).
 
     Returns the runner and the deployments left out with the reason (their flow module is not installed).
@@ -394,4 +427,4 @@ def build_runner(api_url: str, names: Sequence[str] | None = None, *, limit: int
             raise OrchestrationError(f"{PREFECT_YAML}: no deployment named {', '.join(unknown)}")
         specs = [s for s in specs if s.name in names]
     served, missing = load_served(specs)
-    return InProcessRunner(api_url, served, limit=limit, poll_seconds=poll_seconds), missing
+    return InProcessRunner(api_url, served, limit=limit, poll_seconds=poll_seconds, wake_name=wake_name), missing

@@ -6,8 +6,10 @@ with the run it created the first time, so the watcher's outbox can replay an en
 a lost answer without a second run.
 
 Errors: anything that means "Prefect cannot be reached or is not ready" (connection refused, timeouts, 5xx, 429,
-the deployment not created yet) is ``OrchestrationError`` and the watcher replays the batch later; a 4xx that
-says this request itself is wrong (e.g. 422, parameters the deployment rejects) is ``TriggerRejected``.
+the deployment not created yet) is ``OrchestrationError`` and the watcher replays the batch later -- a 503 or
+429 (``OrchestratorBusy``: the server is up but its database was locked by another write) within a fraction of
+a second; a 4xx that says this request itself is wrong (e.g. 422, parameters the deployment rejects) is
+``TriggerRejected``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any
 
 import httpx
 
-from splash_flows.errors import ConfigError, OrchestrationError, TriggerRejected
+from splash_flows.errors import ConfigError, OrchestrationError, OrchestratorBusy, TriggerRejected
 
 # 4xx answers that can change without the request changing: replay them
 _RETRYABLE_4XX = {401, 403, 404, 408, 409, 425, 429}
+# "busy, try again": the server is up and answered at once (a SQLite-backed server answers 503 when another
+# write holds its database lock): replayed within a fraction of a second, not after a back-off
+_BUSY = {429, 503}
 
 
 def _detail(response: httpx.Response) -> str:
@@ -113,6 +118,8 @@ class PrefectDeploymentTrigger:
             message = f"Prefect API at {self.api_url} answered {code} to a run of {name!r}: {_detail(err.response)}"
             if 400 <= code < 500 and code not in _RETRYABLE_4XX:
                 raise TriggerRejected(message) from None
+            if code in _BUSY:
+                raise OrchestratorBusy(message) from None
             raise OrchestrationError(message) from None
         except httpx.TransportError as err:  # refused, reset, or no answer within ``timeout``
             self.close()
@@ -120,4 +127,7 @@ class PrefectDeploymentTrigger:
                                      f"{type(err).__name__}: {err or 'no answer'}"
                                      + (f" within {self.timeout:g} s" if isinstance(err, httpx.TimeoutException)
                                         else "")) from None
+        from splash_flows.flows.wake import send_wake
+
+        send_wake(deployment_id=str(self._deployment_id))  # this host's runner polls now, not within its poll
         return str(run.id)

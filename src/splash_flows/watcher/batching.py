@@ -25,10 +25,21 @@ class BatchingMixin(WatcherBase):
             for folder, batch in list(self._batches.items()):
                 if not batch.paths:
                     del self._batches[folder]
-                elif (force or len(batch.paths) >= limit or now - batch.opened >= window
+                elif (force or now - batch.opened >= window
                       or (idle > 0 and now - max(batch.last_added, batch.opened) >= idle)):
                     del self._batches[folder]
                     due.append(batch)
+                elif len(batch.paths) >= limit:
+                    # due only because it is full: send the full chunks, keep the rest filling (a burst of 1000
+                    # is 5 runs of 200, not 200 + 6 + 200 + 9 ...; each run costs its own Prefect overhead).
+                    # The rest keeps the batch's opening time: no file waits longer than the window.
+                    cut = len(batch.paths) - len(batch.paths) % limit
+                    due.append(_Batch(folder, batch.opened, batch.paths[:cut], batch.closed_at[:cut]))
+                    if cut < len(batch.paths):
+                        self._batches[folder] = _Batch(folder, batch.opened, batch.paths[cut:],
+                                                       batch.closed_at[cut:], batch.last_added)
+                    else:
+                        del self._batches[folder]
         written = 0
         for i, batch in enumerate(due):
             for start in range(0, len(batch.paths), limit):

@@ -127,3 +127,29 @@ def test_with_batch_idle_zero_a_batch_waits_for_its_window(make_watcher: Callabl
     assert w.check_candidates(now) == 1
     assert w.flush_batches(now + 4.0) == 0
     assert w.flush_batches(now + 5.5) == 1
+
+
+def test_a_full_batch_is_sent_without_its_remainder_which_keeps_filling(
+        make_watcher: Callable[..., Watcher]) -> None:
+    """A burst of 1000 is 5 runs of 200, not 200 + the few files that joined in the same tick + 200 + ...: each
+    run costs its own Prefect overhead. The remainder stays open (window and idle rules still bound its wait)."""
+    w = make_watcher(max_batch_files=4, batch_idle_s=0.1)
+    for i in range(6):
+        _written_and_closed(w, _write(w, f"scan/f{i}.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 6
+    assert w.flush_batches(now) == 1  # the full chunk of 4
+    assert [len(e.paths) for e in w.outbox.entries()] == [4]
+    assert _batched(w) == ["scan/f4.edf", "scan/f5.edf"]
+    for i in range(6, 8):
+        _written_and_closed(w, _write(w, f"scan/f{i}.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 2
+    assert w.flush_batches(now) == 1  # full again: f4..f7
+    assert [len(e.paths) for e in w.outbox.entries()] == [4, 4]
+    _written_and_closed(w, _write(w, "scan/f8.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 1
+    assert w.flush_batches(now + 0.05) == 0  # one file, still collecting
+    assert w.flush_batches(now + 0.2) == 1  # idle: sent
+    assert [e.paths[-1] for e in w.outbox.entries()] == ["scan/f3.edf", "scan/f7.edf", "scan/f8.edf"]
