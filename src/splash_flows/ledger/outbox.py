@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, or_, select
 
@@ -54,6 +55,11 @@ _UNSETTLE = delete(ScanFolder).where(ScanFolder.tier == bindparam("tier"),
 def _record(row: OutboxEntry) -> OutboxRecord:
     return OutboxRecord(row.id, row.created_at, row.idempotency_key, row.deployment, tuple(row.paths), row.state,
                         row.attempts, row.last_error, row.flow_run_id, row.sent_at)
+
+
+def _rowcount(result: Any) -> int:
+    """Rows a DELETE removed (a ``CursorResult``; typed as a plain ``Result`` by ``Session.execute``)."""
+    return int(result.rowcount or 0)
 
 
 def new_idempotency_key() -> str:
@@ -108,12 +114,12 @@ class Outbox:
             released = 0
             with self.ledger.session() as sess:
                 for chunk in in_chunks(list(dict.fromkeys(paths))):
-                    released += sess.execute(stmt.where(OutboxPath.path.in_(chunk))).rowcount or 0
+                    released += _rowcount(sess.execute(stmt.where(OutboxPath.path.in_(chunk))))
             return released
         if under:
             stmt = stmt.where(OutboxPath.path.startswith(f"{under}/", autoescape=True))
         with self.ledger.session() as sess:
-            return sess.execute(stmt).rowcount or 0
+            return _rowcount(sess.execute(stmt))
 
     def get(self, entry_id: int) -> OutboxRecord | None:
         with self.ledger.read_session() as sess:
