@@ -112,12 +112,11 @@ class PerFileCopies:
         for i, tier in enumerate(self.tiers):
             cols += [func.max(Copy.state).filter(Copy.tier == tier).label(f"s{i}"),
                      func.max(Copy.prune_due_at).filter(Copy.tier == tier).label(f"d{i}")]
-        q = select(*cols).where(Copy.tier.in_(list(self.tiers)))
         sub: FromClause
-        if lateral:
-            sub = q.where(Copy.file_id == FileRow.id).group_by(Copy.file_id).lateral("per_file")
+        if lateral:  # an aggregate without GROUP BY: exactly one row per file (NULLs when it has no copy)
+            sub = select(*cols[1:]).where(Copy.file_id == FileRow.id).lateral("per_file")
         else:
-            sub = q.where(Copy.file_id.in_(files)).group_by(Copy.file_id).subquery("per_file")
+            sub = select(*cols).where(Copy.file_id.in_(files)).group_by(Copy.file_id).subquery("per_file")
         self.sub = sub
         return sub
 
@@ -473,10 +472,12 @@ def groups(ledger: Ledger, config: Config, *, days: int, proposal: str | None = 
     where = [FileRow.detected_at >= scope.now - timedelta(days=days)]
     if proposal:
         where.append(FileRow.path.startswith(proposal.rstrip("/") + "/", autoescape=True))
-    sub = per_file.build(select(FileRow.id).where(*where), lateral=dialect == "postgresql")
+    lateral = dialect == "postgresql"
+    sub = per_file.build(select(FileRow.id).where(*where), lateral=lateral)
     cols = [func.sum(case((f.expr(scope), 1), else_=0)).label(f"c{i}") for i, f in enumerate(flags)]
     q = (select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"), *cols)
-         .select_from(FileRow).outerjoin(sub, sub.c.file_id == FileRow.id).where(*where).group_by(prop, day))
+         .select_from(FileRow).outerjoin(sub, true() if lateral else sub.c.file_id == FileRow.id)
+         .where(*where).group_by(prop, day))
     with ledger.session() as sess:  # the window's groups are few (proposals x days): count and page them here,
         every = sess.execute(q.order_by(day.desc(), prop)).all()  # not by running the aggregate twice
     total, rows = len(every), every[offset:offset + limit]
