@@ -83,7 +83,8 @@ class PerFileCopies:
     Each file's copies are read once and pivoted into one row per file: the state and the prune date of its copy
     on each tier the flags name (``max(...) FILTER (WHERE tier = t)``: a file has at most one copy per tier,
     ``uq_copies_file_tier``). A ``CopyCondition`` is then a test of those columns. Flags are rendered twice:
-    first to collect the tiers (``collecting``), then, once ``build`` has made the pivot, for real."""
+    first to collect the tiers (``collecting``), then, once ``build`` has made the pivot, for real. PostgreSQL
+    only (LATERAL; on SQLite the pivot was slower than the probes, see ``groups``)."""
 
     def __init__(self) -> None:
         self.tiers: dict[str, None] = {}
@@ -103,20 +104,15 @@ class PerFileCopies:
             alts.append(test)
         return func.coalesce(or_(*alts), false())  # no copy on the tier: NULL, i.e. false
 
-    def build(self, files: Any, *, lateral: bool) -> FromClause:
-        """The per-file pivot of the copies of ``files`` (a SELECT of file ids). ``lateral`` (PostgreSQL):
-        correlated to each file of the outer query, so the plan is one range of ``uq_copies_file_tier`` per file
-        (as a plain sub-query PostgreSQL hashed all 10M copies instead: 8.7 s). SQLite has no LATERAL; it reads
-        ``file_id IN (window)`` as a loop over the window probing the same index."""
-        cols: list[Any] = [Copy.file_id]
+    def build(self) -> FromClause:
+        """The per-file pivot, as a LATERAL sub-query of the outer query's ``files`` (PostgreSQL): one range of
+        ``uq_copies_file_tier`` per file, and an aggregate without GROUP BY, so exactly one row per file (NULLs
+        when it has no copy). As a plain sub-query PostgreSQL hashed all 10M copies instead (8.7 s)."""
+        cols: list[Any] = []
         for i, tier in enumerate(self.tiers):
             cols += [func.max(Copy.state).filter(Copy.tier == tier).label(f"s{i}"),
                      func.max(Copy.prune_due_at).filter(Copy.tier == tier).label(f"d{i}")]
-        sub: FromClause
-        if lateral:  # an aggregate without GROUP BY: exactly one row per file (NULLs when it has no copy)
-            sub = select(*cols[1:]).where(Copy.file_id == FileRow.id).lateral("per_file")
-        else:
-            sub = select(*cols).where(Copy.file_id.in_(files)).group_by(Copy.file_id).subquery("per_file")
+        sub = select(*cols).where(Copy.file_id == FileRow.id).lateral("per_file")
         self.sub = sub
         return sub
 
@@ -458,26 +454,29 @@ def groups(ledger: Ledger, config: Config, *, days: int, proposal: str | None = 
     """Per proposal and day over the files detected in the last ``days`` days, newest day first; and the number
     of groups in the window (for paging).
 
-    One pass: the window's files (``ix_files_detected_at``), each file's copies read once (a range of
-    ``uq_copies_file_tier``) into one 0/1 column per distinct copy condition of the flags, then summed per
-    proposal and day. (Before: one ``EXISTS`` probe per file and copy condition -- 2.8-3.7 s for 14 days at 1M
-    files, docs/PERFORMANCE.md section 5.)"""
-    per_file = PerFileCopies()
-    scope = Scope(config, now or _utcnow(), per_file)
+    On PostgreSQL in one pass: the window's files (``ix_files_detected_at``), each file's copies read once (a
+    range of ``uq_copies_file_tier``) and pivoted per tier, the flags tested on that row, then summed per proposal
+    and day (before: one ``EXISTS`` probe per file and copy question, 1.6-3.7 s for 14 days at 1M files; after:
+    about half, docs/PERFORMANCE.md section 5). On SQLite, the probes."""
     dialect = _dialect(ledger)
+    # PostgreSQL: one pass. SQLite keeps the probes: its aggregates cost ~1 us per row and column, so pivoting
+    # 113,000 copies into 10 columns took 1.2-1.9 s against 1.7 s for the probes (1M files, docs/PERFORMANCE.md)
+    one_pass = dialect == "postgresql"
+    per_file = PerFileCopies() if one_pass else None
+    scope = Scope(config, now or _utcnow(), per_file)
     prop, day = proposal_expr(dialect).label("proposal"), day_expr(dialect).label("day")
     flags = [tier_flag(t) for t in config.tiers] + flags_for(config)
-    for f in flags:  # first rendering: collect the copy conditions
-        f.expr(scope)
     where = [FileRow.detected_at >= scope.now - timedelta(days=days)]
     if proposal:
         where.append(FileRow.path.startswith(proposal.rstrip("/") + "/", autoescape=True))
-    lateral = dialect == "postgresql"
-    sub = per_file.build(select(FileRow.id).where(*where), lateral=lateral)
+    q = select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"))
+    if per_file is not None:
+        for f in flags:  # first rendering: collect the tiers the flags ask about
+            f.expr(scope)
+        sub = per_file.build()
+        q = q.select_from(FileRow).outerjoin(sub, true())
     cols = [func.sum(case((f.expr(scope), 1), else_=0)).label(f"c{i}") for i, f in enumerate(flags)]
-    q = (select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"), *cols)
-         .select_from(FileRow).outerjoin(sub, true() if lateral else sub.c.file_id == FileRow.id)
-         .where(*where).group_by(prop, day))
+    q = q.add_columns(*cols).where(*where).group_by(prop, day)
     with ledger.session() as sess:  # the window's groups are few (proposals x days): count and page them here,
         every = sess.execute(q.order_by(day.desc(), prop)).all()  # not by running the aggregate twice
     total, rows = len(every), every[offset:offset + limit]
