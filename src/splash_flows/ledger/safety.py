@@ -31,8 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select, true
-from sqlalchemy.orm import Session
-from sqlalchemy.sql.selectable import FromClause
+from sqlalchemy.orm import Session, aliased
 
 from splash_flows.config import Config
 from splash_flows.ledger import counters
@@ -78,43 +77,57 @@ class CopyCondition:
 
 
 class PerFileCopies:
-    """The copy conditions of the per-day table, answered by one pass over the window's copies.
+    """The copy conditions of the per-day table, answered by reading each file's copies once.
 
-    Each file's copies are read once and pivoted into one row per file: the state and the prune date of its copy
-    on each tier the flags name (``max(...) FILTER (WHERE tier = t)``: a file has at most one copy per tier,
-    ``uq_copies_file_tier``). A ``CopyCondition`` is then a test of those columns. Flags are rendered twice:
-    first to collect the tiers (``collecting``), then, once ``build`` has made the pivot, for real. PostgreSQL
-    only (LATERAL; on SQLite the pivot was slower than the probes, see ``groups``)."""
+    A file has at most one copy per tier (``uq_copies_file_tier``), so its copies reduce to the state and the prune
+    date of its copy on each tier the flags name, and every ``CopyCondition`` becomes a test of those columns. Two
+    renderings of that row, each the faster one measured on its database (docs/PERFORMANCE.md section 5):
+
+    * PostgreSQL: a LATERAL aggregate over the file's range of the index, pivoting per tier
+      (``max(state) FILTER (WHERE tier = t)``), one row per file. (One outer join per tier instead made the
+      planner walk the whole primary key of ``files`` to merge-join a tier it expected empty.)
+    * SQLite (no LATERAL; its aggregates cost ~1 us per row and column): one LEFT JOIN of ``copies`` per tier on
+      ``(file_id, tier)``, one index seek per file and tier.
+
+    Flags are rendered twice: first to collect the tiers (``collecting``), then, once ``build`` has made the
+    row, for real."""
 
     def __init__(self) -> None:
         self.tiers: dict[str, None] = {}
-        self.sub: FromClause | None = None
+        self.columns: dict[str, tuple[Any, Any]] | None = None  # tier -> (its copy's state, its prune date)
 
     def column(self, cond: CopyCondition) -> ColumnElement[bool]:
-        if self.sub is None:  # collecting
+        if self.columns is None:  # collecting
             self.tiers.update(dict.fromkeys(cond.tiers))
             return true()
-        sub = self.sub
         alts: list[ColumnElement[bool]] = []
         for tier in cond.tiers:
-            i = list(self.tiers).index(tier)
-            test: ColumnElement[bool] = sub.c[f"s{i}"].in_(list(cond.states))
+            state, due = self.columns[tier]
+            test: ColumnElement[bool] = state == cond.states[0] if len(cond.states) == 1 else state.in_(
+                list(cond.states))
             if cond.due_by is not None:
-                test = and_(test, sub.c[f"d{i}"] <= cond.due_by)
+                test = and_(test, due <= cond.due_by)
             alts.append(test)
         return func.coalesce(or_(*alts), false())  # no copy on the tier: NULL, i.e. false
 
-    def build(self) -> FromClause:
-        """The per-file pivot, as a LATERAL sub-query of the outer query's ``files`` (PostgreSQL): one range of
-        ``uq_copies_file_tier`` per file, and an aggregate without GROUP BY, so exactly one row per file (NULLs
-        when it has no copy). As a plain sub-query PostgreSQL hashed all 10M copies instead (8.7 s)."""
-        cols: list[Any] = []
+    def build(self, q: Any, *, lateral: bool) -> Any:
+        """``q`` (a SELECT from ``files``) joined to each file's copy row (see the class)."""
+        self.columns = {}
+        if lateral:
+            cols: list[Any] = []
+            for i, tier in enumerate(self.tiers):
+                cols += [func.max(Copy.state).filter(Copy.tier == tier).label(f"s{i}"),
+                         func.max(Copy.prune_due_at).filter(Copy.tier == tier).label(f"d{i}")]
+            # an aggregate without GROUP BY: exactly one row per file (NULLs when it has no copy)
+            sub = select(*cols).where(Copy.file_id == FileRow.id).lateral("per_file")
+            for i, tier in enumerate(self.tiers):
+                self.columns[tier] = (sub.c[f"s{i}"], sub.c[f"d{i}"])
+            return q.outerjoin(sub, true())
         for i, tier in enumerate(self.tiers):
-            cols += [func.max(Copy.state).filter(Copy.tier == tier).label(f"s{i}"),
-                     func.max(Copy.prune_due_at).filter(Copy.tier == tier).label(f"d{i}")]
-        sub = select(*cols).where(Copy.file_id == FileRow.id).lateral("per_file")
-        self.sub = sub
-        return sub
+            c = aliased(Copy, name=f"copy_{i}")
+            self.columns[tier] = (c.state, c.prune_due_at)
+            q = q.outerjoin(c, and_(c.file_id == FileRow.id, c.tier == tier))
+        return q
 
 
 @dataclass(frozen=True)
@@ -454,27 +467,22 @@ def groups(ledger: Ledger, config: Config, *, days: int, proposal: str | None = 
     """Per proposal and day over the files detected in the last ``days`` days, newest day first; and the number
     of groups in the window (for paging).
 
-    On PostgreSQL in one pass: the window's files (``ix_files_detected_at``), each file's copies read once (a
-    range of ``uq_copies_file_tier``) and pivoted per tier, the flags tested on that row, then summed per proposal
-    and day (before: one ``EXISTS`` probe per file and copy question, 1.6-3.7 s for 14 days at 1M files; after:
-    about half, docs/PERFORMANCE.md section 5). On SQLite, the probes."""
+    One pass: the window's files (``ix_files_detected_at``), each file's copies read once into its state and
+    prune date per tier (``PerFileCopies``), the flags tested on that row, then summed per proposal and day.
+    Before: one ``EXISTS`` probe per file and copy question (10-11 per file); measured in docs/PERFORMANCE.md
+    section 5."""
     dialect = _dialect(ledger)
-    # PostgreSQL: one pass. SQLite keeps the probes: its aggregates cost ~1 us per row and column, so pivoting
-    # 113,000 copies into 10 columns took 1.2-1.9 s against 1.7 s for the probes (1M files, docs/PERFORMANCE.md)
-    one_pass = dialect == "postgresql"
-    per_file = PerFileCopies() if one_pass else None
+    per_file = PerFileCopies()
     scope = Scope(config, now or _utcnow(), per_file)
     prop, day = proposal_expr(dialect).label("proposal"), day_expr(dialect).label("day")
     flags = [tier_flag(t) for t in config.tiers] + flags_for(config)
     where = [FileRow.detected_at >= scope.now - timedelta(days=days)]
     if proposal:
         where.append(FileRow.path.startswith(proposal.rstrip("/") + "/", autoescape=True))
+    for f in flags:  # first rendering: collect the tiers the flags ask about
+        f.expr(scope)
     q = select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"))
-    if per_file is not None:
-        for f in flags:  # first rendering: collect the tiers the flags ask about
-            f.expr(scope)
-        sub = per_file.build()
-        q = q.select_from(FileRow).outerjoin(sub, true())
+    q = per_file.build(q.select_from(FileRow), lateral=dialect == "postgresql")
     cols = [func.sum(case((f.expr(scope), 1), else_=0)).label(f"c{i}") for i, f in enumerate(flags)]
     q = q.add_columns(*cols).where(*where).group_by(prop, day)
     with ledger.session() as sess:  # the window's groups are few (proposals x days): count and page them here,
