@@ -1,8 +1,9 @@
 """Ledger queries of the data-safety page, the metrics and the alerts: is every file safe, and if not, where?
 
 Everything is aggregated in SQL; nothing here loads all files. The per proposal and day table reads only the
-files detected in a window (index ``ix_files_detected_at``) and their copies in one pass (each file's copies are
-one range of ``uq_copies_file_tier``, aggregated per file once, then per proposal and day); a file list's flags
+files detected in a window (index ``ix_files_detected_at``) and their copies in one pass (each file's copies read
+once through ``uq_copies_file_tier`` into its state per tier, ``PerFileCopies``, then counted per proposal and
+day); a file list's flags
 are correlated ``EXISTS`` sub-queries that probe ``uq_copies_file_tier`` (file_id, tier) and
 ``catalogue_files``'s primary key; totals come from the counters the database keeps (``ledger.counters``) and
 ``ix_copies_tier_state_due``; file lists are paged by path (keyset).
@@ -10,8 +11,8 @@ are correlated ``EXISTS`` sub-queries that probe ``uq_copies_file_tier`` (file_i
 **Columns are pluggable.** A column of the page is a ``Flag``: a name, a label and a function that builds a
 boolean SQL expression about one file (``files`` row aliased as ``FileRow``). A question about the file's copies is
 asked as ``scope.any_copy(tiers, states, due_by=...)`` (or with the helpers below): the file list renders it as
-an ``EXISTS`` probe, the per-day table as a test of its one pass over the window's copies (pivoted per file and
-tier) -- one rule, two renderings. The page, the JSON API and the file
+an ``EXISTS`` probe, the per-day table as a test of its one pass over the window's copies (the file's state
+per tier) -- one rule, two renderings. The page, the JSON API and the file
 filter all read ``flags_for(config)``; another capability (the tape archive, the HPC reduction) adds its own with
 ``register_flag`` and it shows up everywhere, counted per proposal and day and usable as a file filter.
 
