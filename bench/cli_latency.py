@@ -5,12 +5,17 @@ Times, in the same run, each command as a fresh process (the way an operator run
 
 * baselines -- ``python -c pass`` (the interpreter's own start-up: the floor for any Python CLI) and
   ``sqlite3 LEDGER 'SELECT count(*) FROM files'`` (the least a person could type to ask the ledger anything);
+* floors    -- importing only the libraries ``status`` reads with: Typer and rich (the CLI), pydantic (Typer 0.29
+  converts every option through a pydantic ``TypeAdapter``, and the configuration is pydantic models), then
+  SQLAlchemy's core, then its ORM (the ledger's models): what ``status`` cannot go below while it uses them;
 * ours      -- ``splash-flows --help``; ``status`` on a demo-sized ledger (9 files, as ``make demo`` leaves);
   ``status`` on a ledger of ``--files`` files (default 100,000, three tiers, events, catalogue); and
   ``status --json --limit 100`` there.
 
 ``--compare-src DIR`` also times ``--help`` and ``status`` with another source tree first on PYTHONPATH (e.g. a
-``git archive`` of the commit before, on ledgers its own code built), for a before/after from one run. The
+``git archive`` of the commit before, on ledgers its own code built), for a before/after from one run. Every
+command runs with its bytecode cached (``PYTHONPYCACHEPREFIX`` under the temporary folder, one warm-up run
+first), as an installed package's is, even where the environment sets ``PYTHONDONTWRITEBYTECODE``. The
 ledgers are built here (SQLite, bulk inserts through the same schema as production) under a temporary
 folder. Prints a table with the ratio of each to ``python -c pass`` and a JSON line for the README table.
 Aims (issue 12.5): ``--help`` and ``status`` on the demo under 0.5 s, ``status`` on 100,000 files under 2 s.
@@ -100,6 +105,7 @@ def timed(argv: list[str], repeat: int, env: dict[str, str]) -> tuple[float, flo
     exit 0). On a loaded machine the CPU time is the steadier figure."""
     runs = []
     cpus = []
+    subprocess.run(argv, env=env, capture_output=True, check=False)  # warm-up: caches the bytecode
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
@@ -126,8 +132,10 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="splash-cli-bench-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("SPLASH_FLOWS_CONFIG", "PREFECT_API_URL")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPLASH_FLOWS_CONFIG", "PREFECT_API_URL", "PYTHONDONTWRITEBYTECODE")}
     env["COLUMNS"] = "80"
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")  # bytecode cached, as an installed package's is
     trees: list[tuple[str, dict[str, str]]] = [("", env)]
     if args.compare_src:  # its own ledgers, built by its own code (its schema may be older)
         trees.append((f" [{args.compare_src.name}]",
@@ -141,6 +149,11 @@ def main() -> None:
                            env=tree_env, check=True)
         print(f"built ledgers of 9 and {args.files:,} files in {time.perf_counter() - t0:.1f} s", flush=True)
         results["python -c pass"] = timed([sys.executable, "-c", "pass"], args.repeat, env)
+        floors = [("floor: import typer, rich, pydantic", "import typer, rich.console, rich.table, pydantic"),
+                  ("floor: ... + sqlalchemy (core)", "import typer, rich.console, rich.table, pydantic, sqlalchemy"),
+                  ("floor: ... + sqlalchemy.orm", "import typer, rich.console, rich.table, pydantic, sqlalchemy.orm")]
+        for name, code in floors:
+            results[name] = timed([sys.executable, "-c", code], args.repeat, env)
         if shutil.which("sqlite3"):
             results[f"sqlite3 count(*) ({args.files:,} files)"] = timed(
                 ["sqlite3", str(work / "0" / "large" / "ledger.db"), "SELECT count(*) FROM files"], args.repeat, env)
@@ -164,6 +177,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     floor = results["python -c pass"][0]
+    print(f"load average {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores")
     print(f"{'command':44} {'best':>8} {'median':>8} {'cpu':>8} {'best/python':>12}")
     for name, (best, med, cpu) in results.items():
         print(f"{name:44} {best:7.3f}s {med:7.3f}s {cpu:7.3f}s {best / floor:11.1f}x")

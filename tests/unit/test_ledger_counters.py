@@ -1,12 +1,14 @@
-"""The counters the database keeps (migration 0004_ledger_counters, ``ledger.counters``) always equal a count of
-the rows: after every kind of write the ledger does, after bulk statements and cascaded deletes, after the
-upgrade of a ledger that already held rows (the backfill), and with several writers at once -- on SQLite and on
-PostgreSQL (where each backend adds to its own row and ``fold`` gathers the rows of backends that have gone)."""
+"""The counters the database keeps (migrations 0004_ledger_counters and 0006_event_counters, ``ledger.counters``)
+always equal a count of the rows: after every kind of write the ledger does, after bulk statements and cascaded
+deletes, after the upgrade of a ledger that already held rows (the backfill), and with several writers at once --
+on SQLite and on PostgreSQL (where each backend adds to its own row and ``fold`` gathers the rows of backends that
+have gone). The event counters (what ``/metrics`` serves) equal a count of the event log and its latencies."""
 
 from __future__ import annotations
 
+import importlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from sqlalchemy import delete, update
 
 from splash_flows.ledger import Ledger, NewSource, VerifiedCopy, counters
 from splash_flows.ledger import overview as ov
-from splash_flows.ledger.models import Copy, CopyState, SourceFile
+from splash_flows.ledger.models import Copy, CopyState, Event, SourceFile
 
 T0 = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -43,6 +45,35 @@ def truth(ledger: Ledger) -> tuple[dict[str, dict[str, tuple[int, int]]], dict[s
 
 def assert_counts_true(ledger: Ledger) -> None:
     assert counted(ledger) == truth(ledger)
+
+
+def events_truth(ledger: Ledger) -> tuple[dict[tuple[str, str], int], dict[str, tuple[list[int], float]]]:
+    """Events per (kind, tier) counted from the log, and per tier the detected -> verified histogram computed
+    here from each verified event and its file (non-cumulative counts per bucket, +Inf last; sum of seconds)."""
+    with ledger.session() as sess:
+        counts: dict[tuple[str, str], int] = {}
+        for kind, tier in sess.execute(sa.select(Event.kind, Event.tier)):
+            counts[(kind, tier or "")] = counts.get((kind, tier or ""), 0) + 1
+        hist: dict[str, tuple[list[int], float]] = {}
+        q = (sa.select(Event.tier, Event.at, SourceFile.detected_at).join(SourceFile, SourceFile.id == Event.file_id)
+             .where(Event.kind == "verified"))
+        for tier, at, detected in sess.execute(q):
+            lat = (at - detected).total_seconds()
+            per, total = hist.get(tier or "", ([0] * (len(counters.LATENCY_BUCKETS) + 1), 0.0))
+            bounds = counters.LATENCY_BUCKETS
+            per[next((i for i, b in enumerate(bounds) if lat <= b), len(bounds))] += 1
+            hist[tier or ""] = (per, total + lat)
+    return counts, hist
+
+
+def assert_events_true(ledger: Ledger) -> None:
+    counts, hist = events_truth(ledger)
+    with ledger.session() as sess:
+        assert counters.event_counts(sess) == counts
+        kept = counters.latencies(sess)
+    assert {t: list(h.per_bucket) for t, h in kept.items()} == {t: per for t, (per, _s) in hist.items()}
+    for tier, (per, seconds) in hist.items():  # SQLite computes times to the millisecond
+        assert kept[tier].seconds == pytest.approx(seconds, abs=2e-3 * sum(per) + 1e-3)
 
 
 def _sources(n: int, start: int = 0, size: int = 10) -> list[NewSource]:
@@ -82,7 +113,7 @@ def test_the_upgrade_counts_the_rows_a_ledger_already_holds(ledger_url: str) -> 
     try:
         with ledger.engine.begin() as conn:
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0003_scale_indexes")
+            command.upgrade(cfg, "0003_scale_indexes")  # before both counter migrations
         with ledger.engine.begin() as conn:
             ids = list(conn.scalars(sa.insert(SourceFile.__table__).returning(SourceFile.__table__.c.id), [
                 {"source_tier": "data733" if i % 5 else "other", "path": f"f{i}", "size": i, "mtime": 0.0,
@@ -92,11 +123,19 @@ def test_the_upgrade_counts_the_rows_a_ledger_already_holds(ledger_url: str) -> 
                 {"file_id": fid, "tier": tier, "state": list(CopyState)[(i + j) % len(CopyState)],
                  "size": None if i % 7 == 0 else i, "updated_at": T0}
                 for i, fid in enumerate(ids, start=1) for j, tier in enumerate(("data733", "lamarr", "cfs"))])
+            conn.execute(sa.insert(Event.__table__), [
+                {"at": T0 + timedelta(seconds=5 ** (i % 9) + 0.25), "file_id": fid, "path": f"f{i}",
+                 "tier": ("lamarr", "cfs", None)[i % 3], "kind": ("verified", "failed")[i % 4 == 0], "detail": {}}
+                for i, fid in enumerate(ids, start=1)])
         assert ledger.upgrade() == ledger.head_revision()
         assert_counts_true(ledger)
+        assert_events_true(ledger)
+        with ledger.session() as sess:
+            assert sum(h.per_bucket[-1] for h in counters.latencies(sess).values()) > 0  # 5**8 s is over a day
         assert counted(ledger)[1]["other"] == (6, 5 + 10 + 15 + 20 + 25 + 30)
         ledger.register_sources("data733", _sources(3, start=100))  # and the triggers go on from there
         assert_counts_true(ledger)
+        assert_events_true(ledger)
     finally:
         ledger.close()
 
@@ -147,9 +186,11 @@ def test_concurrent_writers_keep_the_counters_true(ledger_url: str, writers: int
         folder.join()
         assert not errors, errors
         assert_counts_true(ledger)
+        assert_events_true(ledger)
         before = counted(ledger)
         counters.fold(ledger)  # the writers' connections are closed: their rows fold into shard 0
         assert counted(ledger) == before
+        assert_events_true(ledger)
         if ledger.engine.dialect.name == "postgresql":
             with ledger.engine.connect() as conn:
                 pids = {int(p) for p in conn.scalars(sa.text("SELECT pid FROM pg_stat_activity"))}
@@ -168,3 +209,35 @@ def test_fold_is_a_no_op_on_sqlite(tmp_path: Any) -> None:
         assert_counts_true(ledger)
     finally:
         ledger.close()
+
+
+def test_event_counters_follow_the_log(ledger_url: str) -> None:
+    """Every event the ledger appends is counted once, by kind and tier; each verified event's latency lands in
+    the bucket of its detected -> verified time; a deleted file does not take its events' counts back."""
+    ledger = Ledger.open(ledger_url)
+    try:
+        recs = ledger.register_sources("data733", _sources(12))
+        with ledger.session() as sess:  # detections spread over 0.1 s .. two days ago
+            for i, r in enumerate(recs):
+                back = timedelta(seconds=(0.1, 0.7, 3, 40, 700, 4000, 90_000, 200_000)[i % 8])
+                sess.execute(update(SourceFile).where(SourceFile.id == r.id)
+                             .values(detected_at=datetime.now(UTC) - back))
+        ledger.record_verified_many("lamarr", [VerifiedCopy(r, r.checksum, r.size, False) for r in recs])
+        ledger.record_failed(recs[0].path, "cfs", "disk full", source=recs[0])
+        ledger.record_verified_many("cfs", [VerifiedCopy(r, r.checksum, r.size, False) for r in recs[1:7]])
+        assert_events_true(ledger)
+        counts, hist = events_truth(ledger)
+        assert counts[("verified", "lamarr")] == 12 and counts[("failed", "cfs")] == 1
+        assert sum(hist["lamarr"][0]) == 12 and hist["lamarr"][0][-1] == 2  # more than a day: +Inf
+        with ledger.session() as sess:
+            before = counters.event_counts(sess)
+            sess.execute(delete(SourceFile).where(SourceFile.id == recs[5].id))
+        with ledger.session() as sess:
+            assert counters.event_counts(sess) == before  # counters never go down
+    finally:
+        ledger.close()
+
+
+def test_latency_buckets_agree_with_the_migration() -> None:
+    migration = importlib.import_module("splash_flows.ledger.migrations.versions.event_counters")
+    assert migration.LATENCY_BUCKETS == counters.LATENCY_BUCKETS

@@ -33,7 +33,7 @@ COPIES_BY_TIER = {"ix_copies_tier_state_due"}
 EXPECTED: dict[str, list[set[str]]] = {
     "status page": [FILES_IX, COPIES_BY_FILE],
     # the counters (migration 0004): the fold check, the files, the copies -- a few rows each, by primary key
-    "status totals": [{"pk_copy_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}],
+    "status totals": [{"pk_copy_counts"}, {"pk_event_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}],
     "prune: unscheduled": [{"ix_copies_tier_state_due"}],
     "prune: count due now": [COPIES_BY_TIER],
     # due pages: an index-only probe (few or many due?), then the page itself, then the files and their copies
@@ -49,8 +49,9 @@ EXPECTED: dict[str, list[set[str]]] = {
     "rescan: settled": [{"scan_folders_pkey"}],
     "catalogue pending": [{"ix_catalogue_scans_state_updated"}, {"ix_catalogue_files_scan"}],
     "catalogue folder": [FILES_IX, COPIES_BY_FILE],
-    # the page's totals: the counters, then the unsafe copies by (tier, state), then the files they belong to
-    "page: totals": [{"pk_copy_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}, COPIES_BY_TIER],
+    # the page's totals: the counters (whether to fold them first), then the unsafe copies by (tier, state), then the
+    # files they belong to
+    "page: totals": [{"pk_copy_counts"}, {"pk_event_counts"}, {"pk_file_counts"}, {"pk_copy_counts"}, COPIES_BY_TIER],
     "page: per day": [{"ix_files_detected_at"}],
     "page: late files": [COPIES_BY_TIER, COPIES_BY_TIER],  # unsafe copies per (tier, state) first
 }

@@ -93,6 +93,22 @@ def test_groups_per_proposal_and_day_and_paging(ledger: Ledger, config: Config) 
     assert [r.proposal for r in only] == ["ALS-00999"]
 
 
+def test_per_day_counts_equal_the_file_filters_for_every_flag(ledger: Ledger, config: Config) -> None:
+    """The per-day table answers each flag from one pass over the window's copies; the file lists ask the same
+    flag as an EXISTS probe per file. Both renderings of every flag (and of each tier's column) must agree, for
+    files with and without a copy on a tier (in flight: no cfs row yet; stuck: no target row, detected 3 h ago)."""
+    (stuck,) = ledger.register_sources("data733", [_new("ALS-00622/20260105/stuck.edf")])
+    with ledger.session() as sess:
+        sess.execute(update(SourceFile).where(SourceFile.id == stuck.id).values(detected_at=NOW - timedelta(hours=3)))
+    rows, _ = safety.groups(ledger, config, days=14)
+    assert sum(r.counts["late"] for r in rows) == 2
+    for flag in [*(f"on:{t}" for t in config.tiers), *(f.name for f in safety.flags_for(config))]:
+        listed = safety.list_files(ledger, config, flag=flag, limit=1000)
+        negated = safety.list_files(ledger, config, flag=flag, negate=True, limit=1000)
+        assert sum(r.counts[flag] for r in rows) == len(listed), flag
+        assert len(listed) + len(negated) == sum(r.files for r in rows), flag
+
+
 def test_file_lists_filter_by_flag_and_page_by_path(ledger: Ledger, config: Config) -> None:
     late = safety.list_files(ledger, config, flag="late")
     assert [f.path for f in late] == ["ALS-00622/20260105/scan_3.edf"]

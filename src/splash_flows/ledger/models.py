@@ -157,6 +157,32 @@ class FileCount(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
 
 
+class EventCount(Base):
+    """How many events of each kind each tier has had (tier '' for none): kept by a trigger on inserts into
+    ``events`` (migration 0006_event_counters), never decremented; sharded like ``CopyCount``."""
+
+    __tablename__ = "event_counts"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class LatencyCount(Base):
+    """The detected -> verified latency histogram per tier: ``n`` verified events whose latency falls in
+    ``bucket`` (an index of ``ledger.counters.LATENCY_BUCKETS``; its length for +Inf) and their ``seconds``
+    summed. Kept by the trigger of ``EventCount``."""
+
+    __tablename__ = "latency_counts"
+
+    tier: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
 class Event(Base):
     """Append-only history: every step that happened to a file, with its reason or evidence in ``detail``."""
 

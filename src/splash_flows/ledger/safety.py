@@ -1,12 +1,18 @@
 """Ledger queries of the data-safety page, the metrics and the alerts: is every file safe, and if not, where?
 
 Everything is aggregated in SQL; nothing here loads all files. The per proposal and day table reads only the
-files detected in a window (index ``ix_files_detected_at``); per-file flags are correlated ``EXISTS`` / count
-sub-queries that probe ``uq_copies_file_tier`` (file_id, tier) and ``catalogue_files``'s primary key; totals come
-from ``ix_copies_tier_state`` and ``ix_copies_tier_prune_due``; file lists are paged by path (keyset).
+files detected in a window (index ``ix_files_detected_at``) and their copies in one pass (each file's copies read
+once through ``uq_copies_file_tier`` into its state per tier, ``PerFileCopies``, then counted per proposal and
+day); a file list's flags
+are correlated ``EXISTS`` sub-queries that probe ``uq_copies_file_tier`` (file_id, tier) and
+``catalogue_files``'s primary key; totals come from the counters the database keeps (``ledger.counters``) and
+``ix_copies_tier_state_due``; file lists are paged by path (keyset).
 
 **Columns are pluggable.** A column of the page is a ``Flag``: a name, a label and a function that builds a
-boolean SQL expression about one file (``files`` row aliased as ``FileRow``). The page, the JSON API and the file
+boolean SQL expression about one file (``files`` row aliased as ``FileRow``). A question about the file's copies is
+asked as ``scope.any_copy(tiers, states, due_by=...)`` (or with the helpers below): the file list renders it as
+an ``EXISTS`` probe, the per-day table as a test of its one pass over the window's copies (the file's state
+per tier) -- one rule, two renderings. The page, the JSON API and the file
 filter all read ``flags_for(config)``; another capability (the tape archive, the HPC reduction) adds its own with
 ``register_flag`` and it shows up everywhere, counted per proposal and day and usable as a file filter.
 
@@ -25,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, literal, or_, select, true
+from sqlalchemy.orm import Session, aliased
 
 from splash_flows.config import Config
 from splash_flows.ledger import counters
@@ -52,11 +58,87 @@ ARCHIVE_TIER = "hpss"  # the tape tier's name in the 7.3.3 layout; the archive c
 
 
 @dataclass(frozen=True)
+class CopyCondition:
+    """The file has a copy on one of ``tiers`` in one of ``states`` (and, with ``due_by``, due for pruning by
+    then): the one kind of question a flag asks about a file's copies, so that it can be answered two ways."""
+
+    tiers: tuple[str, ...]
+    states: tuple[str, ...]
+    due_by: datetime | None = None
+
+    def probe(self) -> ColumnElement[bool]:
+        """One ``EXISTS`` probe of the file's copies (``uq_copies_file_tier``; for many files PostgreSQL may
+        hash it into a range of ``(tier, state, prune_due_at)``)."""
+        tier = Copy.tier == self.tiers[0] if len(self.tiers) == 1 else Copy.tier.in_(list(self.tiers))
+        state = Copy.state == self.states[0] if len(self.states) == 1 else Copy.state.in_(list(self.states))
+        cond = [Copy.file_id == FileRow.id, tier, state]
+        if self.due_by is not None:
+            cond += [Copy.prune_due_at.is_not(None), Copy.prune_due_at <= self.due_by]
+        return exists().where(*cond)
+
+
+class PerFileCopies:
+    """The copy conditions of the per-day table, answered by reading each file's copies once.
+
+    A file has at most one copy per tier (``uq_copies_file_tier``), so its copies reduce to the state and the prune
+    date of its copy on each tier the flags name, and every ``CopyCondition`` becomes a test of those columns. Two
+    renderings of that row, each the faster one measured on its database (docs/PERFORMANCE.md section 5):
+
+    * PostgreSQL: a LATERAL aggregate over the file's range of the index, pivoting per tier
+      (``max(state) FILTER (WHERE tier = t)``), one row per file. (One outer join per tier instead made the
+      planner walk the whole primary key of ``files`` to merge-join a tier it expected empty.)
+    * SQLite (no LATERAL; its aggregates cost ~1 us per row and column): one LEFT JOIN of ``copies`` per tier on
+      ``(file_id, tier)``, one index seek per file and tier.
+
+    Flags are rendered twice: first to collect the tiers (``collecting``), then, once ``build`` has made the
+    row, for real."""
+
+    def __init__(self) -> None:
+        self.tiers: dict[str, None] = {}
+        self.columns: dict[str, tuple[Any, Any]] | None = None  # tier -> (its copy's state, its prune date)
+
+    def column(self, cond: CopyCondition) -> ColumnElement[bool]:
+        if self.columns is None:  # collecting
+            self.tiers.update(dict.fromkeys(cond.tiers))
+            return true()
+        alts: list[ColumnElement[bool]] = []
+        for tier in cond.tiers:
+            state, due = self.columns[tier]
+            test: ColumnElement[bool] = state == cond.states[0] if len(cond.states) == 1 else state.in_(
+                list(cond.states))
+            if cond.due_by is not None:
+                test = and_(test, due <= cond.due_by)
+            alts.append(test)
+        return func.coalesce(or_(*alts), false())  # no copy on the tier: NULL, i.e. false
+
+    def build(self, q: Any, *, lateral: bool) -> Any:
+        """``q`` (a SELECT from ``files``) joined to each file's copy row (see the class)."""
+        self.columns = {}
+        if lateral:
+            cols: list[Any] = []
+            for i, tier in enumerate(self.tiers):
+                cols += [func.max(Copy.state).filter(Copy.tier == tier).label(f"s{i}"),
+                         func.max(Copy.prune_due_at).filter(Copy.tier == tier).label(f"d{i}")]
+            # an aggregate without GROUP BY: exactly one row per file (NULLs when it has no copy)
+            sub = select(*cols).where(Copy.file_id == FileRow.id).lateral("per_file")
+            for i, tier in enumerate(self.tiers):
+                self.columns[tier] = (sub.c[f"s{i}"], sub.c[f"d{i}"])
+            return q.outerjoin(sub, true())
+        for i, tier in enumerate(self.tiers):
+            c = aliased(Copy, name=f"copy_{i}")
+            self.columns[tier] = (c.state, c.prune_due_at)
+            q = q.outerjoin(c, and_(c.file_id == FileRow.id, c.tier == tier))
+        return q
+
+
+@dataclass(frozen=True)
 class Scope:
-    """What a flag's expression may depend on: the configuration and the moment of the query."""
+    """What a flag's expression may depend on: the configuration and the moment of the query (and, for the
+    per-day table, the one-pass rendering of copy conditions)."""
 
     config: Config
     now: datetime
+    per_file: PerFileCopies | None = None
 
     @property
     def targets(self) -> list[str]:
@@ -69,6 +151,14 @@ class Scope:
     @property
     def late_before(self) -> datetime:
         return self.now - timedelta(minutes=self.config.monitoring.safe_within_minutes)
+
+    def any_copy(self, tiers: Sequence[str], states: Sequence[str], *,
+                 due_by: datetime | None = None) -> ColumnElement[bool]:
+        """The file has a copy on one of ``tiers`` in one of ``states`` (due for pruning by ``due_by``)."""
+        cond = CopyCondition(tuple(tiers), tuple(states), due_by)
+        if not cond.tiers:
+            return false()
+        return self.per_file.column(cond) if self.per_file is not None else cond.probe()
 
 
 @dataclass(frozen=True)
@@ -83,23 +173,23 @@ class Flag:
     applies: Callable[[Config], bool] = field(default=lambda _config: True)
 
 
-def has_copy(tier: str, states: Sequence[str]) -> ColumnElement[bool]:
+def has_copy(scope: Scope, tier: str, states: Sequence[str]) -> ColumnElement[bool]:
     """The file has a copy on ``tier`` in one of ``states`` (one probe of ``uq_copies_file_tier``)."""
-    return exists().where(Copy.file_id == FileRow.id, Copy.tier == tier, Copy.state.in_(list(states)))
+    return scope.any_copy([tier], states)
 
 
 def has_copy_state(scope: Scope, state: str) -> ColumnElement[bool]:
     """Some copy of the file, on a configured tier, is in ``state``. Naming the tiers lets a planner that reads
     the flag for many files at once (PostgreSQL hashes such a sub-query) find the copies in that state through
     ``(tier, state, ...)`` instead of reading every copy (measured at 10M copies: docs/PERFORMANCE.md)."""
-    return exists().where(Copy.file_id == FileRow.id, Copy.tier.in_(scope.tiers), Copy.state == state)
+    return scope.any_copy(scope.tiers, [state])
 
 
 def safe_expr(scope: Scope) -> ColumnElement[bool]:
     """Every move target holds a copy that reached safety."""
     if not scope.targets:
         return literal(True)
-    return and_(*(has_copy(t, REACHED_SAFETY) for t in scope.targets))
+    return and_(*(has_copy(scope, t, REACHED_SAFETY) for t in scope.targets))
 
 
 def late_expr(scope: Scope) -> ColumnElement[bool]:
@@ -112,8 +202,7 @@ def catalogue_expr(states: Sequence[str]) -> ColumnElement[bool]:
 
 
 def due_expr(scope: Scope) -> ColumnElement[bool]:
-    return exists().where(Copy.file_id == FileRow.id, Copy.tier.in_(scope.tiers), Copy.state == CopyState.VERIFIED,
-                          Copy.prune_due_at.is_not(None), Copy.prune_due_at <= scope.now)
+    return scope.any_copy(scope.tiers, [CopyState.VERIFIED], due_by=scope.now)
 
 
 _FLAGS: list[Flag] = [
@@ -128,7 +217,7 @@ _FLAGS: list[Flag] = [
          lambda s: catalogue_expr([CatalogueState.PENDING])),
     Flag("due", "due for pruning", "a verified copy whose prune date has passed", due_expr),
     Flag("archived", "archived", f"verified on the tape tier ({ARCHIVE_TIER})",
-         lambda s: has_copy(ARCHIVE_TIER, [CopyState.VERIFIED]), applies=lambda c: ARCHIVE_TIER in c.tiers),
+         lambda s: has_copy(s, ARCHIVE_TIER, [CopyState.VERIFIED]), applies=lambda c: ARCHIVE_TIER in c.tiers),
 ]
 
 
@@ -165,7 +254,7 @@ def flag_named(config: Config, name: str) -> Flag | None:
 
 def tier_flag(tier: str) -> Flag:
     """``on:<tier>``: the file has a verified copy on ``tier``."""
-    return Flag(f"on:{tier}", tier, f"verified on {tier}", lambda s: has_copy(tier, [CopyState.VERIFIED]))
+    return Flag(f"on:{tier}", tier, f"verified on {tier}", lambda s: has_copy(s, tier, [CopyState.VERIFIED]))
 
 
 def proposal_expr(dialect: str) -> ColumnElement[str]:
@@ -377,17 +466,26 @@ def _files_in_scans(sess: Session, state: str) -> int:
 def groups(ledger: Ledger, config: Config, *, days: int, proposal: str | None = None, offset: int = 0,
            limit: int = 50, now: datetime | None = None) -> tuple[list[GroupRow], int]:
     """Per proposal and day over the files detected in the last ``days`` days, newest day first; and the number
-    of groups in the window (for paging)."""
-    scope = Scope(config, now or _utcnow())
+    of groups in the window (for paging).
+
+    One pass: the window's files (``ix_files_detected_at``), each file's copies read once into its state and
+    prune date per tier (``PerFileCopies``), the flags tested on that row, then summed per proposal and day.
+    Before: one ``EXISTS`` probe per file and copy question (10-11 per file); measured in docs/PERFORMANCE.md
+    section 5."""
     dialect = _dialect(ledger)
+    per_file = PerFileCopies()
+    scope = Scope(config, now or _utcnow(), per_file)
     prop, day = proposal_expr(dialect).label("proposal"), day_expr(dialect).label("day")
     flags = [tier_flag(t) for t in config.tiers] + flags_for(config)
-    cols = [func.sum(case((f.expr(scope), 1), else_=0)).label(f"c{i}") for i, f in enumerate(flags)]
     where = [FileRow.detected_at >= scope.now - timedelta(days=days)]
     if proposal:
         where.append(FileRow.path.startswith(proposal.rstrip("/") + "/", autoescape=True))
-    q = (select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"), *cols)
-         .where(*where).group_by(prop, day))
+    for f in flags:  # first rendering: collect the tiers the flags ask about
+        f.expr(scope)
+    q = select(prop, day, func.count().label("n"), func.coalesce(func.sum(FileRow.size), 0).label("b"))
+    q = per_file.build(q.select_from(FileRow), lateral=dialect == "postgresql")
+    cols = [func.sum(case((f.expr(scope), 1), else_=0)).label(f"c{i}") for i, f in enumerate(flags)]
+    q = q.add_columns(*cols).where(*where).group_by(prop, day)
     with ledger.session() as sess:  # the window's groups are few (proposals x days): count and page them here,
         every = sess.execute(q.order_by(day.desc(), prop)).all()  # not by running the aggregate twice
     total, rows = len(every), every[offset:offset + limit]

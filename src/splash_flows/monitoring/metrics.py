@@ -1,9 +1,10 @@
 """Prometheus metrics read from the ledger at scrape time (``GET /metrics`` of ``splash-flows serve``).
 
 Nothing is pushed and nothing is kept only in a process: gauges are the ledger's state when Prometheus asks,
-and counters and histograms are folded from the append-only event log, so a scrape missed, or a restart of the
-server, loses nothing (a restart re-reads the log once; afterwards each scrape reads only the events appended
-since the last one, through the primary key).
+and the event counters and the latency histogram are counters the database keeps as events are appended
+(``ledger.counters``, migration ``0006_event_counters``: a trigger adds each event in its own transaction), so a
+scrape missed, or a restart of the server, loses nothing and costs nothing: every scrape reads a few rows,
+however long the log (the first scrape of a million-file ledger used to fold the whole log: 60 s).
 
 | metric | what |
 |---|---|
@@ -21,66 +22,19 @@ since the last one, through the primary key).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
-from sqlalchemy import ColumnElement, Float, case, cast, func, select
+from sqlalchemy import func, select
 
 from splash_flows.config import Config
-from splash_flows.ledger.models import Event, EventKind, SourceFile, TransferBatch
+from splash_flows.ledger import counters
+from splash_flows.ledger.counters import LATENCY_BUCKETS
+from splash_flows.ledger.models import TransferBatch
 from splash_flows.ledger.safety import Overview, aware_utc, overview
 from splash_flows.ledger.store import Ledger
-
-LATENCY_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0,
-                   86400.0)
-
-
-class EventTally:
-    """Counters and latency histograms folded from the event log, read incrementally by event id."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        self.last_id = 0
-        self.counts: dict[tuple[str, str], int] = {}
-        self.buckets: dict[str, list[int]] = {}  # tier -> non-cumulative counts per bucket (+Inf last)
-        self.sums: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def _latency(self) -> ColumnElement[float]:
-        at, detected = Event.at, SourceFile.detected_at
-        if self.ledger.engine.dialect.name == "postgresql":
-            return cast(func.extract("epoch", at - detected), Float)
-        return (func.julianday(at) - func.julianday(detected)) * cast(86400.0, Float)
-
-    def update(self) -> None:
-        """Fold the events appended since the last call."""
-        with self._lock, self.ledger.session() as sess:
-            top = sess.scalar(select(func.max(Event.id))) or 0
-            if top <= self.last_id:
-                return
-            window = (Event.id > self.last_id, Event.id <= top)
-            for kind, tier, n in sess.execute(select(Event.kind, Event.tier, func.count()).where(*window)
-                                              .group_by(Event.kind, Event.tier)):
-                key = (kind, tier or "")
-                self.counts[key] = self.counts.get(key, 0) + int(n)
-            lat = self._latency()
-            edges = [case((lat <= b, 1), else_=0) for b in LATENCY_BUCKETS]
-            q = (select(Event.tier, func.count(), func.coalesce(func.sum(lat), 0.0),
-                        *(func.sum(e) for e in edges))
-                 .join(SourceFile, SourceFile.id == Event.file_id)
-                 .where(*window, Event.kind == EventKind.VERIFIED).group_by(Event.tier))
-            for row in sess.execute(q):
-                tier, n, total = row[0] or "", int(row[1]), float(row[2] or 0.0)
-                cumulative = [int(v or 0) for v in row[3:]]
-                per_bucket = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
-                per_bucket.append(n - cumulative[-1])
-                old = self.buckets.get(tier, [0] * (len(LATENCY_BUCKETS) + 1))
-                self.buckets[tier] = [a + b for a, b in zip(old, per_bucket, strict=True)]
-                self.sums[tier] = self.sums.get(tier, 0.0) + total
-            self.last_id = top
 
 
 class LedgerCollector(Collector):
@@ -89,7 +43,6 @@ class LedgerCollector(Collector):
     def __init__(self, ledger: Ledger, config: Config) -> None:
         self.ledger = ledger
         self.config = config
-        self.tally = EventTally(ledger)
 
     def describe(self) -> list[Metric]:
         return []  # no scrape at registration time
@@ -98,20 +51,22 @@ class LedgerCollector(Collector):
         now = datetime.now(UTC)
         ov = overview(self.ledger, self.config, now=now)
         yield from self._state(ov, now)
-        self.tally.update()
+        with self.ledger.session() as sess:
+            counted = counters.event_counts(sess)
+            latencies = counters.latencies(sess)
         events = CounterMetricFamily("splash_events", "Events in the ledger's log by kind and tier.",
                                      labels=["kind", "tier"])
-        for (kind, tier), n in sorted(self.tally.counts.items()):
+        for (kind, tier), n in sorted(counted.items()):
             events.add_metric([kind, tier], n)
         yield events
         hist = HistogramMetricFamily("splash_step_latency_seconds", "Seconds from detection to a verified copy.",
                                      labels=["step", "tier"])
-        for tier, per_bucket in sorted(self.tally.buckets.items()):
+        for tier, lat in latencies.items():
             cumulative, running = [], 0
-            for bound, n in zip([*(str(b) for b in LATENCY_BUCKETS), "+Inf"], per_bucket, strict=True):
+            for bound, n in zip([*(str(b) for b in LATENCY_BUCKETS), "+Inf"], lat.per_bucket, strict=True):
                 running += n
                 cumulative.append((bound, float(running)))
-            hist.add_metric(["detected_to_verified", tier], cumulative, sum_value=self.tally.sums.get(tier, 0.0))
+            hist.add_metric(["detected_to_verified", tier], cumulative, sum_value=lat.seconds)
         yield hist
         yield self._transfers()
         yield from self._restore_drill()
