@@ -20,6 +20,7 @@ from splash_flows.flows.zombies import (
     MISSING_AFTER_SECONDS,
     automation_spec,
     ensure_automation,
+    normalised,
 )
 
 
@@ -121,3 +122,12 @@ def test_making_it_twice_changes_nothing_and_a_changed_one_is_put_back() -> None
     client.create_automation(automation_spec())  # a second one made by hand: both replaced by one
     assert ensure_automation(client) == "updated to the specification"
     assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+
+
+def test_the_comparison_ignores_server_ids_and_the_order_sets_come_in() -> None:
+    """A trigger's sets reach the server and come back as JSON lists in the order each process's set iterates
+    (string hashes differ per process): a second init found the automation "changed" and re-made it."""
+    made = {"id": "1", "trigger": {"id": "a", "after": ["x", "y"], "for_each": ["r"]}, "actions": [{"type": "t"}]}
+    read = {"id": "2", "trigger": {"id": "b", "after": ["y", "x"], "for_each": ["r"]}, "actions": [{"type": "t"}]}
+    assert normalised(made) == normalised(read)
+    assert normalised({"trigger": {"after": ["x"]}}) != normalised({"trigger": {"after": ["x", "z"]}})

@@ -116,14 +116,17 @@ def ensure_automation(client: Any, spec: Any | None = None) -> str:
 
 
 def _comparable(automation: Any) -> dict[str, Any]:
-    """An automation as JSON without what the server assigns (ids) -- what decides whether it is as specified."""
+    """An automation as JSON without what the server assigns (ids) and with its sets (a trigger's ``after``,
+    ``expect``, ``for_each``: JSON lists in whatever order the set iterates, which differs between processes)
+    sorted -- what decides whether it is as specified."""
+    return normalised(automation.model_dump(mode="json"))
 
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k != "id"}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
 
-    out: dict[str, Any] = strip(automation.model_dump(mode="json"))
-    return out
+def normalised(value: Any) -> Any:
+    """``value`` (JSON) without ``id`` keys, lists of strings sorted."""
+    if isinstance(value, dict):
+        return {k: normalised(v) for k, v in value.items() if k != "id"}
+    if isinstance(value, list):
+        items = [normalised(v) for v in value]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return value
