@@ -103,7 +103,7 @@ def in_chunks(values: Sequence[T]) -> Iterator[list[T]]:
 
 
 def copy_info(c: Copy) -> CopyInfo:
-    """What status and the catalogue step need of a copy row."""
+    """What status and the catalogue step need of a copy: from a ``Copy`` or a row selecting the same columns."""
     return CopyInfo(c.state, c.checksum, c.verified_at, c.error)
 
 
