@@ -21,37 +21,19 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from _common import checksum_tool, scratch, time_our_run, write_bench_files
 
 from splash_flows.config import default_config
 from splash_flows.context import build_context
 from splash_flows.ledger import NewSource
 from splash_flows.ledger.store import SourceRecord, VerifiedCopy
 from splash_flows.services.archive.service import execute_archive
-
-
-def checksum_tool() -> list[str]:
-    return ["xxhsum", "-H2"] if shutil.which("xxhsum") else ["sha256sum"]
-
-
-def make_files(root: Path, count: int, size: int) -> list[str]:
-    block = os.urandom(size)
-    when = datetime(2026, 3, 2, 18, tzinfo=UTC).timestamp()
-    paths = []
-    for i in range(count):
-        rel = f"ALS-00000/20260302/bench_{i:05d}_2m.edf"
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(i.to_bytes(8, "little") + block[8:])
-        os.utime(p, (when, when))
-        paths.append(rel)
-    return paths
 
 
 def run_baseline(cfs: Path, out: Path, paths: list[str], *, durable: bool = False) -> float:
@@ -84,18 +66,6 @@ def register(root: Path, paths: list[str]) -> None:
         ctx.close()
 
 
-def run_ours(root: Path) -> tuple[float, str]:
-    ctx = build_context(default_config(root))
-    try:
-        start = time.perf_counter()
-        report = execute_archive(ctx)
-        elapsed = time.perf_counter() - start
-        report.raise_for_failures()
-        return elapsed, report.summary()
-    finally:
-        ctx.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=2.0, help="total size of the files")
@@ -103,23 +73,22 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=Path("var/bench"), help="scratch folder (same disk as data)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    args.dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="archive-", dir=args.dir))
-    try:
+    with scratch(args.dir, "archive-", args.keep) as work:
         size = int(args.size_mb * 1_000_000)
         count = max(1, int(args.gb * 1e9 // size))
         root = work / "site"
         for t in ("data733", "lamarr", "cfs", "hpss", "hpc"):
             (root / t).mkdir(parents=True)
         print(f"writing {count} files x {args.size_mb:g} MB to cfs ...", flush=True)
-        paths = make_files(root / "cfs", count, size)
+        when = datetime(2026, 3, 2, 18, tzinfo=UTC).timestamp()
+        paths = write_bench_files(root / "cfs", count, size, "20260302", mtime=when)
         register(root, paths)
         subprocess.run(["sync"], check=True)
         base_s = run_baseline(root / "cfs", work / "baseline.tar", paths)
         subprocess.run(["sync"], check=True)  # the baseline's dirty pages must not be flushed on our clock
         durable_s = run_baseline(root / "cfs", work / "baseline-durable.tar", paths, durable=True)
         subprocess.run(["sync"], check=True)
-        ours_s, summary = run_ours(root)
+        ours_s, summary = time_our_run(root, execute_archive)
         gb = count * size / 1e9
         ratio = ours_s / base_s
         print(f"ours:     {ours_s:7.2f} s  ({gb / ours_s:.2f} GB/s bundled, verified)  {summary}")
@@ -132,9 +101,6 @@ def main() -> int:
                           "checksum_tool": checksum_tool()[0], "cpus": os.cpu_count(),
                           "machine": platform.machine(), "python": platform.python_version()}))
         return 0
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

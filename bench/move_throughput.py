@@ -26,34 +26,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from splash_flows.config import default_config
-from splash_flows.context import build_context
+from _common import checksum_tool, scratch, time_our_run, write_bench_files
+
 from splash_flows.services.move import move_files
-
-
-def make_sources(root: Path, count: int, size: int) -> list[str]:
-    block = os.urandom(size)
-    paths = []
-    for i in range(count):
-        rel = f"ALS-00000/20260101/bench_{i:05d}_2m.edf"
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # distinct content per file: a per-file header in front of shared random bytes
-        p.write_bytes(i.to_bytes(8, "little") + block[8:])
-        paths.append(rel)
-    subprocess.run(["sync"], check=True)
-    return paths
-
-
-def checksum_tool() -> list[str]:
-    if shutil.which("xxhsum"):
-        return ["xxhsum", "-H2"]
-    return ["sha256sum"]
 
 
 def sync() -> None:
@@ -111,19 +90,6 @@ def run_baselines(base_root: Path, paths: list[str], say: Any = print) -> dict[s
     return out
 
 
-def run_ours(root: Path, paths: list[str]) -> tuple[float, str]:
-    config = default_config(root)
-    ctx = build_context(config)
-    try:
-        start = time.perf_counter()
-        report = move_files(ctx, paths)
-        elapsed = time.perf_counter() - start
-        report.raise_for_failures()
-        return elapsed, report.summary()
-    finally:
-        ctx.close()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=200)
@@ -133,9 +99,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
-    args.dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="move-", dir=args.dir))
-    try:
+    with scratch(args.dir, "move-", args.keep) as work:
         size = int(args.size_kb * 1000) if args.size_kb is not None else int(args.size_mb * 1_000_000)
         ours_root, base_root = work / "ours", work / "baseline"
         for t in ("data733", "lamarr", "cfs"):
@@ -143,13 +107,14 @@ def main() -> int:
         load_before = os.getloadavg()[0]
         print(f"writing {args.files} files x {size:,} B (load {load_before:.1f} on {os.cpu_count()} cores) ...",
               flush=True)
-        paths = make_sources(ours_root / "data733", args.files, size)
+        paths = write_bench_files(ours_root / "data733", args.files, size, "20260101")
+        sync()
         shutil.copytree(ours_root / "data733", base_root / "data733", dirs_exist_ok=True)
         sync()
 
         base = run_baselines(base_root, paths)
         sync()  # the baselines' dirty pages must not be flushed on our clock
-        ours_s, summary = run_ours(ours_root, paths)
+        ours_s, summary = time_our_run(ours_root, lambda ctx: move_files(ctx, paths))
         load_after = os.getloadavg()[0]
         total_gb = args.files * size * 2 / 1e9
         print(f"ours:     {ours_s:7.2f} s  ({total_gb / ours_s:.3f} GB/s copied, verified)  {summary}")
@@ -165,9 +130,6 @@ def main() -> int:
                           "load": [round(load_before, 1), round(load_after, 1)],
                           "machine": platform.machine(), "python": platform.python_version()}))
         return 0
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

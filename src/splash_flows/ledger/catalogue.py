@@ -27,7 +27,7 @@ from splash_flows.ledger.models import (
     SourceFile,
     utcnow,
 )
-from splash_flows.ledger.store import CopyInfo, Ledger, in_chunks
+from splash_flows.ledger.store import CopyInfo, Ledger, copy_info, in_chunks
 
 _EVENT_OF_STATE = {
     CatalogueState.CATALOGUED: EventKind.CATALOGUED,
@@ -86,7 +86,7 @@ class FileCatalogueState:
 
 def _ledger_file(row: SourceFile, copies: Iterable[Copy]) -> LedgerFile:
     return LedgerFile(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum,
-                      {c.tier: CopyInfo(c.state, c.checksum, c.verified_at, c.error) for c in copies})
+                      {c.tier: copy_info(c) for c in copies})
 
 
 def files_in_folder(ledger: Ledger, source_tier: str, folder: str) -> list[LedgerFile]:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from splash_flows.ledger import counters
 from splash_flows.ledger.catalogue import FileCatalogueState
 from splash_flows.ledger.models import CatalogueFile, CatalogueScan, Copy, CopyState, Event, EventKind, SourceFile
-from splash_flows.ledger.store import CopyInfo, FileStatus, Ledger, in_chunks
+from splash_flows.ledger.store import CopyInfo, FileStatus, Ledger, copy_info, in_chunks
 
 #: Copy states in which the data is safe on that tier (verified, or verified and then pruned on purpose).
 SAFE_STATES = (CopyState.VERIFIED, CopyState.PRUNING, CopyState.DELETING, CopyState.PRUNED)
@@ -161,7 +161,7 @@ def _page(sess: Any, files: Sequence[Any]) -> StatusPage:
     for chunk in in_chunks(ids):
         for c in sess.execute(select(Copy.file_id, Copy.tier, Copy.state, Copy.checksum, Copy.verified_at,
                                      Copy.error).where(Copy.file_id.in_(chunk))):
-            copies.setdefault(c.file_id, {})[c.tier] = CopyInfo(c.state, c.checksum, c.verified_at, c.error)
+            copies.setdefault(c.file_id, {})[c.tier] = copy_info(c)
         q = (select(CatalogueFile.file_id, CatalogueScan.scan_key, CatalogueScan.state, CatalogueScan.pid,
                     CatalogueScan.error)
              .join(CatalogueScan, CatalogueScan.id == CatalogueFile.scan_id).where(CatalogueFile.file_id.in_(chunk)))

@@ -102,7 +102,8 @@ def in_chunks(values: Sequence[T]) -> Iterator[list[T]]:
         yield list(values[start:start + IN_CHUNK])
 
 
-def _copy_info(c: Copy) -> CopyInfo:
+def copy_info(c: Copy) -> CopyInfo:
+    """What status and the catalogue step need of a copy: from a ``Copy`` or a row selecting the same columns."""
     return CopyInfo(c.state, c.checksum, c.verified_at, c.error)
 
 
@@ -550,7 +551,7 @@ class Ledger:
     def copy_state(self, source: SourceRecord, tier: str) -> CopyInfo | None:
         with self.session() as sess:
             c = sess.scalars(select(Copy).where(Copy.file_id == source.id, Copy.tier == tier)).first()
-            return None if c is None else _copy_info(c)
+            return None if c is None else copy_info(c)
 
     # ------------------------------------------------------------------------------------------ reading
 
@@ -569,7 +570,7 @@ class Ledger:
         copies: dict[int, dict[str, CopyInfo]] = {}
         for chunk in in_chunks([f.id for f in files]):
             for c in sess.scalars(select(Copy).where(Copy.file_id.in_(chunk))):
-                copies.setdefault(c.file_id, {})[c.tier] = _copy_info(c)
+                copies.setdefault(c.file_id, {})[c.tier] = copy_info(c)
         return [FileStatus(f.path, f.source_tier, f.size, f.checksum_alg, f.checksum, f.detected_at,
                            dict(sorted(copies.get(f.id, {}).items()))) for f in files]
 

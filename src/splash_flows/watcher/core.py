@@ -12,18 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 
 from splash_flows.errors import (
@@ -33,7 +22,7 @@ from splash_flows.errors import (
 )
 from splash_flows.watcher.batching import BatchingMixin
 from splash_flows.watcher.outbox import OutboxMixin
-from splash_flows.watcher.readiness import ReadinessMixin
+from splash_flows.watcher.readiness import WATCHED_EVENTS, ReadinessMixin
 from splash_flows.watcher.scan import ScanMixin
 
 log = logging.getLogger("splash_flows.watcher")
@@ -45,12 +34,6 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         self.watcher._on_fs_event(event)
-
-
-_WATCHED_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
-    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
-]
 
 
 class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
@@ -72,7 +55,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
         self._load_in_flight()
         self._root_identity = _identity(self.root)
         self.observer = self._make_observer()
-        self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
+        self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=WATCHED_EVENTS)
         for name in ("watchdog.observers.inotify_c", "watchdog.observers.inotify"):
             logging.getLogger(name).addHandler(self._overflow_handler)
         try:
@@ -187,7 +170,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
         if self.settings.mode == "inotify" and identity is not None and self.observer is not None:
             try:
                 self.observer.unschedule_all()
-                self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=_WATCHED_EVENTS)
+                self.observer.schedule(_Handler(self), str(self.root), recursive=True, event_filter=WATCHED_EVENTS)
             except OSError as err:  # gone again meanwhile: the next change of identity tries again
                 log.error("cannot watch %s again: %s", self.root, err.strerror or err)
         self.request_scan("")

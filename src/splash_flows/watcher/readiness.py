@@ -33,6 +33,12 @@ from splash_flows.watcher.base import WatcherBase, _Batch, _Candidate, _Claim, _
 
 log = logging.getLogger("splash_flows.watcher")
 
+#: The events ``ReadinessMixin._on_fs_event`` acts on: the observer is told to deliver these and no others.
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+]
+
 
 class ReadinessMixin(WatcherBase):
     """Events in, ready files out: when is a file finished (see the package docstring)."""
