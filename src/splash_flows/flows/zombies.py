@@ -119,7 +119,8 @@ def _comparable(automation: Any) -> dict[str, Any]:
     """An automation as JSON without what the server assigns (ids) and with its sets (a trigger's ``after``,
     ``expect``, ``for_each``: JSON lists in whatever order the set iterates, which differs between processes)
     sorted -- what decides whether it is as specified."""
-    return normalised(automation.model_dump(mode="json"))
+    out: dict[str, Any] = normalised(automation.model_dump(mode="json"))
+    return out
 
 
 def normalised(value: Any) -> Any:
