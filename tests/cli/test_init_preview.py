@@ -24,6 +24,14 @@ def test_preview_resolves_every_deployment_and_pool() -> None:
     assert prune["parameters"]["limit"] == 1000  # the flow's default, resolved
     assert prune["schedules"][0]["slug"] == "prune-733-hourly"
     assert prune["pull"] and prune["pull"] is not dispatcher["pull"]
+    # the zombie-run automation init makes, and the heartbeat interval every pool's runs get
+    from splash_flows.flows.zombies import AUTOMATION_NAME, HEARTBEAT_ENV, HEARTBEAT_SECONDS, MISSING_AFTER_SECONDS
+
+    [automation] = data["automations"]
+    assert automation["name"] == AUTOMATION_NAME
+    assert automation["trigger"]["within"] == MISSING_AFTER_SECONDS and automation["trigger"]["posture"] == "Proactive"
+    assert automation["actions"][0]["state"] == "CRASHED"
+    assert all(p["job_template_env"] == {HEARTBEAT_ENV: str(HEARTBEAT_SECONDS)} for p in data["work_pools"])
 
 
 def test_preview_command_prints_yaml_and_contacts_no_server() -> None:

@@ -88,6 +88,7 @@ def test_init_creates_pools_and_deployments_and_a_second_run_changes_nothing(
     seen = preview(api_url=prefect_server.api_url, names=installed_deployments())
     assert all(p["on_server"].startswith("exists") for p in seen["work_pools"])
     assert all(d["on_server"].startswith("exists") for d in seen["deployments"])
+    assert [a["on_server"] for a in seen["automations"]] == ["exists, as specified; left as it is"]
     assert _snapshot(prefect_server.api_url) == before
 
 

@@ -22,7 +22,13 @@ import httpx
 import yaml
 
 from splash_flows.errors import ConfigError, OrchestrationError, ServerUnavailableError
-from splash_flows.flows.zombies import AUTOMATION_NAME, ensure_automation, heartbeat_env
+from splash_flows.flows.zombies import (
+    AUTOMATION_NAME,
+    automation_status,
+    automation_summary,
+    ensure_automation,
+    heartbeat_env,
+)
 from splash_flows.processes import child_env, python_argv
 
 BL733_DIR = Path(__file__).resolve().with_name("bl733")
@@ -296,7 +302,8 @@ def preview(*, project_file: Path = PREFECT_YAML, names: Sequence[str] | None = 
     raw = {str(d["name"]): d for d in data.get("deployments") or []}
     wanted = [s for s in specs if names is None or s.name in names]
     limits = pool_limits([s.pool for s in specs], concurrency)
-    pools: list[dict[str, Any]] = [{"name": p, "type": "process", "concurrency_limit": limits[p]}
+    pools: list[dict[str, Any]] = [{"name": p, "type": "process", "concurrency_limit": limits[p],
+                                    "job_template_env": heartbeat_env()}
                                    for p in dict.fromkeys(s.pool for s in wanted)]
     deployments: list[dict[str, Any]] = []
     for spec in wanted:
@@ -325,14 +332,16 @@ def preview(*, project_file: Path = PREFECT_YAML, names: Sequence[str] | None = 
             "pull": copy.deepcopy(dep.get("pull", data.get("pull")) or []),
         })
         deployments.append(out)
+    automation = automation_summary()
     if api_url is not None:
-        _annotate_from_server(api_url, pools, deployments)
+        _annotate_from_server(api_url, pools, deployments, automation)
     return {"prefect_version": data.get("prefect-version"), "project_file": str(project_file),
-            "work_pools": pools, "deployments": deployments}
+            "work_pools": pools, "automations": [automation], "deployments": deployments}
 
 
-def _annotate_from_server(api_url: str, pools: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
-    """Add ``on_server`` to each pool and deployment: what exists at ``api_url`` (read-only)."""
+def _annotate_from_server(api_url: str, pools: list[dict[str, Any]], deployments: list[dict[str, Any]],
+                          automation: dict[str, Any]) -> None:
+    """Add ``on_server`` to each pool, deployment and the automation: what exists at ``api_url`` (read-only)."""
     from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
     wait_for_server(api_url, timeout=10)
@@ -353,6 +362,7 @@ def _annotate_from_server(api_url: str, pools: list[dict[str, Any]], deployments
                     dep["on_server"] = "exists: would be updated in place"
                 except ObjectNotFound:
                     dep["on_server"] = "missing: would be created"
+            automation["on_server"] = automation_status(client)
     except (httpx.HTTPError, PrefectHTTPStatusError) as err:
         raise OrchestrationError(f"reading work pools and deployments on {api_url} failed: {err}") from None
 

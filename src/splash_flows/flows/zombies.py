@@ -102,9 +102,8 @@ def ensure_automation(client: Any, spec: Any | None = None) -> str:
 
     spec = spec if spec is not None else automation_spec()
     try:
-        found = client.read_automations_by_name(spec.name)
-        wanted = _comparable(spec)
-        if len(found) == 1 and {k: v for k, v in _comparable(found[0]).items() if k in wanted} == wanted:
+        found, same = _on_server(client, spec)
+        if same:
             return "exists, as specified"
         for old in found:
             client.delete_automation(old.id)
@@ -113,6 +112,31 @@ def ensure_automation(client: Any, spec: Any | None = None) -> str:
         raise OrchestrationError(f"the automation {spec.name!r} could not be made on {client.api_url}: {err}") \
             from None
     return "updated to the specification" if found else "created"
+
+
+def automation_status(client: Any, spec: Any | None = None) -> str:
+    """What ``ensure_automation`` would do on the server ``client`` talks to, changing nothing (``--preview``)."""
+    spec = spec if spec is not None else automation_spec()
+    found, same = _on_server(client, spec)
+    if same:
+        return "exists, as specified; left as it is"
+    return "differs: would be re-made as specified" if found else "missing: would be created"
+
+
+def automation_summary(spec: Any | None = None) -> dict[str, Any]:
+    """The automation as ``init-work-pools --preview`` prints it: name, description, trigger and actions."""
+    spec = spec if spec is not None else automation_spec()
+    data: dict[str, Any] = normalised(spec.model_dump(mode="json", include={"name", "description", "trigger",
+                                                                             "actions"}))
+    return data
+
+
+def _on_server(client: Any, spec: Any) -> tuple[list[Any], bool]:
+    """The automations named like ``spec`` on the server, and whether they are exactly one, as specified."""
+    found = client.read_automations_by_name(spec.name)
+    wanted = _comparable(spec)
+    same = len(found) == 1 and {k: v for k, v in _comparable(found[0]).items() if k in wanted} == wanted
+    return found, same
 
 
 def _comparable(automation: Any) -> dict[str, Any]:
