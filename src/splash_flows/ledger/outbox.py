@@ -121,6 +121,17 @@ class Outbox:
         with self.ledger.session() as sess:
             return _rowcount(sess.execute(stmt))
 
+    def forget_settled(self, sent_before: datetime) -> int:
+        """Delete the ``outbox_paths`` rows of entries that hold no file in flight any more: refused ones, and
+        ones sent before ``sent_before`` (the watcher's ``resend_after_s`` ago). ``in_flight_versions`` never
+        reads them, and without this the table would grow by a row per file ever sent. The entries themselves
+        (with their paths, run ids and errors) are kept. Returns how many rows were deleted."""
+        dead = select(OutboxEntry.id).where(or_(
+            OutboxEntry.state == OutboxState.FAILED,
+            (OutboxEntry.state == OutboxState.SENT) & (OutboxEntry.sent_at < sent_before)))
+        with self.ledger.session() as sess:
+            return _rowcount(sess.execute(delete(OutboxPath).where(OutboxPath.entry_id.in_(dead))))
+
     def get(self, entry_id: int) -> OutboxRecord | None:
         with self.ledger.read_session() as sess:
             row = sess.get(OutboxEntry, entry_id)

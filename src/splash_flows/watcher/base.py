@@ -295,6 +295,18 @@ class WatcherBase:
             self._emit("vanished", tuple(released), reason=why)
         return released
 
+    def _forget_settled_outbox(self) -> None:
+        """After each whole-tree scan: drop the per-path rows of outbox entries no longer in flight
+        (``Outbox.forget_settled``), so ``outbox_paths`` holds about one row per file in flight, not per file
+        ever sent. A failure is logged; the rows only cost space."""
+        try:
+            n = Outbox(self.ledger).forget_settled(self._in_flight_since())
+        except LedgerError as err:
+            log.error("could not drop the outbox's settled path rows (they only cost space): %s", err)
+            return
+        if n:
+            log.debug("dropped %d outbox path row(s) no longer in flight", n)
+
     # --- scans (requests only; the scanning is in scan.py)
 
     def request_scan(self, prefix: str = "", *, light: bool = False) -> None:

@@ -116,6 +116,8 @@ class ScanMixin(WatcherBase):
             log.error("rescan of %s failed: %s", prefix or "the tree", err)
         if complete and unmet:
             self._release_claims(unmet, "not found by a full rescan")
+        if complete and not prefix:
+            self._forget_settled_outbox()
         seconds = time.monotonic() - started
         first_full = not prefix and not self._backfilled
         if not prefix:

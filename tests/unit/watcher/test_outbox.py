@@ -159,3 +159,22 @@ def test_releasing_files_that_are_gone_leaves_the_entries_and_the_other_files_in
     assert outbox.release() == 2
     assert in_flight_versions(ctx.ledger, everything, since) == {}
     assert outbox.get(first.id) is not None and outbox.get(first.id).paths == tuple(everything)  # type: ignore[union-attr]
+
+
+def test_path_rows_of_entries_no_longer_in_flight_are_dropped_and_the_entries_kept(ctx: Context) -> None:
+    """``outbox_paths`` holds the files in flight, not every file ever sent: rows of refused entries and of
+    entries sent before the cut go; pending entries and recent sends keep theirs."""
+    outbox = Outbox(ctx.ledger)
+    old = outbox.add("d/x", ["old.edf"], [(1, 1.0)])
+    outbox.mark_sent(old.id, "run-1")
+    refused = outbox.add("d/x", ["refused.edf"], [(2, 2.0)])
+    outbox.mark_failed(refused.id, "refused")
+    cut = utcnow() + timedelta(seconds=1)  # "old" was sent before it
+    pending = outbox.add("d/x", ["pending.edf"], [(3, 3.0)])
+    everything = ["old.edf", "refused.edf", "pending.edf"]
+    assert outbox.forget_settled(cut) == 2
+    assert set(in_flight_versions(ctx.ledger, everything, utcnow() - timedelta(hours=1))) == {"pending.edf"}
+    assert outbox.forget_settled(cut) == 0  # idempotent
+    assert [e.id for e in outbox.entries()] == [old.id, refused.id, pending.id]  # the entries are kept
+    outbox.mark_sent(pending.id, "run-2")
+    assert outbox.forget_settled(utcnow() - timedelta(hours=1)) == 0  # sent just now: still in flight
