@@ -206,11 +206,7 @@ def _stream_local(tier: LocalTier, rule: MoveRule, out: SourceListing, prefix: s
     """``stream_source`` of a local tier, with ``LocalTier.walk``'s answers: a folder that cannot be listed and
     a file that cannot be stat'ed are unreadable (the command is incomplete), a FIFO, socket or device is
     refused, a symlink is left out."""
-    if prefix:
-        start = tier.path(prefix)
-    else:
-        tier.check_root()  # an unmounted root is not an empty tier
-        start = tier.root
+    start = tier.walk_start(prefix)
     problems: list[WalkProblem] = []
     pending: list[FileStat] = []
     for ruled in scan_tree(tier.root, start, rule):

@@ -313,14 +313,18 @@ class LocalTier:
         except OSError as err:
             raise TierError(f"cannot read: {_reason(err)}", tier=self.name, path=path) from None
 
+    def walk_start(self, prefix: str = "") -> Path:
+        """The folder a walk of ``prefix`` starts at: the root itself (checked: an unmounted root is not an empty
+        tier) or the folder ``prefix`` names under it (``path``: no escape)."""
+        if prefix:
+            return self.path(prefix)
+        self.check_root()
+        return self.root
+
     def walk(self, prefix: str = "", *, ignore: Callable[[str], bool] | None = None,
              problems: list[WalkProblem] | None = None) -> Iterator[FileStat]:
         """See ``Tier.walk``. Symlinks are not files of the tier and are left out silently."""
-        if prefix:
-            start = self.path(prefix)
-        else:
-            self.check_root()  # an unmounted root is not an empty tier
-            start = self.root
+        start = self.walk_start(prefix)
         unlistable: list[str] = []
         for listing in list_tree(self.root, start, ignore):
             if listing.error is not None:
