@@ -12,6 +12,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/splash-flows demo --prepare
 	touch $@
 
 install: $(VENV)/.installed

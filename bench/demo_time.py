@@ -1,10 +1,10 @@
 """Benchmark: how long ``splash-flows demo`` takes once installed, and where the time goes.
 
-Runs, as fresh processes in a temporary folder: the first demo on an empty folder (simulates 3 full-size scans,
-starts the demo's Prefect server, which migrates its database: the first demo of an installation), then
+Runs, as fresh processes in a temporary folder: the installation's step (``splash-flows demo --prepare``, which
+``make install`` runs: Prefect's database template migrated once), the first demo on an empty folder (simulates
+3 full-size scans, starts the demo's Prefect server from that template, copies, catalogues and reduces), then
 ``--reruns`` more on the same folder (nothing new to copy: the files are re-verified and skipped, the scans'
-reductions are up to date; the server is reused), then a first demo on another empty folder (its server starts
-from the migrated template database the first one saved, as every new folder after an installation's first).
+reductions are up to date; the server is reused), then a first demo on another empty folder.
 Prints each run's wall time, its CPU time (the demo process and
 the children it waited for -- Prefect's temporary server before this change; the kept server's CPU so far is
 printed apart), and the demo's own breakdown (its ``time:`` line: start, simulate, imports, waiting
@@ -60,10 +60,33 @@ def kept_server_cpu(root: Path) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def prepare(env: dict[str, str]) -> dict[str, object] | None:
+    """``splash-flows demo --prepare`` as ``make install`` runs it (migrates Prefect's template database): wall
+    and CPU seconds, or None when the tree has no such option (a tree from before it: its first demo migrates)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "splash_flows", "demo", "--prepare"], env=env,
+                          capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode == 2 and "--prepare" in done.stderr:
+        return None
+    if done.returncode != 0:
+        raise SystemExit(f"demo --prepare failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return {"wall_s": round(wall, 1), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime
+                                                      - before.ru_stime, 1),
+            "phases": {}, "load_1min": round(os.getloadavg()[0], 1)}
+
+
 def sequence(label: str, root: Path, env: dict[str, str], reruns: int) -> list[dict[str, object]]:
-    """The first demo on ``root`` (the installation's first: no Prefect template database yet), ``reruns`` more
-    on it, then a first demo on another new folder (which starts from the template the first one saved)."""
+    """The installation's step (``demo --prepare``, as ``make install`` runs it), the first demo on ``root``,
+    ``reruns`` more on it, then a first demo on another new folder."""
     out = []
+    installed = prepare(env)
+    if installed is not None:
+        result = {"code": label, "run": "install", **installed, "kept_server_cpu_s": None}
+        print(json.dumps(result), flush=True)
+        out.append(result)
     runs = [(root, "first" if i == 0 else f"re-run {i}") for i in range(1 + reruns)]
     runs.append((root.with_name(root.name + "-new"), "new folder"))
     for where, name in runs:
@@ -82,12 +105,15 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "SPLASH_FLOWS_CONFIG",
                                                              "PREFECT_HOME")}
     base["COLUMNS"] = "200"
-    base["SPLASH_FLOWS_PREFECT_TEMPLATE"] = str(work / "template")  # empty: the first run is an installation's first
+    # empty: the sequence starts as a new installation (``make install`` prepares it; a tree without
+    # ``--prepare`` migrates in its first demo)
+    base["SPLASH_FLOWS_PREFECT_TEMPLATE"] = str(work / "template")
     results = []
     try:
         if args.compare_src:
-            other = {**base, "PYTHONPATH": os.pathsep.join([str(args.compare_src.resolve() / "src"),
-                                                            base.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+            path = os.pathsep.join([str(args.compare_src.resolve() / "src"), base.get("PYTHONPATH", "")])
+            other = {**base, "SPLASH_FLOWS_PREFECT_TEMPLATE": str(work / "template-compare"),
+                     "PYTHONPATH": path.rstrip(os.pathsep)}
             results += sequence(f"compare ({args.compare_src})", work / "compare", other, args.reruns)
         results += sequence("this tree", work / "this", base, args.reruns)
     finally:

@@ -123,6 +123,8 @@ def demo(
                                       help="Keep the demo's Prefect server this long after the demo for the next "
                                            "run (0: stop it when the demo ends; --stop-server stops it later)."),
     stop_server: bool = typer.Option(False, "--stop-server", help="Only stop the demo's kept Prefect server."),
+    prepare: bool = typer.Option(False, "--prepare", help="Only migrate Prefect's database template (what `make "
+                                 "install` runs), so the first demo does not wait for it; kept if it exists."),
     catalogue_from: Path | None = typer.Option(
         None, "--catalogue-from", dir_okay=False,
         help="Use the catalogue (and dataset facts) of this site configuration, e.g. its SciCat, instead of the "
@@ -131,6 +133,16 @@ def demo(
     """Simulate 7.3.3 scans and move them to lamarr and cfs, verified, through the dispatcher flow."""
     from splash_flows.flows import local_server
 
+    if prepare:
+        with fail_cleanly():
+            # telemetry off, quiet logs; the server gets a home of its own
+            prepare_prefect_env(Path.home() / ".prefect", quiet=not verbose)
+            start = time.monotonic()
+            template = local_server.prepare_template()
+        console.print("Prefect's database is the user's own: nothing to prepare" if template is None else
+                      f"Prefect database template ready in {template} ({time.monotonic() - start:.1f} s)",
+                      highlight=False)
+        return
     home = root.resolve() / ".prefect"
     if stop_server:
         stopped = local_server.stop_server(home) if home.exists() else False

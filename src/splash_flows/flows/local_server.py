@@ -240,6 +240,36 @@ def save_template(home: Path, template: Path) -> bool:
     return True
 
 
+def prepare_template(timeout: float = 300.0) -> Path | None:
+    """Make the template database now, without a demo: start a server on a temporary Prefect home (it migrates
+    a new database and saves it as the template, see ``serve``), wait for it to answer, stop it. What ``make
+    install`` runs (``splash-flows demo --prepare``), so that the first demo of an installation does not wait
+    for Prefect's migrations. Returns the template folder, or None when Prefect's database is not its own
+    (``PREFECT_API_DATABASE_CONNECTION_URL`` set: nothing to prepare). Idempotent: an existing template is
+    kept. Raises OrchestrationError when the server fails or no template was written."""
+    import tempfile
+    from importlib.metadata import version
+
+    if not _own_database():
+        return None
+    template = template_dir(version("prefect"))
+    if (template / DB_FILE).is_file():
+        return template
+    home = Path(tempfile.mkdtemp(prefix="splash-prefect-template-"))
+    try:
+        handle = ensure_server(home, idle_minutes=max(1.0, timeout / 60.0))
+        try:
+            wait_until_healthy(handle, timeout=timeout)
+        finally:
+            stop_server(home)
+        if not (template / DB_FILE).is_file():
+            raise OrchestrationError(f"the Prefect server on {home} answered but saved no template in {template}; "
+                                     f"last lines of its log:\n{_tail(home / LOG_FILE)}")
+        return template
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cover - runs as its own process
     """Run Prefect's server app on 127.0.0.1:``port`` until idle for ``idle_minutes`` or signalled."""
     os.environ.update(EPHEMERAL_ENV)
