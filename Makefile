@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck faults faults-bounded bench bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
+.PHONY: demo test lint typecheck faults faults-bounded bench bench-all bench-small bench-scale bench-ledger bench-workers bench-archive bench-cli bench-demo clean install screenshots wheel
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(VENV)/.installed  ## our verified copy against cp + xxhsum, rclone and 
 	$(BIN)/python bench/move_throughput.py
 	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
 	$(BIN)/python bench/reduce.py
+
+bench-all: $(VENV)/.installed  ## every benchmark in one run, one table: bench/results/run-STAMP/REPORT.md (about an hour)
+	bash scripts/ensure-packages.sh bench
+	bash scripts/ensure-packages.sh postgres
+	$(BIN)/python bench/report.py
 
 bench-small: $(VENV)/.installed  ## the small-file burst: bare copy and the deployed stack, with every baseline
 	bash scripts/ensure-packages.sh bench
