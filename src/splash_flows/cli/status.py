@@ -2,9 +2,11 @@
 
 Reads in 80 columns: the totals per tier and state come first, then one row per file whose name is never cut
 (when a path is too long, the middle of its folder gives way: ``ALS-00…/20261130/AgBh_0001_2m.edf``). Every
-count, filter and page is computed by the database (``ledger/overview.py``), so a ledger of 100,000 files
-answers as fast as one of ten. The ledger, SQLAlchemy and the configuration are imported when the command runs
-(see ``cli/main.py``).
+count, filter and page is computed by the database (the SQL of ``ledger/reads.py``), so a ledger of 100,000 files
+answers as fast as one of ten. The configuration and the ledger's read path are imported when the command runs
+(see ``cli/main.py``); the read path is the Python DB-API (``ledger/dbapi.py``: ``sqlite3`` or ``psycopg``), not
+SQLAlchemy, whose import alone would cost most of the half second ``status`` has to answer in. A ledger that
+needs creating or upgrading is opened through ``Ledger.open`` as everywhere else, and read with the same SQL.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ from splash_flows.cli.common import console, fail_cleanly, human_size, print_jso
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from splash_flows.ledger import FileStatus
-    from splash_flows.ledger.catalogue import FileCatalogueState
-    from splash_flows.ledger.overview import Refusal, StatusTotals
+    from splash_flows.ledger.reads import FileCatalogueState, FileStatus, Refusal, StatusTotals
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
 #: catalogue state -> (plain text, rich markup) of its cell
@@ -236,41 +236,36 @@ def status(
 
             show_analysis(config, as_json=as_json, prefix=prefix or None)
             return
-        from splash_flows.ledger import Ledger
-        from splash_flows.ledger import overview as ov
-        from splash_flows.ledger.analysis import analysis_counts
-        from splash_flows.ledger.archive import last_drill
-        from splash_flows.ledger.catalogue import scan_counts
+        from splash_flows.ledger import reads
+        from splash_flows.ledger.dbapi import status_reader
 
         targets = tuple(config.move.targets)
         late_before = datetime.now(UTC) - timedelta(minutes=late_after)
         cursor = parse_cursor(after, config.move.source, list(config.tiers))
-        flt = ov.StatusFilter(prefix=prefix or None, states=tuple(parsed),
-                              late_before=late_before if late else None, targets=targets)
-        ledger = Ledger.open(config.ledger.url_value())
-        try:
+        flt = reads.StatusFilter(prefix=prefix or None, states=tuple(parsed),
+                                 late_before=late_before if late else None, targets=targets)
+        # the ledger's own DB-API driver, without SQLAlchemy when it can (ledger.dbapi): the same SQL either way
+        with status_reader(config.ledger.url_value()) as (reader, where):
             if as_json:
                 if limit is None:
-                    rows = [item for page in ov.iter_status(ledger, flt)
+                    rows = [item for page in reads.iter_status(reader, flt)
                             for item in status_json(page.rows, page.catalogue)]
                 else:
-                    page = ov.status_page(ledger, flt, limit=limit or None, after=cursor)
+                    page = reads.status_page(reader, flt, limit=limit or None, after=cursor)
                     rows = status_json(page.rows, page.catalogue)
                 print_json(rows)
                 return
             rows_wanted = DEFAULT_ROWS if limit is None else (limit or None)
-            totals = ov.totals(ledger, flt)
-            page = ov.status_page(ledger, flt, limit=rows_wanted, after=cursor)
-            whole = totals if flt == ov.StatusFilter(targets=targets) else ov.totals(ledger)
-            n_late = ov.count_late(ledger, late_before, targets, whole=whole)
-            n_refused = ov.count_refused(ledger)
-            refused = ov.refusals(ledger) if show_all else []
-            scans = scan_counts(ledger)
-            drill = last_drill(ledger)
-            analysed = analysis_counts(ledger)
-            where = ledger.describe()
-        finally:
-            ledger.close()
+            reads.fold_if_many(reader)  # PostgreSQL's counter shards, as every reader of the totals does
+            totals = reads.totals(reader, flt)
+            page = reads.status_page(reader, flt, limit=rows_wanted, after=cursor)
+            whole = totals if flt == reads.StatusFilter(targets=targets) else reads.totals(reader)
+            n_late = reads.count_late(reader, late_before, targets, whole=whole)
+            n_refused = reads.count_refused(reader)
+            refused = reads.refusals(reader) if show_all else []
+            scans = reads.scan_counts(reader)
+            drill = reads.last_drill(reader)
+            analysed = reads.analysis_counts(reader)
     tiers = [config.move.source, *targets]
     tiers += sorted({t for r in page.rows for t in r.copies} - set(tiers))
     width = console.width
