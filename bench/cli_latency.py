@@ -5,9 +5,11 @@ Times, in the same run, each command as a fresh process (the way an operator run
 
 * baselines -- ``python -c pass`` (the interpreter's own start-up: the floor for any Python CLI) and
   ``sqlite3 LEDGER 'SELECT count(*) FROM files'`` (the least a person could type to ask the ledger anything);
-* floors    -- importing only the libraries ``status`` reads with: Typer and rich (the CLI), pydantic (Typer 0.29
-  converts every option through a pydantic ``TypeAdapter``, and the configuration is pydantic models), then
-  SQLAlchemy's core, then its ORM (the ledger's models): what ``status`` cannot go below while it uses them;
+* floors    -- importing only the libraries ``status`` needs: Typer and rich (the CLI), pydantic (Typer 0.29
+  converts every option through a pydantic ``TypeAdapter``, and the configuration is pydantic models); then the
+  project's configuration models (``splash_flows.config``, which every command validates): what ``status`` cannot
+  go below; and, for comparison, SQLAlchemy's core and its ORM, which ``status`` no longer imports (it reads the
+  ledger through ``sqlite3`` / ``psycopg``, ``ledger/dbapi.py``);
 * ours      -- ``splash-flows --help``; ``status`` on a demo-sized ledger (9 files, as ``make demo`` leaves);
   ``status`` on a ledger of ``--files`` files (default 100,000, three tiers, events, catalogue); and
   ``status --json --limit 100`` there.
@@ -150,6 +152,8 @@ def main() -> None:
         print(f"built ledgers of 9 and {args.files:,} files in {time.perf_counter() - t0:.1f} s", flush=True)
         results["python -c pass"] = timed([sys.executable, "-c", "pass"], args.repeat, env)
         floors = [("floor: import typer, rich, pydantic", "import typer, rich.console, rich.table, pydantic"),
+                  ("floor: ... + splash_flows.config", "import typer, rich.console, rich.table, pydantic, "
+                                                      "splash_flows.config"),
                   ("floor: ... + sqlalchemy (core)", "import typer, rich.console, rich.table, pydantic, sqlalchemy"),
                   ("floor: ... + sqlalchemy.orm", "import typer, rich.console, rich.table, pydantic, sqlalchemy.orm")]
         for name, code in floors:
