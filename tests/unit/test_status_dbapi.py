@@ -57,6 +57,9 @@ def test_dbapi_and_sqlalchemy_give_the_same_answers(ledger_url: str) -> None:
         assert light is not None, "the light path must serve a ledger at head"
         got = _answers(light)
     assert got == expected
+    if ledger_url.startswith("postgresql+psycopg://"):  # the plain scheme: psycopg 3 too (SQLAlchemy 2.1)
+        with open_reader(ledger_url.replace("postgresql+psycopg://", "postgresql://")) as plain:
+            assert plain is not None and _answers(plain) == expected
     # and the answers are the ledger's (not just the same mistakes twice)
     assert expected["whole"] == reads.StatusTotals(5, 150, {
         "data733": {"verified": 4, "pruned": 1}, "lamarr": {"verified": 5}, "cfs": {"verified": 3, "failed": 1}})
@@ -84,10 +87,11 @@ def test_the_light_path_takes_only_what_it_can_serve(tmp_path: Path) -> None:
     with open_reader(missing) as light:
         assert light is not None  # now at head
     for url in ("sqlite://", "sqlite:///:memory:", f"sqlite:///{tmp_path / 'new' / 'ledger.db'}?timeout=5",
-                "postgresql://u@h/db", "postgresql+psycopg2://u@h/db", "mysql://u@h/db"):
+                "postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db", "mysql://u@h/db"):
         with open_reader(url) as light:
             assert light is None, url
     assert sqlite_path("sqlite:////abs/l.db") == Path("/abs/l.db")
+    assert psycopg_conninfo("postgresql://u@h/db") == ("postgresql://u@h/db", reads.PG_NO_JIT)
     assert psycopg_conninfo("postgresql+psycopg://u:p%40ss@h:5433/db?options=-c%20search_path%3Dx&sslmode=disable") \
         == ("postgresql://u:p%40ss@h:5433/db?sslmode=disable", f"-c search_path=x {reads.PG_NO_JIT}")
 

@@ -6,7 +6,8 @@ SQLAlchemy -- on a connection opened here:
 
 * SQLite (``sqlite:///PATH``): the standard library's ``sqlite3``, opened **read-only** (``mode=ro``): status
   can never write the ledger, and in WAL mode its one read transaction sees a single snapshot while writers go on.
-* PostgreSQL (``postgresql+psycopg://...``, the driver the project installs): ``psycopg``, with the session
+* PostgreSQL (``postgresql://`` or ``postgresql+psycopg://``: psycopg 3, the driver SQLAlchemy 2.1 uses and the
+  project installs): ``psycopg``, with the session
   options ``Ledger.open`` sets (no JIT). One transaction, committed at the end: ``reads.fold_if_many`` may fold
   the counters' shards in it, as every other reader of the totals does.
 
@@ -58,11 +59,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+#: URL schemes SQLAlchemy (2.1 and later, as pyproject requires) serves with psycopg 3
+PSYCOPG_SCHEMES = ("postgresql", "postgresql+psycopg")
+
+
 def psycopg_conninfo(url: str) -> tuple[str, str] | None:
-    """``postgresql+psycopg://...`` as a libpq URI and the session ``options`` to connect with (the URL's own
+    """``postgresql[+psycopg]://...`` as a libpq URI and the session ``options`` to connect with (the URL's own
     ``options`` and ``PG_NO_JIT``, as ``Ledger.open`` passes them); None for another scheme or driver."""
     parts = urlsplit(url)
-    if parts.scheme != "postgresql+psycopg":
+    if parts.scheme not in PSYCOPG_SCHEMES:
         return None
     query = parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join(filter(None, [*(v for k, v in query if k == "options"), reads.PG_NO_JIT]))
