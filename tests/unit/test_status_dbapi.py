@@ -91,6 +91,7 @@ def test_the_light_path_takes_only_what_it_can_serve(tmp_path: Path) -> None:
         with open_reader(url) as light:
             assert light is None, url
     assert sqlite_path("sqlite:////abs/l.db") == Path("/abs/l.db")
+    assert sqlite_path("sqlite:////abs/a%20b.db") is None  # SQLAlchemy decodes %20: left to it
     assert psycopg_conninfo("postgresql://u@h/db") == ("postgresql://u@h/db", reads.PG_NO_JIT)
     assert psycopg_conninfo("postgresql+psycopg://u:p%40ss@h:5433/db?options=-c%20search_path%3Dx&sslmode=disable") \
         == ("postgresql://u:p%40ss@h:5433/db?sslmode=disable", f"-c search_path=x {reads.PG_NO_JIT}")

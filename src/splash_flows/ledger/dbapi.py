@@ -51,9 +51,10 @@ class DbapiReader:
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a plain ``sqlite:///PATH`` URL (no driver, no options; None otherwise)."""
+    """The database file of a plain ``sqlite:///PATH`` URL (no driver, no options, no %-escapes, which SQLAlchemy
+    would decode; None otherwise)."""
     prefix = "sqlite:///"
-    if not url.startswith(prefix) or "?" in url:
+    if not url.startswith(prefix) or any(c in url for c in "?#%"):
         return None
     path = url[len(prefix):]
     return Path(path) if path and path != ":memory:" else None
