@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HEAVY = ("sqlalchemy", "alembic", "pydantic", "numpy", "PIL", "fabio", "pyFAI", "prefect", "httpx", "globus_sdk",
          "watchdog", "yaml", "splash_flows.config", "splash_flows.ledger", "splash_flows.services",
          "splash_flows.context")
@@ -47,20 +49,49 @@ def test_every_command_help_is_light() -> None:
         assert _heavy(_imported_after(code), allowed=("pydantic",)) == [], argv
 
 
-def test_status_imports_only_what_it_reads_with(tmp_path: Path) -> None:
-    # status reads the ledger (SQLAlchemy) with the configuration (pydantic, yaml): no numpy, Pillow, pyFAI,
-    # Prefect or HTTP client, and no Alembic when the schema is at head (checked by one SELECT)
-    from splash_flows.ledger import Ledger
-
+def _status_modules(tmp_path: Path, ledger_url: str) -> set[str]:
     tiers = {t: {"root": str(tmp_path / t)} for t in ("data733", "lamarr", "cfs")}
     cfg = tmp_path / "splash-flows.yaml"
-    cfg.write_text(json.dumps({"ledger": {"url": f"sqlite:///{tmp_path / 'ledger.db'}"}, "tiers": tiers,
+    cfg.write_text(json.dumps({"ledger": {"url": ledger_url}, "tiers": tiers,
                                "move": {"source": "data733", "targets": ["lamarr", "cfs"]}}))
-    Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}").close()  # created and migrated here, not by status
     code = ("import sys\nfrom splash_flows.cli.main import app\n"
             f"try:\n    app(['--config', {str(cfg)!r}, 'status'], prog_name='splash-flows')\nexcept SystemExit as e:\n"
             "    assert not e.code, e.code")
-    needed = ("sqlalchemy", "pydantic", "yaml", "splash_flows.config", "splash_flows.ledger")
-    modules = _imported_after(code)
-    assert _heavy(modules, allowed=needed) == []
+    return _imported_after(code)
+
+
+#: what ``status`` reads with: the configuration (pydantic, yaml) and the ledger's light read path
+STATUS_NEEDS = ("pydantic", "yaml", "splash_flows.config", "splash_flows.ledger")
+#: the ledger's modules built on SQLAlchemy: ``status`` on a ledger at head imports none of them
+LEDGER_ORM = ("splash_flows.ledger.store", "splash_flows.ledger.models", "splash_flows.ledger.overview",
+              "splash_flows.ledger.counters")
+
+
+def test_status_imports_only_what_it_reads_with(tmp_path: Path) -> None:
+    # status reads the ledger through sqlite3 (ledger.dbapi) with the configuration (pydantic, yaml): no
+    # SQLAlchemy, Alembic, numpy, Pillow, pyFAI, Prefect or HTTP client when the schema is at head
+    from splash_flows.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger.open(url).close()  # created and migrated here, not by status
+    modules = _status_modules(tmp_path, url)
+    assert _heavy(modules, allowed=STATUS_NEEDS) == []
+    assert sorted(m for m in modules if m in LEDGER_ORM) == []
     assert "rich.progress" not in modules  # progress bars belong to the commands that show them
+
+
+def test_status_on_postgresql_imports_no_sqlalchemy(tmp_path: Path, ledger_url: str) -> None:
+    if not ledger_url.startswith("postgresql"):
+        pytest.skip("the SQLite case is the test above")
+    from splash_flows.ledger import Ledger
+
+    Ledger.open(ledger_url).close()
+    modules = _status_modules(tmp_path, ledger_url)
+    assert "psycopg" in modules
+    assert _heavy(modules, allowed=STATUS_NEEDS) == []
+
+
+def test_status_on_a_new_ledger_creates_it_as_before(tmp_path: Path) -> None:
+    # no file yet: status opens it through Ledger.open (SQLAlchemy, Alembic), which creates and migrates it
+    modules = _status_modules(tmp_path, f"sqlite:///{tmp_path / 'new' / 'ledger.db'}")
+    assert "sqlalchemy" in modules and (tmp_path / "new" / "ledger.db").is_file()

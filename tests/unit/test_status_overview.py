@@ -164,6 +164,22 @@ def test_status_table_fits_80_columns_and_keeps_every_name() -> None:
     assert "failed" in text and "…" in text
 
 
+def test_file_names_are_shown_as_they_are_not_as_markup() -> None:
+    # a name is text: "[sample]" is not a style tag and ":smile:" not an emoji (both were eaten before)
+    from splash_flows.cli.status import refusals_table
+    from splash_flows.ledger.reads import Refusal
+    from splash_flows.ledger.store import CopyInfo
+
+    now = datetime.now(UTC)
+    names = ["ALS/[sample]_1.edf", "ALS/[bold red]x:smile:.edf"]
+    rows = [FileStatus(n, "data733", 10, "xxh3_128", "c", now, {"lamarr": CopyInfo("verified", "c", now, None)})
+            for n in names]
+    text = _plain(status_table(rows, ["data733", "lamarr"], {}, width=80), 80)
+    assert all(n in text for n in names)
+    refused = _plain(refusals_table([Refusal("data733", names[0], "[dim]odd[/] :smile:", now, 1)]), 80)
+    assert names[0] in refused and "[dim]odd[/] :smile:" in refused
+
+
 def test_short_pids_are_unique_prefixes() -> None:
     pids = ["embedded/0123456789ab", "embedded/0123456799cd", "embedded/ffff0000aaaa"]
     short = short_pids(pids)

@@ -2,9 +2,11 @@
 
 Reads in 80 columns: the totals per tier and state come first, then one row per file whose name is never cut
 (when a path is too long, the middle of its folder gives way: ``ALS-00…/20261130/AgBh_0001_2m.edf``). Every
-count, filter and page is computed by the database (``ledger/overview.py``), so a ledger of 100,000 files
-answers as fast as one of ten. The ledger, SQLAlchemy and the configuration are imported when the command runs
-(see ``cli/main.py``).
+count, filter and page is computed by the database (the SQL of ``ledger/reads.py``), so a ledger of 100,000 files
+answers as fast as one of ten. The configuration and the ledger's read path are imported when the command runs
+(see ``cli/main.py``); the read path is the Python DB-API (``ledger/dbapi.py``: ``sqlite3`` or ``psycopg``), not
+SQLAlchemy, whose import alone would cost most of the half second ``status`` has to answer in. A ledger that
+needs creating or upgrading is opened through ``Ledger.open`` as everywhere else, and read with the same SQL.
 """
 
 from __future__ import annotations
@@ -15,21 +17,20 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
 from splash_flows.cli.common import console, fail_cleanly, human_size, print_json, state
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from splash_flows.ledger import FileStatus
-    from splash_flows.ledger.catalogue import FileCatalogueState
-    from splash_flows.ledger.overview import Refusal, StatusTotals
+    from splash_flows.ledger.reads import FileCatalogueState, FileStatus, Refusal, StatusTotals
 
 STATE_STYLE = {"verified": "green", "pending": "yellow", "failed": "bold red", "stale": "magenta"}
-#: catalogue state -> (plain text, rich markup) of its cell
-CATALOGUE_CELL = {"catalogued": ("catalogued", "[green]catalogued[/]"),
-                  "pending_catalogue": ("pending", "[yellow]pending[/]"),
-                  "excluded": ("excluded", "[dim]excluded[/]"), "failed": ("failed", "[bold red]failed[/]")}
+#: catalogue state -> (text, style) of its cell
+CATALOGUE_CELL = {"catalogued": ("catalogued", "green"), "pending_catalogue": ("pending", "yellow"),
+                  "excluded": ("excluded", "dim"), "failed": ("failed", "bold red")}
 CatalogueStates = Mapping[tuple[str, str], "FileCatalogueState"]
 # pruning: pruned copies are history (dim), not missing data; claimed ones cyan; at_risk loud
 STATE_STYLE.update({"pruning": "cyan", "deleting": "cyan", "pruned": "dim", "at_risk": "bold red reverse"})
@@ -95,10 +96,10 @@ def status_json(rows: Sequence[FileStatus], catalogue: CatalogueStates | None = 
 
 
 def _cell(state: str | None) -> tuple[str, str]:
-    """(plain text, rich markup) of one state cell."""
+    """(text, style) of one state cell."""
     if state is None:
-        return "-", "[dim]-[/]"
-    return state, f"[{STATE_STYLE.get(state, 'white')}]{state}[/]"
+        return "-", "dim"
+    return state, STATE_STYLE.get(state, "white")
 
 
 def status_table(rows: Sequence[FileStatus], tiers: Sequence[str], catalogue: CatalogueStates | None = None,
@@ -115,12 +116,12 @@ def status_table(rows: Sequence[FileStatus], tiers: Sequence[str], catalogue: Ca
     for tier in tiers:
         columns.append((tier, [_cell(c.state if (c := r.copies.get(tier)) else None) for r in rows]))
     if catalogue is not None:
-        columns.append(("catalogue", [(("-", "[dim]-[/]") if (s := cat.get((r.source_tier, r.path))) is None
-                                       else CATALOGUE_CELL.get(s.state, (s.state, s.state))) for r in rows]))
+        columns.append(("catalogue", [(("-", "dim") if (s := cat.get((r.source_tier, r.path))) is None
+                                       else CATALOGUE_CELL.get(s.state, (s.state, ""))) for r in rows]))
 
     def fixed(cols: list[tuple[str, list[tuple[str, str]]]]) -> int:
         widths = [max([len("size"), *map(len, sizes)])]
-        widths += [max([len(h), *(len(plain) for plain, _markup in cells)]) for h, cells in cols]
+        widths += [max([len(h), *(len(plain) for plain, _style in cells)]) for h, cells in cols]
         return sum(widths) + 2 * len(widths)  # one gap of two spaces before each column
 
     longest = max((len(r.path) for r in rows), default=4)
@@ -137,8 +138,11 @@ def status_table(rows: Sequence[FileStatus], tiers: Sequence[str], catalogue: Ca
     table.add_column("size", justify="right", no_wrap=True)
     for header, _cells in columns:
         table.add_column(header, no_wrap=True)
+    # Text cells, not markup: a file name is shown as it is ("scan[1].edf", ":smile:" in a name), and rich
+    # parses no markup per cell (most of the time of drawing 100 rows)
     for i, r in enumerate(rows):
-        table.add_row(elide_path(r.path, path_width), sizes[i], *(cells[i][1] for _h, cells in columns))
+        table.add_row(Text(elide_path(r.path, path_width)), Text(sizes[i]),
+                      *(Text(*cells[i]) for _h, cells in columns))
     return table
 
 
@@ -161,12 +165,12 @@ def totals_table(totals: StatusTotals, tiers: Sequence[str]) -> Table:
         cells = [_count(t.get(s, 0), s) for s in present]
         if any(missing.values()):
             cells.append(_count(missing.get(tier, 0), "pending"))
-        table.add_row(tier, *cells)
+        table.add_row(Text(tier), *cells)
     return table
 
 
-def _count(n: int, st: str) -> str:
-    return "[dim]0[/]" if n == 0 else f"[{STATE_STYLE.get(st, 'white')}]{n:,}[/]"
+def _count(n: int, st: str) -> Text:
+    return Text("0", "dim") if n == 0 else Text(f"{n:,}", STATE_STYLE.get(st, "white"))
 
 
 def refusals_table(refused: Sequence[Refusal], *, width: int = 80) -> Table:
@@ -181,7 +185,7 @@ def refusals_table(refused: Sequence[Refusal], *, width: int = 80) -> Table:
     table.add_column("times", justify="right", no_wrap=True)
     table.add_column("reason", overflow="fold")
     for r in refused:
-        table.add_row(elide_path(r.path, path_width), str(r.times), r.reason, style="")
+        table.add_row(Text(elide_path(r.path, path_width)), Text(str(r.times)), Text(r.reason))
     return table
 
 
@@ -236,47 +240,42 @@ def status(
 
             show_analysis(config, as_json=as_json, prefix=prefix or None)
             return
-        from splash_flows.ledger import Ledger
-        from splash_flows.ledger import overview as ov
-        from splash_flows.ledger.analysis import analysis_counts
-        from splash_flows.ledger.archive import last_drill
-        from splash_flows.ledger.catalogue import scan_counts
+        from splash_flows.ledger import reads
+        from splash_flows.ledger.dbapi import status_reader
 
         targets = tuple(config.move.targets)
         late_before = datetime.now(UTC) - timedelta(minutes=late_after)
         cursor = parse_cursor(after, config.move.source, list(config.tiers))
-        flt = ov.StatusFilter(prefix=prefix or None, states=tuple(parsed),
-                              late_before=late_before if late else None, targets=targets)
-        ledger = Ledger.open(config.ledger.url_value())
-        try:
+        flt = reads.StatusFilter(prefix=prefix or None, states=tuple(parsed),
+                                 late_before=late_before if late else None, targets=targets)
+        # the ledger's own DB-API driver, without SQLAlchemy when it can (ledger.dbapi): the same SQL either way
+        with status_reader(config.ledger.url_value()) as (reader, where):
             if as_json:
                 if limit is None:
-                    rows = [item for page in ov.iter_status(ledger, flt)
+                    rows = [item for page in reads.iter_status(reader, flt)
                             for item in status_json(page.rows, page.catalogue)]
                 else:
-                    page = ov.status_page(ledger, flt, limit=limit or None, after=cursor)
+                    page = reads.status_page(reader, flt, limit=limit or None, after=cursor)
                     rows = status_json(page.rows, page.catalogue)
                 print_json(rows)
                 return
             rows_wanted = DEFAULT_ROWS if limit is None else (limit or None)
-            totals = ov.totals(ledger, flt)
-            page = ov.status_page(ledger, flt, limit=rows_wanted, after=cursor)
-            whole = totals if flt == ov.StatusFilter(targets=targets) else ov.totals(ledger)
-            n_late = ov.count_late(ledger, late_before, targets, whole=whole)
-            n_refused = ov.count_refused(ledger)
-            refused = ov.refusals(ledger) if show_all else []
-            scans = scan_counts(ledger)
-            drill = last_drill(ledger)
-            analysed = analysis_counts(ledger)
-            where = ledger.describe()
-        finally:
-            ledger.close()
+            reads.fold_if_many(reader)  # PostgreSQL's counter shards, as every reader of the totals does
+            totals = reads.totals(reader, flt)
+            page = reads.status_page(reader, flt, limit=rows_wanted, after=cursor)
+            whole = totals if flt == reads.StatusFilter(targets=targets) else reads.totals(reader)
+            n_late = reads.count_late(reader, late_before, targets, whole=whole)
+            n_refused = reads.count_refused(reader)
+            refused = reads.refusals(reader) if show_all else []
+            scans = reads.scan_counts(reader)
+            drill = reads.last_drill(reader)
+            analysed = reads.analysis_counts(reader)
     tiers = [config.move.source, *targets]
     tiers += sorted({t for r in page.rows for t in r.copies} - set(tiers))
     width = console.width
     filters = [f for f in (f"prefix {prefix!r}" if prefix else "", " or ".join(states),
                            f"late (> {late_after:g} min)" if late else "") if f]
-    console.print(f"[dim]ledger {where}[/]", highlight=False, soft_wrap=True)  # whole: it may be copied
+    console.print(f"[dim]ledger {escape(where)}[/]", highlight=False, soft_wrap=True)  # whole: it may be copied
     console.print(f"[bold]{totals.files:,} file(s)[/], {human_size(totals.bytes)}"
                   + (f" matching {'; '.join(filters)}" if filters else ""), highlight=False)
     if totals.files:
@@ -294,13 +293,13 @@ def status(
     if page.rows:
         shown = len(page.rows)
         title = (f"files 1-{shown:,} of {totals.files:,}" if cursor is None
-                 else f"{shown:,} file(s) after {elide_path(after, 40)}, of {totals.files:,}")
+                 else f"{shown:,} file(s) after {escape(elide_path(after, 40))}, of {totals.files:,}")
         console.print()
         console.print(status_table(page.rows, tiers, page.catalogue, width=width, title=title))
         last = page.rows[-1]
         if rows_wanted is not None and shown == rows_wanted and (cursor is not None or shown < totals.files):
             nxt = last.path if last.source_tier == config.move.source else f"{last.source_tier}:{last.path}"
-            console.print(f"[dim]next page: --after {shlex.quote(nxt)}[/]", highlight=False,
+            console.print(f"[dim]next page: --after {escape(shlex.quote(nxt))}[/]", highlight=False,
                           soft_wrap=True)  # whole, to be copied
             console.print("[dim]all: --limit 0; one folder: --prefix; only problems: --state failed, --late[/]",
                           highlight=False)
@@ -319,5 +318,6 @@ def drill_line(at: datetime, path: str | None, detail: Mapping[str, Any]) -> str
     """One line on the last restore drill (``restore_drill_733``): when, which file, from which bundle, result."""
     when = at.isoformat(timespec="seconds")
     if detail.get("ok"):
-        return f"last restore drill: [green]ok[/] {when}: {path} from {detail.get('bundle')} restored identical"
-    return f"last restore drill: [bold red]FAILED[/] {when}: {path or '-'}: {detail.get('reason')}"
+        bundle = escape(str(detail.get("bundle")))
+        return f"last restore drill: [green]ok[/] {when}: {escape(str(path))} from {bundle} restored identical"
+    return f"last restore drill: [bold red]FAILED[/] {when}: {escape(path or '-')}: {escape(str(detail.get('reason')))}"

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from splash_flows.errors import LedgerError
+from splash_flows.ledger import reads
 from splash_flows.ledger.models import AnalysisScan, AnalysisState, Calibration, Event, EventKind, utcnow
 from splash_flows.ledger.store import Ledger
 
@@ -197,7 +198,6 @@ def analyses(ledger: Ledger, *, states: Sequence[str] | None = None, source_tier
 
 
 def analysis_counts(ledger: Ledger) -> dict[str, int]:
-    """Number of scans per reduction state."""
-    with ledger.session() as sess:
-        rows = sess.execute(select(AnalysisScan.state, func.count()).group_by(AnalysisScan.state)).all()
-        return {str(state): int(n) for state, n in rows}
+    """Number of scans per reduction state (``reads.analysis_counts``, the query ``status`` runs too)."""
+    with ledger.reader() as reader:
+        return reads.analysis_counts(reader)

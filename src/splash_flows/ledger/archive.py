@@ -22,6 +22,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from splash_flows.errors import LedgerError
+from splash_flows.ledger import reads
 from splash_flows.ledger.models import (
     ArchiveBundle,
     ArchiveMember,
@@ -32,6 +33,7 @@ from splash_flows.ledger.models import (
     SourceFile,
     utcnow,
 )
+from splash_flows.ledger.reads import Drill
 from splash_flows.ledger.store import Ledger, in_chunks
 
 if TYPE_CHECKING:  # the plan brings the 7.3.3 metadata parsers (numpy): `status` reads drills without them
@@ -39,7 +41,7 @@ if TYPE_CHECKING:  # the plan brings the 7.3.3 metadata parsers (numpy): `status
 
 ARCHIVED = "archived"            # event kind: a file's bundle was verified on the archive tier
 ARCHIVE_FAILED = "archive_failed"
-RESTORE_DRILL = "restore_drill"  # event kind: the result of one restore drill
+RESTORE_DRILL = reads.RESTORE_DRILL  # event kind: the result of one restore drill
 
 
 @dataclass(frozen=True)
@@ -263,11 +265,11 @@ def record_drill(ledger: Ledger, *, ok: bool, path: str | None, bundle: str | No
                        detail={"ok": ok, "bundle": bundle, **detail}))
 
 
-def last_drill(ledger: Ledger) -> Event | None:
-    """The newest restore drill event, or None."""
-    with ledger.session() as sess:
-        return sess.scalars(select(Event).where(Event.kind == RESTORE_DRILL).order_by(Event.id.desc())
-                            .limit(1)).first()
+def last_drill(ledger: Ledger) -> Drill | None:
+    """The newest restore drill (its time, file and detail), or None (``reads.last_drill``, which ``status``
+    runs too)."""
+    with ledger.reader() as reader:
+        return reads.last_drill(reader)
 
 
 def counts(ledger: Ledger, tier: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from splash_flows.ledger import reads
 from splash_flows.ledger.models import (
     CatalogueFile,
     CatalogueScan,
@@ -27,6 +28,7 @@ from splash_flows.ledger.models import (
     SourceFile,
     utcnow,
 )
+from splash_flows.ledger.reads import FileCatalogueState as FileCatalogueState  # re-exported
 from splash_flows.ledger.store import CopyInfo, Ledger, copy_info, in_chunks
 
 _EVENT_OF_STATE = {
@@ -72,16 +74,6 @@ class ScanRecord:
     updated_at: datetime
     file_ids: frozenset[int]
     paths: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class FileCatalogueState:
-    """The catalogue state of one file (its scan's)."""
-
-    scan_key: str
-    state: str
-    pid: str | None
-    error: str | None
 
 
 def _ledger_file(row: SourceFile, copies: Iterable[Copy]) -> LedgerFile:
@@ -312,10 +304,9 @@ def file_states(ledger: Ledger, *, source_tier: str | None = None) -> dict[tuple
 
 
 def scan_counts(ledger: Ledger) -> dict[str, int]:
-    """How many scans are in each catalogue state."""
-    with ledger.session() as sess:
-        rows = sess.execute(select(CatalogueScan.state, func.count()).group_by(CatalogueScan.state)).all()
-        return {str(state): int(n) for state, n in rows}
+    """How many scans are in each catalogue state (``reads.scan_counts``, the query ``status`` runs too)."""
+    with ledger.reader() as reader:
+        return reads.scan_counts(reader)
 
 
 # ---------------------------------------------------------------------------------------------- pruned locations

@@ -49,11 +49,12 @@ from splash_flows.ledger.models import (
     OutboxState,
     SourceFile,
 )
+from splash_flows.ledger.reads import SAFE_STATES, UNSAFE_STATES
 from splash_flows.ledger.store import Ledger, in_chunks
 
 FileRow = SourceFile
 #: Copy states that mean "this copy was verified, and anything since happened by policy".
-REACHED_SAFETY = (CopyState.VERIFIED, CopyState.PRUNING, CopyState.DELETING, CopyState.PRUNED)
+REACHED_SAFETY = SAFE_STATES  # the rule status uses (ledger.reads), one place
 ARCHIVE_TIER = "hpss"  # the tape tier's name in the 7.3.3 layout; the archive capability may register its own flag
 
 
@@ -345,7 +346,7 @@ def _dialect(ledger: Ledger) -> str:
 
 
 #: Target copy states that leave a file not safe (every other state is in REACHED_SAFETY).
-NOT_SAFE_STATES = (CopyState.PENDING, CopyState.FAILED, CopyState.STALE, CopyState.AT_RISK)
+NOT_SAFE_STATES = UNSAFE_STATES
 SCAN_CHUNK = 20_000
 UNSAFE_IN_LIMIT = 30_000  # above this, list_files filters with the flag's expression alone
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, Select, create_engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
@@ -24,14 +23,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from splash_flows.config import redact_url
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import Copy, CopyState, Event, EventKind, SourceFile, utcnow
+from splash_flows.ledger.reads import PG_NO_JIT, migration_head
+
+# the light status read path's types and rules (ledger.reads), re-exported where the ledger's callers find them
+from splash_flows.ledger.reads import CopyInfo as CopyInfo
+from splash_flows.ledger.reads import FileStatus as FileStatus
+from splash_flows.ledger.reads import in_chunks as in_chunks
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-_REVISION = re.compile(r"^revision\s*(?::[^=]*)?=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
-_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,38 +70,8 @@ class VerifiedCopy:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class CopyInfo:
-    state: str
-    checksum: str | None
-    verified_at: datetime | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class FileStatus:
-    """One row of ``splash-flows status``: a source file and the state of each of its copies."""
-
-    path: str
-    source_tier: str
-    size: int
-    checksum_alg: str
-    checksum: str
-    detected_at: datetime
-    copies: dict[str, CopyInfo] = field(default_factory=dict)
-
-
 def _record(row: SourceFile) -> SourceRecord:
     return SourceRecord(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum)
-
-
-IN_CHUNK = 500  # values per SQL IN (...) list: well under every backend's bind-parameter limit
-
-
-def in_chunks(values: Sequence[T]) -> Iterator[list[T]]:
-    """``values`` in slices of ``IN_CHUNK``, for queries with an IN list."""
-    for start in range(0, len(values), IN_CHUNK):
-        yield list(values[start:start + IN_CHUNK])
 
 
 def copy_info(c: Copy) -> CopyInfo:
@@ -116,26 +88,6 @@ def _event(kind: str, source: SourceRecord | SourceFile | None, tier: str | None
     return Event(at=at or utcnow(), file_id=source.id if source else None,
                  path=path if path is not None else (source.path if source else None),
                  tier=tier, kind=kind, detail=detail)
-
-
-def migration_head(versions: Path = MIGRATIONS / "versions") -> str | None:
-    """The single head of the migrations in ``versions``, read from each file's ``revision`` and
-    ``down_revision`` lines without importing Alembic; None when that is not certain (a file without a
-    readable ``revision``, several heads), and the caller then asks Alembic. A test checks it agrees with
-    Alembic's ``ScriptDirectory``."""
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for path in sorted(versions.glob("*.py")):
-        if path.name == "__init__.py":
-            continue
-        source = path.read_text(encoding="utf-8")
-        rev, down = _REVISION.search(source), _DOWN_REVISION.search(source)
-        if rev is None or down is None:
-            return None
-        revisions.add(rev.group(1))
-        parents.update(re.findall(r"[\"']([^\"']+)[\"']", down.group(1)))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -158,6 +110,20 @@ def _sqlite_begin(conn: Any) -> None:
     # A writer takes the write lock at BEGIN (and waits on the busy timeout for it); a read-only transaction
     # takes none: in WAL mode it reads its snapshot while writers write, and never waits for them.
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+class ConnectionReader:
+    """``reads.Reader`` over a SQLAlchemy connection: the SQL text goes to the driver as it is
+    (``exec_driver_sql``), as on ``status``'s DB-API connection (``ledger.dbapi``)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    def execute(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``sql`` (in the driver's parameter style: ``reads.run`` wrote it so)."""
+        result = self.conn.exec_driver_sql(sql, dict(params))
+        return [tuple(row) for row in result] if result.returns_rows else []
 
 
 class Ledger:
@@ -188,7 +154,7 @@ class Ledger:
             # No JIT: the ledger's queries are short and index-driven, and compiling one took seconds on a busy
             # machine (the page's per-day table: 0.2 s without, 3.5-9 s with; docs/PERFORMANCE.md section 5).
             user_options = parsed.query.get("options")
-            kwargs["connect_args"] = {"options": " ".join(filter(None, [str(user_options or ""), "-c jit=off"]))}
+            kwargs["connect_args"] = {"options": " ".join(filter(None, [str(user_options or ""), PG_NO_JIT]))}
         try:
             engine = create_engine(parsed, **kwargs)
         except (ImportError, SQLAlchemyError) as err:
@@ -324,6 +290,13 @@ class Ledger:
                     yield conn
         except SQLAlchemyError as err:
             raise LedgerError(f"ledger {self.describe()}: {type(err).__name__}: {err}") from None
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[ConnectionReader]:
+        """``reading`` as a ``reads.Reader``: the queries ``status`` runs (SQL text in ``ledger.reads``), run
+        through this ledger's engine."""
+        with self.reading() as conn:
+            yield ConnectionReader(conn)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
