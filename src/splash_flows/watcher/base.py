@@ -188,7 +188,7 @@ class WatcherBase:
         self._known_refusals = _recorded_refusals(ledger, self.tier)
         self._still_refused = 0
         self._recently_dropped: dict[str, float] = {}
-        self._timing: dict[int, tuple[str, float | None]] = {}
+        self._timing: dict[int, tuple[str, float | None, float]] = {}  # entry -> folder, first close, queued at
         self._scan_requests: set[str] = set()
         self._scan_light = False  # the pending whole-tree request may be light (``ScanMixin.rescan``)
         self._scan_fresh: set[str] = set()  # requested prefixes that are folders created while watched

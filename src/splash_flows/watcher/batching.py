@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from splash_flows.errors import LedgerError
 from splash_flows.watcher.base import WatcherBase, _Batch, chunk_bounds
@@ -65,7 +66,7 @@ class BatchingMixin(WatcherBase):
                 start = stop
                 written += 1
                 with self._lock:
-                    self._timing[rec.id] = (batch.folder, min(closes) if closes else None)
+                    self._timing[rec.id] = (batch.folder, min(closes) if closes else None, time.time())
                     self._trim_claims()
                 log.debug("outbox entry %d: %d file(s) in %s", rec.id, len(paths), batch.folder or "/")
                 self._emit("queued", tuple(paths), entry_id=rec.id)

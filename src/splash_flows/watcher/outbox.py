@@ -123,10 +123,10 @@ class OutboxMixin(WatcherBase):
         latency = time.time() - first_close if first_close is not None else None
         if timing is None:
             how = ", replayed from the outbox"
-        elif latency is None:
+        elif latency is None or first_close is None:
             how = ", found by a scan"
         else:
-            how = f", close->trigger {latency:.2f} s"
+            how = f", close->queued {timing[2] - first_close:.2f} s, close->trigger {latency:.2f} s"
         log.info("batch %d: %d file(s) in %s -> flow run %s (trigger %.2f s%s)", rec.id, len(rec.paths),
                  os.path.dirname(rec.paths[0]) or "/", run_id, elapsed, how)
         self._emit("sent", rec.paths, entry_id=rec.id, flow_run_id=run_id, close_to_trigger_s=latency)
