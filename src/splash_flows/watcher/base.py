@@ -97,6 +97,17 @@ class _Claim:
     until: float
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """An outbox entry Prefect accepted, waiting for its ``mark_sent`` (and its log line)."""
+
+    entry_id: int
+    paths: tuple[str, ...]
+    run_id: str
+    line: str  # the log line saying so
+    close_to_trigger_s: float | None
+
+
 @dataclass
 class _Batch:
     folder: str
@@ -195,6 +206,10 @@ class WatcherBase:
         self._scan_cv = threading.Condition()
         self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
+        # entries Prefect accepted whose "sent" is not yet recorded in the ledger (``OutboxMixin._marker``)
+        self._mark_cv = threading.Condition()
+        self._to_mark: list[_Accepted] = []
+        self._unmarked: set[int] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._done = threading.Event()
