@@ -157,7 +157,9 @@ class LocalStack:
         env = self.env()
         try:
             say(f"starting the Prefect server on 127.0.0.1:{self.port} (log: {self.logs / 'server.log'}) ...")
-            server_argv = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+            # Prefect's server, its SQLite writes taking the lock at BEGIN (flows/prefect_server.py: no 503s)
+            server_argv = ["-m", "splash_flows.flows.prefect_server", "server", "start", "--host", "127.0.0.1",
+                           "--port", str(self.port)]
             server = self._start("server", python_argv(*server_argv, *([] if self.ui else ["--no-ui"])), env)
             self._wait_healthy(server)
             from splash_flows.flows.deploy import init_work_pools
