@@ -381,14 +381,32 @@ def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = Fa
     return None if seen is None else seen[0]
 
 
+def _proc_hides_processes() -> bool:
+    """Whether ``/proc`` is mounted with ``hidepid`` (other users' processes not even listed) and this process
+    is not root: then no listing of ``/proc`` can show that no one else holds a file open."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == "/proc" and "hidepid=" in line:
+                    value = line.split("hidepid=", 1)[1].split(",", 1)[0].split()[0]
+                    return value not in ("0", "off")
+    except OSError:
+        return True
+    return False
+
+
 def writers_seen(real_paths: list[str]) -> tuple[set[str], bool] | None:
     """``files_open_for_writing`` for real paths, and whether every process's open files could be read (False
-    when some ``/proc/PID/fd`` was not readable by this user: a writer may have been missed)."""
+    when some ``/proc/PID/fd`` was not readable by this user, or ``/proc`` hides other users' processes from
+    it: a writer may have been missed)."""
     wanted = set(real_paths)
     if not os.path.isdir("/proc/self/fd"):
         return None
     found: set[str] = set()
-    complete = True
+    complete = not _proc_hides_processes()
     try:
         pids = [d for d in os.listdir("/proc") if d.isdigit()]
     except OSError:

@@ -206,3 +206,19 @@ def test_files_found_by_other_scans_still_wait_the_quiet_period(make_watcher: Ca
     assert w.rescan("old") == 1
     assert w.check_candidates(time.monotonic()) == 0
     assert _batched(w) == []
+
+
+def test_a_new_folders_file_waits_the_quiet_period_when_some_process_could_not_be_seen(
+        make_watcher: Callable[..., Watcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the quiet period, only a check that saw every process's open files may say "nobody writes it"
+    (a watcher that is not root cannot read other users' /proc/PID/fd, or /proc hides their processes)."""
+    from splash_flows.watcher import readiness
+
+    monkeypatch.setattr(readiness, "writers_seen", lambda paths: (set(), False))
+    w = make_watcher()
+    _write(w, "new/a.edf", os.urandom(10))
+    assert w.rescan("new", new_folder=True) == 1
+    assert w.check_candidates(time.monotonic()) == 0
+    assert _batched(w) == []
+    assert w.check_candidates(time.monotonic() + QUIET + 1) == 1  # then the quiet period's rule, as before
+    assert _batched(w) == ["new/a.edf"]
