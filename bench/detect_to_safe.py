@@ -44,7 +44,7 @@ from typing import Any
 from sqlalchemy import select
 
 from splash_flows.cli.up import LocalStack
-from splash_flows.config import default_config_data, load_config_file, parse_config
+from splash_flows.config import WatcherConfig, default_config_data, load_config_file, parse_config
 from splash_flows.context import Context
 from splash_flows.errors import OrchestrationError, TriggerRejected
 from splash_flows.flows.deploy import DISPATCHER_DEPLOYMENT
@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="Seconds to wait for each single file (the benchmark stops when one takes longer).")
     ap.add_argument("--burst", type=int, default=1000, help="Files in the burst (0: skip).")
     ap.add_argument("--burst-size", type=int, default=4096, help="Bytes per burst file.")
-    ap.add_argument("--batch-size", type=int, default=200,
-                    help="Files per dispatcher run in the burst (default: the watcher's max_batch_files).")
+    ap.add_argument("--batch-size", type=int, default=WatcherConfig().max_batch_files,
+                    help="Files per dispatcher run in the burst with --trigger deployment (default: the watcher's "
+                    "max_batch_files; with --trigger watcher the watcher batches).")
     ap.add_argument("--limit", type=int, default=4, help="Runs at once (runner threads / worker processes).")
     ap.add_argument("--prefect-database-url", default=None,
                     help="PREFECT_API_DATABASE_CONNECTION_URL for the server (default: SQLite, as `up`).")
@@ -294,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
                     pending.append(triggers.submit(send, batch))
                 done_at = wait_verified(ledger, paths, 1800, pending)
                 runs = [r for fut in pending for r in fut.result()]
+            if args.trigger == "watcher":  # the watcher's batches: its outbox entries of the burst
+                from splash_flows.ledger.outbox import Outbox
+
+                runs_seen = [e for e in Outbox(ledger).entries() if e.paths and e.paths[0].startswith("burst/")]
+                results["burst_batches"] = [len(e.paths) for e in runs_seen]
             lat = [done_at[p] - closes[p] for p in paths]
             first_close, last_close = min(closes.values()), max(closes.values())
             total = max(done_at.values()) - first_close
@@ -309,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
             baselines = run_baselines(base_root, [p.removeprefix("burst/") for p in paths],
                                       say=lambda line: print(line, flush=True))
             results["burst"] = {
-                "files": len(paths), "bytes_each": args.burst_size, "runs": len(runs) or None,
+                "files": len(paths), "bytes_each": args.burst_size,
+                "runs": len(runs) or len(results.get("burst_batches", [])) or None,
+                "batches": results.pop("burst_batches", None),
                 "batch_size": args.batch_size, "writing_s": last_close - first_close,
                 "total_s": total, "after_last_close_s": max(done_at.values()) - last_close,
                 "p50_s": statistics.median(lat), "p99_s": percentile(lat, 99),
@@ -335,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
               f"p50 {s['p50_s']:.2f} s, p99 {s['p99_s']:.2f} s, max {s['max_s']:.2f} s")
     if "burst" in results:
         b = results["burst"]
-        print(f"  burst ({b['files']} x {b['bytes_each']} B, batches of {b['batch_size']}): total "
+        how = f"batches of {b['batch_size']}" if args.trigger == "deployment" else f"watcher batches {b['batches']}"
+        print(f"  burst ({b['files']} x {b['bytes_each']} B, {how}): total "
               f"{b['total_s']:.2f} s (writing took {b['writing_s']:.2f} s), per file p50 {b['p50_s']:.2f} s, "
               f"p99 {b['p99_s']:.2f} s")
         print(f"  CPU seconds used during the burst: {b['cpu_s_during_burst']}")

@@ -373,7 +373,14 @@ class WatcherConfig(_Model):
         default=0.1, ge=0, le=3600,
         description="A batch is also sent once no file joined it for this long (0: wait for the window): a lone "
         "file goes at once, a burst still fills its batch. Smaller means more, smaller dispatcher runs.")
-    max_batch_files: int = Field(default=200, ge=1, le=100_000, description="A batch is sent once it has this many.")
+    max_batch_files: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="A batch is sent once it has this many files (or max_batch_bytes). A burst of small files "
+        "ready at once goes in few large runs: each dispatcher run costs its own Prefect overhead.")
+    max_batch_bytes: int = Field(
+        default=2 * 1024**3, ge=1,
+        description="A batch is also sent once its files hold this many bytes (a single larger file is a batch "
+        "of its own): large images still go about 200 x 10 MB per run, so one run's copy stays bounded.")
     ready_on_close: bool = Field(
         default=True,
         description="inotify mode: a file closed after writing (IN_CLOSE_WRITE) is ready at once, without the "

@@ -256,8 +256,8 @@ def test_a_large_backfill_holds_a_bounded_backlog_and_sends_every_file_once(
     peak = [0]
     offer = h.watcher._offer_found
 
-    def counting(found: list[scan.Found]) -> int:
-        n = offer(found)
+    def counting(found: list[scan.Found], *, new_folder: bool = False) -> int:
+        n = offer(found, new_folder=new_folder)
         peak[0] = max(peak[0], len(h.watcher._candidates))
         return n
 

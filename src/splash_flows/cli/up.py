@@ -7,7 +7,8 @@ in ``DIR/logs/``:
 
 1. a Prefect server on 127.0.0.1 (port 4200, ``up.port`` of the configuration or ``--port``; always the same
    one, waiting for it to be released, and an error naming the program that holds it otherwise), and waits for
-   its health check;
+   its health check. It is Prefect's own server with its SQLite write transactions begun IMMEDIATE
+   (``flows/prefect_server.py``: a burst's triggers are not answered 503);
 2. the init: work pools and the deployments of ``prefect.yaml`` (``splash-flows init-work-pools``);
 3. what executes flow runs: by default the in-process runner (``splash-flows runner``, ~1 s from trigger to
    verified), or with ``--workers`` one Prefect process worker per pool (the production layout of the seed);
@@ -157,7 +158,9 @@ class LocalStack:
         env = self.env()
         try:
             say(f"starting the Prefect server on 127.0.0.1:{self.port} (log: {self.logs / 'server.log'}) ...")
-            server_argv = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+            # Prefect's server, its SQLite writes taking the lock at BEGIN (flows/prefect_server.py: no 503s)
+            server_argv = ["-m", "splash_flows.flows.prefect_server", "server", "start", "--host", "127.0.0.1",
+                           "--port", str(self.port)]
             server = self._start("server", python_argv(*server_argv, *([] if self.ui else ["--no-ui"])), env)
             self._wait_healthy(server)
             from splash_flows.flows.deploy import init_work_pools

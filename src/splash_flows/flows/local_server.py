@@ -288,6 +288,9 @@ def serve(home: Path, port: int, idle_minutes: float) -> None:  # pragma: no cov
         any request, a database migrated here becomes the template (no flow run can be in it yet)."""
         from prefect.server.api.server import create_app
 
+        from splash_flows.flows.prefect_server import immediate_sqlite_writes
+
+        immediate_sqlite_writes()  # no 503 "database is locked" on a read-then-write (flows/prefect_server.py)
         prefect_app = create_app()
         startup = prefect_app.router.lifespan_context
 

@@ -75,6 +75,8 @@ class PrefectRunAPI:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._run_settings: Any = None  # Prefect settings for flow runs, built once (``execute``)
+        self._settings_lock = threading.Lock()
 
     @classmethod
     @contextmanager
@@ -177,16 +179,29 @@ class PrefectRunAPI:
 
         self._propose(Cancelled(message=reason), run_id, force=True)
 
+    def _settings_context(self) -> Any:
+        """The settings every flow run of this runner executes with: the current ones plus heartbeats at the
+        interval the zombie-run automation expects (flows/zombies.py), as a process worker's flow-run process
+        gets it from its pool's job template. Built once: ``temporary_settings`` per run re-validated every
+        setting (0.1-0.5 s of the runner's CPU per run under load); entering a built context is cheap."""
+        from prefect.context import SettingsContext, get_settings_context
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+        with self._settings_lock:
+            if self._run_settings is None:
+                current = get_settings_context()
+                self._run_settings = (current.profile, current.settings.copy_with_update(
+                    updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}))
+            profile, settings = self._run_settings
+        return SettingsContext(profile=profile, settings=settings)
+
     def execute(self, flow: Any, flow_run: Any) -> str:
         from prefect.exceptions import Abort
         from prefect.flow_engine import run_flow
-        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         _keep_thread_client()
         try:
-            # heartbeats at the interval the zombie-run automation expects (flows/zombies.py), as a process
-            # worker's flow-run process gets it from its pool's job template
-            with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS}):
+            with self._settings_context():
                 state = run_flow(flow, flow_run=flow_run, return_type="state")
         except Abort as err:
             raise RunAborted(f"flow run {flow_run.id}: the server refused to start it: {err}") from None

@@ -9,7 +9,7 @@ before a crash returns the same flow run instead of creating a second one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -137,11 +137,13 @@ class Outbox:
             row = sess.get(OutboxEntry, entry_id)
             return None if row is None else _record(row)
 
-    def next_pending(self) -> OutboxRecord | None:
-        """The oldest pending entry (replay order), or None."""
+    def next_pending(self, skip: Collection[int] = ()) -> OutboxRecord | None:
+        """The oldest pending entry (replay order) whose id is not in ``skip``, or None."""
         with self.ledger.read_session() as sess:
-            row = sess.scalars(select(OutboxEntry).where(OutboxEntry.state == OutboxState.PENDING)
-                               .order_by(OutboxEntry.id).limit(1)).first()
+            q = select(OutboxEntry).where(OutboxEntry.state == OutboxState.PENDING)
+            if skip:
+                q = q.where(OutboxEntry.id.notin_(list(skip)))
+            row = sess.scalars(q.order_by(OutboxEntry.id).limit(1)).first()
             return None if row is None else _record(row)
 
     def entries(self, state: str | None = None) -> list[OutboxRecord]:

@@ -12,7 +12,9 @@ When is a file ready?
     writer makes in the middle of a file.
   * Files found by a scan (startup backfill, periodic rescan, a folder created or moved in) saw no close
     event: they wait only for the quiet period, unless inotify reported a write to them recently (then they
-    wait for its close). A scan therefore also rescues files whose close event inotify dropped.
+    wait for its close). A scan therefore also rescues files whose close event inotify dropped. The files a
+    scan of a folder created while watched finds (closed before its watch was in place) skip the quiet period
+    when the ``/proc`` check sees every process and no writer (``ready_on_close``).
 A ready file is then checked against the ledger: if this version (size, mtime) is already verified on every
 move target it is not sent again. Deleted before ready: dropped with an INFO line. 0-byte files are valid.
 Symlinks are never sent: one pointing outside the root is refused with a WARNING line (and a ``refused`` ledger
@@ -22,8 +24,11 @@ cannot read are SENT (with a WARNING): the watcher only needs to stat them, the 
 user, and the move records any read failure per file in the ledger.
 
 Batching and triggering: ready files are grouped per folder (one scan); a batch is closed ``batch_window_s``
-after its first file or at ``max_batch_files``, written to the ledger's outbox (committed), and only then sent:
-ONE dispatcher run per batch. The sender sends pending outbox entries strictly oldest first; when Prefect cannot
+after its first file, after ``batch_idle_s`` without a new file, or at ``max_batch_files`` / ``max_batch_bytes``
+(cut into runs of at most that many), written to the ledger's outbox (committed), and only then sent:
+ONE dispatcher run per batch. The sender sends pending outbox entries strictly oldest first (the "sent" record
+of an accepted one is written by a thread of its own, ``watcher-mark``, so a busy ledger lock does not hold the
+next trigger; a crash before that record replays the entry with its key: the same run); when Prefect cannot
 be reached (refused, a 5xx, no answer within ``trigger_timeout_s``) the entry stays pending and is retried after
 0.5 s, 1 s, 2 s ... up to every ``outbox_replay_interval_s``, so later batches queue behind it and are replayed in
 order. On start, pending entries are replayed first and the files of entries

@@ -79,6 +79,7 @@ class _Candidate:
     reopened: bool = False  # written again after a close (or after it was sent): waits the quiet period
     stat_key: tuple[int, int] | None = None  # (size, mtime_ns) at the start of the current quiet period
     generation: int = 0
+    fresh: bool = False  # found in a folder created while watched: ready once no writer holds it (no quiet period)
 
 
 CLAIM_CACHE = 20_000  # claims kept in memory once their files are in the outbox (the ledger answers for the rest)
@@ -96,6 +97,17 @@ class _Claim:
     until: float
 
 
+@dataclass(frozen=True)
+class _Accepted:
+    """An outbox entry Prefect accepted, waiting for its ``mark_sent`` (and its log line)."""
+
+    entry_id: int
+    paths: tuple[str, ...]
+    run_id: str
+    line: str  # the log line saying so
+    close_to_trigger_s: float | None
+
+
 @dataclass
 class _Batch:
     folder: str
@@ -103,6 +115,38 @@ class _Batch:
     paths: list[str] = field(default_factory=list)
     closed_at: list[float | None] = field(default_factory=list)
     last_added: float = 0.0  # monotonic time the latest file joined (the batch closes when it stays idle)
+    sizes: list[int] = field(default_factory=list)  # bytes of each file when it became ready (max_batch_bytes)
+
+    def part(self, start: int, stop: int | None = None) -> _Batch:
+        """Files ``start:stop`` as a batch of the same folder and opening time."""
+        return _Batch(self.folder, self.opened, self.paths[start:stop], self.closed_at[start:stop],
+                      self.last_added, self.sizes[start:stop])
+
+    def extend(self, other: _Batch) -> None:
+        """Append ``other``'s files (same folder) after this batch's."""
+        self.paths += other.paths
+        self.closed_at += other.closed_at
+        self.sizes += other.sizes
+
+    def remove(self, i: int) -> None:
+        """Drop the ``i``-th file."""
+        del self.paths[i], self.closed_at[i], self.sizes[i]
+
+
+def chunk_bounds(sizes: list[int], max_files: int, max_bytes: int) -> list[int]:
+    """Where a batch of files with these ``sizes`` is cut into runs: the end index of each chunk. A chunk closes
+    at ``max_files`` files or before the file that would take it over ``max_bytes`` (a single larger file is a
+    chunk of its own). The last bound is ``len(sizes)``; every chunk but the last is full."""
+    bounds: list[int] = []
+    start, held = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= max_files or held + size > max_bytes):
+            bounds.append(i)
+            start, held = i, 0
+        held += size
+    if len(sizes) > start or not bounds:
+        bounds.append(len(sizes))
+    return bounds
 
 
 class _OverflowSpotter(logging.Handler):
@@ -155,12 +199,17 @@ class WatcherBase:
         self._known_refusals = _recorded_refusals(ledger, self.tier)
         self._still_refused = 0
         self._recently_dropped: dict[str, float] = {}
-        self._timing: dict[int, tuple[str, float | None]] = {}
+        self._timing: dict[int, tuple[str, float | None, float]] = {}  # entry -> folder, first close, queued at
         self._scan_requests: set[str] = set()
         self._scan_light = False  # the pending whole-tree request may be light (``ScanMixin.rescan``)
+        self._scan_fresh: set[str] = set()  # requested prefixes that are folders created while watched
         self._scan_cv = threading.Condition()
         self._backlog_cv = threading.Condition()  # the loop drained candidates: a paced scan goes on
         self._send_cv = threading.Condition()
+        # entries Prefect accepted whose "sent" is not yet recorded in the ledger (``OutboxMixin._marker``)
+        self._mark_cv = threading.Condition()
+        self._to_mark: list[_Accepted] = []
+        self._unmarked: set[int] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -309,13 +358,16 @@ class WatcherBase:
 
     # --- scans (requests only; the scanning is in scan.py)
 
-    def request_scan(self, prefix: str = "", *, light: bool = False) -> None:
+    def request_scan(self, prefix: str = "", *, light: bool = False, new_folder: bool = False) -> None:
         """Ask the scan thread to scan ``prefix`` (tier-relative folder; "" = the whole tree). ``light``: a
         periodic whole-tree rescan that may pass over settled folders (``ScanMixin.rescan``); any full request
-        pending at the same time (an overflow's) makes it full."""
+        pending at the same time (an overflow's) makes it full. ``new_folder``: ``prefix`` was just created or
+        moved in while watched (``ScanMixin.rescan``'s ``new_folder``)."""
         with self._scan_cv:
             if not prefix:
                 self._scan_light = light and (self._scan_light or "" not in self._scan_requests)
+            elif new_folder:
+                self._scan_fresh.add(prefix)
             self._scan_requests.add(prefix)
             self._scan_idle.clear()
             self._scan_cv.notify_all()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from splash_flows.errors import LedgerError
-from splash_flows.watcher.base import WatcherBase, _Batch
+from splash_flows.watcher.base import WatcherBase, _Batch, chunk_bounds
 
 log = logging.getLogger("splash_flows.watcher")
 
@@ -15,11 +16,12 @@ class BatchingMixin(WatcherBase):
 
     def flush_batches(self, now: float, *, force: bool = False, notify: bool = True) -> int:
         """Write due batches (full, older than the window, or idle -- no file joined for ``batch_idle_s``; all
-        with ``force``) to the outbox. Returns how many."""
+        with ``force``) to the outbox, cut into runs of at most ``max_batch_files`` files and
+        ``max_batch_bytes`` bytes (``chunk_bounds``). Returns how many entries were written."""
         if now < self._flush_retry_at and not force:
             return 0
-        window, limit = self.settings.batch_window_s, self.settings.max_batch_files
-        idle = self.settings.batch_idle_s
+        window, idle = self.settings.batch_window_s, self.settings.batch_idle_s
+        max_files, max_bytes = self.settings.max_batch_files, self.settings.max_batch_bytes
         with self._lock:
             due: list[_Batch] = []
             for folder, batch in list(self._batches.items()):
@@ -29,22 +31,23 @@ class BatchingMixin(WatcherBase):
                       or (idle > 0 and now - max(batch.last_added, batch.opened) >= idle)):
                     del self._batches[folder]
                     due.append(batch)
-                elif len(batch.paths) >= limit:
-                    # due only because it is full: send the full chunks, keep the rest filling (a burst of 1000
-                    # is 5 runs of 200, not 200 + 6 + 200 + 9 ...; each run costs its own Prefect overhead).
+                else:
+                    # due only if full: send the full chunks, keep the rest filling (a burst is runs of
+                    # max_batch_files, not 1000 + 6 + 1000 + 9 ...; each run costs its own Prefect overhead).
                     # The rest keeps the batch's opening time: no file waits longer than the window.
-                    cut = len(batch.paths) - len(batch.paths) % limit
-                    due.append(_Batch(folder, batch.opened, batch.paths[:cut], batch.closed_at[:cut]))
-                    if cut < len(batch.paths):
-                        self._batches[folder] = _Batch(folder, batch.opened, batch.paths[cut:],
-                                                       batch.closed_at[cut:], batch.last_added)
-                    else:
-                        del self._batches[folder]
+                    cut = _full_part(batch.sizes, max_files, max_bytes)
+                    if cut:
+                        due.append(batch.part(0, cut))
+                        if cut < len(batch.paths):
+                            self._batches[folder] = batch.part(cut)
+                        else:
+                            del self._batches[folder]
         written = 0
         for i, batch in enumerate(due):
-            for start in range(0, len(batch.paths), limit):
-                paths = batch.paths[start:start + limit]
-                closes = [c for c in batch.closed_at[start:start + limit] if c is not None]
+            start = 0
+            for stop in chunk_bounds(batch.sizes, max_files, max_bytes):
+                paths = batch.paths[start:stop]
+                closes = [c for c in batch.closed_at[start:stop] if c is not None]
                 with self._lock:  # the version each file was accepted at (None: its claim was trimmed: any)
                     versions = [c.version if (c := self._claims.get(rel)) is not None else None for rel in paths]
                 try:
@@ -54,17 +57,16 @@ class BatchingMixin(WatcherBase):
                               len(paths), batch.folder or "/", self.settings.outbox_replay_interval_s, err)
                     self._flush_retry_at = now + self.settings.outbox_replay_interval_s
                     with self._lock:  # put back everything not yet written, ahead of newer files
-                        for rest in [_Batch(batch.folder, batch.opened, batch.paths[start:],
-                                            batch.closed_at[start:]), *due[i + 1:]]:
+                        for rest in [batch.part(start), *due[i + 1:]]:
                             cur = self._batches.get(rest.folder)
                             if cur is not None:
-                                rest.paths += cur.paths
-                                rest.closed_at += cur.closed_at
+                                rest.extend(cur)
                             self._batches[rest.folder] = rest
                     return written
+                start = stop
                 written += 1
                 with self._lock:
-                    self._timing[rec.id] = (batch.folder, min(closes) if closes else None)
+                    self._timing[rec.id] = (batch.folder, min(closes) if closes else None, time.time())
                     self._trim_claims()
                 log.debug("outbox entry %d: %d file(s) in %s", rec.id, len(paths), batch.folder or "/")
                 self._emit("queued", tuple(paths), entry_id=rec.id)
@@ -73,3 +75,12 @@ class BatchingMixin(WatcherBase):
                 self._send_cv.notify_all()
         return written
 
+
+def _full_part(sizes: list[int], max_files: int, max_bytes: int) -> int:
+    """How many of a batch's files (from its start) make full chunks: 0 when not even the first is full."""
+    bounds = chunk_bounds(sizes, max_files, max_bytes)
+    last_start = bounds[-2] if len(bounds) > 1 else 0
+    tail = sizes[last_start:]
+    if len(tail) >= max_files or sum(tail) >= max_bytes:
+        return len(sizes)
+    return last_start

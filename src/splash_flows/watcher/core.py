@@ -65,7 +65,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
                             "/proc/sys/fs/inotify/max_user_watches and max_user_instances, or use watcher.mode: "
                             "polling)", tier=self.tier) from None
         for name, target in (("watcher-loop", self._loop), ("watcher-scan", self._scanner),
-                             ("watcher-send", self._sender)):
+                             ("watcher-send", self._sender), ("watcher-mark", self._marker)):
             thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -111,6 +111,8 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             self._scan_cv.notify_all()
         with self._send_cv:
             self._send_cv.notify_all()
+        with self._mark_cv:
+            self._mark_cv.notify_all()
         with self._backlog_cv:
             self._backlog_cv.notify_all()
         deadline = time.monotonic() + timeout
@@ -119,6 +121,7 @@ class Watcher(ReadinessMixin, BatchingMixin, OutboxMixin, ScanMixin):
             if thread.is_alive():
                 log.warning("%s did not finish within %g s (a trigger call still waiting on Prefect?); its outbox "
                             "entry stays pending and is replayed on the next start", thread.name, timeout)
+        self.drain_marks()
         pending = self.outbox_counts().get("pending", 0)
         log.info("watcher stopped%s", f"; {pending} batch(es) pending in the outbox" if pending else "")
 

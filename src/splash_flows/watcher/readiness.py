@@ -58,7 +58,7 @@ class ReadinessMixin(WatcherBase):
         if isinstance(event, DirCreatedEvent | DirMovedEvent):
             rel_dir = self.relpath(dest) if isinstance(event, DirMovedEvent) else self.relpath(src)
             if rel_dir is not None:
-                self.request_scan(rel_dir)
+                self.request_scan(rel_dir, new_folder=True)
             return
         if isinstance(event, DirDeletedEvent):
             return
@@ -130,7 +130,7 @@ class ReadinessMixin(WatcherBase):
             for batch in self._batches.values():
                 if rel in batch.paths:
                     i = batch.paths.index(rel)
-                    del batch.paths[i], batch.closed_at[i]
+                    batch.remove(i)
                     in_batch = True
             if in_batch:
                 self._claims.pop(rel, None)
@@ -159,9 +159,9 @@ class ReadinessMixin(WatcherBase):
         """The quiet period this candidate waits: none for a file closed after writing in inotify mode (with
         ``ready_on_close``: the close is the detector's "finished"), the configured one otherwise (polling mode,
         files found by a scan, files reopened for writing after a close or after they were sent)."""
-        if (self.settings.mode == "inotify" and self.settings.ready_on_close and cand.close_seen
+        if (self.settings.mode == "inotify" and self.settings.ready_on_close and (cand.close_seen or cand.fresh)
                 and not cand.reopened):
-            return 0.0
+            return 0.0  # a fresh one is then ready only if no writer holds it (``check_candidates``)
         return self.settings.quiet_period_s
 
     def check_candidates(self, now: float) -> int:
@@ -231,7 +231,9 @@ class ReadinessMixin(WatcherBase):
                     self._earliest_check = min(self._earliest_check, cand.next_check)
         if unconfirmed:
             real = _real_paths(self.root, [rel for rel, _, _ in unconfirmed])
-            writers = files_open_for_writing(list(real.values()), resolved=True)
+            seen = writers_seen(list(real.values()))
+            writers = seen[0] if seen is not None else None
+            sees_all = seen is not None and seen[1]
             with self._lock:
                 for rel, gen, st in unconfirmed:
                     cand = self._candidates.get(rel)
@@ -241,6 +243,11 @@ class ReadinessMixin(WatcherBase):
                         log.debug("%s is still open for writing: waiting for its close event", rel)
                         cand.closed = False
                         cand.written = True
+                    elif cand.fresh and not sees_all:
+                        # without the quiet period only a check that saw every process may say "closed"
+                        cand.fresh = False
+                        cand.next_check = cand.stable_since + self.settings.quiet_period_s
+                        self._earliest_check = min(self._earliest_check, cand.next_check)
                     else:
                         self._candidates.pop(rel)
                         ready.append((rel, st, None))
@@ -326,6 +333,7 @@ class ReadinessMixin(WatcherBase):
                     continue
                 batch.paths.append(rel)
                 batch.closed_at.append(closed_at)
+                batch.sizes.append(st.st_size)
                 batch.last_added = now
                 accepted.append((rel, closed_at))
                 sizes[rel] = st.st_size
@@ -369,10 +377,36 @@ def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = Fa
     user may not read are invisible: run the watcher as the detector's user (or root) for a complete answer.
     ``resolved``: ``paths`` are real paths already. Returns None when ``/proc`` is not available.
     """
-    wanted = {str(p) for p in paths} if resolved else {os.path.realpath(p) for p in paths}
+    seen = writers_seen([str(p) for p in paths] if resolved else [os.path.realpath(p) for p in paths])
+    return None if seen is None else seen[0]
+
+
+def _proc_hides_processes() -> bool:
+    """Whether ``/proc`` is mounted with ``hidepid`` (other users' processes not even listed) and this process
+    is not root: then no listing of ``/proc`` can show that no one else holds a file open."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == "/proc" and "hidepid=" in line:
+                    value = line.split("hidepid=", 1)[1].split(",", 1)[0].split()[0]
+                    return value not in ("0", "off")
+    except OSError:
+        return True
+    return False
+
+
+def writers_seen(real_paths: list[str]) -> tuple[set[str], bool] | None:
+    """``files_open_for_writing`` for real paths, and whether every process's open files could be read (False
+    when some ``/proc/PID/fd`` was not readable by this user, or ``/proc`` hides other users' processes from
+    it: a writer may have been missed)."""
+    wanted = set(real_paths)
     if not os.path.isdir("/proc/self/fd"):
         return None
     found: set[str] = set()
+    complete = not _proc_hides_processes()
     try:
         pids = [d for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
@@ -381,7 +415,10 @@ def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = Fa
         fd_dir = f"/proc/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)
-        except OSError:  # gone, or another user's process
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        except OSError:  # another user's process: its open files are invisible
+            complete = False
             continue
         for fd in fds:
             try:
@@ -397,6 +434,6 @@ def files_open_for_writing(paths: list[Path] | list[str], *, resolved: bool = Fa
                 continue
             if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
                 found.add(target)
-    return found
+    return found, complete
 
 

@@ -45,12 +45,14 @@ class ScanMixin(WatcherBase):
                     return
                 prefixes = {""} if "" in self._scan_requests else set(self._scan_requests)
                 light = self._scan_light
+                fresh = set(self._scan_fresh)
                 self._scan_requests.clear()
+                self._scan_fresh.clear()
                 self._scan_light = False
             for prefix in sorted(prefixes):
-                self.rescan(prefix, pace=True, light=light and not prefix)
+                self.rescan(prefix, pace=True, light=light and not prefix, new_folder=prefix in fresh)
 
-    def rescan(self, prefix: str = "", *, pace: bool = False, light: bool = False) -> int:
+    def rescan(self, prefix: str = "", *, pace: bool = False, light: bool = False, new_folder: bool = False) -> int:
         """Walk ``prefix`` (the whole tree by default) and offer every file not verified (this version) and not
         in flight as a candidate. Returns how many new candidates it found. Also usable directly (tests).
 
@@ -64,7 +66,12 @@ class ScanMixin(WatcherBase):
         periodic rescans, ``watcher.full_rescan_every``): a settled folder whose mtime is unchanged is not
         listed at all -- no file was added, removed or renamed in it. What a light rescan cannot see is a file
         rewritten in place with its inotify events lost, or a copy the ledger no longer holds verified: the
-        full scans (start-up, after an overflow, every ``full_rescan_every``-th rescan) catch those."""
+        full scans (start-up, after an overflow, every ``full_rescan_every``-th rescan) catch those.
+
+        ``new_folder`` (a folder created or moved in while watched, inotify mode with ``ready_on_close``): its
+        files were closed before the folder's watch was in place, or are still open. Each is ready as soon as
+        the check for writers sees every process on the host and none holds it open for writing -- what its
+        missed close event would have said -- instead of after the quiet period (``_Candidate.fresh``)."""
         started = time.monotonic()
         now = started
         settle_before = time.time_ns() - SETTLE_MARGIN_NS  # only folders untouched for a while settle
@@ -107,7 +114,7 @@ class ScanMixin(WatcherBase):
                     if in_flight:
                         changed = [f for f in changed if not is_in_flight(in_flight, f[0], f[1])]
                 if changed:
-                    found += self._offer_found(changed)
+                    found += self._offer_found(changed, new_folder=new_folder)
                     if pace:
                         self._wait_backlog()
             else:
@@ -134,12 +141,14 @@ class ScanMixin(WatcherBase):
         self._emit("rescan", (), prefix=prefix, found=found, seconds=seconds)
         return found
 
-    def _offer_found(self, found: list[Found]) -> int:
+    def _offer_found(self, found: list[Found], *, new_folder: bool = False) -> int:
         """Offer files a scan found (not verified in this version) as candidates, under one lock. The scan's
         ``lstat`` is the first observation of the quiet period, so a file unchanged at the next check (a quiet
-        period later) is ready without a third one. Returns how many became candidates."""
+        period later) is ready without a third one. ``new_folder``: checked at once (``rescan``). Returns how
+        many became candidates."""
         now = time.monotonic()
-        quiet = self.settings.quiet_period_s
+        fresh = new_folder and self.settings.mode == "inotify" and self.settings.ready_on_close
+        quiet = 0.0 if fresh else self.settings.quiet_period_s
         window = self.settings.rescan_interval_s
         n = 0
         with self._lock:
@@ -151,6 +160,10 @@ class ScanMixin(WatcherBase):
                     # close; otherwise its close event was lost (queue overflow) or never comes (hard link)
                     if not (cand.written and now - cand.last_event < window):
                         cand.closed = True
+                        if fresh and not cand.close_seen and not cand.written:
+                            # only "created" so far (watchdog reports a new folder's files so): same as unseen
+                            cand.fresh = True
+                            cand.next_check = now
                         self._earliest_check = min(self._earliest_check, cand.next_check)
                     continue
                 claim = self._claims.get(rel)
@@ -159,7 +172,8 @@ class ScanMixin(WatcherBase):
                 if rel in batched:
                     continue
                 self._candidates[rel] = _Candidate(closed=True, written=False, stable_since=now, last_event=now,
-                                                   next_check=now + quiet, stat_key=(version[0], mtime_ns))
+                                                   next_check=now + quiet, stat_key=(version[0], mtime_ns),
+                                                   fresh=fresh)
                 n += 1
             if n:
                 self._earliest_check = min(self._earliest_check, now + quiet)

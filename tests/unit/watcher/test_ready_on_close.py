@@ -15,7 +15,7 @@ from watchdog.events import FileClosedEvent, FileCreatedEvent, FileModifiedEvent
 from splash_flows.config import Config
 from splash_flows.ledger import Ledger
 from splash_flows.watcher import Watcher
-from splash_flows.watcher.base import _Claim
+from splash_flows.watcher.base import _Claim, chunk_bounds
 from tests.fakes.trigger import FakeTrigger
 
 QUIET = 3600.0  # so long that a file ready "now" cannot have waited for it
@@ -153,3 +153,72 @@ def test_a_full_batch_is_sent_without_its_remainder_which_keeps_filling(
     assert w.flush_batches(now + 0.05) == 0  # one file, still collecting
     assert w.flush_batches(now + 0.2) == 1  # idle: sent
     assert [e.paths[-1] for e in w.outbox.entries()] == ["scan/f3.edf", "scan/f7.edf", "scan/f8.edf"]
+
+
+def test_chunk_bounds_cut_by_files_and_by_bytes() -> None:
+    assert chunk_bounds([1] * 7, 3, 100) == [3, 6, 7]
+    assert chunk_bounds([40, 40, 40, 10], 10, 100) == [2, 4]  # the third file would take the run over 100 bytes
+    assert chunk_bounds([500, 1, 1], 10, 100) == [1, 3]  # a file larger than the cap is a run of its own
+    assert chunk_bounds([], 10, 100) == [0]
+
+
+def test_a_batch_is_full_by_bytes_as_well_as_by_files(make_watcher: Callable[..., Watcher]) -> None:
+    """Small files go in large runs (max_batch_files), large ones in runs bounded by max_batch_bytes."""
+    w = make_watcher(max_batch_files=100, max_batch_bytes=25, batch_idle_s=0.1)
+    for i in range(5):
+        _written_and_closed(w, _write(w, f"scan/f{i}.edf", os.urandom(10)))
+    now = time.monotonic()
+    assert w.check_candidates(now) == 5
+    assert w.flush_batches(now) == 2  # 10 + 10 bytes per run: the next file would make 30 > 25
+    assert [len(e.paths) for e in w.outbox.entries()] == [2, 2]
+    assert _batched(w) == ["scan/f4.edf"]
+    assert w.flush_batches(now + 0.2) == 1  # idle: the rest goes
+    assert [len(e.paths) for e in w.outbox.entries()] == [2, 2, 1]
+
+
+def test_files_closed_before_a_new_folder_was_watched_are_ready_without_the_quiet_period(
+        make_watcher: Callable[..., Watcher]) -> None:
+    """A folder created while watched: the files written into it before its watch was in place had their close
+    events missed. The scan of that folder makes each ready once no process holds it open for writing (what its
+    close event would have said), not a quiet period later; one still open waits for its close event."""
+    w = make_watcher()
+    _write(w, "new/closed.edf", os.urandom(10))
+    w._on_fs_event(FileCreatedEvent(str(w.root / "new/closed.edf")))  # watchdog's report of a new folder's file
+    _write(w, "new/unseen.edf", os.urandom(10))
+    path = w.root / "new/open.edf"
+    with open(path, "wb") as writer:
+        writer.write(b"partial")
+        writer.flush()
+        assert w.rescan("new", new_folder=True) == 2  # closed.edf was a candidate already
+        now = time.monotonic()
+        assert w.check_candidates(now) == 2
+        assert _batched(w) == ["new/closed.edf", "new/unseen.edf"]
+        writer.write(b" rest")
+    w._on_fs_event(FileModifiedEvent(str(path)))
+    w._on_fs_event(FileClosedEvent(str(path)))
+    assert w.check_candidates(time.monotonic()) == 1
+    assert _batched(w) == ["new/closed.edf", "new/open.edf", "new/unseen.edf"]
+
+
+def test_files_found_by_other_scans_still_wait_the_quiet_period(make_watcher: Callable[..., Watcher]) -> None:
+    w = make_watcher()
+    _write(w, "old/a.edf", os.urandom(10))
+    assert w.rescan("old") == 1
+    assert w.check_candidates(time.monotonic()) == 0
+    assert _batched(w) == []
+
+
+def test_a_new_folders_file_waits_the_quiet_period_when_some_process_could_not_be_seen(
+        make_watcher: Callable[..., Watcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the quiet period, only a check that saw every process's open files may say "nobody writes it"
+    (a watcher that is not root cannot read other users' /proc/PID/fd, or /proc hides their processes)."""
+    from splash_flows.watcher import readiness
+
+    monkeypatch.setattr(readiness, "writers_seen", lambda paths: (set(), False))
+    w = make_watcher()
+    _write(w, "new/a.edf", os.urandom(10))
+    assert w.rescan("new", new_folder=True) == 1
+    assert w.check_candidates(time.monotonic()) == 0
+    assert _batched(w) == []
+    assert w.check_candidates(time.monotonic() + QUIET + 1) == 1  # then the quiet period's rule, as before
+    assert _batched(w) == ["new/a.edf"]
