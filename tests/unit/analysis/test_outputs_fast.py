@@ -94,6 +94,24 @@ def test_write_all_fsyncs_every_file_before_any_rename(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outputs.output_names("x", grazing=False))
 
 
+def test_write_all_fsyncs_in_threads_kept_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(outputs, "write_nxcansas", lambda path, *a, **k: Path(path).write_bytes(b"h5"))
+    monkeypatch.setattr(outputs, "_FSYNC_POOL", None)
+    names: set[str] = set()
+    real_fsync = outputs._fsync
+    monkeypatch.setattr(outputs, "_fsync", lambda p: (names.add(threading.current_thread().name), real_fsync(p)))
+    outputs.write_all(_reduction(), tmp_path / "a", "x", settings=Settings(), info={})
+    pool = outputs._fsync_pool()
+    outputs.write_all(_reduction(), tmp_path / "b", "x", settings=Settings(), info={})
+    assert outputs._fsync_pool() is pool  # the same threads for every scan
+    assert names and all(name.startswith("outputs-fsync") for name in names)
+    monkeypatch.setattr(outputs.os, "getpid", lambda: -1)  # as in a forked child: the parent's pool has no threads
+    assert outputs._fsync_pool() is not pool
+    pool.shutdown()
+
+
 def test_pool_workers_share_the_cores_between_their_openmp_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     from splash_flows.analysis import worker_init
 
