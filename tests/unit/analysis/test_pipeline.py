@@ -82,15 +82,13 @@ def test_run_scans_shortens_the_gil_switch_interval_while_it_runs_and_restores_i
         sys.setswitchinterval(before)
 
 
-def test_chunks_are_consecutive_one_per_worker_and_bounded() -> None:
+def test_chunks_are_consecutive_about_two_per_worker_and_bounded() -> None:
     jobs = [_job(f"s{i}") for i in range(40)]
     parts = local.chunks(jobs, 2)
     assert [j for part in parts for j in part] == jobs
     assert {len(p) for p in parts} == {local.MAX_CHUNK}
-    assert [len(p) for p in local.chunks(jobs[:16], 2)] == [8, 8]
-    assert [len(p) for p in local.chunks(jobs[:8], 2)] == [4, 4]
-    assert [len(p) for p in local.chunks(jobs[:3], 2)] == [2, 1]
-    assert [len(p) for p in local.chunks(jobs[:1], 4)] == [1]
+    assert [len(p) for p in local.chunks(jobs[:16], 2)] == [4, 4, 4, 4]
+    assert [len(p) for p in local.chunks(jobs[:3], 2)] == [1, 1, 1]
 
 
 @pytest.fixture

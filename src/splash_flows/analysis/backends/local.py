@@ -5,9 +5,8 @@ geometry once and keeps it across batches: the geometries of the batch that star
 worker at start-up (``worker_init``), later ones on their first frame. Workers are started with ``spawn`` (the
 calling process may run threads, which ``fork`` would copy in an unknown state) and capped to ``cores // workers``
 OpenMP threads each (pyFAI's OpenMP would otherwise oversubscribe the cores). A worker is sent a chunk of scans
-(paths and the PONI text, never pixels; one chunk per worker, see ``chunks``) and runs them pipelined
-(``run_scans``: the next frame is integrated while the last one's outputs are written). One worker, or one scan,
-runs in this process instead.
+(paths and the PONI text, never pixels) and runs them pipelined (``run_scans``: the next frame is integrated
+while the last one's outputs are written). One worker, or one scan, runs in this process instead.
 """
 
 from __future__ import annotations
@@ -49,14 +48,9 @@ def _pool(workers: int, jobs: Sequence[ScanJob] = (), settings: Settings | None 
 
 
 def chunks(jobs: Sequence[ScanJob], workers: int) -> list[list[ScanJob]]:
-    """Consecutive chunks of ``jobs``: one per worker, at most ``MAX_CHUNK`` scans each (so a large batch gives
-    each worker several, and a worker that finishes early takes the next).
-
-    Not two per worker, as before: a worker runs a chunk pipelined (``run_scans``), and the last scan of each
-    chunk is written, and waits for its fsyncs, with nothing integrated beside it; halving the chunks of a batch
-    of 8 on 2 workers took the pool from 6.8 to 9.0 frames/s (bench/reduce.py's frames, load 6). What is given
-    up: with one chunk per worker, a chunk of costlier scans (grazing incidence) is not shared out at the end."""
-    size = max(1, min(MAX_CHUNK, math.ceil(len(jobs) / max(1, workers))))
+    """Consecutive chunks of ``jobs``: about two per worker (so a slow chunk does not leave a worker idle at the
+    end), at most ``MAX_CHUNK`` scans each."""
+    size = max(1, min(MAX_CHUNK, math.ceil(len(jobs) / (2 * max(1, workers)))))
     return [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
 
 
