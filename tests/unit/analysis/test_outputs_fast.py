@@ -59,14 +59,31 @@ def test_frame_picture_downsamples_and_marks_mask_and_rings(tmp_path: Path) -> N
     assert (rgb == [255, 255, 255]).all(axis=2).any() and (rgb == [178, 24, 43]).all(axis=2).any()
 
 
-def test_dat_matches_numpy_savetxt(tmp_path: Path) -> None:
-    red = _reduction(n=20)
-    outputs.write_dat(tmp_path / "a.dat", red, stem="x", settings=Settings(), info={"calibration": "c"})
-    text = (tmp_path / "a.dat").read_text()
-    reference = tmp_path / "b.dat"
-    np.savetxt(reference, np.column_stack([red.radial, red.intensity, red.sigma]), fmt="%.8e",
-               header="\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")), comments="# ")
-    assert text == reference.read_text()
+def test_dat_matches_numpy_savetxt_also_for_a_second_frame_of_the_geometry(tmp_path: Path) -> None:
+    first = _reduction(n=20)
+    second = _reduction(n=20)  # the same q axis (its text is made once), other intensities
+    second.intensity = second.intensity * 3.0
+    second.sigma = second.sigma * 0.5
+    for k, red in enumerate((first, second)):
+        outputs.write_dat(tmp_path / f"{k}.dat", red, stem="x", settings=Settings(), info={"calibration": "c"})
+        text = (tmp_path / f"{k}.dat").read_text()
+        reference = tmp_path / f"{k}_ref.dat"
+        np.savetxt(reference, np.column_stack([red.radial, red.intensity, red.sigma]), fmt="%.8e",
+                   header="\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")), comments="# ")
+        assert text == reference.read_text()
+
+
+def test_iq_plot_from_the_kept_q_axis_has_the_pixels_of_one_drawn_whole(tmp_path: Path) -> None:
+    red = _reduction()
+    outputs._iq_q_axis.cache_clear()
+    outputs.plot_iq(tmp_path / "fresh.png", red, title="x")  # q axis drawn for this plot
+    outputs.plot_iq(tmp_path / "kept.png", red, title="x")  # q axis copied from the first
+    assert outputs._iq_q_axis.cache_info().hits == 1
+    assert (tmp_path / "fresh.png").read_bytes() == (tmp_path / "kept.png").read_bytes()
+    good = (red.intensity > 0) & (red.radial > 0) & np.isfinite(red.intensity)
+    lq = np.log10(red.radial[good])
+    axis = np.asarray(outputs._iq_q_axis((480, 336), float(lq.min()), float(lq.max())))
+    assert outputs._IQ_LINE not in axis and outputs._IQ_BAND not in axis  # the kept axis is never drawn on
 
 
 def test_write_all_leaves_no_file_when_one_output_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
