@@ -14,11 +14,9 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,54 +106,14 @@ def run_scan(root: Path, job: ScanJob, settings: Settings, integrators: Integrat
         return _failed(job, exc, started)
 
 
-#: CPython's GIL switch interval while a writer thread runs beside the integration (its default is 5 ms).
-#: Both threads drop the GIL many times a frame (pyFAI's engines and numpy's loops on whole frames run without
-#: it; fsync and PNG encoding too), and each time one wants it back it may wait a whole interval for the other
-#: to reach a switch point: with 5 ms the two threads together took longer than one after the other (1.3-1.5x
-#: the sum of their wall times, one process, load ~3 on 2 cores); with 0.5 ms they overlap (0.8-0.9x the sum).
-WRITER_SWITCH_INTERVAL_S = 0.0005
-
-_SWITCH_LOCK = threading.Lock()
-_SWITCH_USERS = 0
-_SWITCH_SAVED = 0.0
-
-
-@contextmanager
-def short_gil_switch(interval_s: float = WRITER_SWITCH_INTERVAL_S) -> Iterator[None]:
-    """Lower the interpreter's GIL switch interval to at most ``interval_s`` while the block runs (nested and
-    concurrent uses share one setting; the last to leave restores the interval found by the first). The
-    setting is process-wide: other threads of the process switch more often meanwhile, which costs them
-    nothing measurable."""
-    global _SWITCH_USERS, _SWITCH_SAVED
-    with _SWITCH_LOCK:
-        if _SWITCH_USERS == 0:
-            _SWITCH_SAVED = sys.getswitchinterval()
-            sys.setswitchinterval(min(_SWITCH_SAVED, interval_s))
-        _SWITCH_USERS += 1
-    try:
-        yield
-    finally:
-        with _SWITCH_LOCK:
-            _SWITCH_USERS -= 1
-            if _SWITCH_USERS == 0:
-                sys.setswitchinterval(_SWITCH_SAVED)
-
-
 def run_scans(root: Path, jobs: Sequence[ScanJob], settings: Settings, integrators: Integrators | None = None,
               progress: Callable[[ScanOutcome], None] | None = None) -> list[ScanOutcome]:
     """``run_scan`` for each job, in order, pipelined: while one scan's outputs are written and made durable (a
     writer thread: HDF5, PNG encoding and fsync partly run outside the GIL, fsync waits for the disk), the next
     scan is read and integrated. At most one written scan waits behind the one being integrated, so memory
     stays at two frames. Each scan's outputs are durable under their final names before its outcome is
-    returned, exactly as with ``run_scan``. The GIL switch interval is shortened meanwhile
-    (``short_gil_switch``), without which the two threads were slower together than one after the other."""
+    returned, exactly as with ``run_scan``."""
     integrators = integrators if integrators is not None else process_integrators()
-    with short_gil_switch():
-        return _run_pipelined(root, jobs, settings, integrators, progress)
-
-
-def _run_pipelined(root: Path, jobs: Sequence[ScanJob], settings: Settings, integrators: Integrators,
-                   progress: Callable[[ScanOutcome], None] | None) -> list[ScanOutcome]:
     outcomes: list[ScanOutcome] = []
     pending: Future[ScanOutcome] | None = None
 

@@ -55,33 +55,6 @@ def test_run_scans_writes_in_a_second_thread_keeps_order_and_isolates_a_failure(
     assert [stem for kind, stem, _ in events if kind == "write"] == ["a", "b", "unwritable", "c"]
 
 
-def test_run_scans_shortens_the_gil_switch_interval_while_it_runs_and_restores_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    seen: list[float] = []
-
-    def reduce(root: Path, job: ScanJob, settings: Settings, integrators: Integrators) -> str:
-        seen.append(sys.getswitchinterval())
-        return job.stem
-
-    monkeypatch.setattr(job_mod, "_reduce", reduce)
-    monkeypatch.setattr(job_mod, "_write", lambda root, job, *a: ScanOutcome(job.scan_key, True))
-    before = sys.getswitchinterval()
-    try:
-        sys.setswitchinterval(0.005)
-        with job_mod.short_gil_switch():  # nested and concurrent uses share one setting
-            run_scans(tmp_path, [_job("a"), _job("b")], Settings(), Integrators())
-            assert sys.getswitchinterval() == pytest.approx(job_mod.WRITER_SWITCH_INTERVAL_S, abs=2e-6)
-        assert seen == [pytest.approx(job_mod.WRITER_SWITCH_INTERVAL_S, abs=2e-6)] * 2
-        assert sys.getswitchinterval() == pytest.approx(0.005, abs=2e-6)
-        sys.setswitchinterval(0.0001)  # never raised above what the process chose
-        with job_mod.short_gil_switch():
-            assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
-    finally:
-        sys.setswitchinterval(before)
-
-
 def test_chunks_are_consecutive_about_two_per_worker_and_bounded() -> None:
     jobs = [_job(f"s{i}") for i in range(40)]
     parts = local.chunks(jobs, 2)
