@@ -22,12 +22,17 @@ Two comparisons, each like with like:
    a pool of as many processes started the same way (same thread caps, same chunks, integrator built at
    start-up).
 
-Each side runs over the same frames in rounds of ``--round`` frames, the order of the sides rotating every
-round, so all see the same load on a shared machine. Wall time AND CPU time (all threads; the pools' worker
-processes read from /proc) are printed: on a loaded machine the wall time says how much of the cores we got, the
-CPU time what the work costs. Frames/s are printed measured (wall) and derived from the CPU time (what the
-cores would give if the bench had them to itself: cores x 1000 / CPU ms a frame in the pool, 1000 / CPU ms in
-one process). Prints ms/frame, the ratios, where our time goes, ``uptime`` at start and end, and a JSON line.
+Each side runs over the same frames in rounds of ``--round`` frames (``--pool-round`` on the pools), the order of
+the sides rotating every round, so all see the same load on a shared machine. A pool round is one batch handed
+to the pool and waited for: its chunks go two to a worker, and each chunk's last frame is written with nothing
+integrated beside it, so our pool in rounds of 8 (chunks of 2) measured 11-17 frames/s where rounds of 16 gave
+20-30 (load 4-5): the default pool round is 16 frames, the same for all three sides.
+
+Wall time AND CPU time (all threads; the pools' worker processes read from /proc) are printed: on a loaded
+machine the wall time says how much of the cores we got, the CPU time what the work costs. Frames/s are printed
+measured (wall) and derived from the CPU time (what the cores would give if the bench had them to itself:
+cores x 1000 / CPU ms a frame in the pool, 1000 / CPU ms in one process). Prints ms/frame, the ratios, the
+cores each side kept busy (CPU / wall), where our time goes, ``uptime`` at start and end, and a JSON line.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--round", type=int, default=8, help="frames per round (sides alternate every round)")
+    parser.add_argument("--pool-round", type=int, default=16, help="frames per round on the pools (one batch)")
     parser.add_argument("--workers", type=int, default=2, help="processes of the local backend's pool")
     parser.add_argument("--method", default="no,histogram,cython", help="pyFAI method (split,algo,impl)")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
@@ -163,6 +169,7 @@ def main() -> int:
         timed_edfs = [str(e) for e in edfs[warm_n:]]
         n = len(timed)
         rounds = [(k, min(k + args.round, n)) for k in range(0, n, args.round)]
+        pool_rounds = [(k, min(k + args.pool_round, n)) for k in range(0, n, args.pool_round)]
         saved = scratch / "saved"  # the saving loop's .dat files (one folder per comparison: no overwrites)
         (saved / "one").mkdir(parents=True)
         (saved / "pool").mkdir(parents=True)
@@ -241,7 +248,7 @@ def main() -> int:
         pwall = dict.fromkeys(SIDES, 0.0)
         pcpu = dict.fromkeys(SIDES, 0.0)
         pooled = []
-        for r, (lo, hi) in enumerate(rounds):
+        for r, (lo, hi) in enumerate(pool_rounds):
             for side in _order(r):
                 pids = _pids(ours_pool) if side == "ours" else _pids(bare_pool)
                 c0, w0 = _cpu_of(pids), time.perf_counter()
@@ -281,7 +288,7 @@ def main() -> int:
     labels = {"bare": "baseline: fabio + integrate1d, nothing saved",
               "save": "saving: same + integrate1d(filename=.dat)",
               "ours": "ours: read, reduce, write .h5 .dat 2 PNGs"}
-    print(f"{n} frames, rounds of {args.round}, method {args.method}, {cores} cores")
+    print(f"{n} frames, rounds of {args.round} (pools: {args.pool_round}), method {args.method}, {cores} cores")
     print(f"uptime at start: {uptime_start}")
     print(f"uptime at end:   {uptime_end}")
     header = "                                               frames/s  frames/s  wall ms  CPU ms"
@@ -292,12 +299,14 @@ def main() -> int:
         print(f"  {labels[key]:<45s}{fps[key]:8.1f}  {cpu_fps[key]:8.1f}  {1000 / fps[key]:7.0f}  {ms[key]:6.0f}")
     print(f"  ratio ours / bare baseline:   wall {ratio['bare']:.2f}, CPU {cpu_ratio['bare']:.2f} (aim <= 1.2)")
     print(f"  ratio ours / saving baseline: wall {ratio['save']:.2f}, CPU {cpu_ratio['save']:.2f} (aim <= 1.2)")
+    print("  cores busy (CPU / wall): " + ", ".join(f"{k} {cpu[k] / wall[k]:.2f}" for k in SIDES))
     print(f"{args.workers} processes" + header[len(f"{args.workers} processes"):])
     print(sub)
     for key in SIDES:
         print(f"  {labels[key]:<45s}{pfps[key]:8.1f}  {pcpu_fps[key]:8.1f}  {1000 / pfps[key]:7.0f}  {pms[key]:6.0f}")
     print(f"  ratio ours / bare baseline:   wall {pratio['bare']:.2f}, CPU {pcpu_ratio['bare']:.2f}")
     print(f"  ratio ours / saving baseline: wall {pratio['save']:.2f}, CPU {pcpu_ratio['save']:.2f}")
+    print(f"  cores busy (CPU / wall, of {cores}): " + ", ".join(f"{k} {pcpu[k] / pwall[k]:.2f}" for k in SIDES))
     print(f"  ours: {pfps['ours']:.1f} frames/s measured at this load, {pcpu_fps['ours']:.1f} from CPU time on "
           f"{cores} free cores (aim >= 15 on 2 cores)")
     print("our time per frame, one step at a time, median CPU ms (write_all: wall ms, fsyncs included): "
@@ -307,12 +316,15 @@ def main() -> int:
         return {"fps": round(fps_[key], 2), "fps_from_cpu": round(cpu_fps_[key], 1), "cpu_ms": round(ms_[key], 1)}
 
     print(json.dumps({"bench": "reduce", "frames": n, "method": args.method, "workers": args.workers,
+                      "round": args.round, "pool_round": args.pool_round,
                       "one_process": {**{k: row(fps, cpu_fps, ms, k) for k in SIDES},
                                       "ratio_wall": {k: round(v, 2) for k, v in ratio.items()},
                                       "ratio_cpu": {k: round(v, 2) for k, v in cpu_ratio.items()}},
                       "pool": {**{k: row(pfps, pcpu_fps, pms, k) for k in SIDES},
                                "ratio_wall": {k: round(v, 2) for k, v in pratio.items()},
                                "ratio_cpu": {k: round(v, 2) for k, v in pcpu_ratio.items()}},
+                      "cores_busy": {"one_process": {k: round(cpu[k] / wall[k], 2) for k in SIDES},
+                                     "pool": {k: round(pcpu[k] / pwall[k], 2) for k in SIDES}},
                       "parts_ms": {k: round(statistics.median(v)) for k, v in parts.items()},
                       "cpus": cores, "load_avg_1min": [load_start, load_end],
                       "uptime": [uptime_start, uptime_end], "python": platform.python_version()}))

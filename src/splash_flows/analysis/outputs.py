@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,21 @@ def _fsync(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+_FSYNC_POOL: tuple[int, ThreadPoolExecutor] | None = None
+_FSYNC_POOL_LOCK = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The threads that fsync a scan's files together, one set per process (starting and joining four threads
+    for every scan cost ~0.45 ms of CPU, a tenth of an I(q) plot). Made again in a forked child, whose copy
+    of the parent's pool has no threads."""
+    global _FSYNC_POOL
+    with _FSYNC_POOL_LOCK:
+        if _FSYNC_POOL is None or _FSYNC_POOL[0] != os.getpid():
+            _FSYNC_POOL = (os.getpid(), ThreadPoolExecutor(max_workers=8, thread_name_prefix="outputs-fsync"))
+        return _FSYNC_POOL[1]
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make the renames in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
     try:
@@ -118,8 +134,7 @@ def write_all(reduction: Reduction, folder: Path, stem: str, *, settings: Settin
             step = name
             write(tmp)
         step = "(fsync)"
-        with ThreadPoolExecutor(max_workers=len(temps)) as pool:
-            list(pool.map(_fsync, temps))
+        list(_fsync_pool().map(_fsync, temps))
         for name, tmp, final in zip(names, temps, finals, strict=True):
             step = name
             os.replace(tmp, final)
@@ -407,12 +422,35 @@ def write_dat(path: Path, reduction: Reduction, *, stem: str, settings: Settings
         "software: " + ", ".join(f"{k} {v}" for k, v in software_versions().items()),
         f"columns: q [{reduction.unit}]  I [arb. units]  sigma [arb. units]",
     ]
-    data = np.column_stack([reduction.radial, reduction.intensity, reduction.sigma])
     # What np.savetxt(fmt="%.8e", comments="# ") writes, formatted in one %-operation instead of a Python-level
-    # loop of one write per row (savetxt: ~90 ms for 2000 rows in bench/reduce.py).
-    rows = ("%.8e %.8e %.8e\n" * len(data)) % tuple(data.ravel().tolist())
+    # loop of one write per row (savetxt: ~90 ms for 2000 rows in bench/reduce.py). The q column is the same for
+    # every frame of a geometry: its text is made once (``_q_column``) and only I and sigma are formatted.
+    n = len(reduction.radial)
+    values: list[Any] = [None] * (3 * n)
+    values[0::3] = _q_column(reduction.radial)
+    values[1::3] = np.asarray(reduction.intensity, dtype=np.float64).tolist()
+    values[2::3] = np.asarray(reduction.sigma, dtype=np.float64).tolist()
+    rows = ("%s %.8e %.8e\n" * n) % tuple(values)
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("# " + "\n# ".join(header) + "\n" + rows)
+
+
+#: The q column of ``.dat`` files as text, per q axis (a few kept per process).
+_Q_COLUMNS: dict[bytes, list[str]] = {}
+
+
+def _q_column(radial: np.ndarray) -> list[str]:
+    """``"%.8e"`` of every q of ``radial``, made once per q axis (pyFAI gives every frame of a geometry the same
+    bin centres): a third of the ``.dat``'s formatting."""
+    values = np.asarray(radial, dtype=np.float64)
+    key = values.tobytes()
+    cached = _Q_COLUMNS.get(key)
+    if cached is None:
+        cached = (("%.8e\n" * len(values)) % tuple(values.tolist())).split("\n")[:-1]
+        if len(_Q_COLUMNS) >= 8:
+            _Q_COLUMNS.clear()
+        _Q_COLUMNS[key] = cached
+    return cached
 
 
 #: Colours of the I(q) plot (matplotlib's default blue; its band at 30 % on white).
@@ -453,16 +491,10 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
 
     matplotlib (Agg) cost ~300 ms a figure, more than the integration itself (bench/reduce.py); this costs a
     few ms. Points with I <= 0 or q <= 0 cannot be drawn on log axes and are left out, as matplotlib did."""
-    from PIL import Image, ImageDraw
-
     good = (reduction.intensity > 0) & (reduction.radial > 0) & np.isfinite(reduction.intensity)
     q, i, s = reduction.radial[good], reduction.intensity[good], np.nan_to_num(reduction.sigma[good])
-    width, height = size
-    left, top, right, bottom = 70, 26, width - 14, height - 46
-    img = Image.new("P", size, _IQ_WHITE)
-    img.putpalette(_iq_palette())
-    draw = ImageDraw.Draw(img)
-    draw.fontmode = "L"  # anti-aliased text: blending indices is blending greys on this palette
+    height = size[1]
+    left, top, right, bottom = _iq_frame(size)
     font, small = _font(12), _font(10)
     ink, grid, band_ink, line_ink = _IQ_BLACK, _IQ_GRID, _IQ_BAND, _IQ_LINE
     if q.size >= 2:
@@ -484,11 +516,10 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
         def py(ly: np.ndarray) -> np.ndarray:
             return bottom - (ly - y0) / (y1 - y0) * (bottom - top)
 
-        for value in _log_ticks(x0, x1):
-            x = float(px(np.array(math.log10(value))))
-            draw.line([(x, top), (x, bottom)], fill=grid)
-            draw.line([(x, bottom), (x, bottom + 4)], fill=ink)
-            draw.text((x, bottom + 6), _tick_label(value), fill=ink, font=small, anchor="mt")
+        # the q axis (grid, ticks, labels: drawn first, on white) is the same for every frame of a geometry:
+        # drawn once per q range, then copied
+        img = _iq_q_axis(size, x0, x1).copy()
+        draw = _iq_draw(img)
         for value in _log_ticks(y0, y1):
             y = float(py(np.array(math.log10(value))))
             draw.line([(left, y), (right, y)], fill=grid)
@@ -499,6 +530,8 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
         draw.polygon(band.ravel().tolist(), fill=band_ink)  # flat x, y list: no per-point tuples
         draw.line(np.column_stack([xs, py(np.log10(i))]).ravel().tolist(), fill=line_ink, width=1)
     else:
+        img = _iq_blank(size)
+        draw = _iq_draw(img)
         draw.text(((left + right) / 2, (top + bottom) / 2), "no positive intensity to plot", fill=ink,
                   font=font, anchor="mm")
     draw.rectangle([left, top, right, bottom], outline=ink)
@@ -507,6 +540,46 @@ def plot_iq(path: Path, reduction: Reduction, *, title: str, size: tuple[int, in
     draw.text(((left + right) / 2, 6), f"{title} ({reduction.frame.merge})", fill=ink, font=font, anchor="mt")
     img.paste(_rotated_label("I (arb. units)", bottom - top, palette=True), (4, top))
     img.save(path, format="PNG", compress_level=1)
+
+
+def _iq_frame(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Left, top, right, bottom of the I(q) plot's axes box in a picture of ``size``."""
+    width, height = size
+    return 70, 26, width - 14, height - 46
+
+
+def _iq_blank(size: tuple[int, int]) -> Any:
+    """An empty I(q) picture: white, on the plot's palette."""
+    from PIL import Image
+
+    img = Image.new("P", size, _IQ_WHITE)
+    img.putpalette(_iq_palette())
+    return img
+
+
+def _iq_draw(img: Any) -> Any:
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(img)
+    draw.fontmode = "L"  # anti-aliased text: blending indices is blending greys on this palette
+    return draw
+
+
+@functools.lru_cache(maxsize=8)
+def _iq_q_axis(size: tuple[int, int], x0: float, x1: float) -> Any:
+    """The I(q) picture with only its q axis drawn (vertical grid lines, ticks and labels for log10 q from
+    ``x0`` to ``x1``), made once per q range and process; never drawn on (``plot_iq`` draws on a copy). The
+    same pixels as drawing it on every frame: it is drawn first, on white, in the same order."""
+    left, top, right, bottom = _iq_frame(size)
+    img = _iq_blank(size)
+    draw = _iq_draw(img)
+    small = _font(10)
+    for value in _log_ticks(x0, x1):
+        x = float(left + (np.array(math.log10(value)) - x0) / (x1 - x0) * (right - left))
+        draw.line([(x, top), (x, bottom)], fill=_IQ_GRID)
+        draw.line([(x, bottom), (x, bottom + 4)], fill=_IQ_BLACK)
+        draw.text((x, bottom + 6), _tick_label(value), fill=_IQ_BLACK, font=small, anchor="mt")
+    return img
 
 
 #: Palette of the I(q) plot, an 8-bit palette PNG (an RGB one cost twice the CPU to encode: Pillow tries five

@@ -59,14 +59,31 @@ def test_frame_picture_downsamples_and_marks_mask_and_rings(tmp_path: Path) -> N
     assert (rgb == [255, 255, 255]).all(axis=2).any() and (rgb == [178, 24, 43]).all(axis=2).any()
 
 
-def test_dat_matches_numpy_savetxt(tmp_path: Path) -> None:
-    red = _reduction(n=20)
-    outputs.write_dat(tmp_path / "a.dat", red, stem="x", settings=Settings(), info={"calibration": "c"})
-    text = (tmp_path / "a.dat").read_text()
-    reference = tmp_path / "b.dat"
-    np.savetxt(reference, np.column_stack([red.radial, red.intensity, red.sigma]), fmt="%.8e",
-               header="\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")), comments="# ")
-    assert text == reference.read_text()
+def test_dat_matches_numpy_savetxt_also_for_a_second_frame_of_the_geometry(tmp_path: Path) -> None:
+    first = _reduction(n=20)
+    second = _reduction(n=20)  # the same q axis (its text is made once), other intensities
+    second.intensity = second.intensity * 3.0
+    second.sigma = second.sigma * 0.5
+    for k, red in enumerate((first, second)):
+        outputs.write_dat(tmp_path / f"{k}.dat", red, stem="x", settings=Settings(), info={"calibration": "c"})
+        text = (tmp_path / f"{k}.dat").read_text()
+        reference = tmp_path / f"{k}_ref.dat"
+        np.savetxt(reference, np.column_stack([red.radial, red.intensity, red.sigma]), fmt="%.8e",
+                   header="\n".join(line[2:] for line in text.splitlines() if line.startswith("# ")), comments="# ")
+        assert text == reference.read_text()
+
+
+def test_iq_plot_from_the_kept_q_axis_has_the_pixels_of_one_drawn_whole(tmp_path: Path) -> None:
+    red = _reduction()
+    outputs._iq_q_axis.cache_clear()
+    outputs.plot_iq(tmp_path / "fresh.png", red, title="x")  # q axis drawn for this plot
+    outputs.plot_iq(tmp_path / "kept.png", red, title="x")  # q axis copied from the first
+    assert outputs._iq_q_axis.cache_info().hits == 1
+    assert (tmp_path / "fresh.png").read_bytes() == (tmp_path / "kept.png").read_bytes()
+    good = (red.intensity > 0) & (red.radial > 0) & np.isfinite(red.intensity)
+    lq = np.log10(red.radial[good])
+    axis = np.asarray(outputs._iq_q_axis((480, 336), float(lq.min()), float(lq.max())))
+    assert outputs._IQ_LINE not in axis and outputs._IQ_BAND not in axis  # the kept axis is never drawn on
 
 
 def test_write_all_leaves_no_file_when_one_output_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,6 +109,24 @@ def test_write_all_fsyncs_every_file_before_any_rename(tmp_path: Path, monkeypat
     assert [p.name for p in paths] == outputs.output_names("x", grazing=False)
     assert events == ["fsync"] * 4 + ["rename"] * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outputs.output_names("x", grazing=False))
+
+
+def test_write_all_fsyncs_in_threads_kept_per_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(outputs, "write_nxcansas", lambda path, *a, **k: Path(path).write_bytes(b"h5"))
+    monkeypatch.setattr(outputs, "_FSYNC_POOL", None)
+    names: set[str] = set()
+    real_fsync = outputs._fsync
+    monkeypatch.setattr(outputs, "_fsync", lambda p: (names.add(threading.current_thread().name), real_fsync(p)))
+    outputs.write_all(_reduction(), tmp_path / "a", "x", settings=Settings(), info={})
+    pool = outputs._fsync_pool()
+    outputs.write_all(_reduction(), tmp_path / "b", "x", settings=Settings(), info={})
+    assert outputs._fsync_pool() is pool  # the same threads for every scan
+    assert names and all(name.startswith("outputs-fsync") for name in names)
+    monkeypatch.setattr(outputs.os, "getpid", lambda: -1)  # as in a forked child: the parent's pool has no threads
+    assert outputs._fsync_pool() is not pool
+    pool.shutdown()
 
 
 def test_pool_workers_share_the_cores_between_their_openmp_threads(monkeypatch: pytest.MonkeyPatch) -> None:
