@@ -512,7 +512,7 @@ class LocalTier:
                 return i, self._stage_one(source, items[i], resolved[i], f"{part}{i}.part", folders, progress)
 
             todo = [i for i, out in enumerate(outcomes) if out is None]
-            for i, res in self._map(stage, todo, self.concurrency, "copy"):
+            for i, res in self._stage_all(stage, todo, items, resolved):
                 if isinstance(res, _Staged):
                     staged[i] = res
                 else:
@@ -537,6 +537,22 @@ class LocalTier:
                 _unlink_quietly(left.tmp)
         return [out if out is not None else TransferError("not attempted", tier=self.name, path=item.path)
                 for out, item in zip(outcomes, items, strict=True)]
+
+    def _stage_all(self, stage: Callable[[int], tuple[int, CopyOutcome | _Staged]], todo: list[int],
+                   items: Sequence[CopyItem], resolved: dict[int, _Where]) -> list[tuple[int, CopyOutcome | _Staged]]:
+        """Phase 1 over the batch. Large files: ``concurrency`` threads (bandwidth). Small files (sizes known
+        and under ``SMALL_BUFFER``): one thread per destination folder, up to ``concurrency``: creating names in
+        one folder is serialised by the file system's lock on that folder, and more threads there only spin on
+        it (measured: docs/PERFORMANCE.md section 1)."""
+        sizes = [items[i].size for i in todo]
+        if not all(size is not None and size < SMALL_BUFFER for size in sizes):
+            return self._map(stage, todo, self.concurrency, "copy")
+        groups: dict[Path, list[int]] = {}
+        for i in todo:
+            groups.setdefault(resolved[i].folder, []).append(i)
+        lists = list(groups.values())
+        done = self._map(lambda g: [stage(i) for i in lists[g]], list(range(len(lists))), self.concurrency, "copy")
+        return [res for group in done for res in group]
 
     @staticmethod
     def _map(fn: Callable[[int], _T], todo: list[int], threads: int, prefix: str) -> list[_T]:
