@@ -118,6 +118,14 @@ def main() -> int:
         shutil.copytree(ours_root / "data733", base_root / "data733", dirs_exist_ok=True)
         sync()
 
+        cpus: list[float] = []
+
+        def ours(ctx: Context) -> MoveReport:
+            start = time.process_time()  # this process's CPU, every thread
+            report = move_files(ctx, paths)
+            cpus.append(time.process_time() - start)
+            return report
+
         base: dict[str, float] = {}
         ours_s, ours_cpu, summary = float("inf"), 0.0, ""
         for rnd in range(args.repeat):
@@ -137,16 +145,8 @@ def main() -> int:
             for name, secs in run_baselines(base_root, paths).items():
                 base[name] = min(secs, base.get(name, secs))
             sync()  # the baselines' dirty pages must not be flushed on our clock
-            cpus: list[float] = []
-
-            def ours(ctx: Context) -> MoveReport:
-                start = time.process_time()  # this process's CPU, every thread
-                report = move_files(ctx, paths)
-                cpus.append(time.process_time() - start)
-                return report
-
             secs, summary = time_our_run(root, ours)
-            cpu = cpus[0]
+            cpu = cpus[-1]
             print(f"  ours: {secs:.2f} s, {cpu:.2f} s CPU", flush=True)
             if secs < ours_s:
                 ours_s, ours_cpu = secs, cpu
