@@ -71,15 +71,18 @@ BASELINES: dict[str, tuple[str, str]] = {
 }
 
 
-def run_baselines(base_root: Path, paths: list[str], say: Any = print) -> dict[str, float]:
-    """Each baseline into its own fresh target folders (same source files); seconds per baseline run."""
+def run_baselines(base_root: Path, paths: list[str], say: Any = print, tag: str = "") -> dict[str, float]:
+    """Each baseline into its own fresh target folders (same source files; ``tag`` names a round's folders, so
+    a later round removes nothing: on a file system without a journal, ext4 skips inodes freed in the last 30 s
+    when it creates a file, and a mass removal would slow whatever creates files next); seconds per baseline
+    run."""
     out: dict[str, float] = {}
     src = base_root / "data733"
     for name, (tool, _label) in BASELINES.items():
         if shutil.which(tool) is None:
             say(f"  {name}: not installed, skipped (scripts/ensure-packages.sh bench)")
             continue
-        targets = [base_root / name / t for t in ("lamarr", "cfs")]
+        targets = [base_root / f"{name}{tag}" / t for t in ("lamarr", "cfs")]
         for t in targets:
             t.mkdir(parents=True)
         sync()  # nobody's dirty pages are flushed on the next one's clock
@@ -131,10 +134,7 @@ def main() -> int:
         for rnd in range(args.repeat):
             if args.repeat > 1:
                 print(f"round {rnd + 1}/{args.repeat} (load {os.getloadavg()[0]:.1f})", flush=True)
-            if rnd:  # fresh targets and ledger for every round; the same source files
-                shutil.rmtree(base_root / "cp", ignore_errors=True)
-                shutil.rmtree(base_root / "rclone", ignore_errors=True)
-                shutil.rmtree(base_root / "rsync", ignore_errors=True)
+            if rnd:  # fresh targets and ledger for every round (nothing removed until the end); the same sources
                 fresh = work / f"ours{rnd}"
                 for t in ("lamarr", "cfs"):
                     (fresh / t).mkdir(parents=True)
@@ -142,7 +142,7 @@ def main() -> int:
                 root = fresh
             else:
                 root = ours_root
-            for name, secs in run_baselines(base_root, paths).items():
+            for name, secs in run_baselines(base_root, paths, tag=str(rnd) if rnd else "").items():
                 base[name] = min(secs, base.get(name, secs))
             sync()  # the baselines' dirty pages must not be flushed on our clock
             secs, summary = time_our_run(root, ours)
