@@ -686,7 +686,7 @@ class LocalTier:
         """Open a source that is a symlink, after checking it resolves inside the source root."""
         target = source.path(item.path)  # PathEscapeError when it points outside
         try:
-            return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(target, _OPEN_SOURCE & ~os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SourceMissingError("file not found (dangling symlink)", tier=source.name, path=item.path) from None
         except OSError as err:
