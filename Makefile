@@ -40,7 +40,7 @@ faults: $(VENV)/.installed  ## the full fault matrix (several seeds per fault, ~
 bench: $(VENV)/.installed  ## our verified copy against cp + xxhsum, rclone and rsync (large and small files); our reduction against bare pyFAI
 	bash scripts/ensure-packages.sh bench
 	$(BIN)/python bench/move_throughput.py
-	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
+	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4 --repeat 3
 	$(BIN)/python bench/reduce.py
 
 bench-all: $(VENV)/.installed  ## every benchmark in one run, one table: bench/results/run-STAMP/REPORT.md (about an hour)
@@ -50,7 +50,7 @@ bench-all: $(VENV)/.installed  ## every benchmark in one run, one table: bench/r
 
 bench-small: $(VENV)/.installed  ## the small-file burst: bare copy and the deployed stack, with every baseline
 	bash scripts/ensure-packages.sh bench
-	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4
+	$(BIN)/python bench/move_throughput.py --files 1000 --size-kb 4 --repeat 3
 	$(BIN)/python bench/detect_to_safe.py --singles 0
 
 bench-scale: $(VENV)/.installed  ## a million files: the watcher's scans and reconcile --dry-run against find

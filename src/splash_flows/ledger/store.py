@@ -13,9 +13,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, func, insert, inspect, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -72,6 +86,14 @@ class VerifiedCopy:
 
 def _record(row: SourceFile) -> SourceRecord:
     return SourceRecord(row.id, row.source_tier, row.path, row.size, row.mtime, row.checksum_alg, row.checksum)
+
+
+# the tables, for Core statements (a batch's rows as plain executemany: no ORM unit of work per row)
+_FILES = cast(Table, SourceFile.__table__)
+_COPIES = cast(Table, Copy.__table__)
+_EVENTS = cast(Table, Event.__table__)
+# a copy row updated by primary key, executemany (the SET columns are the keys of the parameter rows)
+_UPDATE_COPY_BY_ID = update(_COPIES).where(_COPIES.c.id == bindparam("copy_id"))
 
 
 def copy_info(c: Copy) -> CopyInfo:
@@ -357,36 +379,37 @@ class Ledger:
             for i, new in enumerate(sources):
                 if new.path not in known:
                     fresh.setdefault(new.path, i)
-            if fresh:
-                self._insert_new_sources(sess, tier, [sources[i] for i in fresh.values()], now)
-                q = select(SourceFile).where(SourceFile.source_tier == tier)
-                for chunk in in_chunks(list(fresh)):
-                    known.update({r.path: r for r in sess.scalars(q.where(SourceFile.path.in_(chunk)))})
+            ids = self._insert_new_sources(sess, tier, [sources[i] for i in fresh.values()], now) if fresh else {}
             out = []
             for i, new in enumerate(sources):
-                row = known[new.path]
-                if fresh.get(new.path) == i:
-                    out.append(_record(row))
-                else:
-                    out.append(self._register_in(sess, tier, new, now, row))
+                if fresh.get(new.path) == i:  # inserted just now: its record is what was inserted
+                    out.append(SourceRecord(ids[new.path], tier, *new))
+                elif new.path in known:
+                    out.append(self._register_in(sess, tier, new, now, known[new.path]))
+                else:  # the same path twice in one batch: its first occurrence registered it
+                    first = sources[fresh[new.path]]
+                    out.append(SourceRecord(ids[new.path], tier, *first) if first == new else
+                               self._register_in(sess, tier, new, now, sess.get_one(SourceFile, ids[new.path])))
             return out
 
     @staticmethod
-    def _insert_new_sources(sess: Session, tier: str, sources: Sequence[NewSource], now: datetime) -> None:
+    def _insert_new_sources(sess: Session, tier: str, sources: Sequence[NewSource], now: datetime) -> dict[str, int]:
         """Insert never-seen sources, their verified source-tier copies and ``detected`` events as three
-        multi-row INSERTs (the per-object ORM path cost more than the disk for small files)."""
+        multi-row Core INSERTs (the ORM's bulk path, and reading the rows back as objects, cost more than the
+        disk for small files); the new files' ids by path."""
         result = sess.execute(
-            insert(SourceFile).returning(SourceFile.path, SourceFile.id, sort_by_parameter_order=True),
+            insert(_FILES).returning(_FILES.c.path, _FILES.c.id, sort_by_parameter_order=True),
             [{"source_tier": tier, "path": s.path, "size": s.size, "mtime": s.mtime, "checksum_alg": s.checksum_alg,
               "checksum": s.checksum, "detected_at": now, "updated_at": now} for s in sources])
-        ids = {path: file_id for path, file_id in result}
-        sess.execute(insert(Copy), [
+        ids: dict[str, int] = {path: file_id for path, file_id in result}
+        sess.execute(insert(_COPIES), [
             {"file_id": ids[s.path], "tier": tier, "state": CopyState.VERIFIED, "size": s.size,
              "checksum": s.checksum, "verified_at": now, "updated_at": now} for s in sources])
-        sess.execute(insert(Event), [
+        sess.execute(insert(_EVENTS), [
             {"at": now, "file_id": ids[s.path], "path": s.path, "tier": tier, "kind": EventKind.DETECTED,
              "detail": {"size": s.size, "mtime": s.mtime, "checksum_alg": s.checksum_alg, "checksum": s.checksum}}
             for s in sources])
+        return ids
 
     @staticmethod
     def _register_in(sess: Session, tier: str, new: NewSource, now: datetime, row: SourceFile) -> SourceRecord:
@@ -481,19 +504,19 @@ class Ledger:
             for v in copies:
                 row = {**values, "size": v.size, "checksum": v.checksum}
                 if v.source.id in existing:
-                    updates[v.source.id] = {"id": existing[v.source.id], **row}
+                    updates[v.source.id] = {"copy_id": existing[v.source.id], **row}
                 else:
                     inserts[v.source.id] = {"file_id": v.source.id, "tier": tier, **row}
                 base = {"checksum_alg": v.source.checksum_alg, "checksum": v.checksum, "size": v.size, **v.detail}
                 kinds = [EventKind.SKIPPED] if v.skipped else [EventKind.COPIED, EventKind.VERIFIED]
                 events += [{"at": now, "file_id": v.source.id, "path": v.source.path, "tier": tier, "kind": kind,
                             "detail": base} for kind in kinds]
-            # multi-row statements: one UPDATE by primary key, one INSERT each for new copies and for events
+            # multi-row Core statements: one UPDATE by primary key, one INSERT each for new copies and for events
             if updates:
-                sess.execute(update(Copy), list(updates.values()))
+                sess.execute(_UPDATE_COPY_BY_ID, list(updates.values()))
             if inserts:
-                sess.execute(insert(Copy), list(inserts.values()))
-            sess.execute(insert(Event), events)
+                sess.execute(insert(_COPIES), list(inserts.values()))
+            sess.execute(insert(_EVENTS), events)
 
     def record_failed(self, path: str, tier: str, reason: str, *, source: SourceRecord | None = None,
                       kind: EventKind = EventKind.FAILED) -> None:

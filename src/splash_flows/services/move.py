@@ -9,7 +9,7 @@ report's ``raise_for_failures`` makes the caller (and so the Prefect run) fail w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,7 +28,8 @@ from splash_flows.errors import (
 from splash_flows.ledger import EventKind, NewSource, SourceRecord, VerifiedCopy
 from splash_flows.paths import normalize_relpath
 from splash_flows.selection import MoveRule
-from splash_flows.tiers.base import CopyItem, CopyResult, ProgressCallback
+from splash_flows.tiers.base import CopyItem, CopyResult, Fingerprint, ProgressCallback, Tier
+from splash_flows.tiers.local import LocalTier
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
 
     A path the ledger already knows with the same size and mtime is not re-read (the copy still verifies the
     bytes against the recorded checksum). Refused paths (escaping the root) and missing or unreadable files are
-    recorded with their reason and left out; the rest go on.
+    recorded with their reason and left out; the rest go on. The new and changed files are recorded in one
+    transaction.
     """
     source_name = ctx.config.move.source
     source = ctx.tier(source_name)
@@ -119,47 +121,59 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
             ctx.ledger.record_failed(refusal.path, source_name, refusal.reason, kind=EventKind.REFUSED)
             continue
         try:
-            path = normalize_relpath(raw, tier=source_name)
-            source.stat(path)  # resolves symlinks and refuses escapes before anything reads the file
-            clean.append(path)
+            clean.append(normalize_relpath(raw, tier=source_name))
         except PathEscapeError as err:
             report.failed[raw] = err
             ctx.ledger.record_failed(raw, source_name, str(err), kind=EventKind.REFUSED)
-        except TierError as err:
-            report.failed[raw] = err
-            ctx.ledger.record_failed(raw, source_name, str(err))
+    clean = list(dict.fromkeys(clean))
     known = ctx.ledger.sources(source_name, clean)
+    versions = {p: (r.size, r.mtime) for p, r in known.items() if r.checksum_alg == source.checksum_alg}
+    new: list[NewSource] = []
+    for path, found in zip(clean, identify(source, clean, versions, ctx.config.move.concurrency), strict=True):
+        if isinstance(found, Fingerprint):
+            if found.checksum is None:
+                report.sources.append(known[path])  # unchanged since it was registered
+            else:
+                new.append(NewSource(path, found.stat.size, found.stat.mtime, source.checksum_alg, found.checksum))
+            continue
+        report.failed[path] = found
+        if isinstance(found, PathEscapeError):
+            ctx.ledger.record_failed(path, source_name, str(found), kind=EventKind.REFUSED)
+        else:
+            ctx.ledger.record_failed(path, source_name, str(found), source=known.get(path))
+    report.sources.extend(ctx.ledger.register_sources(source_name, new))  # one transaction for the batch
+    return report
 
-    def one(path: str) -> SourceRecord | NewSource | SplashFlowsError:
+
+def identify(source: Tier, paths: Sequence[str], known: Mapping[str, tuple[int, float]],
+             concurrency: int) -> list[Fingerprint | TierError]:
+    """What registration needs of each file on ``source``: its stat and checksum (None when ``known`` holds
+    its current (size, mtime)), or why not. A local tier does it in one pass per file (``LocalTier.identify``);
+    any other tier by ``stat``, ``checksum`` and ``stat`` again, in ``concurrency`` threads."""
+    if isinstance(source, LocalTier):
+        try:
+            return source.identify(paths, known)
+        except TierError as err:  # the whole tier cannot be asked (its root is missing): each file says so
+            return [err for _ in paths]
+
+    def one(path: str) -> Fingerprint | TierError:
         try:
             st = source.stat(path)
             if st is None:
-                raise SourceMissingError("file not found", tier=source_name, path=path)
-            rec = known.get(path)
-            if rec is not None and (rec.size, rec.mtime, rec.checksum_alg) == (st.size, st.mtime, source.checksum_alg):
-                return rec
+                raise SourceMissingError("file not found", tier=source.name, path=path)
+            if known.get(path) == (st.size, st.mtime):
+                return Fingerprint(st, None)
             checksum = source.checksum(path)
             after = source.stat(path)
             if after is None or (after.size, after.mtime) != (st.size, st.mtime):
                 raise SourceChangedError("file changed while it was being checksummed (still being written?)",
-                                    tier=source_name, path=path)
-            return NewSource(path, st.size, st.mtime, source.checksum_alg, checksum)
+                                         tier=source.name, path=path)
+            return Fingerprint(st, checksum)
         except TierError as err:
-            ctx.ledger.record_failed(path, source_name, str(err), source=known.get(path))
             return err
 
-    workers = max(1, min(ctx.config.move.concurrency, len(clean)))
-    new: list[NewSource] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="register") as pool:
-        for path, outcome in zip(clean, pool.map(one, clean), strict=True):
-            if isinstance(outcome, SourceRecord):
-                report.sources.append(outcome)
-            elif isinstance(outcome, NewSource):
-                new.append(outcome)
-            else:
-                report.failed[path] = outcome
-    report.sources.extend(ctx.ledger.register_sources(source_name, new))  # one transaction for the batch
-    return report
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(paths))), thread_name_prefix="register") as pool:
+        return list(pool.map(one, paths))
 
 
 def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,

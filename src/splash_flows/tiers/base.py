@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from splash_flows.errors import TierError
 
@@ -21,6 +21,14 @@ class FileStat:
     path: str
     size: int
     mtime: float
+
+
+class Fingerprint(NamedTuple):
+    """A file as registration sees it: its stat, and its checksum (None: not read, as the ledger already holds
+    this size and mtime)."""
+
+    stat: FileStat
+    checksum: str | None
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,20 @@ symlinks. A folder that cannot be listed and an entry that cannot be stat'ed are
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import os
 import secrets
 import socket
 import stat as stat_mod
+import sys
 import tempfile
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar, cast
 
 from splash_flows.checksum import CHUNK, new_hasher
 from splash_flows.errors import (
@@ -44,6 +46,7 @@ from splash_flows.tiers.base import (
     CopyOutcome,
     CopyResult,
     FileStat,
+    Fingerprint,
     ProgressCallback,
     Tier,
     WalkProblem,
@@ -87,7 +90,7 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str | Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -96,9 +99,64 @@ def _unlink_quietly(path: Path) -> None:
 class _Staged:
     """A file written under its temporary name, not yet durable nor verified, and the result it will have."""
 
-    tmp: Path
-    dst: Path
+    tmp: str
+    dst: str
     result: CopyResult
+
+
+class _Where(NamedTuple):
+    """Where one item of a batch is read from and written to (absolute paths; ``folder`` checked once)."""
+
+    src: str
+    dst: str
+    folder: Path
+    name: str
+
+
+class _Folder(NamedTuple):
+    """A destination folder of a batch: why it cannot receive files, or the names it held when listed (None:
+    not known, so every name is checked)."""
+
+    error: TierError | None
+    names: frozenset[str] | None = None
+
+
+# a source is opened without following a symlink as its last component (checked apart), and without blocking
+# (a FIFO would wait for a writer: it is opened, found not a regular file by fstat, and refused)
+_OPEN_SOURCE = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+@functools.cache
+def _syncfs_call() -> Callable[[int], int] | None:
+    """The C library's ``syncfs`` (Linux, glibc >= 2.14 or musl), or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None, use_errno=True).syncfs)
+    except (OSError, AttributeError):
+        return None
+
+
+def _syncfs(folders: Collection[str]) -> None:
+    """``syncfs(2)`` once per file system holding one of ``folders`` (where there is no syncfs, nothing). Only a
+    way to flush a batch at once: its result is ignored, as each file's own ``fsync`` follows and reports its
+    errors."""
+    call = _syncfs_call()
+    if call is None:
+        return
+    seen: set[int] = set()
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # the files' own fsyncs say what is wrong
+        try:
+            dev = os.fstat(fd).st_dev
+            if dev not in seen:
+                seen.add(dev)
+                call(fd)
+        finally:
+            os.close(fd)
 
 
 def _hostname() -> str:
@@ -287,6 +345,68 @@ class LocalTier:
         except OSError as err:
             raise TierError(f"cannot read: {_reason(err)}", tier=self.name, path=path) from None
 
+    def identify(self, paths: Sequence[str], known: Mapping[str, tuple[int, float]] | None = None,
+                 ) -> list[Fingerprint | TierError]:
+        """Size, mtime and checksum of each file in ``paths`` (tier-relative), in order, for registration: what
+        ``stat`` then ``checksum`` then ``stat`` say, paid once per file and not three times. Each folder is
+        checked once to resolve inside the root; each file is opened once without following a symlink (a
+        symlinked file is checked to resolve inside the root first, as ``path`` does), ``fstat``-ed, hashed and
+        ``fstat``-ed again. A file whose (size, mtime) equals ``known[path]`` is not read (``checksum`` None).
+        Per file a typed error instead: ``PathEscapeError`` (refused), ``SourceMissingError``, ``TierError``
+        (not a regular file, unreadable), ``SourceChangedError`` (it changed while it was read). Files are
+        read in ``concurrency`` threads."""
+        self.check_root()  # an unmounted root is not a batch of missing files
+        folders: dict[str, Path | TierError] = {}
+        known = known or {}
+
+        def one(i: int) -> Fingerprint | TierError:
+            raw = paths[i]
+            try:
+                path = normalize_relpath(raw, tier=self.name)
+                parent, _, name = path.rpartition("/")
+                return self._fingerprint(path, f"{_folder_of(self, parent, folders)}/{name}", known.get(path))
+            except TierError as err:
+                return err
+
+        return self._map(one, list(range(len(paths))), self.concurrency, "identify")
+
+    def _fingerprint(self, path: str, full: str, known: tuple[int, float] | None) -> Fingerprint:
+        try:
+            fd = os.open(full, _OPEN_SOURCE)
+        except FileNotFoundError:
+            raise SourceMissingError("file not found", tier=self.name, path=path) from None
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise TierError(f"cannot open: {_reason(err)}", tier=self.name, path=path) from None
+            fd = self._open_followed(path)
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise TierError("not a regular file", tier=self.name, path=path)
+            found = FileStat(path, st.st_size, st.st_mtime)
+            if known is not None and known == (found.size, found.mtime):
+                return Fingerprint(found, None)
+            checksum = self._hash_fd(fd)
+            after = os.fstat(fd)
+        except OSError as err:
+            raise TierError(f"cannot read: {_reason(err)}", tier=self.name, path=path) from None
+        finally:
+            os.close(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise SourceChangedError("file changed while it was being checksummed (still being written?)",
+                                     tier=self.name, path=path)
+        return Fingerprint(found, checksum)
+
+    def _open_followed(self, path: str) -> int:
+        """Open ``path``, a symlink, after checking that it resolves inside the root."""
+        target = self.path(path)  # PathEscapeError when it points outside
+        try:
+            return os.open(target, _OPEN_SOURCE & ~os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise SourceMissingError("file not found (dangling symlink)", tier=self.name, path=path) from None
+        except OSError as err:
+            raise TierError(f"cannot open: {_reason(err)}", tier=self.name, path=path) from None
+
     def url(self, path: str) -> str:
         return str(self.root / normalize_relpath(path, tier=self.name))
 
@@ -365,7 +485,8 @@ class LocalTier:
         """The verified copy of a batch, in phases, so that what is paid per batch is paid once per batch:
 
         1. stage (``concurrency`` threads): copy each source to a temporary ``.part`` name while hashing it,
-           check the source did not change; folders are created and stale parts removed once per folder;
+           check the source did not change; folders are resolved, created and listed (stale parts removed,
+           names already there noted) once per folder;
         2. durable: fsync every staged file, in many threads at once (the file system commits concurrent
            fsyncs together, so a batch costs a few journal commits instead of one per file);
         3. verify (``concurrency`` threads): drop each file's now-clean pages and re-read it from the device;
@@ -378,17 +499,20 @@ class LocalTier:
         never records a copy whose name is not durable.
         """
         outcomes: list[CopyOutcome | None] = [None] * len(items)
-        resolved: dict[int, tuple[Path, Path]] = {}
+        resolved: dict[int, _Where] = {}
         staged: dict[int, _Staged] = {}
         created: set[Path] = set()
+        # temporary names: host and pid (a later copy removes the parts of a dead process), a random token per
+        # batch and the item's index (unique within the batch; O_EXCL refuses any clash)
+        part = f"{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             folders = self._prepare_folders(source, items, outcomes, resolved, created)
 
             def stage(i: int) -> tuple[int, CopyOutcome | _Staged]:
-                return i, self._stage_one(source, items[i], *resolved[i], folders, progress)
+                return i, self._stage_one(source, items[i], resolved[i], f"{part}{i}.part", folders, progress)
 
             todo = [i for i, out in enumerate(outcomes) if out is None]
-            for i, res in self._map(stage, todo, self.concurrency, "copy"):
+            for i, res in self._stage_all(stage, todo, items, resolved):
                 if isinstance(res, _Staged):
                     staged[i] = res
                 else:
@@ -407,26 +531,77 @@ class LocalTier:
                     continue
                 outcomes[i] = st_item.result
                 renamed.append(i)
-            self._sync_folders(outcomes, {i: resolved[i][1].parent for i in renamed}, created)
+            self._sync_folders(outcomes, {i: resolved[i].folder for i in renamed}, created)
         finally:
             for left in staged.values():  # an unexpected error or interrupt: no temporary file outlives us
                 _unlink_quietly(left.tmp)
         return [out if out is not None else TransferError("not attempted", tier=self.name, path=item.path)
                 for out, item in zip(outcomes, items, strict=True)]
 
+    def _stage_all(self, stage: Callable[[int], tuple[int, CopyOutcome | _Staged]], todo: list[int],
+                   items: Sequence[CopyItem], resolved: dict[int, _Where]) -> list[tuple[int, CopyOutcome | _Staged]]:
+        """Phase 1 over the batch. Large files: ``concurrency`` threads (bandwidth). Small files (sizes known
+        and under ``SMALL_BUFFER``): one thread per destination folder, up to ``concurrency``: creating names in
+        one folder is serialised by the file system's lock on that folder, and more threads there only spin on
+        it (measured: docs/PERFORMANCE.md section 1)."""
+        sizes = [items[i].size for i in todo]
+        if not all(size is not None and size < SMALL_BUFFER for size in sizes):
+            return self._map(stage, todo, self.concurrency, "copy")
+        groups: dict[Path, list[int]] = {}
+        for i in todo:
+            groups.setdefault(resolved[i].folder, []).append(i)
+        lists = list(groups.values())
+        done = self._map(lambda g: [stage(i) for i in lists[g]], list(range(len(lists))), self.concurrency, "copy")
+        return [res for group in done for res in group]
+
     @staticmethod
     def _map(fn: Callable[[int], _T], todo: list[int], threads: int, prefix: str) -> list[_T]:
+        """``[fn(i) for i in todo]`` in up to ``threads`` threads, in order. Each thread takes the next item
+        when it is free (no future per item: for small files that bookkeeping cost as much as the copy). The
+        first exception is raised once every thread has stopped, so nothing runs on after the caller's
+        cleanup."""
         if len(todo) <= 1 or threads <= 1:
             return [fn(i) for i in todo]
-        with ThreadPoolExecutor(max_workers=min(threads, len(todo)), thread_name_prefix=prefix) as pool:
-            return list(pool.map(fn, todo))
+        out: list[_T | None] = [None] * len(todo)
+        pending = iter(enumerate(todo))
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            while not errors:
+                with lock:
+                    nxt = next(pending, None)
+                if nxt is None:
+                    return
+                try:
+                    out[nxt[0]] = fn(nxt[1])
+                except BaseException as err:  # noqa: BLE001 -- raised by the caller, as ThreadPoolExecutor.map
+                    errors.append(err)
+                    return
+
+        workers = [threading.Thread(target=work, name=f"{prefix}_{n}", daemon=True)
+                   for n in range(min(threads, len(todo)))]
+        for w in workers:
+            w.start()
+        try:
+            for w in workers:
+                w.join()
+        except BaseException as err:  # interrupted while waiting: stop handing out items, wait for the rest
+            errors.append(err)
+            for w in workers:
+                w.join()
+            raise
+        if errors:
+            raise errors[0]
+        return out  # type: ignore[return-value]  # every slot was filled: no thread stopped early
 
     def _prepare_folders(self, source: LocalTier, items: Sequence[CopyItem], outcomes: list[CopyOutcome | None],
-                         resolved: dict[int, tuple[Path, Path]], created: set[Path]) -> dict[Path, TierError | None]:
-        """Resolve every source and destination path once (into ``resolved``), then once per destination folder:
-        create it (remembering which folders this batch created, for their parents' fsync) and remove ``.part``
-        files of this batch's names left by dead processes on this host. Items that cannot be resolved get
-        their error in ``outcomes``."""
+                         resolved: dict[int, _Where], created: set[Path]) -> dict[Path, _Folder]:
+        """Resolve every source and destination path once (into ``resolved``; each folder checked once), then
+        once per destination folder: create it (remembering which folders this batch created, for their
+        parents' fsync), list it, remove ``.part`` files of this batch's names left by dead processes on this
+        host and note which names are already there. Items that cannot be resolved get their error in
+        ``outcomes``."""
         by_folder: dict[Path, set[str]] = {}
         src_folders: dict[str, Path | TierError] = {}
         dst_folders: dict[str, Path | TierError] = {}
@@ -434,22 +609,21 @@ class LocalTier:
             try:
                 clean = normalize_relpath(item.path, tier=source.name)
                 parent, _, name = clean.rpartition("/")
-                src = _folder_of(source, parent, src_folders) / name
-                dst = _folder_of(self, parent, dst_folders) / name
+                src_folder = _folder_of(source, parent, src_folders)
+                folder = _folder_of(self, parent, dst_folders)
             except TierError as err:
                 outcomes[i] = err
                 continue
-            resolved[i] = (src, dst)
-            by_folder.setdefault(dst.parent, set()).add(dst.name)
-        folders: dict[Path, TierError | None] = {}
+            resolved[i] = _Where(f"{src_folder}/{name}", f"{folder}/{name}", folder, name)
+            by_folder.setdefault(folder, set()).add(name)
+        folders: dict[Path, _Folder] = {}
         for folder, names in by_folder.items():
             try:
                 self._make_folder(folder, created)
             except OSError as err:
-                folders[folder] = TransferError(f"cannot create folder: {_reason(err)}", tier=self.name)
+                folders[folder] = _Folder(TransferError(f"cannot create folder: {_reason(err)}", tier=self.name))
                 continue
-            folders[folder] = None
-            self._remove_stale_parts(folder, names)
+            folders[folder] = _Folder(None, self._remove_stale_parts(folder, names))
         return folders
 
     def _make_folder(self, folder: Path, created: set[Path]) -> None:
@@ -467,20 +641,20 @@ class LocalTier:
                 continue  # a concurrent copy made it: not ours to sync (its own batch does)
             created.add(path)
 
-    def _stage_one(self, source: LocalTier, item: CopyItem, src_path: Path, dst_path: Path,
-                   folders: dict[Path, TierError | None], progress: ProgressCallback | None) -> CopyOutcome | _Staged:
+    def _stage_one(self, source: LocalTier, item: CopyItem, where: _Where, part: str, folders: dict[Path, _Folder],
+                   progress: ProgressCallback | None) -> CopyOutcome | _Staged:
         try:
-            return self._stage(source, item, src_path, dst_path, folders, progress)
+            return self._stage(source, item, where, part, folders, progress)
         except TierError as err:
             return err
         except OSError as err:
             return TransferError(f"{_reason(err)} (copying from {source.name})", tier=self.name, path=item.path)
 
-    def _stage(self, source: LocalTier, item: CopyItem, src_path: Path, dst_path: Path,
-               folders: dict[Path, TierError | None], progress: ProgressCallback | None) -> CopyOutcome | _Staged:
+    def _stage(self, source: LocalTier, item: CopyItem, where: _Where, part: str, folders: dict[Path, _Folder],
+               progress: ProgressCallback | None) -> CopyOutcome | _Staged:
         try:
             # the folder was checked to lie inside the root; a symlink as the last component is checked here
-            src_fd = os.open(src_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            src_fd = os.open(where.src, _OPEN_SOURCE)
         except FileNotFoundError:
             raise SourceMissingError("file not found", tier=source.name, path=item.path) from None
         except OSError as err:
@@ -492,15 +666,18 @@ class LocalTier:
             st = os.fstat(src_fd)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise TransferError("not a regular file", tier=source.name, path=item.path)
-            existing = self._matching_destination(dst_path, st.st_size, item, source, src_fd)
-            if existing is not None:
-                if progress:
-                    progress(item.path, st.st_size)
-                return existing
-            folder_err = folders.get(dst_path.parent)
-            if folder_err is not None:
-                raise TransferError(folder_err.bare_message, tier=self.name, path=item.path)
-            return self._write_part(src_fd, st, dst_path, item, source, progress)
+            folder = folders[where.folder]
+            # a name the folder's listing did not hold cannot match (one racing in now is replaced by a copy
+            # verified against the same checksum)
+            if folder.names is None or where.name in folder.names:
+                existing = self._matching_destination(where.dst, st.st_size, item, source, src_fd)
+                if existing is not None:
+                    if progress:
+                        progress(item.path, st.st_size)
+                    return existing
+            if folder.error is not None:
+                raise TransferError(folder.error.bare_message, tier=self.name, path=item.path)
+            return self._write_part(src_fd, st, where, part, item, source, progress)
         finally:
             os.close(src_fd)
 
@@ -509,13 +686,13 @@ class LocalTier:
         """Open a source that is a symlink, after checking it resolves inside the source root."""
         target = source.path(item.path)  # PathEscapeError when it points outside
         try:
-            return os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(target, _OPEN_SOURCE & ~os.O_NOFOLLOW)
         except FileNotFoundError:
             raise SourceMissingError("file not found (dangling symlink)", tier=source.name, path=item.path) from None
         except OSError as err:
             raise TransferError(f"cannot open source: {_reason(err)}", tier=source.name, path=item.path) from None
 
-    def _matching_destination(self, dst_path: Path, size: int, item: CopyItem, source: LocalTier,
+    def _matching_destination(self, dst_path: str, size: int, item: CopyItem, source: LocalTier,
                               src_fd: int) -> CopyResult | None:
         """If the destination already holds these bytes, the verified result without writing anything."""
         try:
@@ -542,18 +719,19 @@ class LocalTier:
                                         path=item.path) from None
         return CopyResult(item.path, size, dst_st.st_mtime, dst_sum, skipped=True, source_checksum=src_sum)
 
-    def _write_part(self, src_fd: int, st: os.stat_result, dst_path: Path, item: CopyItem, source: LocalTier,
-                    progress: ProgressCallback | None) -> _Staged:
+    def _write_part(self, src_fd: int, st: os.stat_result, where: _Where, part: str, item: CopyItem,
+                    source: LocalTier, progress: ProgressCallback | None) -> _Staged:
         """Phase 1 for one file: the source's bytes under a temporary name, hashed as read, mtime kept. Not yet
         durable nor verified; the caller owns the temporary file from here (and removes it on any failure)."""
-        tmp = dst_path.with_name(f".{dst_path.name}{PART_MARK}{_hostname()}-{os.getpid()}-{secrets.token_hex(4)}.part")
+        tmp = f"{where.folder}/.{where.name}{part}"
         hasher = new_hasher(self.checksum_alg)
         buf = _buffer(st.st_size)
         view = memoryview(buf)
         try:
             dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as err:
-            raise TransferError(f"cannot create {tmp.name}: {_reason(err)}", tier=self.name, path=item.path) from None
+            raise TransferError(f"cannot create {os.path.basename(tmp)}: {_reason(err)}", tier=self.name,
+                                path=item.path) from None
         try:
             try:
                 total = 0
@@ -589,11 +767,18 @@ class LocalTier:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return _Staged(tmp, dst_path, CopyResult(item.path, st.st_size, st.st_mtime, src_sum, skipped=False,
-                                                 source_checksum=src_sum))
+        return _Staged(tmp, where.dst, CopyResult(item.path, st.st_size, st.st_mtime, src_sum, skipped=False,
+                                                  source_checksum=src_sum))
 
     def _sync_staged(self, staged: dict[int, _Staged], outcomes: list[CopyOutcome | None]) -> None:
-        """Phase 2: fsync every staged file, many at once. A file that cannot be made durable is dropped."""
+        """Phase 2: make every staged file durable. A batch of more than one file first asks each file system
+        holding them to write back everything at once (``syncfs``: one flush and one journal commit for the
+        batch instead of one per file); then every file is ``fsync``-ed, many at once, as before. That fsync
+        finds nothing left to write, and it is what reports a write-back error of that file (``syncfs`` names
+        no file, so its own result is not relied on): the guarantee rests on the per-file fsync alone. A file
+        that cannot be made durable is dropped."""
+        if len(staged) > 1:
+            _syncfs({os.path.dirname(st_item.tmp) for st_item in staged.values()})
 
         def sync(i: int) -> tuple[int, OSError | None]:
             try:
@@ -685,14 +870,14 @@ class LocalTier:
             os.close(fd)
 
     @staticmethod
-    def _remove_stale_parts(folder: Path, names: set[str]) -> None:
+    def _remove_stale_parts(folder: Path, names: set[str]) -> frozenset[str] | None:
         """Remove ``.part`` files of ``names`` in ``folder`` left by a dead process on this host (after a
-        kill -9). One listing per folder and batch."""
+        kill -9). One listing per folder and batch; returns the names it held (None: the folder is gone)."""
         mark = f"{PART_MARK}{_hostname()}-"
         try:
             entries = os.listdir(folder)
         except FileNotFoundError:
-            return
+            return None
         for entry in entries:
             if not (entry.startswith(".") and mark in entry and entry.endswith(".part")):
                 continue
@@ -710,6 +895,7 @@ class LocalTier:
             except PermissionError:
                 continue
             _unlink_quietly(folder / entry)
+        return frozenset(entries)
 
     # ------------------------------------------------------------------------------------------ delete
 
