@@ -165,7 +165,8 @@ def ledger_rows(r: dict[str, Any]) -> list[Row]:
 BENCHES: list[Bench] = [
     Bench("demo", "demo_time.py", ("--reruns", "2"), ("--reruns", "1"), demo_rows),
     Bench("cli", "cli_latency.py", (), ("--files", "20000", "--repeat", "3"), cli_rows),
-    Bench("small", "move_throughput.py", ("--files", "1000", "--size-kb", "4"), ("--files", "300", "--size-kb", "4"),
+    Bench("small", "move_throughput.py", ("--files", "1000", "--size-kb", "4", "--repeat", "3"),
+          ("--files", "300", "--size-kb", "4"),
           lambda r: _copy_rows(r, 3.0)),
     Bench("burst", "detect_to_safe.py", ("--trigger", "watcher", "--singles", "20"),
           ("--trigger", "watcher", "--singles", "5", "--burst", "400"), burst_rows, reads="file"),
