@@ -411,6 +411,10 @@ class WatcherConfig(_Model):
         default=3600.0, gt=0,
         description="A file sent but still not verified on every move target this long after is sent again by "
         "the next rescan (its run failed, crashed or is still queued).")
+    outbox_keep_days: float = Field(
+        default=30.0, gt=0,
+        description="Outbox entries sent (or refused) longer ago than this are deleted after a whole-tree scan; "
+        "pending ones never are. Each file's history stays in the ledger's event log.")
     flow_config_path: str | None = Field(
         default=None,
         description="The config_path parameter given to triggered runs (where the workers read the "

@@ -584,3 +584,28 @@ def test_a_periodic_light_rescan_request_is_made_full_by_any_full_one(
     w.request_scan("")  # an overflow's rescan meanwhile: the one scan that runs is full
     w.request_scan("", light=True)
     assert not w._scan_light
+
+
+def test_a_whole_tree_scan_deletes_outbox_entries_settled_before_the_retention(
+        watch_config: Config, make_harness: MakeHarness) -> None:
+    """``watcher.outbox_keep_days``: after a whole-tree scan, entries sent longer ago than the retention are
+    deleted (the table does not grow with every batch ever sent); recent and pending ones stay."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from splash_flows.ledger.models import OutboxEntry, utcnow
+
+    harness = make_harness(watch_config, FakeTrigger())
+    outbox = Outbox(harness.ledger)
+    old = outbox.add("d/x", ["gone/old.edf"], [(1, 1.0)])
+    outbox.mark_sent(old.id, "run-old")
+    recent = outbox.add("d/x", ["gone/recent.edf"], [(2, 2.0)])
+    outbox.mark_sent(recent.id, "run-recent")
+    keep = watch_config.watcher.outbox_keep_days
+    with harness.ledger.session() as sess:
+        sess.execute(update(OutboxEntry).where(OutboxEntry.id == old.id)
+                     .values(sent_at=utcnow() - timedelta(days=keep + 1)))
+    harness.watcher.rescan()
+    ids = {e.id for e in outbox.entries()}
+    assert old.id not in ids and recent.id in ids

@@ -132,6 +132,23 @@ class Outbox:
         with self.ledger.session() as sess:
             return _rowcount(sess.execute(delete(OutboxPath).where(OutboxPath.entry_id.in_(dead))))
 
+    def purge(self, settled_before: datetime) -> int:
+        """Delete the entries that settled before ``settled_before``: sent (``sent_at``) or refused
+        (``created_at``) that long ago, with any path rows left. The watcher keeps ``outbox_keep_days`` of them
+        (an entry holds every path of its batch, so without this the table grows by the paths of every file ever
+        sent); each file's own history stays in the ledger's event log. Pending entries are never deleted.
+        Returns how many entries were deleted."""
+        old = select(OutboxEntry.id).where(or_(
+            (OutboxEntry.state == OutboxState.SENT) & (OutboxEntry.sent_at < settled_before),
+            (OutboxEntry.state == OutboxState.FAILED) & (OutboxEntry.created_at < settled_before)))
+        with self.ledger.session() as sess:
+            ids = list(sess.scalars(old))
+            deleted = 0
+            for chunk in in_chunks(ids):
+                sess.execute(delete(OutboxPath).where(OutboxPath.entry_id.in_(chunk)))
+                deleted += _rowcount(sess.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(chunk))))
+            return deleted
+
     def get(self, entry_id: int) -> OutboxRecord | None:
         with self.ledger.read_session() as sess:
             row = sess.get(OutboxEntry, entry_id)

@@ -347,14 +347,20 @@ class WatcherBase:
     def _forget_settled_outbox(self) -> None:
         """After each whole-tree scan: drop the per-path rows of outbox entries no longer in flight
         (``Outbox.forget_settled``), so ``outbox_paths`` holds about one row per file in flight, not per file
-        ever sent. A failure is logged; the rows only cost space."""
+        ever sent, and delete the entries settled more than ``outbox_keep_days`` ago (``Outbox.purge``). A
+        failure is logged; the rows only cost space."""
+        outbox = Outbox(self.ledger)
         try:
-            n = Outbox(self.ledger).forget_settled(self._in_flight_since())
+            n = outbox.forget_settled(self._in_flight_since())
+            purged = outbox.purge(utcnow() - timedelta(days=self.settings.outbox_keep_days))
         except LedgerError as err:
-            log.error("could not drop the outbox's settled path rows (they only cost space): %s", err)
+            log.error("could not drop the outbox's settled rows (they only cost space): %s", err)
             return
         if n:
             log.debug("dropped %d outbox path row(s) no longer in flight", n)
+        if purged:
+            log.info("deleted %d outbox entr%s settled more than %g day(s) ago (watcher.outbox_keep_days)", purged,
+                     "y" if purged == 1 else "ies", self.settings.outbox_keep_days)
 
     # --- scans (requests only; the scanning is in scan.py)
 

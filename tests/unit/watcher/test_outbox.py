@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select, text
+from sqlalchemy import inspect, select, text, update
 
 from splash_flows.context import Context
 from splash_flows.errors import LedgerError
 from splash_flows.ledger import Ledger
-from splash_flows.ledger.models import OutboxPath, utcnow
+from splash_flows.ledger.models import OutboxEntry, OutboxPath, OutboxState, utcnow
 from splash_flows.ledger.outbox import Outbox, in_flight_versions, is_in_flight, verified_versions
 
 
@@ -178,3 +178,24 @@ def test_path_rows_of_entries_no_longer_in_flight_are_dropped_and_the_entries_ke
     assert [e.id for e in outbox.entries()] == [old.id, refused.id, pending.id]  # the entries are kept
     outbox.mark_sent(pending.id, "run-2")
     assert outbox.forget_settled(utcnow() - timedelta(hours=1)) == 0  # sent just now: still in flight
+
+
+def test_entries_settled_longer_ago_than_the_retention_are_purged_and_pending_ones_never(ctx: Context) -> None:
+    """``Outbox.purge``: sent and refused entries older than the cut go with any path rows left; pending entries
+    (however old) and entries settled after the cut stay; a second purge deletes nothing."""
+    outbox = Outbox(ctx.ledger)
+    old_sent = outbox.add("d/x", ["a.edf", "b.edf"], [(1, 1.0), (2, 2.0)])
+    outbox.mark_sent(old_sent.id, "run-1")
+    old_refused = outbox.add("d/x", ["c.edf"], [(3, 3.0)])
+    outbox.mark_failed(old_refused.id, "refused")
+    old_pending = outbox.add("d/x", ["d.edf"], [(4, 4.0)])
+    cut = utcnow() + timedelta(seconds=1)
+    recent = outbox.add("d/x", ["e.edf"], [(5, 5.0)])
+    with ctx.ledger.session() as sess:  # "recent" was sent after the cut
+        sess.execute(update(OutboxEntry).where(OutboxEntry.id == recent.id)
+                     .values(state=OutboxState.SENT, sent_at=cut + timedelta(seconds=5)))
+    assert outbox.purge(cut) == 2
+    assert [e.id for e in outbox.entries()] == [old_pending.id, recent.id]
+    with ctx.ledger.read_session() as sess:
+        assert set(sess.scalars(select(OutboxPath.path))) == {"d.edf", "e.edf"}  # the purged entries' rows went
+    assert outbox.purge(cut) == 0
