@@ -139,6 +139,8 @@ def queries(ledger: Ledger, files: int, now: datetime) -> list[tuple[str, str, C
          lambda: ov.status_page(ledger, limit=100, after=("data733", mid)).rows),
         ("status totals", "status: files, bytes, copies per tier and state (the counters)",
          lambda: ov.totals(ledger).tiers),
+        ("status --state failed", "status --state failed (any tier): its first page of 100",
+         lambda: ov.status_page(ledger, ov.StatusFilter(states=((None, "failed"),)), limit=100).rows),
         ("prune: unscheduled", "prune --plan: verified copies without a due date",
          lambda: ledger_prune.unscheduled_counts(ledger, prune_tiers)),
         ("prune: count due now", "prune: copies due now (progress total)",

@@ -312,8 +312,9 @@ class StatusFilter:
             parts = []
             for i, (tier, state) in enumerate(self.states):
                 params[f"f_state{i}"] = state
-                if tier is None:
-                    parts.append(f"SELECT file_id FROM copies WHERE state = :f_state{i}")
+                if tier is None:  # the tiers the counters hold such copies on: the (tier, state) index again
+                    parts.append(f"SELECT file_id FROM copies WHERE state = :f_state{i} AND tier IN "
+                                 f"(SELECT tier FROM copy_counts WHERE state = :f_state{i})")
                 else:
                     parts.append(f"SELECT file_id FROM copies WHERE state = :f_state{i} AND tier = :f_tier{i}")
                     params[f"f_tier{i}"] = tier
