@@ -56,15 +56,7 @@ def status_page(ledger: Ledger, flt: StatusFilter = StatusFilter(), *, limit: in
 
 def iter_status(ledger: Ledger, flt: StatusFilter = StatusFilter(), *, chunk: int = 5000) -> Iterator[StatusPage]:
     """Every file ``flt`` selects, ``chunk`` at a time (one read transaction per page)."""
-    after: Cursor | None = None
-    while True:
-        page = status_page(ledger, flt, limit=chunk, after=after)
-        if not page.rows:
-            return
-        yield page
-        if len(page.rows) < chunk:
-            return
-        after = next_cursor(page)
+    return reads.pages(lambda after: status_page(ledger, flt, limit=chunk, after=after), chunk)
 
 
 def count_refused(ledger: Ledger) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -452,17 +452,23 @@ def next_cursor(page: StatusPage) -> Cursor | None:
     return (page.rows[-1].source_tier, page.rows[-1].path) if page.rows else None
 
 
-def iter_status(reader: Reader, flt: StatusFilter = StatusFilter(), *, chunk: int = 5000) -> Iterator[StatusPage]:
-    """Every file ``flt`` selects, ``chunk`` at a time (``status_page`` after ``status_page``)."""
+def pages(fetch: Callable[[Cursor | None], StatusPage], chunk: int) -> Iterator[StatusPage]:
+    """Keyset pages of ``chunk`` rows: ``fetch(after)`` for the page after the cursor (None: the first), until a
+    short or empty page. The one paging loop, whoever reads the pages (one transaction or one per page)."""
     after: Cursor | None = None
     while True:
-        page = status_page(reader, flt, limit=chunk, after=after)
+        page = fetch(after)
         if not page.rows:
             return
         yield page
         if len(page.rows) < chunk:
             return
         after = next_cursor(page)
+
+
+def iter_status(reader: Reader, flt: StatusFilter = StatusFilter(), *, chunk: int = 5000) -> Iterator[StatusPage]:
+    """Every file ``flt`` selects, ``chunk`` at a time (``status_page`` after ``status_page``)."""
+    return pages(lambda after: status_page(reader, flt, limit=chunk, after=after), chunk)
 
 
 @dataclass(frozen=True)
