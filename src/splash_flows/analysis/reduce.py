@@ -11,7 +11,10 @@ Per frame, and why:
 - **Grazing incidence** (``Sample Alpha Stage`` non-zero, see ``metadata.is_grazing_incidence``): the q_ip/q_oop
   map comes from pyFAI's ``FiberIntegrator.integrate2d_grazing_incidence`` with THAT frame's incident angle. One
   ``FiberIntegrator`` per (geometry, angle): an integrator is never reused across angles, so a cached table
-  built for another angle can never give silently wrong q values.
+  built for another angle can never give silently wrong q values. What does not depend on the angle is
+  computed once per geometry and shared (``Integrators.fiber``): the pixel positions (pyFAI computes them
+  again on every q_ip / q_oop array it builds) and the solid angles; the q_ip / q_oop arrays themselves are
+  the new integrator's own. Same numbers as a fresh ``FiberIntegrator`` (tests compare them bit for bit).
 - **Mask**: the detector's own module gaps (pyFAI's Pilatus definition), every pixel the frame marks negative
   (-1 gaps, -2 bad pixels), a disc of ``beamstop_radius_mm`` around the beam centre, and an optional mask file.
 - **Normalisation**: by the flux the sample saw during the exposure, from the exposure time and the monitor the
@@ -162,18 +165,43 @@ def poni_text_of(ai: AzimuthalIntegrator) -> str:
     return out.getvalue()
 
 
+@functools.cache
+def _shared_geometry_fiber_class() -> Any:
+    """pyFAI's ``FiberIntegrator`` whose pixel positions may come from an array shared by every integrator of the
+    same geometry (``shared_positions``). pyFAI computes the positions again each time it builds a q_ip or q_oop
+    array (its ``position_array`` says "not cached, generated on demand (costly)"), twice per new angle; they
+    depend only on the geometry, which a fibre integrator here never changes after it is made."""
+    from pyFAI.integrator.fiber import FiberIntegrator
+
+    class SharedGeometryFiberIntegrator(FiberIntegrator):  # type: ignore[misc]
+        shared_positions: npt.NDArray[np.float64] | None = None
+
+        def position_array(self, shape: Any = None, corners: bool = False, dtype: Any = np.float64,
+                           use_cython: bool = True, do_parallax: bool = True) -> Any:
+            pos = self.shared_positions
+            if (pos is not None and not corners and dtype is np.float64 and use_cython and do_parallax
+                    and pos.shape[:2] == tuple(self.get_shape(shape))):
+                return pos
+            return super().position_array(shape, corners=corners, dtype=dtype, use_cython=use_cython,
+                                          do_parallax=do_parallax)
+
+    return SharedGeometryFiberIntegrator
+
+
 class Integrators:
     """The integrators and masks of one process, built once per geometry (thread-safe).
 
     ``azimuthal(poni)`` is shared by every frame of that geometry; ``fiber(poni, alpha)`` is one per (geometry,
-    incident angle), the last ``FIBER_CACHE`` kept.
+    incident angle, sample orientation), the last ``FIBER_CACHE`` kept; what does not depend on the angle (pixel
+    positions, solid angles) is computed once per geometry.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._azimuthal: dict[str, AzimuthalIntegrator] = {}
-        self._fiber: OrderedDict[tuple[str, float], FiberIntegrator] = OrderedDict()
+        self._fiber: OrderedDict[tuple[str, float, int], FiberIntegrator] = OrderedDict()
         self._masks: dict[tuple[str, float, str | None, tuple[int, int]], npt.NDArray[np.bool_]] = {}  # and rings
+        self._positions: dict[str, npt.NDArray[np.float64]] = {}
         self.built = 0  # integrators built (tests check reuse)
 
     def prepare(self, poni_text: str, settings: Settings) -> None:
@@ -196,24 +224,56 @@ class Integrators:
                 self.built += 1
             return ai
 
-    def fiber(self, poni_text: str, alpha_deg: float) -> FiberIntegrator:
-        from pyFAI.integrator.fiber import FiberIntegrator
+    def fiber(self, poni_text: str, alpha_deg: float, sample_orientation: int = 3) -> FiberIntegrator:
+        """The fibre integrator of this geometry at this incident angle (degrees) and sample orientation, made
+        ready for ``integrate2d_grazing_incidence`` with those values: pyFAI's grazing parameters are set as that
+        call sets them (so its first call does not reset the integrator), the pixel positions are this geometry's
+        shared array and the solid angles its azimuthal integrator's. What depends on the angle (q_ip, q_oop) is
+        computed by pyFAI in this integrator, as for a fresh one. A call with other grazing parameters resets it
+        (pyFAI's own check) and computes its own solid angles again: slower, never wrong."""
+        from pyFAI.units import ANGLE_UNITS, to_unit
 
-        key = (poni_key(poni_text), float(alpha_deg))
+        key = (poni_key(poni_text), float(alpha_deg), int(sample_orientation))
         with self._lock:
             fi = self._fiber.get(key)
             if fi is not None:
                 self._fiber.move_to_end(key)
                 return fi
         base = self.azimuthal(poni_text)
-        fi = FiberIntegrator(dist=base.dist, poni1=base.poni1, poni2=base.poni2, rot1=base.rot1, rot2=base.rot2,
-                             rot3=base.rot3, detector=base.detector, wavelength=base.wavelength)
+        shape = tuple(base.detector.shape)
+        fi = _shared_geometry_fiber_class()(
+            dist=base.dist, poni1=base.poni1, poni2=base.poni2, rot1=base.rot1, rot2=base.rot2, rot3=base.rot3,
+            detector=base.detector, wavelength=base.wavelength)
+        fi.auto_gc = False  # pyFAI would run a full gc.collect() at every reset: memory hygiene, no result
+        fi.shared_positions = self.positions(poni_text)
+        # the grazing parameters as integrate2d_grazing_incidence(angle_unit="deg", tilt_angle=0) converts them,
+        # so that its first call finds them set and keeps what is cached below
+        deg = to_unit("deg", ANGLE_UNITS)
+        fi.reset_integrator(incident_angle=(float(alpha_deg) % deg.period) / deg.scale,
+                            tilt_angle=(0.0 % deg.period) / deg.scale, sample_orientation=int(sample_orientation))
+        solid, crc = base.solidAngleArray(shape, True, with_checksum=True)  # order 3, as integrate2d asks
+        fi._cached_array.setdefault(f"solid_angle#{base._dssa_order}", solid)
+        fi._cached_array.setdefault(f"solid_angle#{base._dssa_order}_crc", crc)
         with self._lock:
             self._fiber[key] = fi
             self.built += 1
             while len(self._fiber) > FIBER_CACHE:
                 self._fiber.popitem(last=False)
         return fi
+
+    def positions(self, poni_text: str) -> npt.NDArray[np.float64]:
+        """The (z, y, x) position of every pixel centre of this geometry (pyFAI's ``position_array``, read-only),
+        computed once: the fibre integrators of every angle use it (``fiber``)."""
+        key = poni_key(poni_text)
+        with self._lock:
+            cached = self._positions.get(key)
+        if cached is not None:
+            return cached
+        ai = self.azimuthal(poni_text)
+        pos = np.asarray(ai.position_array(tuple(ai.detector.shape), corners=False), dtype=np.float64)
+        pos.setflags(write=False)
+        with self._lock:
+            return self._positions.setdefault(key, pos)
 
     def rings(self, poni_text: str, shape: tuple[int, int]) -> npt.NDArray[np.bool_]:
         """Pixels within about a pixel of a ring of the calibrant (``CALIBRANT``), built once per geometry."""
@@ -483,7 +543,7 @@ def grazing_map(frame: Frame, image: npt.NDArray[Any], mask: npt.NDArray[np.bool
                 integrators: Integrators) -> GIMap:
     """The q_ip / q_oop map of a grazing-incidence frame, with the fibre integrator of THIS frame's angle."""
     assert frame.alpha_deg is not None
-    fi = integrators.fiber(poni_text, frame.alpha_deg)
+    fi = integrators.fiber(poni_text, frame.alpha_deg, settings.gi_sample_orientation)
     res = fi.integrate2d_grazing_incidence(
         image, npt_ip=settings.gi_npt, npt_oop=settings.gi_npt, incident_angle=frame.alpha_deg, tilt_angle=0.0,
         sample_orientation=settings.gi_sample_orientation, angle_unit="deg", mask=mask,

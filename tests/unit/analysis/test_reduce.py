@@ -141,6 +141,54 @@ def test_one_fibre_integrator_per_incident_angle_never_reused_across_angles() ->
     assert other.incident_angle in (0.0, pytest.approx(np.deg2rad(0.2)))
 
 
+def _fresh_fiber_map(frame: Frame, poni: str, settings: Settings, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The map pyFAI gives with a new, untouched ``FiberIntegrator`` of the geometry (nothing shared, nothing kept)."""
+    from pyFAI.integrator.fiber import FiberIntegrator
+
+    base = Integrators().azimuthal(poni)
+    fi = FiberIntegrator(dist=base.dist, poni1=base.poni1, poni2=base.poni2, rot1=base.rot1, rot2=base.rot2,
+                         rot3=base.rot3, detector=base.detector, wavelength=base.wavelength)
+    res = fi.integrate2d_grazing_incidence(
+        frame.image, npt_ip=settings.gi_npt, npt_oop=settings.gi_npt, incident_angle=frame.alpha_deg,
+        tilt_angle=0.0, sample_orientation=settings.gi_sample_orientation, angle_unit="deg", mask=mask,
+        method=("no", "histogram", "cython"), normalization_factor=frame.normalization)
+    return np.asarray(res.intensity), np.asarray(res.inplane), np.asarray(res.outofplane)
+
+
+@pytest.mark.parametrize("orientation", [3, 2])
+def test_shared_geometry_gives_the_maps_of_a_fresh_fibre_integrator_bit_for_bit(orientation: int) -> None:
+    """Positions and solid angles computed once per geometry and shared across angles: each angle's map equals,
+    bit for bit, the one of a new ``FiberIntegrator`` that computes everything itself."""
+    integrators = Integrators()
+    poni = poni_text()
+    settings = Settings(npt=300, beamstop_radius_mm=2.0, gi_npt=300, gi_sample_orientation=orientation)
+    rng = np.random.default_rng(7)
+    for alpha in (0.12, 0.3, 0.12, 0.17):  # a new angle, another, the first again (kept), a third
+        frame = _gi_frame(alpha)
+        frame.image = frame.image + rng.poisson(50.0, SHAPE)
+        red = reduce_frame(frame, poni, settings, integrators)
+        assert red.gi is not None
+        intensity, q_ip, q_oop = _fresh_fiber_map(frame, poni, settings, red.mask)
+        assert np.array_equal(red.gi.intensity, intensity, equal_nan=True)
+        assert np.array_equal(red.gi.q_ip, q_ip) and np.array_equal(red.gi.q_oop, q_oop)
+        fi = integrators.fiber(poni, alpha, orientation)
+        # the first call kept what was prepared: no reset by pyFAI, the geometry's arrays are the shared ones
+        assert fi._cached_array["solid_angle#3.0"] is integrators.azimuthal(poni)._cached_array["solid_angle#3.0"]
+        assert fi.position_array(SHAPE) is integrators.positions(poni)
+    assert integrators.built == 4  # one azimuthal integrator, three fibre integrators (0.12 was kept)
+
+
+def test_shared_positions_are_pyfais_and_read_only() -> None:
+    integrators = Integrators()
+    poni = poni_text()
+    pos = integrators.positions(poni)
+    assert integrators.positions(poni) is pos and not pos.flags.writeable
+    assert np.array_equal(pos, Integrators().azimuthal(poni).position_array(SHAPE, corners=False))
+    fi = integrators.fiber(poni, 0.2)
+    corners = fi.position_array(SHAPE, corners=True)  # anything but the centres is pyFAI's own computation
+    assert corners.shape == (*SHAPE, 4, 3)
+
+
 def test_transmission_frame_has_no_map() -> None:
     red = reduce_frame(_gi_frame(0.0), poni_text(), Settings(npt=200), Integrators())
     assert red.gi is None
