@@ -130,6 +130,7 @@ def load_poni(poni_text: str, *, label: str = "calibration") -> AzimuthalIntegra
             raise ValueError("no Distance line")
         poni = PoniFile(values)
         ai = AzimuthalIntegrator()
+        ai.auto_gc = False  # else pyFAI runs a full gc.collect() when it sets the geometry (0.1-0.4 s in a flow)
         ai._init_from_poni(poni)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise AnalysisError(f"not a readable PONI file: {type(exc).__name__}: {exc}", scan=label) from exc
@@ -206,14 +207,21 @@ class Integrators:
 
     def prepare(self, poni_text: str, settings: Settings) -> None:
         """Build everything a geometry needs before its first frame: the integrator, its static mask, the
-        calibrant's rings, and pyFAI's own per-geometry arrays (its first ``integrate1d`` computes the q of
-        every pixel: seconds on a 2M). A pool worker does this at start-up, in parallel with the others."""
+        calibrant's rings, the pixel positions the fibre integrators share, and pyFAI's own per-geometry arrays
+        (its first ``integrate1d`` computes the q of every pixel: seconds on a 2M). A pool worker does this at
+        start-up, in parallel with the others; the demo while it imports Prefect.
+
+        In the order a first frame fills them (``reduce_frame``): pyFAI keeps ONE q array per integrator, and
+        ``integrate1d`` computes it otherwise than ``qArray`` (which ``rings`` calls) does, 1e-7 apart; the q
+        array of whichever runs first is the one every later frame is binned with. Integrating first keeps a
+        prepared integrator's results equal, bit for bit, to those of one that was not prepared (tested)."""
         ai = self.azimuthal(poni_text)
         shape = tuple(ai.detector.shape)
         mask = self.static_mask(poni_text, settings, shape)
-        self.rings(poni_text, shape)
         ai.integrate1d(np.ones(shape, dtype=np.int32), settings.npt, unit=settings.unit, method=settings.method,
                        mask=np.array(mask), error_model="poisson", normalization_factor=1.0)  # pyFAI wants it writable
+        self.rings(poni_text, shape)
+        self.positions(poni_text)  # for the fibre integrators of grazing-incidence frames
 
     def azimuthal(self, poni_text: str) -> AzimuthalIntegrator:
         key = poni_key(poni_text)

@@ -178,6 +178,22 @@ def test_shared_geometry_gives_the_maps_of_a_fresh_fibre_integrator_bit_for_bit(
     assert integrators.built == 4  # one azimuthal integrator, three fibre integrators (0.12 was kept)
 
 
+def test_a_prepared_geometry_reduces_to_the_numbers_of_a_fresh_one() -> None:
+    """``Integrators.prepare`` (a pool worker's start-up, the demo's simulation thread) only fills caches earlier."""
+    poni = poni_text()
+    settings = Settings(npt=300, beamstop_radius_mm=2.0, gi_npt=200)
+    prepared = Integrators()
+    prepared.prepare(poni, settings)
+    for alpha in (0.0, 0.2):
+        a = reduce_frame(_gi_frame(alpha), poni, settings, prepared)
+        b = reduce_frame(_gi_frame(alpha), poni, settings, Integrators())
+        for x, y in ((a.radial, b.radial), (a.intensity, b.intensity), (a.sigma, b.sigma), (a.mask, b.mask)):
+            assert np.array_equal(x, y, equal_nan=True)
+        assert (a.gi is None) == (b.gi is None) == (alpha == 0.0)
+        if a.gi is not None and b.gi is not None:
+            assert np.array_equal(a.gi.intensity, b.gi.intensity, equal_nan=True)
+
+
 def test_shared_positions_are_pyfais_and_read_only() -> None:
     integrators = Integrators()
     poni = poni_text()
