@@ -209,7 +209,7 @@ class Integrators:
         """Build everything a geometry needs before its first frame: the integrator, its static mask, the
         calibrant's rings, the pixel positions the fibre integrators share, and pyFAI's own per-geometry arrays
         (its first ``integrate1d`` computes the q of every pixel: seconds on a 2M). A pool worker does this at
-        start-up, in parallel with the others; the demo while it imports Prefect.
+        start-up, in parallel with the others.
 
         In the order a first frame fills them (``reduce_frame``): pyFAI keeps ONE q array per integrator, and
         ``integrate1d`` computes it otherwise than ``qArray`` (which ``rings`` calls) does, 1e-7 apart; the q

@@ -33,15 +33,6 @@ def init_worker(workers: int, poni_texts: tuple[str, ...] = (), settings: dict[s
     threads = str(threads_per_worker(workers))
     for name in _THREAD_VARS:
         os.environ.setdefault(name, threads)
-    prepare_process(poni_texts, settings)
-
-
-def prepare_process(poni_texts: tuple[str, ...] = (), settings: dict[str, Any] | None = None) -> None:
-    """Load what writing outputs needs and build this process's integrators of ``poni_texts`` (with ``settings``,
-    ``Settings.as_dict``): what a pool worker does at start-up, and what the demo does in the process that
-    reduces, while Prefect is imported. Only earlier, never different: every cache is keyed by geometry and
-    settings, so a geometry or setting the scans do not use costs time, not correctness. A geometry that cannot
-    be prepared is left alone (its scans report why)."""
     if not poni_texts or settings is None:
         return
     from splash_flows.analysis import outputs

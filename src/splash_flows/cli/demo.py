@@ -86,56 +86,6 @@ def demo_workers(small: bool, cores: int | None = None) -> int:
     return 1 if small or cores < 4 else 2
 
 
-def in_process_analysis(config: Config) -> dict[str, Any] | None:
-    """The reduction settings (``Settings.as_dict``) when the demo's flow reduces in this very process (the local
-    backend with one worker, see ``demo_workers``), else None: a pool's workers prepare themselves."""
-    analysis = config.analysis
-    if not analysis.enabled or analysis.backend != "local" or analysis.workers != 1:
-        return None
-    from splash_flows.analysis.reduce import Settings
-
-    return Settings.from_config(analysis, config.checksum).as_dict()
-
-
-class Simulation(threading.Thread):
-    """The demo's acquisitions, simulated in a thread while the main thread imports Prefect and the flows (the
-    two are independent; the simulation's pixel work, its file writes and fsyncs run outside the GIL). Then,
-    when ``prepare`` holds the reduction settings (the flow reduces in this process), the simulated beamline's
-    geometry is prepared as a pool worker prepares it at start-up (``worker_init.prepare_process``): the same
-    caches the flow's first frame would otherwise fill, built earlier -- the flow still reduces every frame.
-    ``wait`` re-raises whatever stopped it."""
-
-    def __init__(self, data_root: Path, scans: int, *, small: bool, prepare: dict[str, Any] | None) -> None:
-        super().__init__(name="demo-simulation", daemon=True)
-        # numpy is imported here, in the calling thread: the two threads' imports then share no big package
-        from splash_flows.beamlines.bl733 import simulator  # noqa: F401
-
-        self.data_root, self.scans, self.small, self.prepare = data_root, scans, small, prepare
-        self.seconds = 0.0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        start = time.monotonic()
-        try:
-            from splash_flows.beamlines.bl733.simulator import simulate_acquisitions, simulated_poni
-
-            simulate_acquisitions(self.data_root, self.scans, small=self.small,
-                                  hi_lo_every=3 if self.scans >= 3 else 0, first_sample="AgBh_cal")
-            self.seconds = time.monotonic() - start
-            if self.prepare is not None:
-                from splash_flows.analysis.worker_init import prepare_process
-
-                prepare_process((simulated_poni(self.small),), self.prepare)
-        except BaseException as err:  # noqa: BLE001 - re-raised by wait(), in the demo's own thread
-            self.error = err
-
-    def wait(self) -> None:
-        """Join the thread; re-raise what stopped it."""
-        self.join()
-        if self.error is not None:
-            raise self.error
-
-
 def write_demo_config(root: Path, catalogue_from: Path | None = None, *, small: bool = False,
                       by: str = "demo") -> Path:
     """Write ``root/splash-flows.yaml``: the embedded default with paths relative to ``root`` (relocatable).
@@ -259,32 +209,27 @@ def _demo_body(root: Path, server: ServerHandle | None, *, scans: int, small: bo
     source = build_tier(config.move.source, config)
     existing = [st for st in source.walk() if st.path.endswith(".edf")]
     lap("start")
-    simulation: Simulation | None = None
     if existing and not more:
         console.print(f"{config.move.source}/ already holds {len(existing)} image(s) from an earlier run: "
                       "moving those again (use --more to acquire new scans)", highlight=False)
-        status = "importing Prefect and the flows ..."
     else:
-        simulation = Simulation(Path(config.tiers[config.move.source].root), scans, small=small,
-                                prepare=in_process_analysis(config))
-        simulation.start()  # in a thread, while this one imports Prefect and the flows
-        status = f"simulating {scans} acquisition(s) into {config.move.source}/ and importing Prefect ..."
-    with console.status(status):
-        from splash_flows.flows.bl733.dispatcher import dispatcher
-        from splash_flows.ledger import Ledger
-        from splash_flows.ledger.catalogue import scan_counts
+        from splash_flows.beamlines.bl733.simulator import simulate_acquisitions
 
-        lap("import Prefect and the flows" + (" while simulating" if simulation is not None else ""))
-        if simulation is not None:
-            simulation.wait()
-            lap("rest of the simulation")
+        with console.status(f"simulating {scans} acquisition(s) into {config.move.source}/ ..."):
+            simulate_acquisitions(Path(config.tiers[config.move.source].root), scans, small=small,
+                                  hi_lo_every=3 if scans >= 3 else 0, first_sample="AgBh_cal")
+        lap("simulate")
     files = list(source.walk())
     paths = [st.path for st in files]
     total_bytes = sum(st.size for st in files)
-    console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/"
-                  + (f" (simulated in {simulation.seconds:.1f} s)" if simulation is not None else ""),
-                  highlight=False)
+    console.print(f"{len(paths)} file(s), {human_size(total_bytes)} in {config.move.source}/", highlight=False)
     calibrate_demo(root, config, small=small)
+
+    from splash_flows.flows.bl733.dispatcher import dispatcher
+    from splash_flows.ledger import Ledger
+    from splash_flows.ledger.catalogue import scan_counts
+
+    lap("import Prefect and the flows")
     if server is not None:
         how = "started" if server.started else "reused"
         with console.status(f"waiting for the Prefect server ({how}, {server.api_url}) ..."):

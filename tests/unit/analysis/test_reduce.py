@@ -179,7 +179,7 @@ def test_shared_geometry_gives_the_maps_of_a_fresh_fibre_integrator_bit_for_bit(
 
 
 def test_a_prepared_geometry_reduces_to_the_numbers_of_a_fresh_one() -> None:
-    """``Integrators.prepare`` (a pool worker's start-up, the demo's simulation thread) only fills caches earlier."""
+    """``Integrators.prepare`` (a pool worker's start-up) only fills caches earlier."""
     poni = poni_text()
     settings = Settings(npt=300, beamstop_radius_mm=2.0, gi_npt=200)
     prepared = Integrators()
