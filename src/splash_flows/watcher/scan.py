@@ -13,7 +13,7 @@ from splash_flows.errors import (
     PathEscapeError,
     TierError,
 )
-from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_versions
+from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_in_folders
 from splash_flows.ledger.scan_state import Settled, settled_folders, update_settled
 from splash_flows.paths import display_path, safe_join
 from splash_flows.selection import scan_tree
@@ -29,7 +29,9 @@ SETTLE_MARGIN_NS = 2_000_000_000  # a folder changed this recently before a scan
 # (folder, its mtime in ns before it was listed, files listed, could settle: a leaf folder holding only files to
 # move, listed without trouble) for each folder a chunk completes
 _Folder = tuple[str, int | None, int, bool]
-_Chunk = tuple[list[Found], list[_Folder]]
+# a chunk's files, the folders it completes, and the (start, end) slices of its files that are each the whole
+# listing of a leaf folder (looked up as one index range: ``verified_in_folders``); the rest by name
+_Chunk = tuple[list[Found], list[_Folder], list[tuple[int, int]]]
 
 
 class ScanMixin(WatcherBase):
@@ -86,13 +88,14 @@ class ScanMixin(WatcherBase):
         since = self._in_flight_since()
         dirty: set[str] = set()  # folders still being listed that hold a file not verified (bounded: open ones)
         try:
-            for chunk, folders in self._walk_ahead(prefix, light):
+            for chunk, folders, leaves in self._walk_ahead(prefix, light):
                 if self._stop.is_set():
                     break
                 if unmet:
                     unmet.difference_update(f[0] for f in chunk)
                 try:
-                    verified = verified_versions(self.ledger, self.tier, self.targets, [f[0] for f in chunk])
+                    verified = verified_in_folders(self.ledger, self.tier, self.targets,
+                                                   [f[0] for f in chunk], leaves)
                 except LedgerError as err:
                     log.error("rescan: cannot read the ledger, treating %d file(s) as not yet verified: %s",
                               len(chunk), err)
@@ -277,6 +280,7 @@ class ScanMixin(WatcherBase):
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
         pending: list[Found] = []
         done: list[_Folder] = []
+        leaves: list[tuple[int, int]] = []
         for ruled in scan_tree(self.root, start, self.rule, skip=self._skip_settled if light else None):
             listing = ruled.listing
             folder = listing.folder
@@ -294,12 +298,14 @@ class ScanMixin(WatcherBase):
                     self._symlink(rel)
             for refused in ruled.refused:
                 self._refuse(refused.path, refused.reason)
+            if ruled.files and not listing.subfolders:
+                leaves.append((len(pending), len(pending) + len(ruled.files)))
             pending += [(rel, (st.st_size, st.st_mtime), st.st_mtime_ns) for rel, st in ruled.files]
             if folder:  # a folder settles only when all it holds are files to move (its record stands for them)
                 done.append((folder, listing.mtime_ns, len(ruled.files), ruled.settleable))
             if len(pending) >= SCAN_CHUNK:
-                yield pending, done
-                pending, done = [], []
+                yield pending, done, leaves
+                pending, done, leaves = [], [], []
         if pending or done:
-            yield pending, done
+            yield pending, done, leaves
 
