@@ -244,6 +244,15 @@ _VERIFIED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
              .where(SourceFile.source_tier == bindparam("tier"),
                     SourceFile.path.in_(bindparam("paths", expanding=True)),
                     _VERIFIED_TARGETS == bindparam("n_targets")))
+# PostgreSQL keeps the grouped join whose plan was measured at 10M copies (docs/PERFORMANCE.md, section 5,
+# "rescan chunk"); same answer (tests/unit/watcher/test_outbox.py runs on both).
+_VERIFIED_JOINED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
+                    .join(Copy, Copy.file_id == SourceFile.id)
+                    .where(SourceFile.source_tier == bindparam("tier"),
+                           SourceFile.path.in_(bindparam("paths", expanding=True)),
+                           Copy.tier.in_(bindparam("targets", expanding=True)), Copy.state == CopyState.VERIFIED)
+                    .group_by(SourceFile.id, SourceFile.path, SourceFile.size, SourceFile.mtime)
+                    .having(func.count(func.distinct(Copy.tier)) == bindparam("n_targets")))
 
 
 @functools.cache
@@ -276,10 +285,11 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
     if not wanted:
         raise LedgerError("verified_versions needs at least one target tier")
     unique = list(dict.fromkeys(paths))
+    stmt = _VERIFIED if ledger.engine.dialect.name == "sqlite" else _VERIFIED_JOINED
     with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
         for chunk in in_chunks(unique):
-            rows = conn.execute(_VERIFIED, {"tier": source_tier, "paths": chunk, "targets": wanted,
-                                            "n_targets": len(wanted)}).all()
+            rows = conn.execute(stmt, {"tier": source_tier, "paths": chunk, "targets": wanted,
+                                       "n_targets": len(wanted)}).all()
             out.update({path: (size, mtime) for path, size, mtime in rows})
     return out
 
