@@ -286,3 +286,20 @@ def test_an_old_file_keeps_the_quiet_period_where_closes_are_not_the_signal(
     assert w.rescan("old") == 1
     assert w.check_candidates(time.monotonic()) == 0
     assert w.check_candidates(time.monotonic() + QUIET + 1) == 1
+
+
+def test_a_tick_checks_a_bounded_number_of_due_candidates_and_the_rest_the_next(
+        make_watcher: Callable[..., Watcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    from splash_flows.watcher import readiness
+
+    monkeypatch.setattr(readiness, "CHECK_PER_TICK", 2)
+    w = make_watcher()
+    for i in range(5):
+        _write(w, f"old/{i}.edf", os.urandom(10))
+        _age(w.root / f"old/{i}.edf", QUIET + SETTLED_AGE_S)
+    assert w.rescan("old") == 5
+    now = time.monotonic()
+    w._wake.clear()
+    assert [w.check_candidates(now) for _ in range(4)] == [2, 2, 1, 0]
+    assert w._wake.is_set()  # the loop was told to come back at once while more were due
+    assert _batched(w) == [f"old/{i}.edf" for i in range(5)]
