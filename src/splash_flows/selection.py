@@ -171,8 +171,18 @@ def scan_tree(root: Path, start: Path, rule: MoveRule, *, skip: SkipFolders | No
         yield RuledFolder(listing, files, refused)
 
 
+class SourceChunk(list[FileStat]):
+    """One chunk of ``stream_source``: its files, and ``leaves``, the ``(start, end)`` slices of it that each
+    hold every file of one leaf folder (none below it on disk), which the ledger can look up as one range
+    (``ledger.outbox.verified_in_folders``). Empty when the walk cannot tell (a tier other than local)."""
+
+    def __init__(self, files: Iterable[FileStat] = (), leaves: list[tuple[int, int]] | None = None) -> None:
+        super().__init__(files)
+        self.leaves: list[tuple[int, int]] = leaves if leaves is not None else []
+
+
 def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = "", *,
-                  chunk: int = 2000) -> Iterator[list[FileStat]]:
+                  chunk: int = 2000) -> Iterator[SourceChunk]:
     """The files to move under ``prefix`` of the source tier, in lists of about ``chunk`` (memory stays flat
     however large the tree); what the rule refuses, and what could not be read, is added to ``out`` (the
     unreadable places once the walk is done). Each name is checked once (``MoveRule.refusal_in``). A local
@@ -181,7 +191,7 @@ def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = 
         yield from _stream_local(tier, rule, out, prefix, chunk)
         return
     problems: list[WalkProblem] = []
-    pending: list[FileStat] = []
+    pending = SourceChunk()
     folder, clean = None, False
     for st in tier.walk(prefix, ignore=rule.ignored_name, problems=problems):
         here = st.path.rpartition("/")[0]
@@ -192,7 +202,7 @@ def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = 
             pending.append(st)
             if len(pending) >= chunk:
                 yield pending
-                pending = []
+                pending = SourceChunk()
         else:
             out.refused.append(refused)
     if pending:
@@ -202,13 +212,13 @@ def stream_source(tier: Tier, rule: MoveRule, out: SourceListing, prefix: str = 
 
 
 def _stream_local(tier: LocalTier, rule: MoveRule, out: SourceListing, prefix: str,
-                  chunk: int) -> Iterator[list[FileStat]]:
+                  chunk: int) -> Iterator[SourceChunk]:
     """``stream_source`` of a local tier, with ``LocalTier.walk``'s answers: a folder that cannot be listed and
     a file that cannot be stat'ed are unreadable (the command is incomplete), a FIFO, socket or device is
     refused, a symlink is left out."""
     start = tier.walk_start(prefix)
     problems: list[WalkProblem] = []
-    pending: list[FileStat] = []
+    pending = SourceChunk()
     for ruled in scan_tree(tier.root, start, rule):
         listing = ruled.listing
         if listing.error is not None:
@@ -217,10 +227,12 @@ def _stream_local(tier: LocalTier, rule: MoveRule, out: SourceListing, prefix: s
         problems += [WalkProblem(rel, why, fatal=True) for rel, why in listing.problems]
         problems += [WalkProblem(rel, f"{what}, not a regular file", fatal=False) for rel, what in listing.specials]
         out.refused += ruled.refused
+        if ruled.files and not listing.subfolders:
+            pending.leaves.append((len(pending), len(pending) + len(ruled.files)))
         pending += [FileStat(rel, st.st_size, st.st_mtime) for rel, st in ruled.files]
         if len(pending) >= chunk:
             yield pending
-            pending = []
+            pending = SourceChunk()
     if pending:
         yield pending
     for p in problems:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -574,6 +575,35 @@ def test_a_light_rescan_passes_over_settled_folders_and_a_full_one_checks_every_
     assert "p/c" in settled_folders(h.ledger, "data733", ["p/c"])
     Outbox(h.ledger).add("d/x", ["p/c/x.edf"], source_tier="data733")  # a file of p/c is being sent
     assert settled_folders(h.ledger, "data733", ["p/c"]) == {}
+
+
+def test_a_full_rescan_looks_up_leaf_folders_by_range_and_still_finds_every_change(
+        watch_config: Config, make_harness: MakeHarness, ctx_sqlite: Context) -> None:
+    """A full scan asks the ledger about a leaf folder's files as one range of the path index (SQLite). It
+    still finds each file not verified on every target at its current version -- a copy no longer verified,
+    a size change, an mtime-only change, a new name (a file renamed: the old name's verified row lies in the
+    range), a file in a sibling folder whose name sorts inside the range -- and nothing else: rows in the range
+    the walk did not list (a file deleted, a subfolder removed) are never offered."""
+    h = make_harness(watch_config, start=False)  # no observer: every change is found by the scan alone
+    rels = [f"q/a/frame_{i}.edf" for i in range(6)] + ["q/a/gone/x.edf", "q/a-1/y.edf", "q/b/z.edf"]
+    for rel in rels:
+        (h.root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (h.root / rel).write_bytes(os.urandom(100))
+    move_files(ctx_sqlite, rels).raise_for_failures()
+    assert h.watcher.rescan() == 0
+    shutil.rmtree(h.root / "q/a/gone")  # q/a is a leaf folder now; its subfolder's verified row stays
+    (h.root / "q/a/frame_5.edf").unlink()  # deleted: its verified row stays too
+    source = h.ledger.get_source("data733", "q/a/frame_0.edf")
+    assert source is not None
+    h.ledger.record_failed("q/a/frame_0.edf", "cfs", "copy lost", source=source)  # no longer verified on cfs
+    (h.root / "q/a/frame_1.edf").write_bytes(os.urandom(101))  # a new size
+    st = (h.root / "q/a/frame_2.edf").stat()
+    os.utime(h.root / "q/a/frame_2.edf", ns=(st.st_atime_ns, st.st_mtime_ns - 5_000_000_000))  # mtime only
+    (h.root / "q/a/frame_3.edf").rename(h.root / "q/a/frame_3b.edf")  # same size and mtime, a new name
+    (h.root / "q/a-1/new.edf").write_bytes(b"new")
+    assert h.watcher.rescan() == 5
+    assert set(h.watcher._candidates) == {"q/a/frame_0.edf", "q/a/frame_1.edf", "q/a/frame_2.edf",
+                                          "q/a/frame_3b.edf", "q/a-1/new.edf"}
 
 
 def test_a_periodic_light_rescan_request_is_made_full_by_any_full_one(

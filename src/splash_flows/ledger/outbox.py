@@ -8,13 +8,14 @@ before a crash returns the same flow run instead of creating a second one.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, or_, select
+from sqlalchemy import Select, bindparam, delete, func, insert, or_, select
 
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import (
@@ -81,27 +82,41 @@ class Outbox:
         None (or no ``versions``) for "any version" (``in_flight_versions``). With ``source_tier``, the folders
         of ``paths`` stop being settled (``ledger.scan_state``) in the same transaction: a file of theirs is
         being sent, so light rescans list them again until a full scan finds them all verified."""
-        if not paths:
-            raise LedgerError("refusing to write an empty batch to the outbox")
-        if versions is not None and len(versions) != len(paths):
-            raise LedgerError(f"outbox entry of {len(paths)} path(s) given {len(versions)} version(s)")
+        return self.add_many(deployment, [(paths, versions)], source_tier=source_tier)[0]
+
+    def add_many(self, deployment: str,
+                 batches: Sequence[tuple[Sequence[str], Sequence[tuple[int, float] | None] | None]], *,
+                 source_tier: str | None = None) -> list[OutboxRecord]:
+        """``add`` for several entries, in order (their ids increase as ``batches`` go), in ONE transaction:
+        either every entry is written or none is. A backfill writes hundreds of entries a second; one commit
+        and one ``executemany`` of path rows per flush instead of per entry."""
+        if not batches:
+            return []
+        members: list[dict[str, tuple[int, float] | None]] = []
+        for paths, versions in batches:
+            if not paths:
+                raise LedgerError("refusing to write an empty batch to the outbox")
+            if versions is not None and len(versions) != len(paths):
+                raise LedgerError(f"outbox entry of {len(paths)} path(s) given {len(versions)} version(s)")
+            members.append({path: versions[i] if versions is not None else None for i, path in enumerate(paths)})
         now = utcnow()
-        members: dict[str, tuple[int, float] | None] = {}
-        for i, path in enumerate(paths):
-            members[path] = versions[i] if versions is not None else None
-        key = new_idempotency_key()
+        keys = [new_idempotency_key() for _ in batches]
         with self.ledger.session() as sess:
             conn = sess.connection()  # Core statements: the ORM's unit of work cost a backfill 10% of its CPU
-            entry_id = conn.execute(_ADD_ENTRY, {
-                "created_at": now, "idempotency_key": key, "deployment": deployment, "paths": list(paths),
-                "state": OutboxState.PENDING, "attempts": 0}).scalar_one()
+            ids: list[int] = []
+            for (paths, _), key in zip(batches, keys, strict=True):
+                ids.append(conn.execute(_ADD_ENTRY, {
+                    "created_at": now, "idempotency_key": key, "deployment": deployment, "paths": list(paths),
+                    "state": OutboxState.PENDING, "attempts": 0}).scalar_one())
             conn.execute(_ADD_PATHS, [
                 {"entry_id": entry_id, "path": path, "size": v[0] if v else None, "mtime": v[1] if v else None}
-                for path, v in members.items()])
+                for entry_id, entry in zip(ids, members, strict=True) for path, v in entry.items()])
             if source_tier is not None:
-                for chunk in in_chunks(list({p.rpartition("/")[0] for p in members})):
+                folders = list({p.rpartition("/")[0] for entry in members for p in entry})
+                for chunk in in_chunks(folders):
                     conn.execute(_UNSETTLE, {"tier": source_tier, "paths": chunk})
-        return OutboxRecord(entry_id, now, key, deployment, tuple(paths), OutboxState.PENDING, 0, None, None, None)
+        return [OutboxRecord(entry_id, now, key, deployment, tuple(paths), OutboxState.PENDING, 0, None, None, None)
+                for entry_id, key, (paths, _) in zip(ids, keys, batches, strict=True)]
 
     def release(self, paths: Sequence[str] | None = None, *, under: str | None = None) -> int:
         """Forget that files are in flight (``in_flight_versions``): ``paths``, or every file under the folder
@@ -217,14 +232,46 @@ class Outbox:
 
 
 # One statement for every lookup: the IN lists are expanding parameters, so SQLAlchemy compiles it once (a
-# statement built per chunk coerced every path and compiled anew: a third of a rescan's ledger time).
+# statement built per chunk coerced every path and compiled anew: a third of a rescan's ledger time). "Verified on
+# every target" is a correlated count per file (``uq_copies_file_tier`` makes (file, tier) unique, so the count is
+# of distinct tiers), not a join grouped by file: SQLite stepped the grouped join at 0.70 s of CPU per 100,000
+# paths, the correlated count at 0.44 s (docs/PERFORMANCE.md, section 4).
+_VERIFIED_TARGETS = (select(func.count()).select_from(Copy)
+                     .where(Copy.file_id == SourceFile.id, Copy.tier.in_(bindparam("targets", expanding=True)),
+                            Copy.state == CopyState.VERIFIED)
+                     .scalar_subquery())
 _VERIFIED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
-             .join(Copy, Copy.file_id == SourceFile.id)
              .where(SourceFile.source_tier == bindparam("tier"),
                     SourceFile.path.in_(bindparam("paths", expanding=True)),
-                    Copy.tier.in_(bindparam("targets", expanding=True)), Copy.state == CopyState.VERIFIED)
-             .group_by(SourceFile.id, SourceFile.path, SourceFile.size, SourceFile.mtime)
-             .having(func.count(func.distinct(Copy.tier)) == bindparam("n_targets")))
+                    _VERIFIED_TARGETS == bindparam("n_targets")))
+# PostgreSQL keeps the grouped join whose plan was measured at 10M copies (docs/PERFORMANCE.md, section 5,
+# "rescan chunk"); same answer (tests/unit/watcher/test_outbox.py runs on both).
+_VERIFIED_JOINED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
+                    .join(Copy, Copy.file_id == SourceFile.id)
+                    .where(SourceFile.source_tier == bindparam("tier"),
+                           SourceFile.path.in_(bindparam("paths", expanding=True)),
+                           Copy.tier.in_(bindparam("targets", expanding=True)), Copy.state == CopyState.VERIFIED)
+                    .group_by(SourceFile.id, SourceFile.path, SourceFile.size, SourceFile.mtime)
+                    .having(func.count(func.distinct(Copy.tier)) == bindparam("n_targets")))
+
+
+@functools.cache
+def _verified_range(n_targets: int) -> Select[str, int, float]:
+    """The same question for the paths of one folder, as a range of the (source_tier, path) index between the
+    first and the last of them: no IN list of paths to bind, the index walked once. The targets are ``n_targets``
+    plain parameters (``t0``, ``t1``...), not an expanding list: expanding parameters are rendered into the SQL
+    at every execution, which with one execution per folder cost more than the lookup. SQLite only: its BINARY
+    collation orders UTF-8 paths as Python orders ``str``, while PostgreSQL orders a range by the column's
+    collation."""
+    verified_targets = (select(func.count()).select_from(Copy)
+                        .where(Copy.file_id == SourceFile.id,
+                               Copy.tier.in_([bindparam(f"t{i}") for i in range(n_targets)]),
+                               Copy.state == CopyState.VERIFIED)
+                        .scalar_subquery())
+    return (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
+            .where(SourceFile.source_tier == bindparam("tier"),
+                   SourceFile.path >= bindparam("lo"), SourceFile.path <= bindparam("hi"),
+                   verified_targets == n_targets))
 
 
 def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
@@ -238,11 +285,51 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
     if not wanted:
         raise LedgerError("verified_versions needs at least one target tier")
     unique = list(dict.fromkeys(paths))
+    stmt = _VERIFIED if ledger.engine.dialect.name == "sqlite" else _VERIFIED_JOINED
     with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
         for chunk in in_chunks(unique):
-            rows = conn.execute(_VERIFIED, {"tier": source_tier, "paths": chunk, "targets": wanted,
-                                            "n_targets": len(wanted)})
+            rows = conn.execute(stmt, {"tier": source_tier, "paths": chunk, "targets": wanted,
+                                       "n_targets": len(wanted)}).all()
             out.update({path: (size, mtime) for path, size, mtime in rows})
+    return out
+
+
+def verified_in_folders(ledger: Ledger, source_tier: str, targets: Sequence[str], paths: Sequence[str],
+                        leaves: Sequence[tuple[int, int]]) -> dict[str, tuple[int, float]]:
+    """``verified_versions`` of ``paths``, a walk's listing in which each ``(start, end)`` of ``leaves`` is the
+    slice holding every file of one leaf folder (no folder below it on disk). On SQLite each such folder is one
+    range scan of the path index between its first and last path (rows in that range the walk did not list --
+    a file deleted since, a file of a subfolder removed since -- are read and dropped), the other paths go
+    through ``verified_versions``' IN lists, as every path does on other databases (a range there is ordered
+    by the column's collation). Same answer either way (``tests/unit/watcher/test_outbox.py``), one read
+    transaction."""
+    wanted = sorted(set(targets))
+    if not wanted:
+        raise LedgerError("verified_versions needs at least one target tier")
+    if ledger.engine.dialect.name != "sqlite" or not leaves:
+        return verified_versions(ledger, source_tier, wanted, paths)
+    others: list[str] = []
+    if sum(end - start for start, end in leaves) < len(paths):
+        inside = bytearray(len(paths))
+        for start, end in leaves:
+            inside[start:end] = b"\1" * (end - start)
+        others = [p for p, leaf in zip(paths, inside, strict=True) if not leaf]
+    out: dict[str, tuple[int, float]] = {}
+    by_range = _verified_range(len(wanted))
+    params: dict[str, object] = {f"t{i}": tier for i, tier in enumerate(wanted)}
+    params["tier"] = source_tier
+    with ledger.reading() as conn:
+        for start, end in leaves:
+            if start >= end:
+                continue
+            names = set(paths[start:end])
+            params["lo"], params["hi"] = min(names), max(names)
+            # one fetchall: iterating a result fetches row by row
+            out.update({path: (size, mtime) for path, size, mtime in conn.execute(by_range, params).all()
+                        if path in names})
+        for chunk in in_chunks(list(dict.fromkeys(others))):
+            out.update({path: (size, mtime) for path, size, mtime in conn.execute(_VERIFIED, {
+                "tier": source_tier, "paths": chunk, "targets": wanted, "n_targets": len(wanted)}).all()})
     return out
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from splash_flows.context import Context
-from splash_flows.ledger.outbox import verified_versions
+from splash_flows.ledger.outbox import verified_in_folders
 from splash_flows.ledger.progress import source_progress
 from splash_flows.selection import MoveRule, Refusal, SourceListing, stream_source
 from splash_flows.services.catalogue import CatalogueReport, retry_pending, uncatalogued_scans
@@ -58,10 +58,12 @@ def plan_reconcile(ctx: Context, *, prefix: str = "", min_age: float = 60.0, now
     rule = MoveRule.from_config(ctx.config)
     listing = SourceListing()
     # streamed: one chunk of files and its ledger rows at a time, so memory grows only with what is to send.
-    # The watcher's lookup first (verified on every target, at which version: one grouped query per 500 paths);
-    # only the files it does not vouch for are looked up in detail, to say why they are to be sent.
+    # The watcher's lookup first (verified on every target, at which version: a leaf folder's files as one range
+    # of the path index, other files by name); only the files it does not vouch for are looked up in detail, to
+    # say why they are to be sent.
     for stats in stream_source(ctx.tier(source_name), rule, listing, prefix):
-        safe = verified_versions(ctx.ledger, source_name, sorted(targets), [s.path for s in stats]) if targets else {}
+        safe = (verified_in_folders(ctx.ledger, source_name, sorted(targets), [s.path for s in stats], stats.leaves)
+                if targets else {})
         rest = [s.path for s in stats if safe.get(s.path) != (s.size, s.mtime)]
         known = source_progress(ctx.ledger, source_name, rest) if rest else {}
         for st in stats:

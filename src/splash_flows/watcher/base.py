@@ -79,7 +79,9 @@ class _Candidate:
     reopened: bool = False  # written again after a close (or after it was sent): waits the quiet period
     stat_key: tuple[int, int] | None = None  # (size, mtime_ns) at the start of the current quiet period
     generation: int = 0
-    fresh: bool = False  # found in a folder created while watched: ready once no writer holds it (no quiet period)
+    # found in a folder created while watched, or by a scan with an mtime older than the quiet period (and
+    # ``scan.SETTLED_AGE_S``): ready once no writer holds it, without a quiet period
+    fresh: bool = False
 
 
 CLAIM_CACHE = 20_000  # claims kept in memory once their files are in the outbox (the ledger answers for the rest)

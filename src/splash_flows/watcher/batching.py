@@ -10,6 +10,8 @@ from splash_flows.watcher.base import WatcherBase, _Batch, chunk_bounds
 
 log = logging.getLogger("splash_flows.watcher")
 
+FLUSH_GROUP = 20  # batches written to the outbox in one transaction (a backfill flushes hundreds a second)
+
 
 class BatchingMixin(WatcherBase):
     """Ready files grouped per folder, written to the outbox when due."""
@@ -43,31 +45,39 @@ class BatchingMixin(WatcherBase):
                         else:
                             del self._batches[folder]
         written = 0
-        for i, batch in enumerate(due):
-            start = 0
-            for stop in chunk_bounds(batch.sizes, max_files, max_bytes):
-                paths = batch.paths[start:stop]
-                closes = [c for c in batch.closed_at[start:stop] if c is not None]
-                with self._lock:  # the version each file was accepted at (None: its claim was trimmed: any)
-                    versions = [c.version if (c := self._claims.get(rel)) is not None else None for rel in paths]
-                try:
-                    rec = self.outbox.add(self.settings.deployment, paths, versions, source_tier=self.tier)
-                except LedgerError as err:
-                    log.error("cannot write a batch of %d file(s) in %s to the outbox (retrying in %g s): %s",
-                              len(paths), batch.folder or "/", self.settings.outbox_replay_interval_s, err)
-                    self._flush_retry_at = now + self.settings.outbox_replay_interval_s
-                    with self._lock:  # put back everything not yet written, ahead of newer files
-                        for rest in [batch.part(start), *due[i + 1:]]:
-                            cur = self._batches.get(rest.folder)
-                            if cur is not None:
-                                rest.extend(cur)
-                            self._batches[rest.folder] = rest
-                    return written
-                start = stop
-                written += 1
-                with self._lock:
+        for first in range(0, len(due), FLUSH_GROUP):
+            group = due[first:first + FLUSH_GROUP]
+            runs: list[tuple[_Batch, list[str], list[float]]] = []
+            for batch in group:
+                start = 0
+                for stop in chunk_bounds(batch.sizes, max_files, max_bytes):
+                    runs.append((batch, batch.paths[start:stop],
+                                 [c for c in batch.closed_at[start:stop] if c is not None]))
+                    start = stop
+            with self._lock:  # the version each file was accepted at (None: its claim was trimmed: any)
+                versions = [[c.version if (c := self._claims.get(rel)) is not None else None for rel in paths]
+                            for _, paths, _ in runs]
+            try:  # the runs of up to FLUSH_GROUP batches in one transaction: all written, or none
+                recs = self.outbox.add_many(self.settings.deployment,
+                                            [(paths, v) for (_, paths, _), v in zip(runs, versions, strict=True)],
+                                            source_tier=self.tier)
+            except LedgerError as err:
+                log.error("cannot write %d batch(es) of %d file(s) to the outbox (retrying in %g s): %s",
+                          len(runs), sum(len(p) for _, p, _ in runs), self.settings.outbox_replay_interval_s, err)
+                self._flush_retry_at = now + self.settings.outbox_replay_interval_s
+                with self._lock:  # put back everything not yet written, ahead of newer files
+                    for rest in due[first:]:
+                        cur = self._batches.get(rest.folder)
+                        if cur is not None:
+                            rest.extend(cur)
+                        self._batches[rest.folder] = rest
+                return written
+            written += len(recs)
+            with self._lock:
+                for rec, (batch, _, closes) in zip(recs, runs, strict=True):
                     self._timing[rec.id] = (batch.folder, min(closes) if closes else None, time.time())
-                    self._trim_claims()
+                self._trim_claims()
+            for rec, (batch, paths, _) in zip(recs, runs, strict=True):
                 log.debug("outbox entry %d: %d file(s) in %s", rec.id, len(paths), batch.folder or "/")
                 self._emit("queued", tuple(paths), entry_id=rec.id)
         if written and notify:

@@ -33,6 +33,10 @@ from splash_flows.watcher.base import WatcherBase, _Batch, _Candidate, _Claim, _
 
 log = logging.getLogger("splash_flows.watcher")
 
+# candidates checked per loop tick: a backfill's settled files are all due at once (a 20,000-file backlog);
+# their stats, real paths and the writers check are held for one check at a time
+CHECK_PER_TICK = 5000
+
 #: The events ``ReadinessMixin._on_fs_event`` acts on: the observer is told to deliver these and no others.
 WATCHED_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
@@ -174,12 +178,17 @@ class ReadinessMixin(WatcherBase):
             for rel, c in self._candidates.items():
                 if c.closed:
                     if c.next_check <= now:
-                        due.append((rel, c.generation))
+                        if len(due) < CHECK_PER_TICK:
+                            due.append((rel, c.generation))
+                        else:  # the rest next tick: what one check holds per file stays bounded
+                            earliest = now
                     elif c.next_check < earliest:
                         earliest = c.next_check
             self._earliest_check = earliest  # the due ones lower it again below if they stay candidates
         if not due:
             return 0
+        if earliest <= now:
+            self._wake.set()  # more are due: the loop comes back without waiting a tick
         observed: list[tuple[str, int, os.stat_result | None, OSError | None]] = []
         root = f"{self.root}/"  # a string join per file: a backfill checks thousands per tick
         for rel, gen in due:

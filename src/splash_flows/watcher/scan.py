@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -13,7 +14,7 @@ from splash_flows.errors import (
     PathEscapeError,
     TierError,
 )
-from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_versions
+from splash_flows.ledger.outbox import in_flight_versions, is_in_flight, verified_in_folders
 from splash_flows.ledger.scan_state import Settled, settled_folders, update_settled
 from splash_flows.paths import display_path, safe_join
 from splash_flows.selection import scan_tree
@@ -25,11 +26,16 @@ Found = tuple[str, Version, int]  # (path, (size, mtime), mtime_ns) as the scan'
 SCAN_CHUNK = 2000  # files per ledger comparison (one read transaction of IN lists of ``IN_CHUNK``)
 WALK_AHEAD = 4  # chunks the walk thread may list ahead of the ledger comparison
 SCAN_BACKLOG = 20_000  # candidates a paced scan lets wait before it waits for the loop (memory stays flat)
+# a file a scan finds whose mtime is older than this (and than the quiet period) is ready once no process holds
+# it open for writing, without waiting the quiet period: a margin over the quiet period against clock steps
+SETTLED_AGE_S = 60.0
 SETTLE_MARGIN_NS = 2_000_000_000  # a folder changed this recently before a scan does not settle (coarse mtimes)
 # (folder, its mtime in ns before it was listed, files listed, could settle: a leaf folder holding only files to
 # move, listed without trouble) for each folder a chunk completes
 _Folder = tuple[str, int | None, int, bool]
-_Chunk = tuple[list[Found], list[_Folder]]
+# a chunk's files, the folders it completes, and the (start, end) slices of its files that are each the whole
+# listing of a leaf folder (looked up as one index range: ``verified_in_folders``); the rest by name
+_Chunk = tuple[list[Found], list[_Folder], list[tuple[int, int]]]
 
 
 class ScanMixin(WatcherBase):
@@ -86,13 +92,14 @@ class ScanMixin(WatcherBase):
         since = self._in_flight_since()
         dirty: set[str] = set()  # folders still being listed that hold a file not verified (bounded: open ones)
         try:
-            for chunk, folders in self._walk_ahead(prefix, light):
+            for chunk, folders, leaves in self._walk_ahead(prefix, light):
                 if self._stop.is_set():
                     break
                 if unmet:
                     unmet.difference_update(f[0] for f in chunk)
                 try:
-                    verified = verified_versions(self.ledger, self.tier, self.targets, [f[0] for f in chunk])
+                    verified = verified_in_folders(self.ledger, self.tier, self.targets,
+                                                   [f[0] for f in chunk], leaves)
                 except LedgerError as err:
                     log.error("rescan: cannot read the ledger, treating %d file(s) as not yet verified: %s",
                               len(chunk), err)
@@ -147,10 +154,16 @@ class ScanMixin(WatcherBase):
         period later) is ready without a third one. ``new_folder``: checked at once (``rescan``). Returns how
         many became candidates."""
         now = time.monotonic()
-        fresh = new_folder and self.settings.mode == "inotify" and self.settings.ready_on_close
-        quiet = 0.0 if fresh else self.settings.quiet_period_s
+        on_close = self.settings.mode == "inotify" and self.settings.ready_on_close
+        fresh = new_folder and on_close
+        # a file last modified long before this scan looked has already been quiet longer than the quiet period
+        # (its mtime says so: any write moves it): ready, like a new folder's, once the check for writers sees
+        # every process and none holds it open for writing (docs/PERFORMANCE.md, section 4, "Settled files")
+        old_before_ns = (time.time_ns() - int(max(self.settings.quiet_period_s, SETTLED_AGE_S) * 1e9)
+                         if on_close and not fresh else -1)
         window = self.settings.rescan_interval_s
         n = 0
+        earliest = math.inf
         with self._lock:
             batched = {rel for b in self._batches.values() for rel in b.paths} if self._batches else set()
             for rel, version, mtime_ns in found:
@@ -171,12 +184,15 @@ class ScanMixin(WatcherBase):
                     continue
                 if rel in batched:
                     continue
+                settled = fresh or mtime_ns < old_before_ns
+                next_check = now if settled else now + self.settings.quiet_period_s
                 self._candidates[rel] = _Candidate(closed=True, written=False, stable_since=now, last_event=now,
-                                                   next_check=now + quiet, stat_key=(version[0], mtime_ns),
-                                                   fresh=fresh)
+                                                   next_check=next_check, stat_key=(version[0], mtime_ns),
+                                                   fresh=settled)
+                earliest = min(earliest, next_check)
                 n += 1
             if n:
-                self._earliest_check = min(self._earliest_check, now + quiet)
+                self._earliest_check = min(self._earliest_check, earliest)
         return n
 
     def _settle(self, folders: list[_Folder], dirty: set[str], before_ns: int) -> None:
@@ -277,6 +293,7 @@ class ScanMixin(WatcherBase):
             raise TierError(f"watched root {self.root} does not exist or is not a folder", tier=self.tier)
         pending: list[Found] = []
         done: list[_Folder] = []
+        leaves: list[tuple[int, int]] = []
         for ruled in scan_tree(self.root, start, self.rule, skip=self._skip_settled if light else None):
             listing = ruled.listing
             folder = listing.folder
@@ -294,12 +311,14 @@ class ScanMixin(WatcherBase):
                     self._symlink(rel)
             for refused in ruled.refused:
                 self._refuse(refused.path, refused.reason)
+            if ruled.files and not listing.subfolders:
+                leaves.append((len(pending), len(pending) + len(ruled.files)))
             pending += [(rel, (st.st_size, st.st_mtime), st.st_mtime_ns) for rel, st in ruled.files]
             if folder:  # a folder settles only when all it holds are files to move (its record stands for them)
                 done.append((folder, listing.mtime_ns, len(ruled.files), ruled.settleable))
             if len(pending) >= SCAN_CHUNK:
-                yield pending, done
-                pending, done = [], []
+                yield pending, done, leaves
+                pending, done, leaves = [], [], []
         if pending or done:
-            yield pending, done
+            yield pending, done, leaves
 

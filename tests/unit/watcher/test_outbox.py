@@ -14,7 +14,13 @@ from splash_flows.context import Context
 from splash_flows.errors import LedgerError
 from splash_flows.ledger import Ledger
 from splash_flows.ledger.models import OutboxEntry, OutboxPath, OutboxState, utcnow
-from splash_flows.ledger.outbox import Outbox, in_flight_versions, is_in_flight, verified_versions
+from splash_flows.ledger.outbox import (
+    Outbox,
+    in_flight_versions,
+    is_in_flight,
+    verified_in_folders,
+    verified_versions,
+)
 
 
 def test_upgraded_ledger_has_the_outbox_migration_and_table(ctx: Context) -> None:
@@ -90,6 +96,43 @@ def test_verified_versions_needs_every_target_and_the_current_version(ctx: Conte
     assert verified_versions(ledger, "data733", ["lamarr"], ["a.edf", "b.edf"]) == {"a.edf": (10, 1.5),
                                                                                     "b.edf": (10, 1.5)}
     assert verified_versions(ledger, "other", ["lamarr", "cfs"], ["a.edf"]) == {}
+
+
+def test_verified_in_folders_answers_as_verified_versions_whatever_lies_in_the_ranges(ctx: Context) -> None:
+    """The per-folder range lookup (a leaf folder's files as one range of the path index) gives exactly the
+    answer of the by-name lookup: rows inside a range that the walk did not list (a file deleted since, a file
+    of a subfolder removed since, a sibling folder whose name sorts inside the range: ``s-1`` and ``s/`` are
+    ordered by byte, ``-`` before ``/``) are never reported, nor are stale versions or partly verified files."""
+    ledger = ctx.ledger
+    on_disk = ["s/A.edf", "s/a.edf", "s/b.edf", "s/c d.edf", "s/z.edf", "s/\u00fc.edf", "s/\u65e5.edf",
+               "s-1/x.edf", "s-1/y.edf", "t/one.edf", "top.edf", "s0/q.edf"]
+    ledger_only = ["s/b0.edf", "s/gone/x.edf", "s/m/n.edf", "s-1/x0.edf", "s/\u00fc0.edf"]
+    for path in [*on_disk, *ledger_only]:
+        rec = ledger.register_source("data733", path, size=10, mtime=1.5, checksum_alg="xxh3_128", checksum="c")
+        if path == "s/b.edf":  # verified on one target only
+            ledger.record_verified(rec, "lamarr", checksum="c", size=10, skipped=False)
+            continue
+        for tier in ("lamarr", "cfs"):
+            ledger.record_verified(rec, tier, checksum="c", size=10, skipped=False)
+    # a new version of s/c d.edf: its copies are stale
+    ledger.register_source("data733", "s/c d.edf", size=11, mtime=2.5, checksum_alg="xxh3_128", checksum="n")
+    listed = [*on_disk, "s/new.edf"]  # a file the ledger does not know, in a leaf folder
+    listed.sort(key=lambda p: (p.rpartition("/")[0], p))
+    # leaf folders: s, s-1, t, s0 (top.edf is in the root, which holds folders: looked up by name)
+    leaves: list[tuple[int, int]] = []
+    for folder in ("s", "s-1", "t", "s0"):
+        idx = [i for i, p in enumerate(listed) if p.rpartition("/")[0] == folder]
+        leaves.append((idx[0], idx[-1] + 1))
+    targets = ["lamarr", "cfs"]
+    expected = verified_versions(ledger, "data733", targets, listed)
+    assert set(expected) == set(on_disk) - {"s/b.edf", "s/c d.edf"}
+    assert verified_in_folders(ledger, "data733", targets, listed, leaves) == expected
+    assert verified_in_folders(ledger, "data733", targets, listed, []) == expected
+    assert verified_in_folders(ledger, "data733", ["lamarr"], listed, leaves) == verified_versions(
+        ledger, "data733", ["lamarr"], listed)
+    assert verified_in_folders(ledger, "other", targets, listed, leaves) == {}
+    with pytest.raises(LedgerError, match="at least one target"):
+        verified_in_folders(ledger, "data733", [], listed, leaves)
 
 
 def test_each_entry_indexes_its_paths_with_the_versions_batched(ctx: Context) -> None:

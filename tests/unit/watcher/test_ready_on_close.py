@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from splash_flows.config import Config
 from splash_flows.ledger import Ledger
 from splash_flows.watcher import Watcher
 from splash_flows.watcher.base import _Claim, chunk_bounds
+from splash_flows.watcher.scan import SETTLED_AGE_S
 from tests.fakes.trigger import FakeTrigger
 
 QUIET = 3600.0  # so long that a file ready "now" cannot have waited for it
@@ -222,3 +224,82 @@ def test_a_new_folders_file_waits_the_quiet_period_when_some_process_could_not_b
     assert _batched(w) == []
     assert w.check_candidates(time.monotonic() + QUIET + 1) == 1  # then the quiet period's rule, as before
     assert _batched(w) == ["new/a.edf"]
+
+
+def _age(path: Path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_files_a_scan_finds_long_unmodified_are_ready_once_no_writer_holds_them(
+        make_watcher: Callable[..., Watcher]) -> None:
+    """A startup backfill meets mostly old, settled files. One whose mtime is older than the quiet period (and
+    ``SETTLED_AGE_S``) has already been quiet that long -- any write moves the mtime -- so it is ready as soon as
+    the check for writers sees every process and none holds it open for writing, without a second look a quiet
+    period later. A file still being written is never sent early: one held open for writing (even with an old
+    mtime, as ``cp -p`` or a stalled writer can leave it) waits for its close event, and one modified recently
+    waits the quiet period."""
+    w = make_watcher()
+    _write(w, "old/a.edf", os.urandom(10))
+    _age(w.root / "old/a.edf", QUIET + SETTLED_AGE_S)  # older than the quiet period and the margin
+    _write(w, "old/recent.edf", os.urandom(10))
+    _age(w.root / "old/recent.edf", QUIET - SETTLED_AGE_S)  # older than the margin, not the quiet period
+    path = w.root / "old/open.edf"
+    with open(path, "wb") as writer:
+        writer.write(b"partial")
+        writer.flush()
+        _age(path, QUIET + SETTLED_AGE_S)
+        assert w.rescan("old") == 3
+        assert w.check_candidates(time.monotonic()) == 1
+        assert _batched(w) == ["old/a.edf"]
+        assert w.check_candidates(time.monotonic()) == 0  # the open one waits for its close, not for a clock
+        writer.write(b" rest")
+    w._on_fs_event(FileModifiedEvent(str(path)))
+    w._on_fs_event(FileClosedEvent(str(path)))
+    assert w.check_candidates(time.monotonic()) == 1
+    assert _batched(w) == ["old/a.edf", "old/open.edf"]  # recent.edf: still in its quiet period
+    assert w.check_candidates(time.monotonic() + QUIET + 1) == 1
+    assert _batched(w) == ["old/a.edf", "old/open.edf", "old/recent.edf"]
+
+
+def test_an_old_file_waits_the_quiet_period_when_some_process_could_not_be_seen(
+        make_watcher: Callable[..., Watcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    from splash_flows.watcher import readiness
+
+    monkeypatch.setattr(readiness, "writers_seen", lambda paths: (set(), False))
+    w = make_watcher()
+    _write(w, "old/a.edf", os.urandom(10))
+    _age(w.root / "old/a.edf", QUIET + SETTLED_AGE_S)
+    assert w.rescan("old") == 1
+    assert w.check_candidates(time.monotonic()) == 0
+    assert _batched(w) == []
+    assert w.check_candidates(time.monotonic() + QUIET + 1) == 1
+    assert _batched(w) == ["old/a.edf"]
+
+
+@pytest.mark.parametrize("settings", [{"mode": "polling"}, {"ready_on_close": False}])
+def test_an_old_file_keeps_the_quiet_period_where_closes_are_not_the_signal(
+        make_watcher: Callable[..., Watcher], settings: dict[str, Any]) -> None:
+    w = make_watcher(**settings)
+    _write(w, "old/a.edf", os.urandom(10))
+    _age(w.root / "old/a.edf", QUIET + SETTLED_AGE_S)
+    assert w.rescan("old") == 1
+    assert w.check_candidates(time.monotonic()) == 0
+    assert w.check_candidates(time.monotonic() + QUIET + 1) == 1
+
+
+def test_a_tick_checks_a_bounded_number_of_due_candidates_and_the_rest_the_next(
+        make_watcher: Callable[..., Watcher], monkeypatch: pytest.MonkeyPatch) -> None:
+    from splash_flows.watcher import readiness
+
+    monkeypatch.setattr(readiness, "CHECK_PER_TICK", 2)
+    w = make_watcher()
+    for i in range(5):
+        _write(w, f"old/{i}.edf", os.urandom(10))
+        _age(w.root / f"old/{i}.edf", QUIET + SETTLED_AGE_S)
+    assert w.rescan("old") == 5
+    now = time.monotonic()
+    w._wake.clear()
+    assert [w.check_candidates(now) for _ in range(4)] == [2, 2, 1, 0]
+    assert w._wake.is_set()  # the loop was told to come back at once while more were due
+    assert _batched(w) == [f"old/{i}.edf" for i in range(5)]
