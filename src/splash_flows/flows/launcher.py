@@ -113,12 +113,18 @@ def launcher_command(python: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """What the engine process takes from the client: arguments, environment, working directory, fds 0-2."""
+    """What the engine process takes from the client: arguments, environment, working directory (its path, and
+    an open descriptor of it when the client could open one), descriptors 0-2."""
 
     args: list[str]
     env: dict[str, str]
     cwd: str
-    fds: list[int]
+    fds: list[int]  # the client's 0, 1, 2
+    cwd_fd: int | None = None
+
+    def handed(self) -> list[int]:
+        """Every descriptor the client handed over."""
+        return [*self.fds, *([] if self.cwd_fd is None else [self.cwd_fd])]
 
 
 # --------------------------------------------------------------------------------------------------- client
@@ -136,8 +142,10 @@ def _line(sock: socket.socket, buffer: bytearray) -> bytes | None:
     return line
 
 
-def _stdio_fds() -> list[int]:
-    """Descriptors 0, 1 and 2 to hand over (``/dev/null`` for one that is closed)."""
+def _handed_fds() -> list[int]:
+    """Descriptors 0, 1 and 2 to hand over (``/dev/null`` for one that is closed), then the working directory.
+    The directory goes as a descriptor because the zygote may not see the client's path: a worker under
+    systemd's ``PrivateTmp`` has its own ``/tmp``, where Prefect makes each run's working directory."""
     fds = []
     for fd in (0, 1, 2):
         try:
@@ -145,6 +153,8 @@ def _stdio_fds() -> list[int]:
             fds.append(fd)
         except OSError:
             fds.append(os.open(os.devnull, os.O_RDWR))
+    with contextlib.suppress(OSError):
+        fds.append(os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     return fds
 
 
@@ -213,7 +223,7 @@ def client_main(args: Sequence[str]) -> NoReturn:
 
     previous = {s: signal.signal(s, on_signal) for s in FORWARDED}
     try:
-        sock, buffer = request(name, args, dict(os.environ), os.getcwd(), _stdio_fds())
+        sock, buffer = request(name, args, dict(os.environ), os.getcwd(), _handed_fds())
     except LauncherRefused as err:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -282,7 +292,7 @@ def _say(text: str) -> None:
 
 def read_job(conn: socket.socket) -> Job:
     """Read one request (header with three descriptors, then the JSON payload) from ``conn``."""
-    data, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 3)
+    data, fds, _flags, _addr = socket.recv_fds(conn, _HEADER.size, 4)
     try:
         while len(data) < _HEADER.size:
             more = conn.recv(_HEADER.size - len(data))
@@ -290,7 +300,7 @@ def read_job(conn: socket.socket) -> Job:
                 raise LauncherRefused("the request ended early")
             data += more
         magic, size = _HEADER.unpack(data)
-        if magic != _MAGIC or size > _MAX_REQUEST or len(fds) != 3:
+        if magic != _MAGIC or size > _MAX_REQUEST or len(fds) not in (3, 4):
             raise LauncherRefused("not a launcher request")
         payload = bytearray()
         while len(payload) < size:
@@ -300,7 +310,7 @@ def read_job(conn: socket.socket) -> Job:
             payload += more
         body = json.loads(payload)
         return Job(args=[str(a) for a in body["args"]], env={str(k): str(v) for k, v in body["env"].items()},
-                   cwd=str(body["cwd"]), fds=list(fds))
+                   cwd=str(body["cwd"]), fds=list(fds[:3]), cwd_fd=fds[3] if len(fds) == 4 else None)
     except BaseException:
         for fd in fds:
             with contextlib.suppress(OSError):
@@ -375,7 +385,7 @@ def handle(conn: socket.socket, listener: socket.socket) -> Job | None:
     why = check_forkable()
     if why is not None:
         _say(f"refused a run for pid {client_pid}: {why}")
-        _close_fds(job.fds)
+        _close_fds(job.handed())
         with contextlib.suppress(OSError):
             conn.sendall(f"refused: {why}\n".encode())
         return None
@@ -383,7 +393,7 @@ def handle(conn: socket.socket, listener: socket.socket) -> Job | None:
     sys.stderr.flush()
     keeper = os.fork()
     if keeper:  # the zygote: the keeper has the connection and the descriptors now
-        _close_fds(job.fds)
+        _close_fds(job.handed())
         return None
     # the keeper
     try:
@@ -398,7 +408,7 @@ def handle(conn: socket.socket, listener: socket.socket) -> Job | None:
     if engine == 0:
         conn.close()
         return job
-    _close_fds(job.fds)
+    _close_fds(job.handed())
     with contextlib.suppress(OSError):
         conn.sendall(f"started {engine}\n".encode())
     run = job.env.get("PREFECT__FLOW_RUN_ID") or " ".join(job.args) or "?"
@@ -420,7 +430,11 @@ def become(job: Job, module: str) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(job.env)
-    os.chdir(job.cwd)
+    if job.cwd_fd is not None:
+        os.fchdir(job.cwd_fd)  # the client's directory, even where its path means nothing (PrivateTmp)
+        os.close(job.cwd_fd)
+    else:
+        os.chdir(job.cwd)
     sys.path[0] = job.cwd
     sys.argv = [module, *job.args]
     gc.unfreeze()
