@@ -232,3 +232,21 @@ def test_a_signal_before_the_handshake_is_not_lost(zygote: Zygote, tmp_path: Pat
     # Either the engine started and got it (exit 3, or killed before it set its handler), or the client
     # stopped before anything started (killed by SIGTERM): never a run left going.
     assert proc.returncode in (3, -signal.SIGTERM), out
+
+
+def test_a_launcher_whose_imports_started_a_thread_refuses_to_serve_and_clients_start_the_engine(
+        tmp_path: Path) -> None:
+    env = _base_env(tmp_path)
+    (tmp_path / "starts_a_thread.py").write_text(
+        "import threading\nthreading.Thread(target=threading.Event().wait, name='pool-keeper', daemon=True).start()\n",
+        encoding="utf-8")
+    name = f"splash-flows-test-launcher-{uuid.uuid4().hex[:12]}"
+    env[LAUNCHER_ENV] = name
+    zygote = subprocess.run([sys.executable, "-m", "splash_flows.flows.launcher", "serve", "--name", name,
+                             "--preload", "starts_a_thread"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert zygote.returncode != 0
+    assert "cannot fork flow runs" in zygote.stderr and "pool-keeper" in zygote.stderr
+    done = subprocess.run([sys.executable, "-m", "splash_flows.flows.launcher", "engine", "direct"], cwd=tmp_path,
+                          env={**env, "JOB_EXIT": "0"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "forked=False" in done.stdout
