@@ -34,7 +34,7 @@ What is kept, and how:
   signal is the client's;
 * never broken: with no ``SPLASH_FLOWS_LAUNCHER`` set, no zygote listening, a zygote that refuses, or one that
   closes before it accepted the request, the client ``exec``s ``python -m prefect.engine`` (the cost of that
-  path: one extra start of a bare Python, ~20-40 ms). Once the zygote accepted, the client never starts a
+  path: one extra start of a small Python, 0.15-0.2 s at load 7). Once the zygote accepted, the client never starts a
   second engine: a keeper that vanishes makes the client exit 1 (the worker marks the run Crashed).
 * only this user: the zygote serves only a peer of its own uid (``SO_PEERCRED``); an abstract socket has no file
   permissions, and a request names the configuration a run uses.
