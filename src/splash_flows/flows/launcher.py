@@ -403,8 +403,9 @@ def handle(conn: socket.socket, listener: socket.socket) -> Job | None:
     # the keeper
     try:
         listener.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # a group-wide stop reaches the engine; the keeper reports it
+        # Blocked, not ignored: a group-wide stop reaches the engine and the keeper reports its end; and the
+        # engine is forked with them blocked, so one forwarded before it set its handlers waits, never lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         conn.settimeout(None)
         conn.sendall(b"accepted\n")
         engine = os.fork()
@@ -433,6 +434,7 @@ def become(job: Job, module: str) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # one that came meanwhile is delivered now
     os.environ.clear()
     os.environ.update(job.env)
     if job.cwd_fd is not None:
@@ -442,7 +444,7 @@ def become(job: Job, module: str) -> None:
         os.chdir(job.cwd)
     sys.path[0] = job.cwd
     sys.argv = [module, *job.args]
-    gc.unfreeze()
+    # the zygote's imports stay frozen (gc.freeze): the collector never walks them, so their pages stay shared
     if "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context
 
