@@ -333,6 +333,7 @@ def keep(conn: socket.socket, engine_pid: int, run: str = "?") -> NoReturn:
     """The keeper: forward the client's signals to the engine, kill the engine if the client vanishes, and
     send the client the engine's exit code. Never returns (``os._exit``: no hook of the zygote runs here)."""
     code = 1
+    reaped = False  # once reaped, the pid may be another process's: never signal it again
     try:
         pidfd: int | None
         try:
@@ -345,6 +346,7 @@ def keep(conn: socket.socket, engine_pid: int, run: str = "?") -> NoReturn:
             ready, _, _ = select.select(watched, [], [], None if pidfd is not None else 0.2)
             done, status = os.waitpid(engine_pid, os.WNOHANG)
             if done:
+                reaped = True
                 exit_code = os.waitstatus_to_exitcode(status)
                 _say(f"flow run {run}: engine pid {engine_pid} exited with code {exit_code}")
                 conn.sendall(f"exit {exit_code}\n".encode())
@@ -356,18 +358,20 @@ def keep(conn: socket.socket, engine_pid: int, run: str = "?") -> NoReturn:
                     _say(f"flow run {run}: its client went away; killing engine pid {engine_pid}")
                     os.kill(engine_pid, signal.SIGKILL)
                     os.waitpid(engine_pid, 0)
+                    reaped = True
                     break
                 buffer += chunk
                 while b"\n" in buffer:
                     line, _, rest = bytes(buffer).partition(b"\n")
                     buffer[:] = rest
                     words = line.split()
-                    if len(words) == 2 and words[0] == b"sig" and int(words[1]) in FORWARDED:
+                    if len(words) == 2 and words[0] == b"sig" and words[1].isdigit() and int(words[1]) in FORWARDED:
                         _say(f"flow run {run}: forwarding signal {int(words[1])} to engine pid {engine_pid}")
                         os.kill(engine_pid, int(words[1]))
     except BaseException:  # noqa: BLE001 -- the keeper must end by os._exit whatever happened
-        with contextlib.suppress(OSError):
-            os.kill(engine_pid, signal.SIGKILL)
+        if not reaped:  # the keeper cannot watch it any more (its client gone mid-answer, an error): stop it
+            with contextlib.suppress(OSError):
+                os.kill(engine_pid, signal.SIGKILL)
     os._exit(code)
 
 
