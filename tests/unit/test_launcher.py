@@ -250,3 +250,24 @@ def test_a_launcher_whose_imports_started_a_thread_refuses_to_serve_and_clients_
     done = subprocess.run([sys.executable, "-m", "splash_flows.flows.launcher", "engine", "direct"], cwd=tmp_path,
                           env={**env, "JOB_EXIT": "0"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "forked=False" in done.stdout
+
+
+def test_a_launcher_that_takes_the_request_but_never_answers_is_not_second_guessed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fallback once the request is sent and unanswered: the launcher might still start the engine."""
+    import socket
+
+    from splash_flows.flows import launcher
+
+    name = f"splash-flows-test-silent-{uuid.uuid4().hex[:12]}"
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent.bind("\0" + name)
+    silent.listen(1)
+    monkeypatch.setattr(launcher, "_ANSWER_TIMEOUT", 0.2)
+    try:
+        with pytest.raises(launcher.LauncherSilent):
+            launcher.request(name, [], {"A": "b"}, "/", [0, 1, 2])
+        with pytest.raises(launcher.LauncherRefused):  # nobody listening: safe to start the engine directly
+            launcher.request(name + "-nobody", [], {}, "/", [0, 1, 2])
+    finally:
+        silent.close()

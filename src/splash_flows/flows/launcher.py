@@ -35,7 +35,8 @@ What is kept, and how:
 * never broken: with no ``SPLASH_FLOWS_LAUNCHER`` set, no zygote listening, a zygote that refuses, or one that
   closes before it accepted the request, the client ``exec``s ``python -m prefect.engine`` (the cost of that
   path: one extra start of a small Python, 0.15-0.2 s at load 7). Once the zygote accepted, the client never starts a
-  second engine: a keeper that vanishes makes the client exit 1 (the worker marks the run Crashed).
+  second engine: a keeper that vanishes makes the client exit 1 (the worker marks the run Crashed), and so does a
+  zygote silent for 120 s after the request (it might still accept; its keeper then finds no client and stops).
 * only this user: the zygote serves only a peer of its own uid (``SO_PEERCRED``); an abstract socket has no file
   permissions, and a request names the configuration a run uses.
 
@@ -95,6 +96,14 @@ _HANDSHAKE_TIMEOUT = 10.0  # seconds a zygote waits for a request's bytes (it se
 
 class LauncherRefused(Exception):
     """The zygote did not take the request (the client then starts the engine itself)."""
+
+
+class LauncherSilent(Exception):
+    """The zygote got the request but did not answer in time: it may still start the engine, so the client
+    must not start another one (it exits 1; the worker marks the run Crashed)."""
+
+
+_ANSWER_TIMEOUT = 120.0  # seconds a client waits for "accepted" or a refusal once its request is sent
 
 
 def launcher_name(root: str) -> str:
@@ -195,12 +204,19 @@ def request(name: str, args: Sequence[str], env: dict[str, str], cwd: str,
         sock.connect(_address(name))
         payload = json.dumps({"args": list(args), "env": env, "cwd": cwd}).encode()
         socket.send_fds(sock, [_HEADER.pack(_MAGIC, len(payload))], list(fds))
-        sock.sendall(payload)
-        buffer = bytearray()
-        answer = _line(sock, buffer)
+        sock.sendall(payload)  # a request cut short is refused by the zygote: nothing starts
     except OSError as err:
         sock.close()
         raise LauncherRefused(f"no launcher on {name} ({err})") from None
+    buffer = bytearray()
+    try:
+        sock.settimeout(_ANSWER_TIMEOUT)
+        answer = _line(sock, buffer)
+    except TimeoutError:
+        sock.close()  # a keeper that accepts now finds no client and stops its engine
+        raise LauncherSilent(f"the launcher on {name} did not answer in {_ANSWER_TIMEOUT:.0f} s") from None
+    except OSError:
+        answer = None
     if answer is None or not answer.startswith(b"accepted"):
         sock.close()
         text = answer.decode(errors="replace") if answer is not None else "closed before accepting"
@@ -235,6 +251,9 @@ def client_main(args: Sequence[str]) -> NoReturn:
         if pending:  # asked to stop before any engine started: stop as the engine would have
             exit_like(-pending[0])
         fallback(args, str(err))
+    except LauncherSilent as err:
+        print(f"splash-flows launcher: {err}; not starting a second engine", file=sys.stderr, flush=True)
+        os._exit(1)
     state["sock"] = sock
     for signum in pending:
         on_signal(signum, None)
