@@ -11,7 +11,7 @@ import pytest
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 NAMES = ["prefect-server.service", "splash-worker@.service", "splash-runner.service", "splash-watcher.service",
-         "splash-status.service"]
+         "splash-status.service", "splash-launcher.service"]
 
 
 def _read(name: str) -> configparser.RawConfigParser:
@@ -38,6 +38,12 @@ def test_stop_signals_match_what_each_process_handles() -> None:
     worker = _read("splash-worker@.service")["Service"]
     assert worker["KillSignal"] == "SIGINT" and worker["KillMode"] == "mixed"
     assert "--pool %i" in worker["ExecStart"] and "--limit ${SPLASH_WORKER_LIMIT}" in worker["ExecStart"]
+    # the launcher's runs belong to their workers: stopping or restarting it (an upgrade) must not kill them
+    launcher = _read("splash-launcher.service")
+    assert launcher["Service"]["KillMode"] == "process" and launcher["Service"]["KillSignal"] == "SIGTERM"
+    assert "splash_flows.flows.launcher serve" in launcher["Service"]["ExecStart"]
+    worker_unit = _read("splash-worker@.service")["Unit"]
+    assert "splash-launcher.service" in worker_unit["Wants"] and "splash-launcher.service" in worker_unit["After"]
     runner = _read("splash-runner.service")["Service"]
     assert runner["KillSignal"] == "SIGTERM"
     grace = int(runner["ExecStart"].split("--grace ")[1].split()[0])
@@ -48,7 +54,7 @@ def test_stop_signals_match_what_each_process_handles() -> None:
 def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
     for name in NAMES:
         text = (UNITS / name).read_text()
-        for tool in ("prefect", "splash-flows"):  # the venv does not exist here; verify needs an executable
+        for tool in ("prefect", "splash-flows", "python"):  # the venv does not exist here; verify needs an executable
             text = text.replace(f"/opt/splash-flows/venv/bin/{tool}", "/bin/true")
         target = tmp_path / name.replace("@.", "@dispatcher_733_pool.")
         target.write_text(text)

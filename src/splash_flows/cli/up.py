@@ -44,6 +44,7 @@ import typer
 from splash_flows.cli.common import console, err_console, fail_cleanly
 from splash_flows.cli.demo import write_demo_config
 from splash_flows.errors import OrchestrationError
+from splash_flows.flows.launcher import LAUNCHER_ENV, launcher_name
 from splash_flows.flows.wake import WAKE_ENV, wake_name
 from splash_flows.processes import (
     Child,
@@ -145,6 +146,7 @@ class LocalStack:
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "SPLASH_FLOWS_CONFIG": str(self.config_path),
             WAKE_ENV: wake_name(str(self.root)),  # the watcher nudges this stack's runner (flows/wake.py)
+            LAUNCHER_ENV: launcher_name(str(self.root)),  # workers' runs fork from this stack's launcher
             **self.extra_env,
         })
 
@@ -186,12 +188,17 @@ class LocalStack:
             raise
 
     def start_workers(self, pools: list[str]) -> None:
-        """One Prefect process worker per pool in ``pools`` (``--workers``: the production layout)."""
+        """One Prefect process worker per pool in ``pools`` (``--workers``: the production layout), and the
+        pre-forked launcher their runs start from (``flows/launcher.py``: without it each run imports Prefect
+        and the flows anew, ~3 s; a run submitted before it listens starts the engine itself)."""
+        if not any(e.name == "launcher" for e in self.supervisor.entries):
+            self._start("launcher", python_argv("-m", "splash_flows.flows.launcher", "serve"), self.env())
         for pool in pools:
             self._start(f"worker-{pool}", python_argv(
                 "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
                 "--limit", str(self.limit), "--name", f"up-{pool}"), self.env())
-        self.supervisor.say(f"started {len(pools)} process worker(s), --limit {self.limit} each")
+        self.supervisor.say(f"started {len(pools)} process worker(s), --limit {self.limit} each, and their "
+                            "launcher")
 
     def start_runner(self) -> None:
         """The in-process runner (the default executor)."""
@@ -204,7 +211,8 @@ class LocalStack:
         """Swap what executes flow runs on the running server: stop the runner (or the workers) and start the
         workers of ``pools`` (default: every pool of the deployments), or the runner. The server, the watcher
         and the ledger keep running; runs still scheduled are picked up by the new executor."""
-        running = [e.name for e in self.supervisor.entries if e.name == "runner" or e.name.startswith("worker-")]
+        running = [e.name for e in self.supervisor.entries
+                   if e.name in ("runner", "launcher") or e.name.startswith("worker-")]
         for name in running:
             self.supervisor.retire(name, EXECUTORS_STOP)
         if workers:

@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from splash_flows.errors import ConfigError, OrchestrationError, ServerUnavailableError
+from splash_flows.flows.launcher import launcher_command
 from splash_flows.flows.zombies import (
     AUTOMATION_NAME,
     automation_status,
@@ -171,7 +172,18 @@ def pool_template() -> dict[str, Any]:
 
     template: dict[str, Any] = ProcessWorker.get_default_base_job_template()
     template["variables"]["properties"]["env"]["default"] = heartbeat_env()
+    # The job command: the pre-forked launcher's client (flows/launcher.py), which starts the engine itself when
+    # no launcher listens. Without a command Prefect 3.9 starts two Pythons per run (its workspace supervisor,
+    # then the engine), each importing Prefect: ~6 s before the first step (docs/PERFORMANCE.md).
+    template["variables"]["properties"]["command"]["default"] = launcher_command()
     return template
+
+
+def _missing_command(template: Mapping[str, Any]) -> str | None:
+    """The job command a pool's template must be given: ours when it has none (a command an operator set is
+    kept), else None."""
+    command = template.get("variables", {}).get("properties", {}).get("command", {}).get("default")
+    return None if command else launcher_command()
 
 
 def _missing_env(template: Mapping[str, Any]) -> dict[str, str]:
@@ -207,13 +219,19 @@ def ensure_work_pools(api_url: str, limits: Mapping[str, int]) -> dict[str, str]
                     outcome[name] = (f"exists (type {pool.type}); concurrency limit set: {pool.concurrency_limit}"
                                      f" -> {new_limit}")
                 missing = _missing_env(pool.base_job_template)
-                if missing and pool.type == "process":
+                command = _missing_command(pool.base_job_template)
+                if (missing or command) and pool.type == "process":
                     updated = copy.deepcopy(pool.base_job_template)
-                    env = updated.setdefault("variables", {}).setdefault("properties", {}).setdefault(
-                        "env", copy.deepcopy(template["variables"]["properties"]["env"]))
-                    env["default"] = {**(env.get("default") or {}), **missing}
+                    props = updated.setdefault("variables", {}).setdefault("properties", {})
+                    if missing:
+                        env = props.setdefault("env", copy.deepcopy(template["variables"]["properties"]["env"]))
+                        env["default"] = {**(env.get("default") or {}), **missing}
+                        outcome[name] += f"; job template env set: {', '.join(f'{k}={v}' for k, v in missing.items())}"
+                    if command:
+                        props.setdefault("command", copy.deepcopy(template["variables"]["properties"]["command"]))
+                        props["command"]["default"] = command
+                        outcome[name] += f"; job command set: {command}"
                     client.update_work_pool(name, WorkPoolUpdate(base_job_template=updated))
-                    outcome[name] += f"; job template env set: {', '.join(f'{k}={v}' for k, v in missing.items())}"
                 if pool.type != "process":
                     outcome[name] += (f"; WARNING: type {pool.type}, not process: `prefect worker start --type "
                                       "process` refuses it (recreate it with --type process)")
