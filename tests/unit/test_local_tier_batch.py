@@ -255,3 +255,15 @@ def test_a_failing_before_rename_leaves_no_final_name_and_no_part(tiers: tuple[L
         dst.copy_from(src, items, before_rename=gate)
     assert not _parts(dst.root)
     assert not list(dst.root.rglob("*.edf"))
+
+
+def test_a_file_where_a_destination_folder_should_be_fails_that_folder_only(
+        tiers: tuple[LocalTier, LocalTier]) -> None:
+    src, dst = tiers
+    write_file(src.root, "P/a.edf", b"a" * 10)
+    write_file(src.root, "Q/b.edf", b"b" * 10)
+    (dst.root / "Q").write_bytes(b"not a folder")
+    out = dst.copy_from(src, [CopyItem("P/a.edf"), CopyItem("Q/b.edf")])
+    assert isinstance(out[0], CopyResult)
+    assert isinstance(out[1], TransferError) and "cannot list folder Q: Not a directory" in str(out[1])
+    assert (dst.root / "P" / "a.edf").read_bytes() == b"a" * 10

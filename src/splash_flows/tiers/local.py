@@ -635,7 +635,13 @@ class LocalTier:
             except OSError as err:
                 folders[folder] = _Folder(TransferError(f"cannot create folder: {_reason(err)}", tier=self.name))
                 continue
-            folders[folder] = _Folder(None, self._remove_stale_parts(folder, names))
+            try:
+                names_there = self._remove_stale_parts(folder, names)
+            except OSError as err:  # e.g. a file where the folder should be: that folder's files fail, not the batch
+                folders[folder] = _Folder(TransferError(f"cannot list folder {folder.name}: {_reason(err)}",
+                                                        tier=self.name))
+                continue
+            folders[folder] = _Folder(None, names_there)
         return folders
 
     def _make_folder(self, folder: Path, created: set[Path]) -> None:
@@ -679,6 +685,8 @@ class LocalTier:
             if not stat_mod.S_ISREG(st.st_mode):
                 raise TransferError("not a regular file", tier=source.name, path=item.path)
             folder = folders[where.folder]
+            if folder.error is not None:
+                raise TransferError(folder.error.bare_message, tier=self.name, path=item.path)
             # a name the folder's listing did not hold cannot match (one racing in now is replaced by a copy
             # verified against the same checksum)
             if folder.names is None or where.name in folder.names:
@@ -687,8 +695,6 @@ class LocalTier:
                     if progress:
                         progress(item.path, st.st_size)
                     return existing
-            if folder.error is not None:
-                raise TransferError(folder.error.bare_message, tier=self.name, path=item.path)
             return self._write_part(src_fd, st, where, part, item, source, progress)
         finally:
             os.close(src_fd)
