@@ -80,10 +80,10 @@ def test_a_clean_batch_completes_with_a_summary(prefect_harness: None, site: tup
 
 
 def test_move_tasks_retry_only_transient_errors_with_backoff() -> None:
-    from splash_flows.flows.bl733.move import copy_task, register_task
+    from splash_flows.flows.bl733.move import move_task
     from splash_flows.flows.common import retry_transient
 
-    for task in (register_task, copy_task):
+    for task in (move_task,):
         assert task.retry_condition_fn is retry_transient
         assert task.retries == 2
         delays = task.retry_delay_seconds

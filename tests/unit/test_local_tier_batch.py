@@ -201,3 +201,69 @@ def test_symlink_at_destination_is_replaced_not_followed(tiers: tuple[LocalTier,
     (res,) = dst.copy_from(src, [CopyItem("a.edf")])
     assert isinstance(res, CopyResult) and not res.skipped
     assert not (dst.root / "a.edf").is_symlink() and (dst.root / "a.edf").read_bytes() == b"same bytes"
+
+
+def test_before_rename_is_asked_once_every_copy_is_durable_and_verified(tiers: tuple[LocalTier, LocalTier],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate a registration still committing uses: called after the last fsync and re-read, before any
+    final name; what it releases is renamed, a path it lacks or holds with another checksum is discarded."""
+    src, dst = tiers
+    items = _batch(src, 4)
+    synced: set[int] = set()
+    reread: set[int] = set()
+    real_fsync, real_hash = os.fsync, LocalTier._hash_fd
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.add(os.fstat(fd).st_ino)
+
+    def hash_fd(self: LocalTier, fd: int) -> str:
+        if self is dst:
+            reread.add(os.fstat(fd).st_ino)
+        return real_hash(self, fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(LocalTier, "_hash_fd", hash_fd)
+    asked: list[int] = []
+
+    def gate() -> dict[str, str]:
+        parts = _parts(dst.root)
+        assert len(parts) == 4 and not list(dst.root.rglob("f*.edf")), "a final name before the gate"
+        assert {p.stat().st_ino for p in parts} <= synced & reread, "gate asked before durable and verified"
+        asked.append(1)
+        sums = {i.path: src.checksum(i.path) for i in items}
+        sums["scan/f1.edf"] = "0" * 32          # registered with another checksum
+        del sums["scan/f2.edf"]                  # not registered
+        return sums
+
+    out = dst.copy_from(src, items, before_rename=gate)
+    assert asked == [1]
+    assert [isinstance(o, CopyResult) for o in out] == [True, False, False, True]
+    assert isinstance(out[1], TransferError) and "copy discarded" in str(out[1])
+    assert sorted(p.name for p in dst.root.rglob("*.edf")) == ["f0.edf", "f3.edf"]
+    assert not _parts(dst.root)
+
+
+def test_a_failing_before_rename_leaves_no_final_name_and_no_part(tiers: tuple[LocalTier, LocalTier]) -> None:
+    src, dst = tiers
+    items = _batch(src, 3)
+
+    def gate() -> dict[str, str]:
+        raise RuntimeError("ledger transaction failed")
+
+    with pytest.raises(RuntimeError, match="ledger transaction failed"):
+        dst.copy_from(src, items, before_rename=gate)
+    assert not _parts(dst.root)
+    assert not list(dst.root.rglob("*.edf"))
+
+
+def test_a_file_where_a_destination_folder_should_be_fails_that_folder_only(
+        tiers: tuple[LocalTier, LocalTier]) -> None:
+    src, dst = tiers
+    write_file(src.root, "P/a.edf", b"a" * 10)
+    write_file(src.root, "Q/b.edf", b"b" * 10)
+    (dst.root / "Q").write_bytes(b"not a folder")
+    out = dst.copy_from(src, [CopyItem("P/a.edf"), CopyItem("Q/b.edf")])
+    assert isinstance(out[0], CopyResult)
+    assert isinstance(out[1], TransferError) and "cannot list folder Q: Not a directory" in str(out[1])
+    assert (dst.root / "P" / "a.edf").read_bytes() == b"a" * 10

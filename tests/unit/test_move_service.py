@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from splash_flows.context import Context
-from splash_flows.errors import BatchError
-from splash_flows.ledger import EventKind
+from splash_flows.errors import BatchError, LedgerError
+from splash_flows.ledger import EventKind, NewSource, SourceRecord
 from splash_flows.services.move import is_transient, move_files
+from splash_flows.tiers.local import PART_MARK
 from tests.conftest import write_file
 
 
@@ -105,3 +107,48 @@ def test_missing_source_root_is_named(ctx: Context) -> None:
     shutil.rmtree(src_root(ctx))
     report = move_files(ctx, ["a.edf"])
     assert "tier root" in str(report.register.failed["a.edf"]) and "data733" in str(report.register.failed["a.edf"])
+
+
+def test_copies_are_staged_while_the_registration_commits_and_named_only_after(
+        ctx: Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``move_files`` writes, syncs and verifies the copies while the sources' ledger transaction runs; no copy
+    has its final name before that transaction committed."""
+    paths = [f"ALS-00622/20240325/s_{i}.edf" for i in range(5)]
+    for p in paths:
+        write_file(src_root(ctx), p, os.urandom(5000))
+    targets = [Path(ctx.config.tiers[t].root) for t in ("lamarr", "cfs")]
+    real = ctx.ledger.register_sources
+    seen: list[tuple[int, int]] = []
+
+    def register(tier: str, sources: list[NewSource]) -> list[SourceRecord]:
+        parts: list[Path] = []
+        for _ in range(400):  # bounded: before this change the copies only started after this returned
+            parts = [p for t in targets for p in t.rglob("*") if PART_MARK in p.name]
+            if len(parts) == 2 * len(paths):
+                break
+            time.sleep(0.025)
+        seen.append((len(parts), sum(1 for t in targets for _ in t.rglob("s_*.edf"))))
+        return real(tier, sources)
+
+    monkeypatch.setattr(ctx.ledger, "register_sources", register)
+    move_files(ctx, paths).raise_for_failures()
+    assert seen == [(2 * len(paths), 0)]  # every copy staged, none named, while the transaction ran
+    assert all(row.copies["lamarr"].state == row.copies["cfs"].state == "verified" for row in ctx.ledger.status())
+
+
+def test_a_failed_registration_leaves_no_copy_under_a_final_name(ctx: Context,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = [f"scan/f{i}.edf" for i in range(4)]
+    for p in paths:
+        write_file(src_root(ctx), p, os.urandom(3000))
+
+    def register(tier: str, sources: list[NewSource]) -> list[SourceRecord]:
+        raise LedgerError("database is locked")
+
+    monkeypatch.setattr(ctx.ledger, "register_sources", register)
+    with pytest.raises(LedgerError, match="database is locked"):
+        move_files(ctx, paths)
+    for t in ("lamarr", "cfs"):
+        assert not [p for p in Path(ctx.config.tiers[t].root).rglob("*") if p.is_file()]
+    monkeypatch.undo()
+    move_files(ctx, paths).raise_for_failures()  # the re-run copies everything

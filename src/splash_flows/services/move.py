@@ -8,6 +8,7 @@ report's ``raise_for_failures`` makes the caller (and so the Prefect run) fail w
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -101,6 +102,15 @@ class MoveReport:
         return "; ".join(parts)
 
 
+class MoveFailed(BatchError):
+    """Some copies of a batch did not verify; ``report`` is the whole ``MoveReport`` (what registered, what
+    verified where), so the steps after the copies (catalogue, prune dates) still run for what did."""
+
+    def __init__(self, what: str, failures: dict[str, SplashFlowsError], report: MoveReport, total: int) -> None:
+        super().__init__(what, failures, total)
+        self.report = report
+
+
 def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
     """Make every path known to the ledger with its size, mtime and checksum.
 
@@ -109,6 +119,32 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
     recorded with their reason and left out; the rest go on. The new and changed files are recorded in one
     transaction.
     """
+    report, new = _identify_sources(ctx, paths)
+    report.sources.extend(ctx.ledger.register_sources(ctx.config.move.source, new))  # one transaction
+    return report
+
+
+class PendingSources:
+    """Sources whose ledger transaction may still be running: what a copy needs at once (``items``: path,
+    checksum, size, as identified) and, from ``records()``, the ledger's records in the same order once that
+    transaction committed (it raises what the transaction raised). ``move_files`` copies while it commits."""
+
+    def __init__(self, items: Sequence[CopyItem], records: Callable[[], list[SourceRecord]]) -> None:
+        self.items = list(items)
+        self._records = records
+
+    def records(self) -> list[SourceRecord]:
+        """The committed records, one per item, in order (waits for the transaction)."""
+        return self._records()
+
+    def checksums(self) -> dict[str, str]:
+        """The checksum the ledger holds for each path, once committed: what a copy may be renamed with."""
+        return {r.path: r.checksum for r in self.records()}
+
+
+def _identify_sources(ctx: Context, paths: Sequence[str]) -> tuple[RegisterReport, list[NewSource]]:
+    """Registration up to its ledger transaction: refusals and unreadable files recorded in the report, known
+    unchanged sources in ``report.sources``, and the new or changed files to register."""
     source_name = ctx.config.move.source
     source = ctx.tier(source_name)
     report = RegisterReport()
@@ -141,8 +177,7 @@ def register_sources(ctx: Context, paths: Sequence[str]) -> RegisterReport:
             ctx.ledger.record_failed(path, source_name, str(found), kind=EventKind.REFUSED)
         else:
             ctx.ledger.record_failed(path, source_name, str(found), source=known.get(path))
-    report.sources.extend(ctx.ledger.register_sources(source_name, new))  # one transaction for the batch
-    return report
+    return report, new
 
 
 def identify(source: Tier, paths: Sequence[str], known: Mapping[str, tuple[int, float]],
@@ -176,23 +211,35 @@ def identify(source: Tier, paths: Sequence[str], known: Mapping[str, tuple[int, 
         return list(pool.map(one, paths))
 
 
-def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
+def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord] | PendingSources, target: str,
                  progress: ProgressCallback | None = None) -> TierReport:
-    """Copy registered sources to ``target`` and verify each copy against the ledger's checksum."""
+    """Copy registered sources to ``target`` and verify each copy against the ledger's checksum.
+
+    ``PendingSources``: a local target writes, syncs and verifies the batch while their ledger transaction
+    commits, and renames only what it committed (``LocalTier.copy_from``'s ``before_rename``); any other
+    target waits for the commit first."""
     src_tier = ctx.tier(ctx.config.move.source)
     dst_tier = ctx.tier(target)
     report = TierReport(tier=target)
-    if not sources:
+    pending = sources if isinstance(sources, PendingSources) else None
+    fixed = [] if isinstance(sources, PendingSources) else list(sources)
+    items = pending.items if pending is not None else [CopyItem(s.path, s.checksum, s.size) for s in fixed]
+    if not items:
         return report
-    items = [CopyItem(s.path, s.checksum, s.size) for s in sources]
     try:
-        outcomes = dst_tier.copy_from(src_tier, items, progress)
+        if pending is not None and isinstance(dst_tier, LocalTier):
+            outcomes = dst_tier.copy_from(src_tier, items, progress, before_rename=pending.checksums)
+        else:
+            if pending is not None:
+                pending.records()  # committed before anything is copied
+            outcomes = dst_tier.copy_from(src_tier, items, progress)
     except TierError as err:  # the whole batch could not be attempted: each file says so, with the cause
         kind = TransferError if isinstance(err, TransferError) else TierError
         where = f"{err.tier}: " if err.tier and err.tier != target else ""
         outcomes = [kind(f"not copied: {where}{err.bare_message}", tier=target, path=i.path) for i in items]
+    records = pending.records() if pending is not None else fixed
     verified: list[VerifiedCopy] = []
-    for source, outcome in zip(sources, outcomes, strict=True):
+    for source, outcome in zip(records, outcomes, strict=True):
         if isinstance(outcome, CopyResult) and outcome.checksum != source.checksum:
             outcome = VerificationError(f"copy checksum {outcome.checksum} != ledger {source.checksum}",
                                         tier=target, path=source.path)
@@ -210,7 +257,7 @@ def copy_to_tier(ctx: Context, sources: Sequence[SourceRecord], target: str,
     return report
 
 
-def copy_to_tiers(ctx: Context, sources: Sequence[SourceRecord], targets: Sequence[str],
+def copy_to_tiers(ctx: Context, sources: Sequence[SourceRecord] | PendingSources, targets: Sequence[str],
                   progress: Callable[[str, str, int], None] | None = None) -> dict[str, TierReport]:
     """``copy_to_tier`` for every target at once, a thread per tier; the reports by tier, in ``targets`` order.
     ``progress(tier, path, nbytes)`` is called as bytes are copied."""
@@ -230,11 +277,25 @@ def move_files(ctx: Context, paths: Sequence[str], targets: Sequence[str] | None
                progress: Callable[[str, str, int], None] | None = None) -> MoveReport:
     """Register ``paths`` (tier-relative on the source tier) and copy them to every target tier concurrently.
 
-    ``progress(tier, path, nbytes)`` is called as bytes are copied. Returns the report; it does not raise for
-    per-file failures -- call ``raise_for_failures``.
+    The sources' ledger transaction commits while the copies are written, synced and verified under their
+    temporary names; a copy gets its final name only once its source is committed with the checksum it was
+    verified against (``copy_to_tier`` with ``PendingSources``). ``progress(tier, path, nbytes)`` is called as
+    bytes are copied. Returns the report; it does not raise for per-file failures -- call
+    ``raise_for_failures``. A failed ledger transaction leaves no copy under a final name and is raised.
     """
     targets = list(targets if targets is not None else ctx.config.move.targets)
-    reg = register_sources(ctx, paths)
+    reg, new = _identify_sources(ctx, paths)
     report = MoveReport(requested=len(dict.fromkeys(paths)), register=reg)
-    report.tiers.update(copy_to_tiers(ctx, reg.sources, targets, progress))
+    known = list(reg.sources)
+    items = [CopyItem(s.path, s.checksum, s.size) for s in known]
+    items += [CopyItem(n.path, n.checksum, n.size) for n in new]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="register") as pool:
+        commit = pool.submit(ctx.ledger.register_sources, ctx.config.move.source, new)
+        records = functools.cache(lambda: [*known, *commit.result()])
+        try:
+            tiers = copy_to_tiers(ctx, PendingSources(items, records), targets, progress)
+        finally:
+            commit.result()  # the transaction has ended before we return or raise (its own error first)
+    reg.sources = records()
+    report.tiers.update(tiers)
     return report

@@ -205,6 +205,8 @@ class FolderListing:
 
 
 SkipFolders = Callable[[list[tuple[str, int]]], Collection[str]]
+# called before a batch's first rename: the checksum each tier-relative path may be renamed with
+RenameGate = Callable[[], Mapping[str, str]]
 
 
 def list_tree(root: Path, start: Path | None = None, ignore: Callable[[str], bool] | None = None, *,
@@ -467,21 +469,28 @@ class LocalTier:
 
     # ------------------------------------------------------------------------------------------ copy
 
-    def copy_from(self, source: Tier, items: Sequence[CopyItem],
-                  progress: ProgressCallback | None = None) -> list[CopyOutcome]:
+    def copy_from(self, source: Tier, items: Sequence[CopyItem], progress: ProgressCallback | None = None, *,
+                  before_rename: RenameGate | None = None) -> list[CopyOutcome]:
+        """See ``Tier.copy_from``. ``before_rename``, when given, is called once the batch's files are durable
+        and verified under their temporary names, before the first of them gets its final name; it returns
+        the checksum each path may be renamed with (the ledger's, once the caller's registration committed),
+        and a staged file whose path is missing there or whose checksum differs is discarded instead of
+        renamed. So the copies can be written while the sources' ledger transaction still runs, and still no
+        final name exists for a file the ledger does not hold. If it raises, every staged file is removed
+        and the error propagates."""
         if not isinstance(source, LocalTier):
             raise TierError(f"a local tier cannot copy from a {source.kind} tier ({source.name})", tier=self.name)
         source.check_root()
         self.check_root()
-        return self._copy_batch(source, items, progress)
+        return self._copy_batch(source, items, progress, before_rename)
 
     def copy_one(self, source: LocalTier, item: CopyItem, progress: ProgressCallback | None = None) -> CopyOutcome:
         """Copy and verify one file (a batch of one); return its result or the typed error (never raises
         TierError)."""
         return self._copy_batch(source, [item], progress)[0]
 
-    def _copy_batch(self, source: LocalTier, items: Sequence[CopyItem],
-                    progress: ProgressCallback | None) -> list[CopyOutcome]:
+    def _copy_batch(self, source: LocalTier, items: Sequence[CopyItem], progress: ProgressCallback | None,
+                    before_rename: RenameGate | None = None) -> list[CopyOutcome]:
         """The verified copy of a batch, in phases, so that what is paid per batch is paid once per batch:
 
         1. stage (``concurrency`` threads): copy each source to a temporary ``.part`` name while hashing it,
@@ -491,7 +500,8 @@ class LocalTier:
            fsyncs together, so a batch costs a few journal commits instead of one per file);
         3. verify (``concurrency`` threads): drop each file's now-clean pages and re-read it from the device;
         4. rename the verified files to their final names, then fsync each folder once (and the parent of
-           every folder this batch created).
+           every folder this batch created); with ``before_rename``, only the files it releases (see
+           ``copy_from``).
 
         No final name is written before its bytes are durable and verified; a failure at any phase turns that
         item into its typed error and removes its temporary file; ``kill -9`` leaves only ``.part`` files
@@ -519,6 +529,8 @@ class LocalTier:
                     outcomes[i] = res
             self._sync_staged(staged, outcomes)
             self._verify_staged(staged, outcomes)
+            if before_rename is not None and staged:
+                self._release_staged(before_rename(), staged, outcomes)
             renamed: list[int] = []
             for i in sorted(staged):
                 st_item = staged.pop(i)
@@ -623,7 +635,13 @@ class LocalTier:
             except OSError as err:
                 folders[folder] = _Folder(TransferError(f"cannot create folder: {_reason(err)}", tier=self.name))
                 continue
-            folders[folder] = _Folder(None, self._remove_stale_parts(folder, names))
+            try:
+                names_there = self._remove_stale_parts(folder, names)
+            except OSError as err:  # e.g. a file where the folder should be: that folder's files fail, not the batch
+                folders[folder] = _Folder(TransferError(f"cannot list folder {folder.name}: {_reason(err)}",
+                                                        tier=self.name))
+                continue
+            folders[folder] = _Folder(None, names_there)
         return folders
 
     def _make_folder(self, folder: Path, created: set[Path]) -> None:
@@ -667,6 +685,8 @@ class LocalTier:
             if not stat_mod.S_ISREG(st.st_mode):
                 raise TransferError("not a regular file", tier=source.name, path=item.path)
             folder = folders[where.folder]
+            if folder.error is not None:
+                raise TransferError(folder.error.bare_message, tier=self.name, path=item.path)
             # a name the folder's listing did not hold cannot match (one racing in now is replaced by a copy
             # verified against the same checksum)
             if folder.names is None or where.name in folder.names:
@@ -675,8 +695,6 @@ class LocalTier:
                     if progress:
                         progress(item.path, st.st_size)
                     return existing
-            if folder.error is not None:
-                raise TransferError(folder.error.bare_message, tier=self.name, path=item.path)
             return self._write_part(src_fd, st, where, part, item, source, progress)
         finally:
             os.close(src_fd)
@@ -824,6 +842,18 @@ class LocalTier:
                 bad = staged.pop(i)
                 _unlink_quietly(bad.tmp)
                 outcomes[i] = err
+
+    def _release_staged(self, registered: Mapping[str, str], staged: dict[int, _Staged],
+                        outcomes: list[CopyOutcome | None]) -> None:
+        """Phase 3b (``before_rename``): keep the staged files whose path ``registered`` holds with the checksum
+        they were verified against; discard the others."""
+        for i in sorted(staged):
+            result = staged[i].result
+            if registered.get(result.path) != result.source_checksum:
+                _unlink_quietly(staged.pop(i).tmp)
+                outcomes[i] = TransferError(
+                    f"the ledger does not hold this source with checksum {result.source_checksum} (registration "
+                    f"changed or failed); copy discarded", tier=self.name, path=result.path)
 
     def _sync_folders(self, outcomes: list[CopyOutcome | None], renamed: dict[int, Path], created: set[Path]) -> None:
         """Phase 4b: fsync each folder that received a renamed copy, once per batch, and the parent of every
