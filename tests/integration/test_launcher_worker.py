@@ -37,6 +37,17 @@ def _wait_for_line(child: Child, text: str, timeout: float = 120.0) -> str:
         time.sleep(0.1)
 
 
+def _launcher_and_worker(start_process: Callable[..., Child], worker: str) -> Child:
+    """A launcher on a socket of its own, listening, and a process worker of the dispatcher's pool named
+    ``worker`` whose job command reaches it; returns the launcher."""
+    name = f"splash-flows-it-launcher-{uuid.uuid4().hex[:12]}"
+    launcher = start_process("launcher", "-m", "splash_flows.flows.launcher", "serve", "--name", name,
+                             **{LAUNCHER_ENV: name})
+    _wait_for_line(launcher, f"listening on {name}")
+    start_process("worker", *worker_argv("dispatcher_733_pool", worker), **{LAUNCHER_ENV: name})
+    return launcher
+
+
 def test_a_process_workers_run_is_forked_from_the_launcher_and_completes(
         prefect_server: PrefectServer, initialised: InitReport, site: Site,
         start_process: Callable[..., Child]) -> None:
@@ -46,11 +57,7 @@ def test_a_process_workers_run_is_forked_from_the_launcher_and_completes(
         template = client.read_work_pool("dispatcher_733_pool").base_job_template
     assert template["variables"]["properties"]["command"]["default"] == launcher_command()
 
-    name = f"splash-flows-it-launcher-{uuid.uuid4().hex[:12]}"
-    launcher = start_process("launcher", "-m", "splash_flows.flows.launcher", "serve", "--name", name,
-                             **{LAUNCHER_ENV: name})
-    _wait_for_line(launcher, f"listening on {name}")
-    start_process("worker", *worker_argv("dispatcher_733_pool", "it-launcher"), **{LAUNCHER_ENV: name})
+    launcher = _launcher_and_worker(start_process, "it-launcher")
     rel = f"launcher/{uuid.uuid4().hex[:8]}/scan_001.edf"
     write_like_a_detector(site.tier("data733") / rel, 50_000)
     [run] = trigger_deployment(prefect_server.api_url, [[rel]])
@@ -101,11 +108,7 @@ def test_cancelling_a_run_forked_by_the_launcher_stops_its_engine(
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.states import Cancelling
 
-    name = f"splash-flows-it-launcher-{uuid.uuid4().hex[:12]}"
-    launcher = start_process("launcher", "-m", "splash_flows.flows.launcher", "serve", "--name", name,
-                             **{LAUNCHER_ENV: name})
-    _wait_for_line(launcher, f"listening on {name}")
-    start_process("worker", *worker_argv("dispatcher_733_pool", "it-launcher-cancel"), **{LAUNCHER_ENV: name})
+    launcher = _launcher_and_worker(start_process, "it-launcher-cancel")
     rel = f"launcher/{uuid.uuid4().hex[:8]}/held.edf"
     write_like_a_detector(site.tier("data733") / rel, 10_000)
     site.ledger().close()  # the schema exists (a first run would otherwise create it)
