@@ -143,6 +143,12 @@ class RuledFolder:
     refused: list[Refusal]
 
     @property
+    def leaf(self) -> bool:
+        """Files to move and no folder below it on disk: its files can be looked up in the ledger as one range
+        of the path index (``ledger.outbox.verified_in_folders``)."""
+        return bool(self.files) and not self.listing.subfolders
+
+    @property
     def settleable(self) -> bool:
         """A leaf folder below the root, listed without trouble, holding only files to move: what one record
         of the watcher's settled folders (``ledger.scan_state``) can stand for."""
@@ -227,7 +233,7 @@ def _stream_local(tier: LocalTier, rule: MoveRule, out: SourceListing, prefix: s
         problems += [WalkProblem(rel, why, fatal=True) for rel, why in listing.problems]
         problems += [WalkProblem(rel, f"{what}, not a regular file", fatal=False) for rel, what in listing.specials]
         out.refused += ruled.refused
-        if ruled.files and not listing.subfolders:
+        if ruled.leaf:
             pending.leaves.append((len(pending), len(pending) + len(ruled.files)))
         pending += [FileStat(rel, st.st_size, st.st_mtime) for rel, st in ruled.files]
         if len(pending) >= chunk:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, func, insert, or_, select
+from sqlalchemy import Connection, Select, bindparam, delete, func, insert, or_, select
 
 from splash_flows.errors import LedgerError
 from splash_flows.ledger.models import (
@@ -236,14 +236,17 @@ class Outbox:
 # every target" is a correlated count per file (``uq_copies_file_tier`` makes (file, tier) unique, so the count is
 # of distinct tiers), not a join grouped by file: SQLite stepped the grouped join at 0.70 s of CPU per 100,000
 # paths, the correlated count at 0.44 s (docs/PERFORMANCE.md, section 4).
-_VERIFIED_TARGETS = (select(func.count()).select_from(Copy)
-                     .where(Copy.file_id == SourceFile.id, Copy.tier.in_(bindparam("targets", expanding=True)),
-                            Copy.state == CopyState.VERIFIED)
-                     .scalar_subquery())
+def _verified_targets(tiers: Any) -> Any:
+    """How many of ``tiers`` (a bound expression) hold a verified copy of the outer query's file."""
+    return (select(func.count()).select_from(Copy)
+            .where(Copy.file_id == SourceFile.id, Copy.tier.in_(tiers), Copy.state == CopyState.VERIFIED)
+            .scalar_subquery())
+
+
 _VERIFIED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
              .where(SourceFile.source_tier == bindparam("tier"),
                     SourceFile.path.in_(bindparam("paths", expanding=True)),
-                    _VERIFIED_TARGETS == bindparam("n_targets")))
+                    _verified_targets(bindparam("targets", expanding=True)) == bindparam("n_targets")))
 # PostgreSQL keeps the grouped join whose plan was measured at 10M copies (docs/PERFORMANCE.md, section 5,
 # "rescan chunk"); same answer (tests/unit/watcher/test_outbox.py runs on both).
 _VERIFIED_JOINED = (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
@@ -263,15 +266,10 @@ def _verified_range(n_targets: int) -> Select[str, int, float]:
     at every execution, which with one execution per folder cost more than the lookup. SQLite only: its BINARY
     collation orders UTF-8 paths as Python orders ``str``, while PostgreSQL orders a range by the column's
     collation."""
-    verified_targets = (select(func.count()).select_from(Copy)
-                        .where(Copy.file_id == SourceFile.id,
-                               Copy.tier.in_([bindparam(f"t{i}") for i in range(n_targets)]),
-                               Copy.state == CopyState.VERIFIED)
-                        .scalar_subquery())
     return (select(SourceFile.path, SourceFile.size, SourceFile.mtime)
             .where(SourceFile.source_tier == bindparam("tier"),
                    SourceFile.path >= bindparam("lo"), SourceFile.path <= bindparam("hi"),
-                   verified_targets == n_targets))
+                   _verified_targets([bindparam(f"t{i}") for i in range(n_targets)]) == n_targets))
 
 
 def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
@@ -284,14 +282,19 @@ def verified_versions(ledger: Ledger, source_tier: str, targets: Sequence[str],
     out: dict[str, tuple[int, float]] = {}
     if not wanted:
         raise LedgerError("verified_versions needs at least one target tier")
-    unique = list(dict.fromkeys(paths))
     stmt = _VERIFIED if ledger.engine.dialect.name == "sqlite" else _VERIFIED_JOINED
     with ledger.reading() as conn:  # plain rows, statements compiled once (expanding IN lists)
-        for chunk in in_chunks(unique):
-            rows = conn.execute(stmt, {"tier": source_tier, "paths": chunk, "targets": wanted,
-                                       "n_targets": len(wanted)}).all()
-            out.update({path: (size, mtime) for path, size, mtime in rows})
+        _verified_by_name(conn, stmt, source_tier, wanted, paths, out)
     return out
+
+
+def _verified_by_name(conn: Connection, stmt: Select[str, int, float], source_tier: str, wanted: list[str],
+                      paths: Sequence[str], out: dict[str, tuple[int, float]]) -> None:
+    """``stmt`` (``_VERIFIED`` or ``_VERIFIED_JOINED``) for ``paths`` in IN lists of ``IN_CHUNK``, into ``out``."""
+    for chunk in in_chunks(list(dict.fromkeys(paths))):
+        rows = conn.execute(stmt, {"tier": source_tier, "paths": chunk, "targets": wanted,
+                                   "n_targets": len(wanted)}).all()
+        out.update({path: (size, mtime) for path, size, mtime in rows})
 
 
 def verified_in_folders(ledger: Ledger, source_tier: str, targets: Sequence[str], paths: Sequence[str],
@@ -327,9 +330,7 @@ def verified_in_folders(ledger: Ledger, source_tier: str, targets: Sequence[str]
             # one fetchall: iterating a result fetches row by row
             out.update({path: (size, mtime) for path, size, mtime in conn.execute(by_range, params).all()
                         if path in names})
-        for chunk in in_chunks(list(dict.fromkeys(others))):
-            out.update({path: (size, mtime) for path, size, mtime in conn.execute(_VERIFIED, {
-                "tier": source_tier, "paths": chunk, "targets": wanted, "n_targets": len(wanted)}).all()})
+        _verified_by_name(conn, _VERIFIED, source_tier, wanted, others, out)
     return out
 
 

@@ -311,7 +311,7 @@ class ScanMixin(WatcherBase):
                     self._symlink(rel)
             for refused in ruled.refused:
                 self._refuse(refused.path, refused.reason)
-            if ruled.files and not listing.subfolders:
+            if ruled.leaf:
                 leaves.append((len(pending), len(pending) + len(ruled.files)))
             pending += [(rel, (st.st_size, st.st_mtime), st.st_mtime_ns) for rel, st in ruled.files]
             if folder:  # a folder settles only when all it holds are files to move (its record stands for them)
